@@ -1,0 +1,238 @@
+"""The prompt builder: system prompt + the newest turns that fit, counted in the model's real tokens.
+
+The prompt is rendered with the tokenizer's own chat template and measured by tokenizing the whole
+rendered prompt (BOS included). Per-turn token counts are only used as a first estimate: SentencePiece
+adds a dummy-prefix space at the start of every string, and text merges across turn boundaries (SOLAR's
+assistant turns have no separator: "Use C#" + "### User:" tokenizes differently), so counts are not
+additive across turns.
+The kept turns are always the maximal suffix of the history whose full prompt fits
+``context_window - max_new_tokens``.
+
+The newest user message is never dropped silently: when it alone (with the system prompt) does not fit,
+its beginning is kept, cut at a token boundary, and ``TRUNCATION_MARKER`` is appended so the model
+sees that the message was cut. ``bot.texts.TRUNCATED_NOTICE`` is what the user is told.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from bot.errors import PromptTooLongError
+from bot.generation.engine import Tokenizer
+
+Role = Literal["user", "assistant"]
+
+# Appended (inside the user's message) to a newest message that was cut to fit the context window.
+TRUNCATION_MARKER = "\n[… message truncated to fit the model's context window]"
+
+_REPLACEMENT_CHAR = "\ufffd"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Turn:
+    """One message of a conversation, oldest first in a history."""
+
+    role: Role
+    text: str
+    author_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.role not in ("user", "assistant"):
+            raise ValueError(f"Turn.role must be 'user' or 'assistant', not {self.role!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuiltPrompt:
+    """A prompt ready for the engine. ``prompt_ids`` start with BOS."""
+
+    prompt_ids: list[int]
+    prompt_text: str
+    turns_used: int
+    turns_dropped: int
+    newest_truncated: bool
+    prompt_tokens: int
+
+
+def turn_content(turn: Turn, text: str | None = None) -> str:
+    """The message content the model sees: user turns carry their author's name when known.
+
+    ``text`` overrides ``turn.text`` (used for a truncated newest message).
+    """
+    body = turn.text if text is None else text
+    if turn.role == "user" and turn.author_name:
+        name = " ".join(turn.author_name.split())  # one line: a name cannot fake a template header
+        if name:
+            return f"{name}: {body}"
+    return body
+
+
+def _largest_fitting(fits: Callable[[int], bool], *, ok: int, bad: int, guess: int) -> int:
+    """The largest ``k`` in ``[ok, bad)`` with ``fits(k)``, assuming ``fits`` is monotone decreasing.
+
+    ``fits(ok)`` is known to be true; ``bad`` is known not to fit (or lies past the range) and is never
+    evaluated. Starts at ``guess`` and gallops outwards, so a good guess costs ~2 evaluations.
+    """
+    lo, hi = ok, bad
+    if hi - lo <= 1:
+        return lo
+    probe = min(max(guess, lo + 1), hi - 1)
+    if fits(probe):
+        lo, step = probe, 1
+        while lo + step < hi:
+            if fits(lo + step):
+                lo += step
+                step *= 2
+            else:
+                hi = lo + step
+                break
+    else:
+        hi, step = probe, 1
+        while hi - step > lo:
+            if fits(hi - step):
+                lo = hi - step
+                break
+            hi -= step
+            step *= 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+class PromptBuilder:
+    """Builds prompts within ``context_window - max_new_tokens`` tokens."""
+
+    def __init__(self, tokenizer: Tokenizer, *, context_window: int, max_new_tokens: int) -> None:
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, not {max_new_tokens}")
+        if context_window <= max_new_tokens:
+            raise ValueError(
+                f"context_window ({context_window}) must exceed max_new_tokens ({max_new_tokens})"
+            )
+        self._tokenizer = tokenizer
+        self.context_window = context_window
+        self.max_new_tokens = max_new_tokens
+
+    @property
+    def budget(self) -> int:
+        """Tokens available to the prompt (BOS included)."""
+        return self.context_window - self.max_new_tokens
+
+    def build(self, *, system_prompt: str, history: Sequence[Turn]) -> BuiltPrompt:
+        """System prompt + the newest turns of ``history`` (chronological; last = newest user turn)."""
+        if not history:
+            raise ValueError("history is empty: there is no user message to answer")
+        newest = history[-1]
+        if newest.role != "user":
+            raise ValueError(f"the newest turn must be from the user, not {newest.role!r}")
+
+        head: list[dict[str, str]] = (
+            [{"role": "system", "content": system_prompt}] if system_prompt else []
+        )
+        messages = [{"role": t.role, "content": turn_content(t)} for t in history]
+        rendered: dict[int, tuple[str, list[int]]] = {}
+
+        def render(kept: int) -> tuple[str, list[int]]:
+            if kept not in rendered:
+                text = self._tokenizer.render_chat(
+                    head + messages[len(messages) - kept :], add_generation_prompt=True
+                )
+                rendered[kept] = (text, self._tokenizer.encode(text, add_bos=True))
+            return rendered[kept]
+
+        def fits(kept: int) -> bool:
+            return len(render(kept)[1]) <= self.budget
+
+        # A huge newest message is detected from a prefix, without tokenizing all of it.
+        leading_ids, complete = self._leading_ids(newest.text)
+        if not complete or not fits(1):
+            return self._build_truncated(head, newest, len(history), leading_ids)
+
+        kept = _largest_fitting(
+            fits, ok=1, bad=len(history) + 1, guess=self._estimate_kept(messages, len(render(1)[1]))
+        )
+        text, ids = render(kept)
+        return BuiltPrompt(
+            prompt_ids=ids,
+            prompt_text=text,
+            turns_used=kept,
+            turns_dropped=len(history) - kept,
+            newest_truncated=False,
+            prompt_tokens=len(ids),
+        )
+
+    def _estimate_kept(self, messages: Sequence[dict[str, str]], newest_tokens: int) -> int:
+        """A first guess of how many turns fit, from per-turn token counts (not exact)."""
+        total, kept = newest_tokens, 1
+        for message in reversed(messages[:-1]):
+            text = self._tokenizer.render_chat([message], add_generation_prompt=False)
+            total += len(self._tokenizer.encode(text, add_bos=False))
+            if total > self.budget:
+                break
+            kept += 1
+        return kept
+
+    def _leading_ids(self, text: str) -> tuple[list[int], bool]:
+        """Token ids of ``text`` and True, or of a prefix holding more than the whole budget and False.
+
+        Tokenizing a huge message in full would cost far more than the prompt we keep from it. The
+        last few ids of a prefix may straddle the cut, so they are dropped; every id that remains
+        decodes to a prefix of ``text``.
+        """
+        margin = 16
+        limit = 4 * (self.budget + margin)
+        while len(text) > limit:
+            ids = self._tokenizer.encode(text[:limit], add_bos=False)
+            if len(ids) > self.budget + 2 * margin:
+                return ids[:-margin], False
+            limit *= 4
+        return self._tokenizer.encode(text, add_bos=False), True
+
+    def _build_truncated(
+        self,
+        head: list[dict[str, str]],
+        newest: Turn,
+        history_len: int,
+        text_ids: list[int],
+    ) -> BuiltPrompt:
+        """System + the beginning of the newest message (``text_ids``) + ``TRUNCATION_MARKER``."""
+        rendered: dict[int, tuple[str, list[int]]] = {}
+
+        def render(length: int) -> tuple[str, list[int]]:
+            if length not in rendered:
+                kept_text = self._tokenizer.decode(text_ids[:length]) if length else ""
+                if length < len(text_ids):  # a cut inside a multi-byte character decodes to U+FFFD
+                    kept_text = kept_text.rstrip(_REPLACEMENT_CHAR)
+                content = turn_content(newest, kept_text) + TRUNCATION_MARKER
+                text = self._tokenizer.render_chat(
+                    [*head, {"role": "user", "content": content}], add_generation_prompt=True
+                )
+                rendered[length] = (text, self._tokenizer.encode(text, add_bos=True))
+            return rendered[length]
+
+        def fits(length: int) -> bool:
+            return len(render(length)[1]) <= self.budget
+
+        if not fits(0):
+            raise PromptTooLongError(
+                f"the system prompt ({len(render(0)[1])} tokens with the newest message's header and "
+                f"truncation marker) leaves no room for the message: the prompt budget is "
+                f"{self.budget} tokens (context window {self.context_window} minus "
+                f"{self.max_new_tokens} reserved for the reply); shorten the system prompt"
+            )
+        guess = self.budget - len(render(0)[1])
+        length = _largest_fitting(fits, ok=0, bad=len(text_ids), guess=guess)
+        text, ids = render(length)
+        return BuiltPrompt(
+            prompt_ids=ids,
+            prompt_text=text,
+            turns_used=1,
+            turns_dropped=history_len - 1,
+            newest_truncated=True,
+            prompt_tokens=len(ids),
+        )

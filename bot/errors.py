@@ -1,0 +1,47 @@
+"""The one exception hierarchy of solarbot. Everything we raise on purpose derives from SolarbotError."""
+
+from __future__ import annotations
+
+
+class SolarbotError(Exception):
+    """Root of every error solarbot raises on purpose."""
+
+
+class ConfigError(SolarbotError):
+    """A setting is missing or invalid. The message names the environment key."""
+
+
+class StorageError(SolarbotError):
+    """The database could not be reached or migrated."""
+
+
+class ModelNotFoundError(SolarbotError):
+    """The model could not be found locally and the hub is unreachable."""
+
+
+class GenerationError(SolarbotError):
+    """The engine failed while generating a reply."""
+
+
+class EngineClosedError(GenerationError):
+    """The engine was asked to generate after it was closed (or before it started)."""
+
+
+class PromptTooLongError(SolarbotError):
+    """Even the system prompt plus a truncated newest message cannot fit the context window."""
+
+
+class DeliveryError(SolarbotError):
+    """Posting or editing a reply on a platform failed. Retried with backoff by the worker."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class InvalidIncomingError(SolarbotError):
+    """An incoming message is malformed (empty text, missing ids)."""
+
+
+class UpscaleError(SolarbotError):
+    """Depth up-scaling a model failed (bad base, bad --drop, output folder, disk space)."""

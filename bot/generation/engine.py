@@ -1,0 +1,89 @@
+"""The Engine seam: a prompt (token ids) in, an async stream of text deltas out.
+
+Implementations: ``local.TransformersEngine`` (the model on this machine's GPU or CPU, served on its
+own thread with continuous batching) and ``fake.FakeEngine`` (scripted replies for tests and demos).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplingParams:
+    """Per-request sampling. temperature == 0 means greedy decoding."""
+
+    temperature: float = 0.7
+    top_p: float = 0.95
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerationRequest:
+    """One reply to generate. ``prompt_ids`` already contain BOS and the chat template."""
+
+    request_id: str
+    prompt_ids: Sequence[int]
+    max_new_tokens: int
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineHealth:
+    ready: bool
+    model_id: str
+    device: str
+    active_requests: int
+    detail: str = ""
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """What the conversation builder needs from a tokenizer (HF tokenizers satisfy it via an adapter)."""
+
+    def render_chat(
+        self, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool
+    ) -> str:
+        """The chat template applied to ``messages`` as text (no BOS)."""
+        ...
+
+    def encode(self, text: str, *, add_bos: bool) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """Text generation. ``stream`` may be called concurrently from many tasks."""
+
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def tokenizer(self) -> Tokenizer: ...
+
+    @property
+    def context_window(self) -> int: ...
+
+    async def start(self) -> None:
+        """Load the model and warm up. Idempotent."""
+        ...
+
+    def stream(self, request: GenerationRequest) -> AsyncIterator[str]:
+        """Yield text deltas as tokens are produced; ends at EOS, a stop header or max tokens.
+
+        Breaking out of the iteration (or cancelling the consuming task) cancels the request and
+        frees its cache.
+        """
+        ...
+
+    async def cancel(self, request_id: str) -> None: ...
+
+    def health(self) -> EngineHealth: ...
+
+    async def close(self) -> None: ...

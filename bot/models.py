@@ -1,0 +1,131 @@
+"""Platform-neutral records that cross the seams between adapters, intake, storage and the worker."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import MappingProxyType
+
+from bot.errors import InvalidIncomingError
+
+
+class JobStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Role(enum.StrEnum):
+    USER = "user"
+    ASSISTANT = "assistant"
+
+
+def _frozen(mapping: Mapping[str, str]) -> Mapping[str, str]:
+    return MappingProxyType(dict(mapping))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConversationKey:
+    """Where a conversation lives. Empty strings mean "none" (no workspace, not in a thread)."""
+
+    platform: str
+    channel: str
+    workspace: str = ""
+    thread: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Incoming:
+    """One user message addressed to the bot, as every adapter reports it."""
+
+    platform: str
+    channel: str
+    author_id: str
+    text: str
+    message_id: str
+    workspace: str = ""
+    thread: str = ""
+    author_name: str = ""
+    dedupe_key: str = ""
+    # Platform details the egress needs to answer (e.g. the message to reply to). Opaque to the core.
+    reply_target: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("platform", "channel", "author_id", "message_id"):
+            if not getattr(self, name).strip():
+                raise InvalidIncomingError(f"incoming message has an empty {name}")
+        if not self.text.strip():
+            raise InvalidIncomingError("incoming message has no text")
+        if not self.dedupe_key:
+            key = f"{self.platform}:{self.workspace}:{self.channel}:{self.message_id}"
+            object.__setattr__(self, "dedupe_key", key)
+        object.__setattr__(self, "reply_target", _frozen(self.reply_target))
+
+    @property
+    def conversation(self) -> ConversationKey:
+        return ConversationKey(
+            platform=self.platform,
+            workspace=self.workspace,
+            channel=self.channel,
+            thread=self.thread,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnqueueResult:
+    job_id: int
+    conversation_id: int
+    message_id: int
+    created: bool  # False when the dedupe key was seen before: nothing new was stored
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoredMessage:
+    id: int
+    role: Role
+    text: str
+    author_id: str
+    author_name: str
+    platform_message_id: str | None
+    token_count: int | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClaimedJob:
+    """A job this worker now holds a lease on. ``attempt`` is 1 for the first try."""
+
+    id: int
+    conversation_id: int
+    conversation: ConversationKey
+    message_id: int
+    worker_id: str
+    attempt: int
+    lease_until: datetime
+    reply_target: Mapping[str, str]
+    reply_text: str | None  # set when an earlier attempt generated the reply but could not post it
+    reply_message_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobRecord:
+    id: int
+    conversation_id: int
+    message_id: int
+    dedupe_key: str
+    status: JobStatus
+    attempts: int
+    worker_id: str | None
+    error: str | None
+    reply_text: str | None
+    reply_message_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChannelConfig:
+    system_prompt: str | None = None
+    enabled: bool = True

@@ -1,0 +1,78 @@
+"""Shared fixtures: databases (a real SQLite file; the real PostgreSQL server .ci/run provides) and
+the tiny SOLAR-shaped model built once per session."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from storage import database
+from storage.repository import Repository
+from tests.tiny_model import build_tiny_solar
+
+POSTGRES_ENV = "SOLARBOT_TEST_POSTGRES_URL"
+REQUIRE_POSTGRES_ENV = "SOLARBOT_TEST_REQUIRE_POSTGRES"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_solar(tmp_path_factory.mktemp("tiny-solar"))
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'solarbot.db'}"
+
+
+def _postgres_url() -> str:
+    url = os.environ.get(POSTGRES_ENV)
+    required = os.environ.get(REQUIRE_POSTGRES_ENV) == "1"
+    if not url:
+        reason = (
+            f"PostgreSQL tests SKIPPED: set {POSTGRES_ENV} (e.g. "
+            "postgresql://postgres@127.0.0.1:5432/test) or run .ci/run, which always runs them"
+        )
+        if required:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    try:
+        engine = database.create_db_engine(url)
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception as exc:
+        reason = f"PostgreSQL tests SKIPPED: {POSTGRES_ENV} does not answer ({type(exc).__name__})"
+        if required:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return url
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A clean database on the real server: every table dropped by migrating down, then up."""
+    url = _postgres_url()
+    engine = database.create_db_engine(url)
+    try:
+        database.upgrade(engine)
+        database.downgrade(engine, "base")
+    finally:
+        engine.dispose()
+    yield url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'solarbot.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def repository(database_url: str) -> Iterator[Repository]:
+    repo = Repository.open(database_url)
+    yield repo
+    repo.close()
