@@ -7,11 +7,13 @@ lease expired and whose job was reclaimed can no longer change that job.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, and_, delete, func, or_, select, update
+from sqlalchemy import Engine, and_, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, sessionmaker
@@ -37,6 +39,12 @@ class Repository:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        # SQLite allows one writer at a time and every transaction here begins IMMEDIATE. Threads of
+        # this process take turns on a Python lock instead of colliding in SQLite's busy handler,
+        # which sleeps in steps of up to 100 ms; other processes still wait on busy_timeout.
+        self._local_lock: threading.Lock | contextlib.nullcontext[None] = (
+            threading.Lock() if engine.dialect.name == "sqlite" else contextlib.nullcontext()
+        )
 
     @classmethod
     def open(cls, url: str, *, migrate: bool = True) -> Repository:
@@ -54,65 +62,80 @@ class Repository:
 
     @contextmanager
     def _transaction(self) -> Iterator[Session]:
-        with self._sessions() as session, session.begin():
+        with self._local_lock, self._sessions() as session, session.begin():
             yield session
 
     # ------------------------------------------------------------------ intake
 
-    def enqueue(self, incoming: Incoming, *, now: datetime | None = None) -> EnqueueResult:
-        """Append the user turn and enqueue its job in one transaction; idempotent per dedupe key."""
-        existing = self._job_by_dedupe_key(incoming.dedupe_key)
-        if existing is not None:
-            return existing
+    def enqueue(self, incoming: Incoming, *, now: datetime | None = None) -> EnqueueResult | None:
+        """Append the user turn and enqueue its job in one transaction.
+
+        Idempotent per dedupe key: an event seen before returns its job with ``created=False`` and
+        stores nothing. Returns None (and stores nothing) when the channel is switched off."""
         moment = now or utcnow()
         try:
             with self._transaction() as session:
+                existing = self._job_by_dedupe_key(session, incoming.dedupe_key)
+                if existing is not None:
+                    return existing
+                enabled = session.scalar(
+                    select(ChannelSettings.enabled).where(
+                        ChannelSettings.platform == incoming.platform,
+                        ChannelSettings.workspace == incoming.workspace,
+                        ChannelSettings.channel == incoming.channel,
+                    )
+                )
+                if enabled is False:
+                    return None
                 conversation_id = self._conversation_id(session, incoming.conversation, moment)
-                message = Message(
-                    conversation_id=conversation_id,
-                    role=Role.USER,
-                    author_id=incoming.author_id,
-                    author_name=incoming.author_name,
-                    text=incoming.text,
-                    platform_message_id=incoming.message_id,
-                    created_at=moment,
-                )
-                session.add(message)
-                session.flush()
-                job = Job(
-                    conversation_id=conversation_id,
-                    message_id=message.id,
-                    dedupe_key=incoming.dedupe_key,
-                    status=JobStatus.QUEUED,
-                    attempts=0,
-                    available_at=moment,
-                    reply_target=dict(incoming.reply_target),
-                    reply_message_ids=[],
-                    created_at=moment,
-                    updated_at=moment,
-                )
-                session.add(job)
-                session.flush()
+                message_id = session.execute(
+                    insert(Message)
+                    .values(
+                        conversation_id=conversation_id,
+                        role=Role.USER,
+                        author_id=incoming.author_id,
+                        author_name=incoming.author_name,
+                        text=incoming.text,
+                        platform_message_id=incoming.message_id,
+                        created_at=moment,
+                    )
+                    .returning(Message.id)
+                ).scalar_one()
+                job_id = session.execute(
+                    insert(Job)
+                    .values(
+                        conversation_id=conversation_id,
+                        message_id=message_id,
+                        dedupe_key=incoming.dedupe_key,
+                        status=JobStatus.QUEUED,
+                        attempts=0,
+                        available_at=moment,
+                        reply_target=dict(incoming.reply_target),
+                        reply_message_ids=[],
+                        created_at=moment,
+                        updated_at=moment,
+                    )
+                    .returning(Job.id)
+                ).scalar_one()
                 return EnqueueResult(
-                    job_id=job.id,
+                    job_id=job_id,
                     conversation_id=conversation_id,
-                    message_id=message.id,
+                    message_id=message_id,
                     created=True,
                 )
         except IntegrityError:
             # Another process stored the same event between our check and our insert.
-            raced = self._job_by_dedupe_key(incoming.dedupe_key)
+            with self._transaction() as session:
+                raced = self._job_by_dedupe_key(session, incoming.dedupe_key)
             if raced is None:
                 raise
             return raced
 
-    def _job_by_dedupe_key(self, dedupe_key: str) -> EnqueueResult | None:
-        with self._transaction() as session:
-            row = session.execute(
-                select(Job.id, Job.conversation_id, Job.message_id).where(
-                    Job.dedupe_key == dedupe_key
-                )
-            ).first()
+    @staticmethod
+    def _job_by_dedupe_key(session: Session, dedupe_key: str) -> EnqueueResult | None:
+        row = session.execute(
+            select(Job.id, Job.conversation_id, Job.message_id).where(Job.dedupe_key == dedupe_key)
+        ).first()
         if row is None:
             return None
         return EnqueueResult(
@@ -123,6 +146,9 @@ class Repository:
         )
 
     def _conversation_id(self, session: Session, key: ConversationKey, now: datetime) -> int:
+        found = session.scalar(select(Conversation.id).where(*self._key_filter(key)))
+        if found is not None:
+            return found
         values = {
             "platform": key.platform,
             "workspace": key.workspace,
@@ -130,8 +156,8 @@ class Repository:
             "thread": key.thread,
             "created_at": now,
         }
-        insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
-        session.execute(insert(Conversation).values(**values).on_conflict_do_nothing())
+        upsert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        session.execute(upsert(Conversation).values(**values).on_conflict_do_nothing())
         found = session.scalar(select(Conversation.id).where(*self._key_filter(key)))
         assert found is not None
         return found
@@ -206,9 +232,17 @@ class Repository:
                 )
                 if result.rowcount != 1:  # type: ignore[attr-defined]
                     continue
-                job, conversation = session.execute(
-                    select(Job, Conversation)
+                job, conversation, system_prompt = session.execute(
+                    select(Job, Conversation, ChannelSettings.system_prompt)
                     .join(Conversation, Conversation.id == Job.conversation_id)
+                    .outerjoin(
+                        ChannelSettings,
+                        and_(
+                            ChannelSettings.platform == Conversation.platform,
+                            ChannelSettings.workspace == Conversation.workspace,
+                            ChannelSettings.channel == Conversation.channel,
+                        ),
+                    )
                     .where(Job.id == job_id)
                     .execution_options(populate_existing=True)
                 ).one()
@@ -229,6 +263,7 @@ class Repository:
                         reply_target=dict(job.reply_target or {}),
                         reply_text=job.reply_text,
                         reply_message_ids=tuple(job.reply_message_ids or ()),
+                        system_prompt=system_prompt,
                     )
                 )
         return claimed
@@ -314,8 +349,8 @@ class Repository:
             )
             if result.rowcount != 1:  # type: ignore[attr-defined]
                 return False
-            session.add(
-                Message(
+            session.execute(
+                insert(Message).values(
                     conversation_id=job.conversation_id,
                     role=Role.ASSISTANT,
                     author_id="",

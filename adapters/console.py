@@ -1,0 +1,187 @@
+"""The console adapter: a terminal chat that goes through the same intake -> queue -> worker path.
+
+Lines typed on stdin become ``Incoming`` messages in the current conversation (``#general`` until
+``/channel NAME`` switches); replies stream to stdout as they are generated. End of input (Ctrl-D or
+a closed pipe) or ``/quit`` sets ``input_closed``; the service then finishes pending replies and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import itertools
+import sys
+import threading
+import uuid
+from collections.abc import Sequence
+from typing import TextIO
+
+from bot import texts
+from bot.delivery import ReplyTarget
+from bot.errors import InvalidIncomingError
+from bot.intake import Intake
+from bot.models import Incoming
+
+PLATFORM = "console"
+
+
+class ConsoleReplyStream:
+    def __init__(self, adapter: ConsoleAdapter, target: ReplyTarget, *, live: bool) -> None:
+        self._adapter = adapter
+        self._target = target
+        self._live = live
+        self._shown = ""
+        self._started = False
+        self._id = f"console-{target.job_id}"
+
+    @property
+    def message_ids(self) -> Sequence[str]:
+        return (self._id,) if self._started else ()
+
+    def _header(self) -> str:
+        return f"{texts.CONSOLE_BOT_NAME} [#{self._target.conversation.channel}]: "
+
+    async def update(self, text: str) -> None:
+        if not self._live:
+            return
+        if not self._started:
+            self._adapter.write(self._header())
+            self._started = True
+        if text.startswith(self._shown):
+            self._adapter.write(text[len(self._shown) :])
+        else:  # an earlier attempt showed something else: start the reply over on a new line
+            self._adapter.write("\n" + self._header() + text)
+        self._shown = text
+
+    async def finish(self, text: str) -> Sequence[str]:
+        if self._live:
+            await self.update(text)
+            self._adapter.write("\n")
+            self._adapter.release_live(self)
+        else:
+            self._started = True
+            self._adapter.write(self._header() + text + "\n")
+        self._adapter.prompt()
+        return (self._id,)
+
+
+class ConsoleAdapter:
+    def __init__(
+        self,
+        *,
+        input_stream: TextIO | None = None,
+        output_stream: TextIO | None = None,
+        channel: str = "general",
+        author: str | None = None,
+        interactive: bool | None = None,
+    ) -> None:
+        self._input = input_stream if input_stream is not None else sys.stdin
+        self._output = output_stream if output_stream is not None else sys.stdout
+        self._interactive = self._input.isatty() if interactive is None else interactive
+        self.channel = channel
+        self._author = author or _login_name()
+        self._session = uuid.uuid4().hex[:12]
+        self._counter = itertools.count(1)
+        self._live: ConsoleReplyStream | None = None
+        self._lines: asyncio.Queue[str | None] = asyncio.Queue()
+        self._reader: asyncio.Task[None] | None = None
+        self.input_closed = asyncio.Event()
+
+    @property
+    def platform(self) -> str:
+        return PLATFORM
+
+    def write(self, text: str) -> None:
+        self._output.write(text)
+        self._output.flush()
+
+    def prompt(self) -> None:
+        if self._interactive and not self.input_closed.is_set() and self._live is None:
+            self.write(f"you [#{self.channel}]> ")
+
+    def release_live(self, stream: ConsoleReplyStream) -> None:
+        if self._live is stream:
+            self._live = None
+
+    async def start(self, intake: Intake) -> None:
+        loop = asyncio.get_running_loop()
+
+        def read_lines() -> None:  # a daemon thread: a blocked read never holds up the exit
+            for line in self._input:
+                loop.call_soon_threadsafe(self._lines.put_nowait, line)
+            loop.call_soon_threadsafe(self._lines.put_nowait, None)
+
+        threading.Thread(target=read_lines, name="console-input", daemon=True).start()
+        if self._interactive:
+            self.write(texts.CONSOLE_BANNER + "\n")
+            self.prompt()
+        self._reader = asyncio.create_task(self._consume(intake), name="console-ingress")
+
+    async def _consume(self, intake: Intake) -> None:
+        while True:
+            line = await self._lines.get()
+            if line is None:
+                break
+            text = line.rstrip("\r\n")
+            if not text.strip():
+                self.prompt()
+                continue
+            if text.startswith("/"):
+                if not self._command(text.strip()):
+                    break
+                continue
+            try:
+                await intake.submit(
+                    Incoming(
+                        platform=PLATFORM,
+                        channel=self.channel,
+                        author_id=self._author,
+                        author_name=self._author,
+                        text=text,
+                        message_id=f"{self._session}-{next(self._counter)}",
+                    )
+                )
+            except InvalidIncomingError as exc:
+                self.write(f"{exc}\n")
+                self.prompt()
+        self.input_closed.set()
+
+    def _command(self, line: str) -> bool:
+        """Run a console command; False means leave."""
+        command, _, argument = line.partition(" ")
+        if command in ("/quit", "/exit"):
+            return False
+        if command == "/help":
+            self.write(texts.CONSOLE_HELP + "\n")
+        elif command == "/channel" and argument.strip():
+            self.channel = argument.strip().lstrip("#")
+            self.write(texts.CONSOLE_SWITCHED.format(channel=self.channel) + "\n")
+        else:
+            self.write(texts.CONSOLE_UNKNOWN_COMMAND.format(command=command) + "\n")
+        self.prompt()
+        return True
+
+    async def stop(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+
+    async def open_reply(self, target: ReplyTarget) -> ConsoleReplyStream:
+        live = self._live is None and target.conversation.channel == self.channel
+        stream = ConsoleReplyStream(self, target, live=live)
+        if live:
+            self._live = stream
+        return stream
+
+    async def post_notice(self, target: ReplyTarget, text: str) -> None:
+        self.write(f"{texts.CONSOLE_BOT_NAME} [#{target.conversation.channel}]: {text}\n")
+        self.prompt()
+
+
+def _login_name() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no user database entry (containers)
+        return "you"

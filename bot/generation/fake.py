@@ -1,0 +1,137 @@
+"""The shipped fake Engine: scripted or echoing replies, streamed word by word, with fault injection.
+
+Used by tests (assert on ``requests`` / ``prompts``) and by ``solarbot run --engine fake`` demos.
+Its tokenizer is character-level and renders SOLAR's template, so prompt budgeting still applies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Callable, Sequence
+
+from bot.errors import EngineClosedError, GenerationError
+from bot.generation.engine import EngineHealth, GenerationRequest
+from bot.generation.solar import render_solar_chat
+
+ReplyScript = Callable[[str], str]
+
+_USER_HEADER = "### User:\n"
+_ASSISTANT_TAIL = "\n\n### Assistant:\n"
+
+
+class FakeTokenizer:
+    """One token per character (BOS = 1 first). Exact and reversible, so tests can read prompts back."""
+
+    bos_id = 1
+
+    def render_chat(
+        self, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool
+    ) -> str:
+        return render_solar_chat(list(messages), add_generation_prompt=add_generation_prompt)
+
+    def encode(self, text: str, *, add_bos: bool) -> list[int]:
+        ids = [ord(char) + 3 for char in text]  # 0..2 stay free for pad/BOS/EOS, as in SOLAR
+        return [self.bos_id, *ids] if add_bos else ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return "".join(chr(i - 3) for i in ids if i > 2)
+
+
+def echo_reply(prompt: str) -> str:
+    """The default script: answer with the last user message."""
+    start = prompt.rfind(_USER_HEADER)
+    end = prompt.rfind(_ASSISTANT_TAIL)
+    if start == -1 or end < start:
+        return "You said something."
+    return f"You said: {prompt[start + len(_USER_HEADER) : end]}"
+
+
+class FakeEngine:
+    def __init__(
+        self,
+        *,
+        script: ReplyScript = echo_reply,
+        replies: Sequence[str] | None = None,
+        delay_per_chunk: float = 0.0,
+        context_window: int = 4096,
+        model_id: str = "fake",
+    ) -> None:
+        self._script = script
+        self._replies = list(replies) if replies is not None else None
+        self._delay = delay_per_chunk
+        self._context_window = context_window
+        self._model_id = model_id
+        self._tokenizer = FakeTokenizer()
+        self._active: dict[str, asyncio.Event] = {}
+        self._failures: list[Exception] = []
+        self._started = False
+        self._closed = False
+        self.requests: list[GenerationRequest] = []
+
+    @property
+    def model_id(self) -> str:
+        return self._model_id
+
+    @property
+    def tokenizer(self) -> FakeTokenizer:
+        return self._tokenizer
+
+    @property
+    def context_window(self) -> int:
+        return self._context_window
+
+    @property
+    def prompts(self) -> list[str]:
+        """Every prompt received, decoded back to text."""
+        return [self._tokenizer.decode(request.prompt_ids) for request in self.requests]
+
+    def fail_next(self, count: int = 1, *, error: Exception | None = None) -> None:
+        """The next ``count`` requests fail with ``error`` (a GenerationError by default)."""
+        self._failures.extend([error or GenerationError("injected engine failure")] * count)
+
+    async def start(self) -> None:
+        self._started = True
+
+    def _reply_for(self, prompt: str) -> str:
+        if self._replies:
+            return self._replies.pop(0)
+        return self._script(prompt)
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[str]:
+        if not self._started or self._closed:
+            raise EngineClosedError("the fake engine is not running")
+        self.requests.append(request)
+        if self._failures:
+            raise self._failures.pop(0)
+        reply = self._reply_for(self._tokenizer.decode(request.prompt_ids))
+        cancelled = asyncio.Event()
+        self._active[request.request_id] = cancelled
+        try:
+            # Each chunk is a word with its trailing space: ~1 "token"; max_new_tokens counts chunks.
+            for count, chunk in enumerate(re.findall(r"\S*\s*", reply)):
+                if not chunk or cancelled.is_set() or count >= request.max_new_tokens:
+                    break
+                if self._delay:
+                    await asyncio.sleep(self._delay)
+                else:
+                    await asyncio.sleep(0)
+                yield chunk
+        finally:
+            self._active.pop(request.request_id, None)
+
+    async def cancel(self, request_id: str) -> None:
+        event = self._active.get(request_id)
+        if event is not None:
+            event.set()
+
+    def health(self) -> EngineHealth:
+        return EngineHealth(
+            ready=self._started and not self._closed,
+            model_id=self._model_id,
+            device="none",
+            active_requests=len(self._active),
+        )
+
+    async def close(self) -> None:
+        self._closed = True

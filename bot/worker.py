@@ -1,0 +1,354 @@
+"""The worker: claims jobs, builds prompts, streams generation to the platform, records the result.
+
+- jobs are claimed with a lease that is renewed while the job runs; a worker that dies leaves its
+  lease to expire and another worker (or this one after a restart) picks the job up;
+- the repository hands out only the oldest unfinished job of each conversation, so replies stay in
+  order, while different conversations run concurrently (the engine batches them);
+- delivery and generation errors are retried with exponential backoff and jitter (honouring a
+  platform's Retry-After); after ``max_attempts`` the job is ``failed``, the error stored and a short
+  apology posted;
+- the assistant turn is recorded and the job marked done in one transaction;
+- ``stop()`` drains running jobs for a grace period, then hands the rest back to the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from bot import texts
+from bot.conversation import BuiltPrompt, PromptBuilder, Turn
+from bot.delivery import ChatAdapter, ReplyStream, ReplyTarget
+from bot.errors import DeliveryError, PromptTooLongError, SolarbotError
+from bot.generation.engine import Engine, GenerationRequest, SamplingParams
+from bot.models import ClaimedJob, Role
+from storage.repository import Repository
+
+log = logging.getLogger(__name__)
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerOptions:
+    system_prompt: str
+    max_new_tokens: int
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    concurrency: int = 8
+    lease_seconds: float = 60.0
+    max_attempts: int = 5
+    retry_base_seconds: float = 2.0
+    retry_max_seconds: float = 300.0
+    poll_seconds: float = 0.5
+    history_limit: int = 400
+    worker_id: str = field(default_factory=default_worker_id)
+
+
+class Worker:
+    def __init__(
+        self,
+        *,
+        repository: Repository,
+        engine: Engine,
+        adapters: Mapping[str, ChatAdapter],
+        options: WorkerOptions,
+    ) -> None:
+        self._repository = repository
+        self._engine = engine
+        self._adapters = dict(adapters)
+        self._options = options
+        self._builder = PromptBuilder(
+            engine.tokenizer,
+            context_window=engine.context_window,
+            max_new_tokens=options.max_new_tokens,
+        )
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._active: dict[int, asyncio.Task[None]] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.completed = 0
+        self.failed = 0
+
+    @property
+    def worker_id(self) -> str:
+        return self._options.worker_id
+
+    @property
+    def active_jobs(self) -> int:
+        return len(self._active)
+
+    def wake(self) -> None:
+        """Something was enqueued: look for work now instead of at the next poll."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Claim and process jobs until ``stop()`` is called."""
+        requeued = await asyncio.to_thread(self._repository.requeue_expired)
+        if requeued:
+            log.warning("requeued %d job(s) whose worker died", requeued)
+        log.info("worker %s started (concurrency %d)", self.worker_id, self._options.concurrency)
+        while not self._stopping.is_set():
+            self._wake.clear()
+            free = self._options.concurrency - len(self._active)
+            if free > 0:
+                try:
+                    jobs = await asyncio.to_thread(
+                        self._repository.claim,
+                        worker_id=self.worker_id,
+                        limit=free,
+                        lease_seconds=self._options.lease_seconds,
+                        platforms=list(self._adapters),
+                    )
+                except Exception:
+                    log.exception("claiming jobs failed; retrying")
+                    jobs = []
+                for job in jobs:
+                    self._spawn(job)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wait_for_work(), timeout=self._options.poll_seconds)
+
+    async def _wait_for_work(self) -> None:
+        waiters = [
+            asyncio.ensure_future(self._wake.wait()),
+            asyncio.ensure_future(self._stopping.wait()),
+        ]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    def _spawn(self, job: ClaimedJob) -> None:
+        task = asyncio.create_task(self._run_job(job), name=f"job-{job.id}")
+        self._active[job.id] = task
+        self._idle.clear()
+
+        def _done(_task: asyncio.Task[None]) -> None:
+            self._active.pop(job.id, None)
+            if not self._active:
+                self._idle.set()
+            self._wake.set()  # a slot is free: maybe the conversation's next job is ready
+
+        task.add_done_callback(_done)
+
+    async def stop(self, *, drain_seconds: float = 30.0) -> None:
+        """Stop claiming; let running jobs finish for ``drain_seconds``; release the rest."""
+        self._stopping.set()
+        if self._active:
+            log.info("draining %d running job(s)", len(self._active))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), timeout=drain_seconds)
+        for task in list(self._active.values()):
+            task.cancel()
+        if self._active:
+            await asyncio.gather(*self._active.values(), return_exceptions=True)
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+    # ------------------------------------------------------------------ one job
+
+    async def _run_job(self, job: ClaimedJob) -> None:
+        renewer = asyncio.create_task(self._renew_lease(job, asyncio.current_task()))
+        try:
+            await self._process(job)
+        except asyncio.CancelledError:
+            if renewer.done() and renewer.result() is False:
+                log.warning("job %s: lease lost to another worker; abandoned", job.id)
+            else:
+                await asyncio.shield(asyncio.to_thread(self._repository.release, job))
+                log.info("job %s released back to the queue", job.id)
+            raise
+        except Exception:
+            log.exception("job %s: unexpected error", job.id)
+            await self._retry_or_fail(job, error="internal error (see the worker log)")
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+
+    async def _renew_lease(self, job: ClaimedJob, owner: asyncio.Task[None] | None) -> bool:
+        interval = max(self._options.lease_seconds / 3, 0.05)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                still_ours = await asyncio.to_thread(
+                    self._repository.renew_lease, job, lease_seconds=self._options.lease_seconds
+                )
+            except Exception:
+                log.exception("job %s: renewing the lease failed", job.id)
+                continue
+            if not still_ours:
+                if owner is not None:
+                    owner.cancel()
+                return False
+
+    async def _process(self, job: ClaimedJob) -> None:
+        adapter = self._adapters[job.conversation.platform]
+        target = ReplyTarget(
+            job_id=job.id,
+            conversation=job.conversation,
+            reply_target=job.reply_target,
+            existing_message_ids=job.reply_message_ids,
+        )
+        notice = ""
+        reply = job.reply_text
+        if reply is None:
+            try:
+                prompt = await self._build_prompt(job)
+            except PromptTooLongError as exc:
+                await self._give_up(job, target, error=str(exc), apology=texts.PROMPT_TOO_LONG)
+                return
+            if prompt.newest_truncated:
+                notice = texts.TRUNCATED_NOTICE + "\n\n"
+        try:
+            stream = await adapter.open_reply(target)
+            if reply is None:
+                reply = await self._generate(job, prompt.prompt_ids, stream, prefix=notice)
+            posted = list(await stream.finish(notice + reply))
+        except DeliveryError as exc:
+            await self._retry_or_fail(
+                job, error=f"delivery failed: {exc}", reply_text=reply, retry_after=exc.retry_after
+            )
+            return
+        except SolarbotError as exc:
+            await self._retry_or_fail(job, error=f"generation failed: {exc}")
+            return
+        token_count = len(self._engine.tokenizer.encode(reply, add_bos=False))
+        done = await asyncio.to_thread(
+            self._repository.complete,
+            job,
+            reply_text=reply,
+            reply_message_ids=posted,
+            token_count=token_count,
+        )
+        if done:
+            self.completed += 1
+            log.info("job %s done (%d tokens, attempt %d)", job.id, token_count, job.attempt)
+        else:
+            log.warning("job %s finished after its lease was lost; result not recorded", job.id)
+
+    async def _build_prompt(self, job: ClaimedJob) -> BuiltPrompt:
+        messages = await asyncio.to_thread(
+            self._repository.history,
+            job.conversation_id,
+            up_to_message_id=job.message_id,
+            limit=self._options.history_limit,
+        )
+        system_prompt = (
+            job.system_prompt if job.system_prompt is not None else self._options.system_prompt
+        )
+        turns = [
+            Turn(
+                role="user" if message.role is Role.USER else "assistant",
+                text=message.text,
+                author_name=message.author_name or None,
+            )
+            for message in messages
+        ]
+        return await asyncio.to_thread(
+            self._builder.build, system_prompt=system_prompt, history=turns
+        )
+
+    async def _generate(
+        self, job: ClaimedJob, prompt_ids: list[int], stream: ReplyStream, *, prefix: str
+    ) -> str:
+        """Stream the engine's reply into ``stream``; returns the complete reply text."""
+        request = GenerationRequest(
+            request_id=f"job-{job.id}-{job.attempt}-{uuid.uuid4().hex[:8]}",
+            prompt_ids=prompt_ids,
+            max_new_tokens=self._options.max_new_tokens,
+            sampling=self._options.sampling,
+        )
+        text = ""
+        known_ids = tuple(stream.message_ids)
+        delivery_error: DeliveryError | None = None
+        async for delta in self._engine.stream(request):
+            text += delta
+            if delivery_error is not None:
+                continue  # keep generating: the finished text is saved and delivered on retry
+            try:
+                await stream.update(prefix + text)
+            except DeliveryError as exc:
+                delivery_error = exc
+                continue
+            if tuple(stream.message_ids) != known_ids:
+                known_ids = tuple(stream.message_ids)
+                await asyncio.to_thread(
+                    self._repository.record_reply_progress, job, reply_message_ids=known_ids
+                )
+        if delivery_error is not None:
+            await asyncio.to_thread(
+                self._repository.record_reply_progress,
+                job,
+                reply_message_ids=known_ids,
+                reply_text=text,
+            )
+            raise delivery_error
+        return text
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        base = self._options.retry_base_seconds * (2 ** max(attempt - 1, 0))
+        delay = min(self._options.retry_max_seconds, base) * random.uniform(0.5, 1.0)
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        return delay
+
+    async def _retry_or_fail(
+        self,
+        job: ClaimedJob,
+        *,
+        error: str,
+        reply_text: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        if job.attempt >= self._options.max_attempts:
+            target = ReplyTarget(
+                job_id=job.id,
+                conversation=job.conversation,
+                reply_target=job.reply_target,
+                existing_message_ids=job.reply_message_ids,
+            )
+            await self._give_up(job, target, error=error, apology=texts.FAILED_REPLY)
+            return
+        delay = self._backoff(job.attempt, retry_after)
+        log.warning(
+            "job %s attempt %d/%d: %s; retrying in %.1fs",
+            job.id,
+            job.attempt,
+            self._options.max_attempts,
+            error,
+            delay,
+        )
+        await asyncio.to_thread(
+            self._repository.retry_later,
+            job,
+            error=error,
+            delay_seconds=delay,
+            reply_text=reply_text,
+        )
+
+    async def _give_up(
+        self, job: ClaimedJob, target: ReplyTarget, *, error: str, apology: str
+    ) -> None:
+        if not await asyncio.to_thread(self._repository.fail, job, error=error):
+            return
+        self.failed += 1
+        log.error("job %s failed after %d attempt(s): %s", job.id, job.attempt, error)
+        adapter = self._adapters.get(job.conversation.platform)
+        if adapter is None:
+            return
+        try:
+            await adapter.post_notice(target, apology)
+        except DeliveryError as exc:
+            log.error("job %s: could not post the apology either: %s", job.id, exc)
