@@ -136,8 +136,7 @@ class ConsoleAdapter:
                     Incoming(
                         platform=PLATFORM,
                         channel=self.channel,
-                        author_id=self._author,
-                        author_name=self._author,
+                        author_id=self._author,  # one person at a terminal: no name in the prompt
                         text=text,
                         message_id=f"{self._session}-{next(self._counter)}",
                     )

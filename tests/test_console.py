@@ -1,0 +1,70 @@
+"""The console adapter through the whole service: intake -> SQLite -> worker -> engine -> stdout."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from pathlib import Path
+
+from adapters.console import ConsoleAdapter
+from bot.generation.fake import FakeEngine
+from bot.models import ConversationKey
+from bot.service import Service
+from bot.settings import load_settings
+from storage.repository import Repository
+
+
+async def chat(data_dir: Path, lines: str, *, engine: FakeEngine | None = None) -> tuple[str, FakeEngine]:
+    settings = load_settings(
+        environ={"SOLARBOT_DATA_DIR": str(data_dir), "SOLARBOT_ENGINE": "fake", "SOLARBOT_TEMPERATURE": "0"}
+    )
+    repository = Repository.open(settings.resolved_database_url())
+    engine = engine or FakeEngine(delay_per_chunk=0.001)
+    output = io.StringIO()
+    console = ConsoleAdapter(input_stream=io.StringIO(lines), output_stream=output, interactive=False)
+    service = Service(settings=settings, repository=repository, engine=engine, adapters=[console])
+    watcher = asyncio.create_task(service.stop_when_console_done(console))
+    async with asyncio.timeout(30):
+        await service.run()
+    await watcher
+    repository.close()
+    return output.getvalue(), engine
+
+
+def stored(data_dir: Path, channel: str) -> list[tuple[str, str]]:
+    repository = Repository.open(f"sqlite:///{data_dir.resolve() / 'solarbot.db'}")
+    try:
+        key = ConversationKey(platform="console", channel=channel)
+        return [(m.role.value, m.text) for m in repository.messages(key)]
+    finally:
+        repository.close()
+
+
+async def test_a_line_typed_gets_a_streamed_reply_that_is_printed_and_stored(tmp_path: Path) -> None:
+    output, _ = await chat(tmp_path, "hello there\n")
+    assert output == "solarbot [#general]: You said: hello there\n"
+    assert stored(tmp_path, "general") == [("user", "hello there"), ("assistant", "You said: hello there")]
+
+
+async def test_channels_keep_separate_histories_and_survive_a_restart(tmp_path: Path) -> None:
+    await chat(tmp_path, "one\n/channel ops\nin ops\n")
+    output, engine = await chat(tmp_path, "two\n")  # a new process would see the same database
+    assert output.endswith("solarbot [#general]: You said: two\n")
+    # After the restart the prompt still carries the earlier turns of #general, not those of #ops.
+    assert "### User:\none\n\n### Assistant:\nYou said: one### User:\ntwo\n\n" in engine.prompts[0]
+    assert "in ops" not in engine.prompts[0]
+    assert [text for _, text in stored(tmp_path, "general")] == ["one", "You said: one", "two", "You said: two"]
+    assert [text for _, text in stored(tmp_path, "ops")] == ["in ops", "You said: in ops"]
+
+
+async def test_commands_are_not_sent_to_the_model(tmp_path: Path) -> None:
+    output, engine = await chat(tmp_path, "/help\n/bogus\n\n   \n/quit\nnot sent\n")
+    assert "/channel NAME" in output and "Unknown command '/bogus'" in output
+    assert engine.requests == [] and stored(tmp_path, "general") == []
+
+
+async def test_end_of_input_waits_for_every_pending_reply(tmp_path: Path) -> None:
+    lines = "".join(f"message {n}\n" for n in range(5))
+    output, _ = await chat(tmp_path, lines, engine=FakeEngine(delay_per_chunk=0.02))
+    replies = [line for line in output.splitlines() if line.startswith("solarbot")]
+    assert replies == [f"solarbot [#general]: You said: message {n}" for n in range(5)]
