@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bot.errors import ConfigError
@@ -83,10 +84,10 @@ class Settings(BaseSettings):
         return f"sqlite:///{(self.data_dir / 'solarbot.db').resolve()}"
 
 
-def _describe(error: Mapping[str, object]) -> str:
-    location = error.get("loc") or ()
+def _describe(error: ErrorDetails) -> str:
+    location = error["loc"]
     key = ENV_PREFIX + "_".join(str(part) for part in location if isinstance(part, str)).upper()
-    message = str(error.get("msg", "invalid value"))
+    message = str(error["msg"])
     message = message.removeprefix("Value error, ")
     return f"{key}: {message}"
 
@@ -105,13 +106,13 @@ def load_settings(
                 )
     try:
         if environ is None:
-            return Settings(_env_file=env_file)  # type: ignore[call-arg]
+            return Settings(_env_file=env_file)
         prefixed = {
             key[len(ENV_PREFIX) :].lower(): value
             for key, value in environ.items()
             if key.startswith(ENV_PREFIX)
         }
-        return Settings(_env_file=None, **prefixed)  # type: ignore[call-arg]
+        return Settings.model_validate(prefixed)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ConfigError(_describe(first)) from None

@@ -298,7 +298,7 @@ class Worker:
         return text
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        base = self._options.retry_base_seconds * (2 ** max(attempt - 1, 0))
+        base = self._options.retry_base_seconds * 2.0 ** max(attempt - 1, 0)
         delay = min(self._options.retry_max_seconds, base) * random.uniform(0.5, 1.0)
         if retry_after is not None:
             delay = max(delay, retry_after)

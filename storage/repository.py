@@ -17,6 +17,7 @@ from sqlalchemy import Engine, and_, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, sessionmaker
+from sqlalchemy.sql.elements import ColumnElement
 
 from bot.models import (
     ChannelConfig,
@@ -163,7 +164,7 @@ class Repository:
         return found
 
     @staticmethod
-    def _key_filter(key: ConversationKey) -> tuple[object, ...]:
+    def _key_filter(key: ConversationKey) -> tuple[ColumnElement[bool], ...]:
         return (
             Conversation.platform == key.platform,
             Conversation.workspace == key.workspace,
@@ -268,7 +269,7 @@ class Repository:
                 )
         return claimed
 
-    def _owned(self, job: ClaimedJob) -> tuple[object, ...]:
+    def _owned(self, job: ClaimedJob) -> tuple[ColumnElement[bool], ...]:
         return (
             Job.id == job.id,
             Job.worker_id == job.worker_id,
