@@ -1,0 +1,160 @@
+"""The ``solarbot`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from bot import __version__
+from bot.errors import SolarbotError
+from bot.settings import Settings, load_settings
+
+log = logging.getLogger("solarbot")
+
+DESCRIPTION = """\
+solarbot: SOLAR-10.7B-Instruct in team chat.
+
+Configuration comes from SOLARBOT_* environment variables (or a .env file); see README.md.
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="solarbot",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"solarbot {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    engine_help = "text generation engine: 'local' (the model, default) or 'fake' (scripted demo)"
+
+    run = commands.add_parser(
+        "run",
+        help="run the service: the worker plus every configured platform (console if none)",
+        description="Start the worker and every adapter whose credentials are configured. "
+        "With no platform configured, chat in this terminal (the console adapter).",
+    )
+    run.add_argument("--engine", choices=["local", "fake"], help=engine_help)
+
+    chat = commands.add_parser(
+        "chat",
+        help="chat with the bot in this terminal (console adapter + worker)",
+        description="A terminal chat through the real intake -> queue -> worker path. "
+        "Type /help inside for commands. Ends at /quit or end of input, after pending replies.",
+    )
+    chat.add_argument("--engine", choices=["local", "fake"], help=engine_help)
+    chat.add_argument(
+        "--channel", default="general", help="conversation to start in (default: general)"
+    )
+    chat.add_argument("--verbose", action="store_true", help="log INFO messages to stderr")
+
+    worker = commands.add_parser(
+        "worker",
+        help="run only the worker (replies delivered through platform REST APIs)",
+        description="Claim jobs from the shared database and deliver replies for every "
+        "configured platform. Run several on PostgreSQL to scale out.",
+    )
+    worker.add_argument("--engine", choices=["local", "fake"], help=engine_help)
+
+    db = commands.add_parser("db", help="database maintenance", description="Database maintenance.")
+    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    db_commands.add_parser("upgrade", help="apply migrations (also done on every start)")
+    db_commands.add_parser("current", help="print the database's migration revision")
+
+    from bot.upscale import add_upscale_parser
+
+    add_upscale_parser(commands)
+    return parser
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("httpx", "urllib3", "transformers", "accelerate"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _with_engine(settings: Settings, engine: str | None) -> Settings:
+    return settings if engine is None else settings.model_copy(update={"engine": engine})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "upscale":
+        from bot.upscale import run_upscale
+
+        return run_upscale(args)
+    try:
+        settings = load_settings()
+        quiet = args.command == "chat" and not args.verbose
+        _configure_logging("WARNING" if quiet else settings.log_level)
+        if args.command == "db":
+            return _db(settings, args.db_command)
+        settings = _with_engine(settings, args.engine)
+        return asyncio.run(
+            _serve(settings, mode=args.command, channel=getattr(args, "channel", None))
+        )
+    except SolarbotError as exc:
+        print(f"solarbot: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _db(settings: Settings, action: str) -> int:
+    from bot.service import redacted_url
+    from storage import database
+
+    url = settings.resolved_database_url()
+    engine = database.create_db_engine(url)
+    try:
+        if action == "upgrade":
+            database.upgrade(engine)
+        print(f"{redacted_url(url)}: revision {database.current_revision(engine)}")
+    finally:
+        engine.dispose()
+    return 0
+
+
+async def _serve(settings: Settings, *, mode: str, channel: str | None) -> int:
+    from adapters.console import ConsoleAdapter
+    from bot.delivery import ChatAdapter
+    from bot.service import Service, build_engine, platform_adapters, redacted_url
+    from storage.repository import Repository
+
+    url = settings.resolved_database_url()
+    repository = await asyncio.to_thread(Repository.open, url)
+    log.info("database %s ready", redacted_url(url))
+    adapters: list[ChatAdapter] = [] if mode == "chat" else platform_adapters(settings)
+    console: ConsoleAdapter | None = None
+    if mode == "worker" and not adapters:
+        raise SolarbotError(
+            "no platform is configured for this worker to deliver to; "
+            "set a platform token, or use `solarbot chat` for the terminal"
+        )
+    if not adapters:
+        console = ConsoleAdapter(channel=channel or "general")
+        adapters = [console]
+    service = Service(
+        settings=settings, repository=repository, engine=build_engine(settings), adapters=adapters
+    )
+    service.install_signal_handlers()
+    watcher = asyncio.create_task(service.stop_when_console_done(console)) if console else None
+    try:
+        await service.run()
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+        repository.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
