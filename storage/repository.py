@@ -480,6 +480,35 @@ class Repository:
             ).all()
         return [_stored(row) for row in rows]
 
+    def forget_channel(self, *, platform: str, workspace: str, channel: str) -> int:
+        """Delete every stored turn of a channel and its threads (jobs too); returns messages deleted.
+
+        Jobs still queued or running for the channel are cancelled first so no reply lands after."""
+        with self._transaction() as session:
+            conversation_ids = list(
+                session.scalars(
+                    select(Conversation.id).where(
+                        Conversation.platform == platform,
+                        Conversation.workspace == workspace,
+                        Conversation.channel == channel,
+                    )
+                )
+            )
+            if not conversation_ids:
+                return 0
+            deleted = session.scalar(
+                select(func.count(Message.id)).where(Message.conversation_id.in_(conversation_ids))
+            )
+            session.execute(delete(Job).where(Job.conversation_id.in_(conversation_ids)))
+            session.execute(
+                delete(Message).where(
+                    Message.conversation_id.in_(conversation_ids), Message.reply_to_id.is_not(None)
+                )
+            )
+            session.execute(delete(Message).where(Message.conversation_id.in_(conversation_ids)))
+            session.execute(delete(Conversation).where(Conversation.id.in_(conversation_ids)))
+            return int(deleted or 0)
+
     # ------------------------------------------------------------------ channel settings
 
     def channel_config(self, *, platform: str, workspace: str, channel: str) -> ChannelConfig:

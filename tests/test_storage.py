@@ -234,3 +234,24 @@ def test_postgres_works_by_url_alone(postgres_url: str) -> None:
     with repo.engine.connect() as connection:
         assert connection.execute(text("select 1")).scalar() == 1
     repo.close()
+
+
+def test_forget_channel_deletes_its_turns_threads_and_jobs_only(repository: Repository) -> None:
+    repository.enqueue(incoming("c1", "1", "secret"))
+    repository.enqueue(incoming("c1", "2", "in a thread", thread="t1"))
+    repository.enqueue(incoming("c2", "3", "keep me"))
+    (job,) = [
+        j
+        for j in repository.claim(worker_id="w", limit=5, lease_seconds=30)
+        if j.conversation.channel == "c1" and not j.conversation.thread
+    ]
+    repository.complete(job, reply_text="answer", reply_message_ids=["r"], token_count=1)
+    assert repository.forget_channel(platform="test", workspace="", channel="c1") == 3
+    assert repository.messages(ConversationKey(platform="test", channel="c1")) == []
+    assert repository.messages(ConversationKey(platform="test", channel="c1", thread="t1")) == []
+    assert [
+        m.text for m in repository.messages(ConversationKey(platform="test", channel="c2"))
+    ] == ["keep me"]
+    assert all(j.conversation_id != job.conversation_id for j in repository.jobs())
+    # The same event id can be used again afterwards (its dedupe key went with the job).
+    assert repository.enqueue(incoming("c1", "1", "again")).created  # type: ignore[union-attr]
