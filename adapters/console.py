@@ -61,7 +61,7 @@ class ConsoleReplyStream:
             self._adapter.release_live(self)
         else:
             self._started = True
-            self._adapter.write(self._header() + text + "\n")
+            self._adapter.write_block(self._header() + text + "\n")
         self._adapter.prompt()
         return (self._id,)
 
@@ -84,6 +84,7 @@ class ConsoleAdapter:
         self._session = uuid.uuid4().hex[:12]
         self._counter = itertools.count(1)
         self._live: ConsoleReplyStream | None = None
+        self._deferred: list[str] = []
         self._lines: asyncio.Queue[str | None] = asyncio.Queue()
         self._reader: asyncio.Task[None] | None = None
         self.input_closed = asyncio.Event()
@@ -96,6 +97,13 @@ class ConsoleAdapter:
         self._output.write(text)
         self._output.flush()
 
+    def write_block(self, text: str) -> None:
+        """A whole message: printed now, or after the reply streaming on screen has finished."""
+        if self._live is not None and self._live.message_ids:
+            self._deferred.append(text)
+        else:
+            self.write(text)
+
     def prompt(self) -> None:
         if self._interactive and not self.input_closed.is_set() and self._live is None:
             self.write(f"you [#{self.channel}]> ")
@@ -103,6 +111,9 @@ class ConsoleAdapter:
     def release_live(self, stream: ConsoleReplyStream) -> None:
         if self._live is stream:
             self._live = None
+            for block in self._deferred:
+                self.write(block)
+            self._deferred.clear()
 
     async def start(self, intake: Intake) -> None:
         loop = asyncio.get_running_loop()
@@ -175,7 +186,7 @@ class ConsoleAdapter:
         return stream
 
     async def post_notice(self, target: ReplyTarget, text: str) -> None:
-        self.write(f"{texts.CONSOLE_BOT_NAME} [#{target.conversation.channel}]: {text}\n")
+        self.write_block(f"{texts.CONSOLE_BOT_NAME} [#{target.conversation.channel}]: {text}\n")
         self.prompt()
 
 

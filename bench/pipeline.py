@@ -23,14 +23,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adapters.fake import FakeAdapter, FakeReplyStream  # noqa: E402
-from bot.delivery import ReplyTarget  # noqa: E402
-from bot.generation.engine import GenerationRequest, SamplingParams  # noqa: E402
-from bot.generation.fake import FakeEngine  # noqa: E402
-from bot.intake import Intake  # noqa: E402
-from bot.models import ConversationKey  # noqa: E402
-from bot.worker import Worker, WorkerOptions  # noqa: E402
-from storage.repository import Repository  # noqa: E402
+from adapters.fake import FakeAdapter, FakeReplyStream
+from bot.delivery import ReplyTarget
+from bot.generation.engine import GenerationRequest, SamplingParams
+from bot.generation.fake import FakeEngine
+from bot.intake import Intake
+from bot.models import ConversationKey
+from bot.worker import Worker, WorkerOptions
+from storage.repository import Repository
 
 
 class TimedAdapter(FakeAdapter):
@@ -110,7 +110,10 @@ async def run_ours(channels: int, per_channel: int, concurrency: int, db: Path) 
     await worker_task
     total = channels * per_channel
     lost = sum(
-        1 for c in range(channels) for n in range(per_channel) if adapter.finished[f"c{c} m{n}"] == 0
+        1
+        for c in range(channels)
+        for n in range(per_channel)
+        if adapter.finished[f"c{c} m{n}"] == 0
     )
     doubled = sum(1 for count in adapter.finished.values() if count > 1)
     stored = sum(
@@ -147,7 +150,8 @@ async def run_baseline(channels: int, per_channel: int) -> dict[str, float]:
             sent = time.perf_counter()
             histories[channel].append({"role": "user", "content": text})
             prompt = tokenizer.render_chat(
-                [{"role": "system", "content": "bench"}, *histories[channel]], add_generation_prompt=True
+                [{"role": "system", "content": "bench"}, *histories[channel]],
+                add_generation_prompt=True,
             )
             counter += 1
             request = GenerationRequest(
@@ -184,7 +188,9 @@ async def run_baseline(channels: int, per_channel: int) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--channels", type=int, default=200)
     parser.add_argument("--messages", type=int, default=20, help="messages per channel")
     parser.add_argument("--concurrency", type=int, default=64, help="worker concurrency")
@@ -194,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
 
     baseline = asyncio.run(run_baseline(args.channels, args.messages))
     with tempfile.TemporaryDirectory() as tmp:
-        ours = asyncio.run(run_ours(args.channels, args.messages, args.concurrency, Path(tmp) / "bench.db"))
+        ours = asyncio.run(
+            run_ours(args.channels, args.messages, args.concurrency, Path(tmp) / "bench.db")
+        )
 
     print(f"{'path':<36} {'msgs/s':>9} {'p50 ms':>9} {'p99 ms':>9}")
     print(

@@ -77,7 +77,7 @@ def _configure_logging(level: str) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    for noisy in ("httpx", "urllib3", "transformers", "accelerate"):
+    for noisy in ("httpx", "urllib3", "transformers", "accelerate", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -273,20 +273,21 @@ class Worker:
         text = ""
         known_ids = tuple(stream.message_ids)
         delivery_error: DeliveryError | None = None
-        async for delta in self._engine.stream(request):
-            text += delta
-            if delivery_error is not None:
-                continue  # keep generating: the finished text is saved and delivered on retry
-            try:
-                await stream.update(prefix + text)
-            except DeliveryError as exc:
-                delivery_error = exc
-                continue
-            if tuple(stream.message_ids) != known_ids:
-                known_ids = tuple(stream.message_ids)
-                await asyncio.to_thread(
-                    self._repository.record_reply_progress, job, reply_message_ids=known_ids
-                )
+        async with contextlib.aclosing(self._engine.stream(request)) as deltas:
+            async for delta in deltas:
+                text += delta
+                if delivery_error is not None:
+                    continue  # keep generating: the finished text is saved and delivered on retry
+                try:
+                    await stream.update(prefix + text)
+                except DeliveryError as exc:
+                    delivery_error = exc
+                    continue
+                if tuple(stream.message_ids) != known_ids:
+                    known_ids = tuple(stream.message_ids)
+                    await asyncio.to_thread(
+                        self._repository.record_reply_progress, job, reply_message_ids=known_ids
+                    )
         if delivery_error is not None:
             await asyncio.to_thread(
                 self._repository.record_reply_progress,

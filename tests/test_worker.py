@@ -29,8 +29,8 @@ class Rig:
     worker: Worker
     task: asyncio.Task[None]
 
-    async def until(self, condition: Callable[[], bool], *, timeout: float = 20.0) -> None:
-        async with asyncio.timeout(timeout):
+    async def until(self, condition: Callable[[], bool], *, within: float = 20.0) -> None:
+        async with asyncio.timeout(within):
             while not condition():
                 await asyncio.sleep(0.01)
 
@@ -104,7 +104,9 @@ async def test_many_channels_run_concurrently_and_keep_their_own_history(sqlite_
     try:
         for n in range(3):
             for channel in ("a", "b", "c", "d"):
-                await rig.adapter.receive(channel=channel, text=f"{channel}{n}", message_id=f"{channel}{n}")
+                await rig.adapter.receive(
+                    channel=channel, text=f"{channel}{n}", message_id=f"{channel}{n}"
+                )
         await rig.until(lambda: rig.pending() == 0)
         for channel in ("a", "b", "c", "d"):
             replies = rig.adapter.replies(channel)
@@ -114,7 +116,9 @@ async def test_many_channels_run_concurrently_and_keep_their_own_history(sqlite_
                 text for n in range(3) for text in (f"{channel}{n}", f"You said: {channel}{n}")
             ]
         # The third prompt of a channel carries that channel's history and nothing else.
-        third_a = next(p for p in rig.engine.prompts if p.endswith("### User:\na2\n\n### Assistant:\n"))
+        third_a = next(
+            p for p in rig.engine.prompts if p.endswith("### User:\na2\n\n### Assistant:\n")
+        )
         assert "You said: a1" in third_a and "b0" not in third_a
     finally:
         await rig.worker.stop(drain_seconds=1)
@@ -173,7 +177,9 @@ async def test_giving_up_marks_the_job_failed_and_apologises(rig: Rig) -> None:
     (job,) = rig.repository.jobs()
     assert job.status is JobStatus.FAILED and job.attempts == 3
     assert job.error is not None and "injected engine failure" in job.error
-    assert rig.adapter.notices == [(ConversationKey(platform="fake", channel="c1"), texts.FAILED_REPLY)]
+    assert rig.adapter.notices == [
+        (ConversationKey(platform="fake", channel="c1"), texts.FAILED_REPLY)
+    ]
     # The conversation is not stuck: the next message is answered.
     await rig.adapter.receive(channel="c1", text="again", message_id="2")
     await rig.until(lambda: rig.pending() == 0)
@@ -231,7 +237,9 @@ async def test_a_job_whose_worker_died_is_completed_exactly_once(sqlite_url: str
         assert job.status is JobStatus.DONE and job.attempts == 2 and job.worker_id != "dead"
         assert rig.adapter.replies("c1") == ["You said: hi"]
         # The dead worker coming back cannot record a second reply.
-        assert not rig.repository.complete(dead, reply_text="zombie", reply_message_ids=[], token_count=1)
+        assert not rig.repository.complete(
+            dead, reply_text="zombie", reply_message_ids=[], token_count=1
+        )
         key = ConversationKey(platform="fake", channel="c1")
         assert [m.text for m in rig.repository.messages(key)] == ["hi", "You said: hi"]
     finally:
@@ -286,7 +294,9 @@ async def test_startup_requeues_jobs_left_running_by_a_crash(sqlite_url: str) ->
     adapter = FakeAdapter(platform="fake")
     await adapter.start(Intake(repository))
     await adapter.receive(channel="c1", text="hi", message_id="1")
-    repository.claim(worker_id="crashed", limit=1, lease_seconds=1, now=utcnow() - timedelta(seconds=5))
+    repository.claim(
+        worker_id="crashed", limit=1, lease_seconds=1, now=utcnow() - timedelta(seconds=5)
+    )
     repository.close()
     rig = await start_rig(sqlite_url)
     try:

@@ -6,7 +6,7 @@ own thread with continuous batching) and ``fake.FakeEngine`` (scripted replies f
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -74,11 +74,11 @@ class Engine(Protocol):
         """Load the model and warm up. Idempotent."""
         ...
 
-    def stream(self, request: GenerationRequest) -> AsyncIterator[str]:
+    def stream(self, request: GenerationRequest) -> AsyncGenerator[str, None]:
         """Yield text deltas as tokens are produced; ends at EOS, a stop header or max tokens.
 
-        Breaking out of the iteration (or cancelling the consuming task) cancels the request and
-        frees its cache.
+        Closing the generator (``contextlib.aclosing``) or cancelling the consuming task cancels
+        the request and frees its cache at once.
         """
         ...
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 
 from bot.errors import EngineClosedError, GenerationError
 from bot.generation.engine import EngineHealth, GenerationRequest
@@ -98,7 +98,7 @@ class FakeEngine:
             return self._replies.pop(0)
         return self._script(prompt)
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[str]:
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[str, None]:
         if not self._started or self._closed:
             raise EngineClosedError("the fake engine is not running")
         self.requests.append(request)

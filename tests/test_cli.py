@@ -1,0 +1,104 @@
+"""The `solarbot` command as a user runs it: a real subprocess, real stdin/stdout, a real SQLite file."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.models import ConversationKey
+from storage.repository import Repository
+
+
+def solarbot(
+    *args: str, env: dict[str, str], stdin: str = "", timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SOLARBOT_")}
+    clean.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "bot.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=clean,
+        timeout=timeout,
+        cwd=Path(__file__).parents[1],
+    )
+
+
+def test_help_explains_every_command() -> None:
+    result = solarbot("--help", env={})
+    assert result.returncode == 0
+    for command in ("run", "chat", "worker", "db", "upscale"):
+        assert command in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("SOLARBOT_MAX_NEW_TOKENS", "lots"), ("SOLARBOT_DTYPE", "fp8"), ("SOLARBOT_MAX_TOKENS", "5")],
+)
+def test_bad_settings_fail_fast_with_one_line_naming_the_key(
+    tmp_path: Path, key: str, value: str
+) -> None:
+    result = solarbot(
+        "chat", "--engine", "fake", env={"SOLARBOT_DATA_DIR": str(tmp_path), key: value}
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"solarbot: error: {key}:")
+    assert not (tmp_path / "solarbot.db").exists()  # failed before touching anything
+
+
+def test_db_upgrade_creates_the_schema(tmp_path: Path) -> None:
+    result = solarbot("db", "upgrade", env={"SOLARBOT_DATA_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    assert "revision 0001" in result.stdout
+    assert (tmp_path / "solarbot.db").exists()
+
+
+def test_db_errors_never_show_the_password(tmp_path: Path) -> None:
+    url = "postgresql://bot:s3cret-pw@127.0.0.1:1/solarbot"  # nothing listens on port 1
+    result = solarbot("db", "upgrade", env={"SOLARBOT_DATABASE_URL": url}, timeout=60)
+    assert result.returncode == 2
+    assert "s3cret-pw" not in result.stderr + result.stdout
+    assert result.stderr.strip().splitlines()[-1].startswith("solarbot: error:")
+
+
+def test_chat_through_the_whole_service_with_the_fake_engine(tmp_path: Path) -> None:
+    env = {"SOLARBOT_DATA_DIR": str(tmp_path)}
+    result = solarbot("chat", "--engine", "fake", env=env, stdin="hi\n/channel ops\nhello ops\n")
+    assert result.returncode == 0, result.stderr
+    assert "solarbot [#general]: You said: hi\n" in result.stdout
+    assert "solarbot [#ops]: You said: hello ops\n" in result.stdout
+    repository = Repository.open(f"sqlite:///{tmp_path.resolve() / 'solarbot.db'}")
+    key = ConversationKey(platform="console", channel="general")
+    assert [m.text for m in repository.messages(key)] == ["hi", "You said: hi"]
+    repository.close()
+
+
+def test_run_without_platform_tokens_is_the_console(tmp_path: Path) -> None:
+    result = solarbot(
+        "run", "--engine", "fake", env={"SOLARBOT_DATA_DIR": str(tmp_path)}, stdin="yo\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "solarbot [#general]: You said: yo" in result.stdout
+
+
+def test_worker_without_a_platform_explains_itself(tmp_path: Path) -> None:
+    result = solarbot("worker", "--engine", "fake", env={"SOLARBOT_DATA_DIR": str(tmp_path)})
+    assert result.returncode == 2
+    assert "no platform is configured" in result.stderr
+
+
+def test_a_missing_model_names_the_setting(tmp_path: Path) -> None:
+    env = {
+        "SOLARBOT_DATA_DIR": str(tmp_path),
+        "SOLARBOT_MODEL": str(tmp_path / "no-such-model"),
+        "SOLARBOT_DEVICE": "cpu",
+    }
+    result = solarbot("chat", env=env, stdin="hi\n")
+    assert result.returncode == 2
+    assert "SOLARBOT_MODEL" in result.stderr
