@@ -14,14 +14,22 @@ from bot.settings import load_settings
 from storage.repository import Repository
 
 
-async def chat(data_dir: Path, lines: str, *, engine: FakeEngine | None = None) -> tuple[str, FakeEngine]:
+async def chat(
+    data_dir: Path, lines: str, *, engine: FakeEngine | None = None
+) -> tuple[str, FakeEngine]:
     settings = load_settings(
-        environ={"SOLARBOT_DATA_DIR": str(data_dir), "SOLARBOT_ENGINE": "fake", "SOLARBOT_TEMPERATURE": "0"}
+        environ={
+            "SOLARBOT_DATA_DIR": str(data_dir),
+            "SOLARBOT_ENGINE": "fake",
+            "SOLARBOT_TEMPERATURE": "0",
+        }
     )
     repository = Repository.open(settings.resolved_database_url())
     engine = engine or FakeEngine(delay_per_chunk=0.001)
     output = io.StringIO()
-    console = ConsoleAdapter(input_stream=io.StringIO(lines), output_stream=output, interactive=False)
+    console = ConsoleAdapter(
+        input_stream=io.StringIO(lines), output_stream=output, interactive=False
+    )
     service = Service(settings=settings, repository=repository, engine=engine, adapters=[console])
     watcher = asyncio.create_task(service.stop_when_console_done(console))
     async with asyncio.timeout(30):
@@ -40,10 +48,15 @@ def stored(data_dir: Path, channel: str) -> list[tuple[str, str]]:
         repository.close()
 
 
-async def test_a_line_typed_gets_a_streamed_reply_that_is_printed_and_stored(tmp_path: Path) -> None:
+async def test_a_line_typed_gets_a_streamed_reply_that_is_printed_and_stored(
+    tmp_path: Path,
+) -> None:
     output, _ = await chat(tmp_path, "hello there\n")
     assert output == "solarbot [#general]: You said: hello there\n"
-    assert stored(tmp_path, "general") == [("user", "hello there"), ("assistant", "You said: hello there")]
+    assert stored(tmp_path, "general") == [
+        ("user", "hello there"),
+        ("assistant", "You said: hello there"),
+    ]
 
 
 async def test_channels_keep_separate_histories_and_survive_a_restart(tmp_path: Path) -> None:
@@ -53,7 +66,12 @@ async def test_channels_keep_separate_histories_and_survive_a_restart(tmp_path: 
     # After the restart the prompt still carries the earlier turns of #general, not those of #ops.
     assert "### User:\none\n\n### Assistant:\nYou said: one### User:\ntwo\n\n" in engine.prompts[0]
     assert "in ops" not in engine.prompts[0]
-    assert [text for _, text in stored(tmp_path, "general")] == ["one", "You said: one", "two", "You said: two"]
+    assert [text for _, text in stored(tmp_path, "general")] == [
+        "one",
+        "You said: one",
+        "two",
+        "You said: two",
+    ]
     assert [text for _, text in stored(tmp_path, "ops")] == ["in ops", "You said: in ops"]
 
 
