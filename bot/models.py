@@ -110,6 +110,7 @@ class ClaimedJob:
     reply_text: str | None  # set when an earlier attempt generated the reply but could not post it
     reply_message_ids: tuple[str, ...]
     system_prompt: str | None = None  # the channel's override (threads use their channel's)
+    history: tuple[StoredMessage, ...] = ()  # newest turns up to the trigger, when asked for
 
 
 @dataclass(frozen=True, kw_only=True)

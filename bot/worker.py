@@ -108,6 +108,7 @@ class Worker:
                         limit=free,
                         lease_seconds=self._options.lease_seconds,
                         platforms=list(self._adapters),
+                        history_limit=self._options.history_limit,
                     )
                 except Exception:
                     log.exception("claiming jobs failed; retrying")
@@ -211,12 +212,18 @@ class Worker:
                 return
             if prompt.newest_truncated:
                 notice = texts.TRUNCATED_NOTICE + "\n\n"
+        stream: ReplyStream | None = None
         try:
             stream = await adapter.open_reply(target)
+            # A placeholder posted by open_reply is remembered at once, so a crash before the
+            # first token still continues that message instead of posting a second reply.
+            await self._record_new_ids(job, stream)
             if reply is None:
                 reply = await self._generate(job, prompt.prompt_ids, stream, prefix=notice)
             posted = list(await stream.finish(notice + reply))
         except DeliveryError as exc:
+            if stream is not None:  # follow-ups posted before the failure are edited on retry
+                await self._record_new_ids(job, stream)
             await self._retry_or_fail(
                 job, error=f"delivery failed: {exc}", reply_text=reply, retry_after=exc.retry_after
             )
@@ -238,12 +245,24 @@ class Worker:
         else:
             log.warning("job %s finished after its lease was lost; result not recorded", job.id)
 
+    async def _record_new_ids(self, job: ClaimedJob, stream: ReplyStream) -> None:
+        ids = tuple(stream.message_ids)
+        if ids and ids != job.reply_message_ids:
+            await asyncio.to_thread(
+                self._repository.record_reply_progress, job, reply_message_ids=ids
+            )
+
     async def _build_prompt(self, job: ClaimedJob) -> BuiltPrompt:
-        messages = await asyncio.to_thread(
-            self._repository.history,
-            job.conversation_id,
-            up_to_message_id=job.message_id,
-            limit=self._options.history_limit,
+        return await asyncio.to_thread(self._build_prompt_sync, job)
+
+    def _build_prompt_sync(self, job: ClaimedJob) -> BuiltPrompt:
+        """Runs on a thread: tokenising a long history takes milliseconds."""
+        messages = job.history or tuple(
+            self._repository.history(
+                job.conversation_id,
+                up_to_message_id=job.message_id,
+                limit=self._options.history_limit,
+            )
         )
         system_prompt = (
             job.system_prompt if job.system_prompt is not None else self._options.system_prompt
@@ -256,9 +275,7 @@ class Worker:
             )
             for message in messages
         ]
-        return await asyncio.to_thread(
-            self._builder.build, system_prompt=system_prompt, history=turns
-        )
+        return self._builder.build(system_prompt=system_prompt, history=turns)
 
     async def _generate(
         self, job: ClaimedJob, prompt_ids: list[int], stream: ReplyStream, *, prefix: str

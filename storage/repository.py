@@ -3,6 +3,10 @@
 All methods are synchronous and short; the asyncio side calls them through ``asyncio.to_thread``.
 Every public method is one transaction. Jobs are fenced by (worker_id, attempts): a worker whose
 lease expired and whose job was reclaimed can no longer change that job.
+
+Queries use SQLAlchemy Core on the tables behind the ORM models (``storage.schema``): the hot
+paths (enqueue, claim, progress, complete) run once or more per chat message, and Core avoids
+the ORM's per-statement bookkeeping.
 """
 
 from __future__ import annotations
@@ -12,11 +16,23 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import Engine, and_, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    Table,
+    and_,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, aliased, sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
 from bot.models import (
@@ -35,11 +51,15 @@ from storage.schema import ChannelSettings, Conversation, Job, Message, utcnow
 
 PENDING = (JobStatus.QUEUED, JobStatus.RUNNING)
 
+conversations = cast(Table, Conversation.__table__)
+messages = cast(Table, Message.__table__)
+jobs = cast(Table, Job.__table__)
+channel_settings = cast(Table, ChannelSettings.__table__)
+
 
 class Repository:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._sessions = sessionmaker(engine, expire_on_commit=False)
         # SQLite allows one writer at a time and every transaction here begins IMMEDIATE. Threads of
         # this process take turns on a Python lock instead of colliding in SQLite's busy handler,
         # which sleeps in steps of up to 100 ms; other processes still wait on busy_timeout.
@@ -62,9 +82,9 @@ class Repository:
         self.engine.dispose()
 
     @contextmanager
-    def _transaction(self) -> Iterator[Session]:
-        with self._local_lock, self._sessions() as session, session.begin():
-            yield session
+    def _transaction(self) -> Iterator[Connection]:
+        with self._local_lock, self.engine.begin() as connection:
+            yield connection
 
     # ------------------------------------------------------------------ intake
 
@@ -75,22 +95,20 @@ class Repository:
         stores nothing. Returns None (and stores nothing) when the channel is switched off."""
         moment = now or utcnow()
         try:
-            with self._transaction() as session:
-                existing = self._job_by_dedupe_key(session, incoming.dedupe_key)
+            with self._transaction() as connection:
+                existing = _job_by_dedupe_key(connection, incoming.dedupe_key)
                 if existing is not None:
                     return existing
-                enabled = session.scalar(
-                    select(ChannelSettings.enabled).where(
-                        ChannelSettings.platform == incoming.platform,
-                        ChannelSettings.workspace == incoming.workspace,
-                        ChannelSettings.channel == incoming.channel,
+                enabled = connection.scalar(
+                    select(channel_settings.c.enabled).where(
+                        *_channel_filter(incoming.platform, incoming.workspace, incoming.channel)
                     )
                 )
                 if enabled is False:
                     return None
-                conversation_id = self._conversation_id(session, incoming.conversation, moment)
-                message_id = session.execute(
-                    insert(Message)
+                conversation_id = self._conversation_id(connection, incoming.conversation, moment)
+                message_id = connection.execute(
+                    insert(messages)
                     .values(
                         conversation_id=conversation_id,
                         role=Role.USER,
@@ -100,10 +118,10 @@ class Repository:
                         platform_message_id=incoming.message_id,
                         created_at=moment,
                     )
-                    .returning(Message.id)
+                    .returning(messages.c.id)
                 ).scalar_one()
-                job_id = session.execute(
-                    insert(Job)
+                job_id = connection.execute(
+                    insert(jobs)
                     .values(
                         conversation_id=conversation_id,
                         message_id=message_id,
@@ -116,7 +134,7 @@ class Repository:
                         created_at=moment,
                         updated_at=moment,
                     )
-                    .returning(Job.id)
+                    .returning(jobs.c.id)
                 ).scalar_one()
                 return EnqueueResult(
                     job_id=job_id,
@@ -126,50 +144,30 @@ class Repository:
                 )
         except IntegrityError:
             # Another process stored the same event between our check and our insert.
-            with self._transaction() as session:
-                raced = self._job_by_dedupe_key(session, incoming.dedupe_key)
+            with self._transaction() as connection:
+                raced = _job_by_dedupe_key(connection, incoming.dedupe_key)
             if raced is None:
                 raise
             return raced
 
-    @staticmethod
-    def _job_by_dedupe_key(session: Session, dedupe_key: str) -> EnqueueResult | None:
-        row = session.execute(
-            select(Job.id, Job.conversation_id, Job.message_id).where(Job.dedupe_key == dedupe_key)
-        ).first()
-        if row is None:
-            return None
-        return EnqueueResult(
-            job_id=row.id,
-            conversation_id=row.conversation_id,
-            message_id=row.message_id,
-            created=False,
-        )
-
-    def _conversation_id(self, session: Session, key: ConversationKey, now: datetime) -> int:
-        found = session.scalar(select(Conversation.id).where(*self._key_filter(key)))
+    def _conversation_id(self, connection: Connection, key: ConversationKey, now: datetime) -> int:
+        found = connection.scalar(select(conversations.c.id).where(*_key_filter(key)))
         if found is not None:
-            return found
-        values = {
-            "platform": key.platform,
-            "workspace": key.workspace,
-            "channel": key.channel,
-            "thread": key.thread,
-            "created_at": now,
-        }
+            return int(found)
         upsert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
-        session.execute(upsert(Conversation).values(**values).on_conflict_do_nothing())
-        found = session.scalar(select(Conversation.id).where(*self._key_filter(key)))
-        assert found is not None
-        return found
-
-    @staticmethod
-    def _key_filter(key: ConversationKey) -> tuple[ColumnElement[bool], ...]:
-        return (
-            Conversation.platform == key.platform,
-            Conversation.workspace == key.workspace,
-            Conversation.channel == key.channel,
-            Conversation.thread == key.thread,
+        connection.execute(
+            upsert(conversations)
+            .values(
+                platform=key.platform,
+                workspace=key.workspace,
+                channel=key.channel,
+                thread=key.thread,
+                created_at=now,
+            )
+            .on_conflict_do_nothing()
+        )
+        return int(
+            connection.execute(select(conversations.c.id).where(*_key_filter(key))).scalar_one()
         )
 
     # ------------------------------------------------------------------ worker
@@ -181,146 +179,148 @@ class Repository:
         limit: int,
         lease_seconds: float,
         platforms: Iterable[str] | None = None,
+        history_limit: int = 0,
         now: datetime | None = None,
     ) -> list[ClaimedJob]:
         """Lease up to ``limit`` jobs: for each conversation only its oldest unfinished job, so
         replies stay in order and a conversation never has two jobs running. Jobs whose lease
-        expired (their worker died) are claimable again."""
+        expired (their worker died) are claimable again. With ``history_limit`` each job comes with
+        the newest turns of its conversation (read in the same transaction)."""
         if limit <= 0:
             return []
         moment = now or utcnow()
         lease_until = moment + timedelta(seconds=lease_seconds)
-        earlier = aliased(Job)
+        earlier = jobs.alias("earlier")
         claimable = or_(
-            and_(Job.status == JobStatus.QUEUED, Job.available_at <= moment),
-            and_(Job.status == JobStatus.RUNNING, Job.lease_until < moment),
+            and_(jobs.c.status == JobStatus.QUEUED, jobs.c.available_at <= moment),
+            and_(jobs.c.status == JobStatus.RUNNING, jobs.c.lease_until < moment),
         )
         blocked_by_earlier = (
-            select(earlier.id)
+            select(earlier.c.id)
             .where(
-                earlier.conversation_id == Job.conversation_id,
-                earlier.id < Job.id,
-                earlier.status.in_(PENDING),
+                earlier.c.conversation_id == jobs.c.conversation_id,
+                earlier.c.id < jobs.c.id,
+                earlier.c.status.in_(PENDING),
             )
             .exists()
         )
         query = (
-            select(Job.id)
-            .join(Conversation, Conversation.id == Job.conversation_id)
+            select(jobs.c.id)
+            .join(conversations, conversations.c.id == jobs.c.conversation_id)
             .where(claimable, ~blocked_by_earlier)
-            .order_by(Job.available_at, Job.id)
+            .order_by(jobs.c.available_at, jobs.c.id)
             .limit(limit)
         )
         if platforms is not None:
-            query = query.where(Conversation.platform.in_(list(platforms)))
+            query = query.where(conversations.c.platform.in_(list(platforms)))
         if self.dialect == "postgresql":
-            query = query.with_for_update(skip_locked=True, of=Job)
+            query = query.with_for_update(skip_locked=True, of=jobs)
         claimed: list[ClaimedJob] = []
-        with self._transaction() as session:
-            ids = list(session.scalars(query))
-            for job_id in ids:
-                result = session.execute(
-                    update(Job)
-                    .where(Job.id == job_id, claimable)
+        with self._transaction() as connection:
+            candidates = list(connection.scalars(query))
+            won: list[int] = []
+            for job_id in candidates:
+                result = connection.execute(
+                    update(jobs)
+                    .where(jobs.c.id == job_id, claimable)
                     .values(
                         status=JobStatus.RUNNING,
                         worker_id=worker_id,
                         lease_until=lease_until,
-                        attempts=Job.attempts + 1,
+                        attempts=jobs.c.attempts + 1,
                         updated_at=moment,
                     )
-                    .execution_options(synchronize_session=False)
                 )
-                if result.rowcount != 1:  # type: ignore[attr-defined]
-                    continue
-                job, conversation, system_prompt = session.execute(
-                    select(Job, Conversation, ChannelSettings.system_prompt)
-                    .join(Conversation, Conversation.id == Job.conversation_id)
-                    .outerjoin(
-                        ChannelSettings,
-                        and_(
-                            ChannelSettings.platform == Conversation.platform,
-                            ChannelSettings.workspace == Conversation.workspace,
-                            ChannelSettings.channel == Conversation.channel,
-                        ),
-                    )
-                    .where(Job.id == job_id)
-                    .execution_options(populate_existing=True)
-                ).one()
+                if result.rowcount == 1:
+                    won.append(job_id)
+            if not won:
+                return []
+            rows = connection.execute(
+                select(
+                    jobs.c.id,
+                    jobs.c.conversation_id,
+                    jobs.c.message_id,
+                    jobs.c.attempts,
+                    jobs.c.reply_target,
+                    jobs.c.reply_text,
+                    jobs.c.reply_message_ids,
+                    conversations.c.platform,
+                    conversations.c.workspace,
+                    conversations.c.channel,
+                    conversations.c.thread,
+                    channel_settings.c.system_prompt,
+                )
+                .join(conversations, conversations.c.id == jobs.c.conversation_id)
+                .outerjoin(
+                    channel_settings,
+                    and_(
+                        channel_settings.c.platform == conversations.c.platform,
+                        channel_settings.c.workspace == conversations.c.workspace,
+                        channel_settings.c.channel == conversations.c.channel,
+                    ),
+                )
+                .where(jobs.c.id.in_(won))
+                .order_by(jobs.c.available_at, jobs.c.id)
+            ).all()
+            for row in rows:
+                history = (
+                    tuple(_history(connection, row.conversation_id, row.message_id, history_limit))
+                    if history_limit > 0
+                    else ()
+                )
                 claimed.append(
                     ClaimedJob(
-                        id=job.id,
-                        conversation_id=job.conversation_id,
+                        id=row.id,
+                        conversation_id=row.conversation_id,
                         conversation=ConversationKey(
-                            platform=conversation.platform,
-                            workspace=conversation.workspace,
-                            channel=conversation.channel,
-                            thread=conversation.thread,
+                            platform=row.platform,
+                            workspace=row.workspace,
+                            channel=row.channel,
+                            thread=row.thread,
                         ),
-                        message_id=job.message_id,
+                        message_id=row.message_id,
                         worker_id=worker_id,
-                        attempt=job.attempts,
+                        attempt=row.attempts,
                         lease_until=lease_until,
-                        reply_target=dict(job.reply_target or {}),
-                        reply_text=job.reply_text,
-                        reply_message_ids=tuple(job.reply_message_ids or ()),
-                        system_prompt=system_prompt,
+                        reply_target=dict(row.reply_target or {}),
+                        reply_text=row.reply_text,
+                        reply_message_ids=tuple(row.reply_message_ids or ()),
+                        system_prompt=row.system_prompt,
+                        history=history,
                     )
                 )
         return claimed
 
-    def _owned(self, job: ClaimedJob) -> tuple[ColumnElement[bool], ...]:
-        return (
-            Job.id == job.id,
-            Job.worker_id == job.worker_id,
-            Job.attempts == job.attempt,
-            Job.status == JobStatus.RUNNING,
-        )
+    def _update_owned(self, job: ClaimedJob, **values: Any) -> bool:
+        """Update a job only while it is still ours (same worker, same attempt, running)."""
+        with self._transaction() as connection:
+            return _update_owned(connection, job, values)
 
     def renew_lease(self, job: ClaimedJob, *, lease_seconds: float) -> bool:
         """Extend our lease. False means the job is no longer ours (reclaimed or finished)."""
         moment = utcnow()
-        with self._transaction() as session:
-            result = session.execute(
-                update(Job)
-                .where(*self._owned(job))
-                .values(lease_until=moment + timedelta(seconds=lease_seconds), updated_at=moment)
-            )
-            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+        return self._update_owned(
+            job, lease_until=moment + timedelta(seconds=lease_seconds), updated_at=moment
+        )
 
     def history(
         self, conversation_id: int, *, up_to_message_id: int, limit: int
     ) -> list[StoredMessage]:
         """The newest ``limit`` messages of a conversation up to and including a message, oldest first."""
-        with self._transaction() as session:
-            anchor = func.coalesce(Message.reply_to_id, Message.id)
-            rows = session.scalars(
-                select(Message)
-                .where(
-                    Message.conversation_id == conversation_id,
-                    or_(
-                        and_(Message.reply_to_id.is_(None), Message.id <= up_to_message_id),
-                        Message.reply_to_id < up_to_message_id,
-                    ),
-                )
-                .order_by(anchor.desc(), Message.id.desc())
-                .limit(limit)
-            ).all()
-        return [_stored(row) for row in reversed(rows)]
+        with self._transaction() as connection:
+            return _history(connection, conversation_id, up_to_message_id, limit)
 
     def record_reply_progress(
         self, job: ClaimedJob, *, reply_message_ids: Sequence[str], reply_text: str | None = None
     ) -> bool:
         """Remember what was already posted (and, once generated, the full reply text)."""
-        values: dict[str, object] = {
+        values: dict[str, Any] = {
             "reply_message_ids": list(reply_message_ids),
             "updated_at": utcnow(),
         }
         if reply_text is not None:
             values["reply_text"] = reply_text
-        with self._transaction() as session:
-            result = session.execute(update(Job).where(*self._owned(job)).values(**values))
-            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+        return self._update_owned(job, **values)
 
     def complete(
         self,
@@ -334,24 +334,24 @@ class Repository:
 
         Returns False (and stores nothing) when the job is no longer ours."""
         moment = utcnow()
-        with self._transaction() as session:
-            result = session.execute(
-                update(Job)
-                .where(*self._owned(job))
-                .values(
-                    status=JobStatus.DONE,
-                    reply_text=reply_text,
-                    reply_message_ids=list(reply_message_ids),
-                    lease_until=None,
-                    error=None,
-                    finished_at=moment,
-                    updated_at=moment,
-                )
+        with self._transaction() as connection:
+            done = _update_owned(
+                connection,
+                job,
+                {
+                    "status": JobStatus.DONE,
+                    "reply_text": reply_text,
+                    "reply_message_ids": list(reply_message_ids),
+                    "lease_until": None,
+                    "error": None,
+                    "finished_at": moment,
+                    "updated_at": moment,
+                },
             )
-            if result.rowcount != 1:  # type: ignore[attr-defined]
+            if not done:
                 return False
-            session.execute(
-                insert(Message).values(
+            connection.execute(
+                insert(messages).values(
                     conversation_id=job.conversation_id,
                     role=Role.ASSISTANT,
                     author_id="",
@@ -370,7 +370,7 @@ class Repository:
     ) -> bool:
         """Put the job back in the queue after ``delay_seconds``, keeping what was generated."""
         moment = utcnow()
-        values: dict[str, object] = {
+        values: dict[str, Any] = {
             "status": JobStatus.QUEUED,
             "available_at": moment + timedelta(seconds=delay_seconds),
             "lease_until": None,
@@ -380,176 +380,225 @@ class Repository:
         }
         if reply_text is not None:
             values["reply_text"] = reply_text
-        with self._transaction() as session:
-            result = session.execute(update(Job).where(*self._owned(job)).values(**values))
-            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+        return self._update_owned(job, **values)
 
     def fail(self, job: ClaimedJob, *, error: str) -> bool:
         moment = utcnow()
-        with self._transaction() as session:
-            result = session.execute(
-                update(Job)
-                .where(*self._owned(job))
-                .values(
-                    status=JobStatus.FAILED,
-                    error=error,
-                    lease_until=None,
-                    finished_at=moment,
-                    updated_at=moment,
-                )
-            )
-            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+        return self._update_owned(
+            job,
+            status=JobStatus.FAILED,
+            error=error,
+            lease_until=None,
+            finished_at=moment,
+            updated_at=moment,
+        )
 
     def release(self, job: ClaimedJob) -> bool:
         """Hand a job back untouched (clean shutdown): queued again, this attempt not counted."""
         moment = utcnow()
-        with self._transaction() as session:
-            result = session.execute(
-                update(Job)
-                .where(*self._owned(job))
-                .values(
-                    status=JobStatus.QUEUED,
-                    worker_id=None,
-                    lease_until=None,
-                    attempts=Job.attempts - 1,
-                    available_at=moment,
-                    updated_at=moment,
-                )
-            )
-            return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+        return self._update_owned(
+            job,
+            status=JobStatus.QUEUED,
+            worker_id=None,
+            lease_until=None,
+            attempts=jobs.c.attempts - 1,
+            available_at=moment,
+            updated_at=moment,
+        )
 
     def requeue_expired(self, *, now: datetime | None = None) -> int:
         """Start-up recovery: jobs left running by a dead process go back to the queue."""
         moment = now or utcnow()
-        with self._transaction() as session:
-            result = session.execute(
-                update(Job)
-                .where(Job.status == JobStatus.RUNNING, Job.lease_until < moment)
+        with self._transaction() as connection:
+            result = connection.execute(
+                update(jobs)
+                .where(jobs.c.status == JobStatus.RUNNING, jobs.c.lease_until < moment)
                 .values(
                     status=JobStatus.QUEUED, worker_id=None, lease_until=None, updated_at=moment
                 )
             )
-            return int(result.rowcount)  # type: ignore[attr-defined]
+            return int(result.rowcount)
 
     # ------------------------------------------------------------------ reads
 
     def job(self, job_id: int) -> JobRecord | None:
-        with self._transaction() as session:
-            row = session.get(Job, job_id)
-            return None if row is None else _record(row)
+        with self._transaction() as connection:
+            row = connection.execute(select(jobs).where(jobs.c.id == job_id)).first()
+        return None if row is None else _record(row)
 
     def jobs(self, *, status: JobStatus | None = None) -> list[JobRecord]:
-        with self._transaction() as session:
-            query = select(Job).order_by(Job.id)
-            if status is not None:
-                query = query.where(Job.status == status)
-            return [_record(row) for row in session.scalars(query)]
+        query = select(jobs).order_by(jobs.c.id)
+        if status is not None:
+            query = query.where(jobs.c.status == status)
+        with self._transaction() as connection:
+            return [_record(row) for row in connection.execute(query)]
 
     def count_jobs(
         self, *, statuses: Iterable[JobStatus] = PENDING, platform: str | None = None
     ) -> int:
-        with self._transaction() as session:
-            query = select(func.count(Job.id)).where(Job.status.in_(list(statuses)))
-            if platform is not None:
-                query = query.join(Conversation, Conversation.id == Job.conversation_id).where(
-                    Conversation.platform == platform
-                )
-            return int(session.scalar(query) or 0)
+        query = select(func.count(jobs.c.id)).where(jobs.c.status.in_(list(statuses)))
+        if platform is not None:
+            query = query.join(conversations, conversations.c.id == jobs.c.conversation_id).where(
+                conversations.c.platform == platform
+            )
+        with self._transaction() as connection:
+            return int(connection.scalar(query) or 0)
 
     def queue_position(self, job_id: int) -> int:
         """How many unfinished jobs were enqueued before this one (0 = next)."""
-        with self._transaction() as session:
+        with self._transaction() as connection:
             return int(
-                session.scalar(
-                    select(func.count(Job.id)).where(Job.id < job_id, Job.status.in_(PENDING))
+                connection.scalar(
+                    select(func.count(jobs.c.id)).where(
+                        jobs.c.id < job_id, jobs.c.status.in_(PENDING)
+                    )
                 )
                 or 0
             )
 
     def conversation_id(self, key: ConversationKey) -> int | None:
-        with self._transaction() as session:
-            return session.scalar(select(Conversation.id).where(*self._key_filter(key)))
+        with self._transaction() as connection:
+            found = connection.scalar(select(conversations.c.id).where(*_key_filter(key)))
+        return None if found is None else int(found)
 
     def messages(self, key: ConversationKey) -> list[StoredMessage]:
-        with self._transaction() as session:
-            rows = session.scalars(
-                select(Message)
-                .join(Conversation, Conversation.id == Message.conversation_id)
-                .where(*self._key_filter(key))
-                .order_by(func.coalesce(Message.reply_to_id, Message.id), Message.id)
+        with self._transaction() as connection:
+            rows = connection.execute(
+                select(messages)
+                .join(conversations, conversations.c.id == messages.c.conversation_id)
+                .where(*_key_filter(key))
+                .order_by(func.coalesce(messages.c.reply_to_id, messages.c.id), messages.c.id)
             ).all()
         return [_stored(row) for row in rows]
 
     def forget_channel(self, *, platform: str, workspace: str, channel: str) -> int:
         """Delete every stored turn of a channel and its threads (jobs too); returns messages deleted.
 
-        Jobs still queued or running for the channel are cancelled first so no reply lands after."""
-        with self._transaction() as session:
+        Jobs still queued or running for the channel go too, so no reply lands afterwards."""
+        with self._transaction() as connection:
             conversation_ids = list(
-                session.scalars(
-                    select(Conversation.id).where(
-                        Conversation.platform == platform,
-                        Conversation.workspace == workspace,
-                        Conversation.channel == channel,
+                connection.scalars(
+                    select(conversations.c.id).where(
+                        conversations.c.platform == platform,
+                        conversations.c.workspace == workspace,
+                        conversations.c.channel == channel,
                     )
                 )
             )
             if not conversation_ids:
                 return 0
-            deleted = session.scalar(
-                select(func.count(Message.id)).where(Message.conversation_id.in_(conversation_ids))
+            in_channel = messages.c.conversation_id.in_(conversation_ids)
+            deleted = connection.scalar(select(func.count(messages.c.id)).where(in_channel))
+            connection.execute(delete(jobs).where(jobs.c.conversation_id.in_(conversation_ids)))
+            connection.execute(
+                delete(messages).where(in_channel, messages.c.reply_to_id.is_not(None))
             )
-            session.execute(delete(Job).where(Job.conversation_id.in_(conversation_ids)))
-            session.execute(
-                delete(Message).where(
-                    Message.conversation_id.in_(conversation_ids), Message.reply_to_id.is_not(None)
-                )
+            connection.execute(delete(messages).where(in_channel))
+            connection.execute(
+                delete(conversations).where(conversations.c.id.in_(conversation_ids))
             )
-            session.execute(delete(Message).where(Message.conversation_id.in_(conversation_ids)))
-            session.execute(delete(Conversation).where(Conversation.id.in_(conversation_ids)))
             return int(deleted or 0)
 
     # ------------------------------------------------------------------ channel settings
 
     def channel_config(self, *, platform: str, workspace: str, channel: str) -> ChannelConfig:
-        with self._transaction() as session:
-            row = session.scalar(
-                select(ChannelSettings).where(
-                    ChannelSettings.platform == platform,
-                    ChannelSettings.workspace == workspace,
-                    ChannelSettings.channel == channel,
+        with self._transaction() as connection:
+            row = connection.execute(
+                select(channel_settings.c.system_prompt, channel_settings.c.enabled).where(
+                    *_channel_filter(platform, workspace, channel)
                 )
-            )
-            if row is None:
-                return ChannelConfig()
-            return ChannelConfig(system_prompt=row.system_prompt, enabled=row.enabled)
+            ).first()
+        if row is None:
+            return ChannelConfig()
+        return ChannelConfig(system_prompt=row.system_prompt, enabled=row.enabled)
 
     def set_channel_config(
         self, *, platform: str, workspace: str, channel: str, config: ChannelConfig
     ) -> None:
-        with self._transaction() as session:
-            session.execute(
-                delete(ChannelSettings).where(
-                    ChannelSettings.platform == platform,
-                    ChannelSettings.workspace == workspace,
-                    ChannelSettings.channel == channel,
-                )
+        with self._transaction() as connection:
+            connection.execute(
+                delete(channel_settings).where(*_channel_filter(platform, workspace, channel))
             )
-            session.add(
-                ChannelSettings(
+            connection.execute(
+                insert(channel_settings).values(
                     platform=platform,
                     workspace=workspace,
                     channel=channel,
                     system_prompt=config.system_prompt,
                     enabled=config.enabled,
+                    updated_at=utcnow(),
                 )
             )
 
 
-def _stored(row: Message) -> StoredMessage:
+def _key_filter(key: ConversationKey) -> tuple[ColumnElement[bool], ...]:
+    return (
+        conversations.c.platform == key.platform,
+        conversations.c.workspace == key.workspace,
+        conversations.c.channel == key.channel,
+        conversations.c.thread == key.thread,
+    )
+
+
+def _channel_filter(platform: str, workspace: str, channel: str) -> tuple[ColumnElement[bool], ...]:
+    return (
+        channel_settings.c.platform == platform,
+        channel_settings.c.workspace == workspace,
+        channel_settings.c.channel == channel,
+    )
+
+
+def _update_owned(connection: Connection, job: ClaimedJob, values: dict[str, Any]) -> bool:
+    result = connection.execute(
+        update(jobs)
+        .where(
+            jobs.c.id == job.id,
+            jobs.c.worker_id == job.worker_id,
+            jobs.c.attempts == job.attempt,
+            jobs.c.status == JobStatus.RUNNING,
+        )
+        .values(**values)
+    )
+    return result.rowcount == 1
+
+
+def _job_by_dedupe_key(connection: Connection, dedupe_key: str) -> EnqueueResult | None:
+    row = connection.execute(
+        select(jobs.c.id, jobs.c.conversation_id, jobs.c.message_id).where(
+            jobs.c.dedupe_key == dedupe_key
+        )
+    ).first()
+    if row is None:
+        return None
+    return EnqueueResult(
+        job_id=row.id, conversation_id=row.conversation_id, message_id=row.message_id, created=False
+    )
+
+
+def _history(
+    connection: Connection, conversation_id: int, up_to_message_id: int, limit: int
+) -> list[StoredMessage]:
+    # A reply sits right after the question it answers (see Message.reply_to_id).
+    anchor = func.coalesce(messages.c.reply_to_id, messages.c.id)
+    rows = connection.execute(
+        select(messages)
+        .where(
+            messages.c.conversation_id == conversation_id,
+            or_(
+                and_(messages.c.reply_to_id.is_(None), messages.c.id <= up_to_message_id),
+                messages.c.reply_to_id < up_to_message_id,
+            ),
+        )
+        .order_by(anchor.desc(), messages.c.id.desc())
+        .limit(limit)
+    ).all()
+    return [_stored(row) for row in reversed(rows)]
+
+
+def _stored(row: Row[Any]) -> StoredMessage:
     return StoredMessage(
         id=row.id,
-        role=row.role,
+        role=Role(row.role),
         text=row.text,
         author_id=row.author_id,
         author_name=row.author_name,
@@ -559,13 +608,13 @@ def _stored(row: Message) -> StoredMessage:
     )
 
 
-def _record(row: Job) -> JobRecord:
+def _record(row: Row[Any]) -> JobRecord:
     return JobRecord(
         id=row.id,
         conversation_id=row.conversation_id,
         message_id=row.message_id,
         dedupe_key=row.dedupe_key,
-        status=row.status,
+        status=JobStatus(row.status),
         attempts=row.attempts,
         worker_id=row.worker_id,
         error=row.error,

@@ -64,7 +64,9 @@ def reference(tiny_model_dir: Path) -> Any:
 async def run_console(settings: Settings, lines: str) -> str:
     repository = Repository.open(settings.resolved_database_url())
     output = io.StringIO()
-    console = ConsoleAdapter(input_stream=io.StringIO(lines), output_stream=output, interactive=False)
+    console = ConsoleAdapter(
+        input_stream=io.StringIO(lines), output_stream=output, interactive=False
+    )
     service = Service(
         settings=settings, repository=repository, engine=build_engine(settings), adapters=[console]
     )
