@@ -132,7 +132,9 @@ async def _serve(settings: Settings, *, mode: str, channel: str | None) -> int:
     url = settings.resolved_database_url()
     repository = await asyncio.to_thread(Repository.open, url)
     log.info("database %s ready", redacted_url(url))
-    adapters: list[ChatAdapter] = [] if mode == "chat" else platform_adapters(settings)
+    adapters: list[ChatAdapter] = (
+        [] if mode == "chat" else platform_adapters(settings, ingress=mode != "worker")
+    )
     console: ConsoleAdapter | None = None
     if mode == "worker" and not adapters:
         raise SolarbotError(

@@ -40,3 +40,8 @@ class Intake:
 
     async def queue_position(self, job_id: int) -> int:
         return await asyncio.to_thread(self._repository.queue_position, job_id)
+
+    @property
+    def repository(self) -> Repository:
+        """The store behind this intake (chat sub-commands read and change channel settings)."""
+        return self._repository

@@ -42,10 +42,19 @@ def build_engine(settings: Settings) -> Engine:
     )
 
 
-def platform_adapters(settings: Settings) -> list[ChatAdapter]:
-    """Adapters whose credentials are configured (Discord and Slack arrive with their issues)."""
-    del settings
-    return []
+def platform_adapters(settings: Settings, *, ingress: bool = True) -> list[ChatAdapter]:
+    """Adapters whose credentials are configured. ``ingress=False`` (``solarbot worker``): the
+    Discord adapter delivers replies over REST only and opens no gateway connection."""
+    adapters: list[ChatAdapter] = []
+    if settings.discord_token is not None:
+        from adapters.discord import DiscordAdapter
+
+        adapters.append(DiscordAdapter.from_settings(settings, ingress=ingress))
+    if settings.slack_bot_token is not None:
+        from adapters.slack import SlackAdapter
+
+        adapters.append(SlackAdapter.from_settings(settings, ingress=ingress))
+    return adapters
 
 
 def worker_options(settings: Settings) -> WorkerOptions:

@@ -7,13 +7,14 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_core import ErrorDetails
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.errors import ConfigError
 from bot.generation.solar import DEFAULT_MODEL_ID
@@ -21,6 +22,9 @@ from bot.generation.solar import DEFAULT_MODEL_ID
 ENV_PREFIX = "SOLARBOT_"
 # Variables under these prefixes belong to the test suite, not to the service.
 IGNORED_PREFIXES = ("SOLARBOT_TEST_",)
+
+# Slack ids: workspaces T..., enterprise E..., channels C/G/D..., users U/W...
+_SLACK_ID = re.compile(r"[TECGDUWB][A-Z0-9]{2,}")
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are solarbot, a helpful assistant in a team chat. Answer clearly and concisely; "
@@ -63,6 +67,115 @@ class Settings(BaseSettings):
     retry_max_seconds: float = Field(default=300.0, gt=0.0)
     poll_seconds: float = Field(default=0.5, gt=0.0, le=60.0)
     edit_interval_seconds: float = Field(default=1.0, ge=0.0)
+
+    # Slack (the adapter starts when SOLARBOT_SLACK_BOT_TOKEN is set; see docs/slack.md).
+    slack_bot_token: SecretStr | None = None
+    slack_signing_secret: SecretStr | None = None  # HTTP mode: verifies every request
+    slack_app_token: SecretStr | None = None  # Socket Mode: the xapp- app-level token
+    slack_mode: Literal["http", "socket"] = "http"
+    slack_host: str = "0.0.0.0"
+    slack_port: int = Field(default=3000, ge=0, le=65535)  # 0 = any free port
+    slack_path: str = "/slack/events"
+    slack_command: str = "/solar"
+    # Comma-separated Slack ids; empty = no restriction (workspaces, channels) / no admins.
+    slack_allowed_workspaces: Annotated[tuple[str, ...], NoDecode] = ()
+    slack_allowed_channels: Annotated[tuple[str, ...], NoDecode] = ()
+    slack_admin_users: Annotated[tuple[str, ...], NoDecode] = ()
+    slack_api_url: str = "https://slack.com/api/"
+
+    @field_validator(
+        "slack_allowed_workspaces", "slack_allowed_channels", "slack_admin_users", mode="before"
+    )
+    @classmethod
+    def _slack_id_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, (list, tuple)):
+            for item in value:
+                if not isinstance(item, str) or not _SLACK_ID.fullmatch(item):
+                    raise ValueError(f"{item!r} is not a Slack id (comma-separated, e.g. T0123ABC)")
+        return value
+
+    @field_validator("slack_bot_token")
+    @classmethod
+    def _slack_bot_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith("xoxb-"):
+            raise ValueError("must be a bot token (xoxb-...)")
+        return value
+
+    @field_validator("slack_app_token")
+    @classmethod
+    def _slack_app_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith("xapp-"):
+            raise ValueError("must be an app-level token (xapp-...)")
+        return value
+
+    @field_validator("slack_command")
+    @classmethod
+    def _slack_command(cls, value: str) -> str:
+        if not re.fullmatch(r"/[a-z0-9_-]{1,31}", value):
+            raise ValueError("must be a slash command such as /solar (lower case, no spaces)")
+        return value
+
+    @field_validator("slack_path")
+    @classmethod
+    def _slack_path(cls, value: str) -> str:
+        if not value.startswith("/") or " " in value:
+            raise ValueError("must be a URL path starting with / (e.g. /slack/events)")
+        return value
+
+    @field_validator("slack_api_url")
+    @classmethod
+    def _slack_api_url(cls, value: str) -> str:
+        if not re.fullmatch(r"https?://\S+", value):
+            raise ValueError("must be an http(s) URL")
+        return value if value.endswith("/") else value + "/"
+
+    # Discord (the adapter starts when SOLARBOT_DISCORD_TOKEN is set; see docs/discord.md).
+    discord_token: SecretStr | None = None
+    # Comma-separated Discord ids (numbers); empty = no restriction (guilds, channels, roles).
+    discord_allowed_guilds: Annotated[frozenset[int], NoDecode] = frozenset()
+    discord_allowed_channels: Annotated[frozenset[int], NoDecode] = frozenset()
+    discord_allowed_roles: Annotated[frozenset[int], NoDecode] = frozenset()
+    discord_admin_roles: Annotated[frozenset[int], NoDecode] = frozenset()
+    # DMs bypass the guild/channel/role lists, so they are opt-in.
+    discord_dms: bool = False
+
+    @field_validator(
+        "discord_allowed_guilds",
+        "discord_allowed_channels",
+        "discord_allowed_roles",
+        "discord_admin_roles",
+        mode="before",
+    )
+    @classmethod
+    def _discord_id_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, (list, tuple, set, frozenset)):
+            ids: set[int] = set()
+            for item in value:
+                text = str(item).strip()
+                if isinstance(item, bool) or not text.isdigit() or not 0 < int(text) < 2**64:
+                    raise ValueError(
+                        f"{item!r} is not a Discord id (comma-separated numbers, "
+                        "e.g. 123456789012345678; Developer Mode > Copy ID)"
+                    )
+                ids.add(int(text))
+            return frozenset(ids)
+        return value
+
+    @field_validator("discord_token")
+    @classmethod
+    def _discord_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        token = value.get_secret_value().strip()
+        if not token:
+            raise ValueError("is empty (Developer Portal > your application > Bot > Reset Token)")
+        if token.lower().startswith("bot ") or any(char.isspace() for char in token):
+            raise ValueError("must be the bare bot token, without 'Bot ' or spaces")
+        return SecretStr(token)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -28,3 +28,72 @@ CONSOLE_HELP = (
 CONSOLE_SWITCHED = "Now talking in #{channel}."
 CONSOLE_UNKNOWN_COMMAND = "Unknown command {command!r}; /help lists commands."
 CONSOLE_BOT_NAME = "solarbot"
+
+# Chat sub-commands (bot/commands.py), shared by the chat platforms. Markdown; adapters convert it.
+# {command} is how the bot is invoked there (e.g. "/solar").
+COMMAND_HELP = (
+    "**{command} QUESTION**: ask me something; the answer is posted in this channel\n"
+    "{private_line}"
+    "**{command} help**: this help\n"
+    "**{command} status**: the model, the queue and this channel's settings\n"
+    "**{command} forget**: clear this channel's conversation history{forget_note}\n"
+    "**{command} prompt TEXT**: set this channel's system prompt (admins only); "
+    "`{command} prompt` shows it, `{command} prompt reset` restores the default\n"
+    "{extra}"
+)
+COMMAND_HELP_PRIVATE_LINE = "**{command} --private QUESTION**: only you see the answer\n"
+COMMAND_HELP_FORGET_ADMINS = " (admins only)"
+COMMAND_FORGOT = "Done: I forgot this channel's history ({count} message(s))."
+COMMAND_PROMPT_SET = "This channel's system prompt is now:\n> {prompt}"
+COMMAND_PROMPT_RESET = "This channel uses the default system prompt again."
+COMMAND_PROMPT_SHOW_CUSTOM = "This channel's system prompt:\n> {prompt}"
+COMMAND_PROMPT_SHOW_DEFAULT = "This channel uses the default system prompt:\n> {prompt}"
+COMMAND_PROMPT_TOO_LONG = "That system prompt is too long ({length} characters; at most {limit})."
+COMMAND_ADMINS_ONLY = "Sorry, only admins can use `{command} {name}` here."
+COMMAND_NO_ADMINS = (
+    "Sorry, `{command} {name}` needs an admin, and no admins are configured "
+    "(ask whoever runs me to set {setting})."
+)
+COMMAND_STATUS = (
+    "**Model:** {model}\n"
+    "**Queue:** {queued} question(s) waiting or being answered\n"
+    "**This channel:** {prompt_state}; replies {enabled}\n"
+    "**Admins:** {admins}"
+)
+COMMAND_STATUS_PROMPT_DEFAULT = "default system prompt"
+COMMAND_STATUS_PROMPT_CUSTOM = "custom system prompt ({length} characters)"
+COMMAND_STATUS_ENABLED = "on"
+COMMAND_STATUS_DISABLED = "off"
+COMMAND_STATUS_ADMINS = "configured"
+COMMAND_STATUS_NO_ADMINS = "none configured"
+CHANNEL_DISABLED = "I'm switched off in this channel."
+NOT_ALLOWED_HERE = "Sorry, I'm not enabled in this workspace or channel."
+
+# The Slack adapter.
+SLACK_THINKING = ":hourglass_flowing_sand: Thinking…"
+SLACK_ASKED = "<@{user}> asked: {question}"
+SLACK_NOT_IN_CHANNEL = (
+    "I'm not a member of this channel, so only you will see my answer "
+    "(invite me with `/invite @solarbot` to answer in the channel)."
+)
+SLACK_EMPTY_MENTION = "Yes? Ask me something after the mention, e.g. `@solarbot what is SOLAR?`"
+
+# The Discord adapter.
+DISCORD_THINKING = "Thinking…"
+DISCORD_QUEUED = "Queued (position {position})…"
+DISCORD_EMPTY_REPLY = "(I have no answer to that.)"
+DISCORD_ATTACHMENT = "[attachment: {name} ({kind})]"
+DISCORD_PRIVILEGED_INTENT = (
+    "SOLARBOT_DISCORD_TOKEN: Discord refused the connection because the Message Content intent is "
+    "off. Open https://discord.com/developers/applications, select this bot's application, go to "
+    "Bot > Privileged Gateway Intents, switch on MESSAGE CONTENT INTENT, save, and start again."
+)
+DISCORD_LOGIN_FAILED = (
+    "SOLARBOT_DISCORD_TOKEN: Discord rejected the token. Copy it again from "
+    "https://discord.com/developers/applications > your application > Bot > Reset Token."
+)
+DISCORD_NO_TOKEN = (
+    "SOLARBOT_DISCORD_TOKEN is not set: create a bot in the Discord Developer Portal and put its "
+    "token in SOLARBOT_DISCORD_TOKEN (see docs/discord.md)."
+)
+DISCORD_EMPTY_MENTION = "Yes? Ask me something after the mention, e.g. `@solarbot what is SOLAR?`"

@@ -1,0 +1,617 @@
+"""The Discord adapter (discord.py 2.x): gateway ingress, REST egress.
+
+Ingress (``start`` with ``ingress=True``): a gateway client hears every message it may see and hands
+the ones addressed to the bot to the intake:
+
+- an @mention of the bot (or of its managed role) or a reply to one of its messages in an allowed
+  guild channel; every message in a thread the bot owns or that was started on one of its messages;
+  every DM when DMs are switched on. Bots, webhooks, system messages and its own messages are ignored;
+- the bot's mention is stripped, other mentions become readable names (``@Ana``, ``@Mods``,
+  ``#general``), attachments are noted as ``[attachment: name (type)]``;
+- conversation = the channel (threads: channel = parent, thread = the thread, so a thread has its
+  own history but the channel's settings; DMs: the DM channel); dedupe key ``discord:<message id>``
+  so a gateway replay or a restart never answers twice;
+- while the job waits, the channel shows "typing" (refreshed every 8 s, before Discord's ~10 s
+  expiry) and, once it has waited ``queue_notice_after`` seconds behind other jobs, a placeholder
+  reply with its queue position; the worker's reply continues that placeholder.
+
+Egress (``open_reply``/``post_notice``) needs only REST and the bot token, so a separate worker
+process delivers replies without a gateway connection: a placeholder reply to the triggering message
+(no ping), typing while generating, edits at most every ``edit_interval`` seconds, follow-up messages
+past 2000 characters (``bot.splitting`` keeps code fences balanced). discord.py retries 429s and 5xx
+itself; our edit throttle counts from the end of each request, so a slowed request delays the next
+edit instead of queueing more. What still fails becomes ``DeliveryError`` for the worker's retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import discord
+from discord.http import handle_message_parameters
+
+from adapters.streaming import MessageGone, StreamedReply
+from bot import texts
+from bot.delivery import ReplyTarget
+from bot.errors import ConfigError, DeliveryError, InvalidIncomingError, SolarbotError
+from bot.intake import Intake
+from bot.models import Incoming, JobStatus
+from bot.splitting import split_message
+
+if TYPE_CHECKING:
+    from discord.http import MultipartParameters
+    from discord.types.message import MessageReference as MessageReferencePayload
+
+    from bot.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PLATFORM = "discord"
+MESSAGE_LIMIT = 2000
+_NO_PINGS = discord.AllowedMentions.none()
+_FINISHED = (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED)
+_USER_MENTION = re.compile(r"<@!?(\d+)>")
+_ROLE_MENTION = re.compile(r"<@&(\d+)>")
+_CHANNEL_MENTION = re.compile(r"<#(\d+)>")
+_CUSTOM_EMOJI = re.compile(r"<a?:(\w+):\d+>")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DiscordOptions:
+    """Who may talk to the bot, and the pacing of what it shows. Empty id sets = no restriction."""
+
+    allowed_guilds: frozenset[int] = frozenset()
+    allowed_channels: frozenset[int] = frozenset()  # a thread is allowed when its parent is
+    allowed_roles: frozenset[int] = frozenset()
+    admin_roles: frozenset[int] = frozenset()  # always allowed where the bot is allowed
+    dms: bool = False
+    ingress: bool = True  # False: REST only (a worker process delivering replies)
+    edit_interval: float = 1.0
+    typing_interval: float = 8.0
+    typing_idle: float = 120.0  # a reply stream with no new text for this long stops typing
+    queue_notice_after: float = 1.0
+    status_poll: float = 2.0
+    ready_timeout: float = 60.0
+    guild_ready_timeout: float = 2.0  # discord.py waits this long for GUILD_CREATEs after READY
+
+
+def intents() -> discord.Intents:
+    """Guild and DM messages with their content (the privileged Message Content intent)."""
+    value = discord.Intents.none()
+    value.guilds = True
+    value.guild_messages = True
+    value.dm_messages = True
+    value.message_content = True
+    return value
+
+
+class _GatewayClient(discord.Client):
+    def __init__(self, adapter: DiscordAdapter) -> None:
+        super().__init__(
+            intents=intents(),
+            max_messages=None,
+            chunk_guilds_at_startup=False,
+            guild_ready_timeout=adapter.options.guild_ready_timeout,
+        )
+        self._adapter = adapter
+
+    async def on_ready(self) -> None:
+        self._adapter.ready.set()
+
+    async def on_message(self, message: discord.Message) -> None:
+        try:
+            await self._adapter.handle_message(message)
+        except Exception:
+            log.exception("discord: handling message %s failed", message.id)
+
+
+@dataclass
+class _Pending:
+    """A job enqueued by this process that no reply stream has taken over yet."""
+
+    channel_id: int
+    reply_to: int
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    placeholder_id: str | None = None
+    placeholder_text: str = ""
+    adopted: bool = False
+
+
+class DiscordAdapter:
+    def __init__(self, token: str, options: DiscordOptions | None = None) -> None:
+        if not token.strip():
+            raise ConfigError(texts.DISCORD_NO_TOKEN)
+        self._token = token.strip()
+        self.options = options or DiscordOptions()
+        self.client: discord.Client = _GatewayClient(self)
+        self.ready = asyncio.Event()
+        self._intake: Intake | None = None
+        self._gateway: asyncio.Task[None] | None = None
+        self._pending: dict[int, _Pending] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._thread_parents: dict[int, int] = {}
+        self._bot_threads: dict[int, bool] = {}
+        self._closing = False
+        self._ingress_lock = asyncio.Lock()
+        self._replies: dict[int, DiscordReply] = {}  # open streams, by job id
+
+    def __repr__(self) -> str:  # never show the token
+        return f"DiscordAdapter(ingress={self.options.ingress})"
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, ingress: bool = True) -> DiscordAdapter:
+        if settings.discord_token is None:
+            raise ConfigError(texts.DISCORD_NO_TOKEN)
+        return cls(
+            settings.discord_token.get_secret_value(),
+            DiscordOptions(
+                allowed_guilds=settings.discord_allowed_guilds,
+                allowed_channels=settings.discord_allowed_channels,
+                allowed_roles=settings.discord_allowed_roles,
+                admin_roles=settings.discord_admin_roles,
+                dms=settings.discord_dms,
+                ingress=ingress,
+                edit_interval=settings.edit_interval_seconds,
+            ),
+        )
+
+    @property
+    def platform(self) -> str:
+        return PLATFORM
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self, intake: Intake) -> None:
+        self._intake = intake
+        try:
+            await self.client.login(self._token)
+        except discord.LoginFailure:
+            await self.client.close()
+            raise ConfigError(texts.DISCORD_LOGIN_FAILED) from None
+        except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
+            await self.client.close()
+            raise SolarbotError(f"could not reach Discord: {exc}") from None
+        assert self.client.user is not None
+        log.info("discord: logged in as %s (%s)", self.client.user, self.client.user.id)
+        if not self.options.ingress:
+            return
+        self._gateway = asyncio.create_task(self.client.connect(reconnect=True), name="discord")
+        ready = asyncio.create_task(self.ready.wait())
+        await asyncio.wait(
+            [self._gateway, ready],
+            timeout=self.options.ready_timeout,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        ready.cancel()
+        if self._gateway.done():
+            error = self._gateway.exception()
+            await self.client.close()
+            if isinstance(error, discord.PrivilegedIntentsRequired):
+                raise ConfigError(texts.DISCORD_PRIVILEGED_INTENT) from None
+            if isinstance(error, discord.LoginFailure):
+                raise ConfigError(texts.DISCORD_LOGIN_FAILED) from None
+            raise SolarbotError(f"the Discord gateway connection ended: {error!r}")
+        if not self.ready.is_set():
+            log.warning(
+                "discord: gateway not ready after %.0fs; still trying", self.options.ready_timeout
+            )
+        self._gateway.add_done_callback(self._gateway_ended)
+
+    def _gateway_ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None and not self._closing:
+            error = task.exception()
+            if isinstance(error, discord.PrivilegedIntentsRequired):
+                log.error("discord: %s", texts.DISCORD_PRIVILEGED_INTENT)
+            else:
+                log.error("discord: the gateway connection ended: %r", error)
+
+    async def stop(self) -> None:
+        self._closing = True
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.client.close()
+        if self._gateway is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._gateway
+
+    def _spawn(self, coroutine: Any, name: str) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.create_task(coroutine, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # ------------------------------------------------------------------ ingress
+
+    async def handle_message(self, message: discord.Message) -> None:
+        """Decide whether ``message`` is for the bot; if so, store and enqueue it.
+
+        discord.py runs each event handler as its own task; the lock (FIFO) keeps messages in
+        gateway order, so two quick questions in one channel are queued in the order they were sent.
+        """
+        async with self._ingress_lock:
+            await self._handle_message(message)
+
+    async def _handle_message(self, message: discord.Message) -> None:
+        me = self.client.user
+        intake = self._intake
+        if me is None or intake is None or self._closing:
+            return
+        author = message.author
+        if author.bot or author.id == me.id or message.webhook_id is not None:
+            return
+        if message.type not in (discord.MessageType.default, discord.MessageType.reply):
+            return
+        guild = message.guild
+        thread_id = 0
+        channel_id = message.channel.id
+        if guild is None:
+            if not self.options.dms:
+                return
+        else:
+            addressed = self._addressed(message, me.id)
+            parent_id, is_thread = await self._parent_of(message.channel)
+            if is_thread:
+                thread_id, channel_id = message.channel.id, parent_id
+                if not addressed:
+                    addressed = await self._is_bot_thread(message.channel, parent_id, me.id)
+            if not addressed or not self._allowed(guild.id, channel_id, author):
+                return
+        text = self._render_text(message, me.id)
+        if not text:
+            await self._send_plain(message.channel.id, message.id, texts.DISCORD_EMPTY_MENTION)
+            return
+        try:
+            incoming = Incoming(
+                platform=PLATFORM,
+                workspace=str(guild.id) if guild is not None else "",
+                channel=str(channel_id),
+                thread=str(thread_id) if thread_id else "",
+                author_id=str(author.id),
+                author_name=author.display_name,
+                text=text,
+                message_id=str(message.id),
+                dedupe_key=f"discord:{message.id}",
+                reply_target={
+                    "channel_id": str(message.channel.id),
+                    "message_id": str(message.id),
+                },
+            )
+        except InvalidIncomingError:
+            return
+        result = await intake.submit(incoming)
+        if result is not None and result.created:
+            pending = _Pending(channel_id=message.channel.id, reply_to=message.id)
+            self._pending[result.job_id] = pending
+            self._spawn(
+                self._while_queued(result.job_id, pending), f"discord-queued-{result.job_id}"
+            )
+
+    def _addressed(self, message: discord.Message, my_id: int) -> bool:
+        if any(user.id == my_id for user in message.mentions):
+            return True
+        if any(_is_my_role(role, my_id) for role in message.role_mentions):
+            return True
+        reference = message.reference
+        resolved = reference.resolved if reference is not None else None
+        return isinstance(resolved, discord.Message) and resolved.author.id == my_id
+
+    def _allowed(self, guild_id: int, channel_id: int, author: discord.abc.User) -> bool:
+        options = self.options
+        if options.allowed_guilds and guild_id not in options.allowed_guilds:
+            return False
+        if options.allowed_channels and channel_id not in options.allowed_channels:
+            return False
+        if not options.allowed_roles:
+            return True
+        roles = {role.id for role in getattr(author, "roles", ())}
+        return bool(roles & (options.allowed_roles | options.admin_roles))
+
+    async def _parent_of(self, channel: Any) -> tuple[int, bool]:
+        """(parent channel id, is a thread) for a guild channel, fetching unknown channels once."""
+        if isinstance(channel, discord.Thread):
+            return channel.parent_id, True
+        if not isinstance(channel, discord.PartialMessageable):
+            return channel.id, False
+        if channel.id not in self._thread_parents:
+            try:
+                fetched = await self.client.fetch_channel(channel.id)
+            except discord.HTTPException:
+                return channel.id, False
+            parent = fetched.parent_id if isinstance(fetched, discord.Thread) else 0
+            self._thread_parents[channel.id] = parent
+        parent = self._thread_parents[channel.id]
+        return (parent, True) if parent else (channel.id, False)
+
+    async def _is_bot_thread(self, thread: Any, parent_id: int, my_id: int) -> bool:
+        """The bot owns the thread, or it was started on one of the bot's messages."""
+        if getattr(thread, "owner_id", None) == my_id:
+            return True
+        if thread.id not in self._bot_threads:
+            try:
+                starter = await self.client.http.get_message(parent_id, thread.id)
+            except discord.HTTPException:
+                starter = None
+            owned = starter is not None and int(starter["author"]["id"]) == my_id
+            if len(self._bot_threads) > 10_000:
+                self._bot_threads.clear()
+            self._bot_threads[thread.id] = owned
+        return self._bot_threads[thread.id]
+
+    def _render_text(self, message: discord.Message, my_id: int) -> str:
+        guild = message.guild
+        users = {user.id: user.display_name for user in message.mentions}
+        roles = {role.id: role for role in message.role_mentions}
+
+        def user(match: re.Match[str]) -> str:
+            user_id = int(match.group(1))
+            if user_id == my_id:
+                return ""
+            return "@" + users.get(user_id, "user")
+
+        def role(match: re.Match[str]) -> str:
+            found = roles.get(int(match.group(1)))
+            if found is None and guild is not None:
+                found = guild.get_role(int(match.group(1)))
+            if found is not None and _is_my_role(found, my_id):
+                return ""
+            return "@" + (found.name if found is not None else "role")
+
+        def channel(match: re.Match[str]) -> str:
+            found = guild.get_channel_or_thread(int(match.group(1))) if guild else None
+            return "#" + (found.name if found is not None else "channel")
+
+        text = _USER_MENTION.sub(user, message.content)
+        text = _ROLE_MENTION.sub(role, text)
+        text = _CHANNEL_MENTION.sub(channel, text)
+        text = _CUSTOM_EMOJI.sub(r":\1:", text)
+        text = re.sub(r"[ \t]{2,}", " ", text).strip()
+        notes = [
+            texts.DISCORD_ATTACHMENT.format(
+                name=attachment.filename, kind=attachment.content_type or "unknown type"
+            )
+            for attachment in message.attachments
+        ]
+        return "\n".join(part for part in [text, *notes] if part)
+
+    async def _while_queued(self, job_id: int, pending: _Pending) -> None:
+        """Typing (and, after a while behind others, a queue-position placeholder) until a reply
+        stream takes over; a placeholder nobody took over is removed once the job is over."""
+        assert self._intake is not None
+        repository = self._intake.repository
+        options = self.options
+        started = time.monotonic()
+        next_typing = 0.0
+        try:
+            while not self._closing:
+                async with pending.lock:
+                    if pending.adopted:
+                        return
+                    now = time.monotonic()
+                    if now >= next_typing:
+                        await self._typing(pending.channel_id)
+                        next_typing = now + options.typing_interval
+                    record = await asyncio.to_thread(repository.job, job_id)
+                    if record is None or record.status in _FINISHED:
+                        break
+                    if (
+                        record.status is JobStatus.QUEUED
+                        and now - started >= options.queue_notice_after
+                    ):
+                        position = await self._intake.queue_position(job_id)
+                        if position > 0:
+                            await self._show_position(pending, position)
+                            if pending.placeholder_id is not None and next_typing > now:
+                                await self._typing(pending.channel_id)  # a post ends typing
+                await asyncio.sleep(options.status_poll)
+            if pending.placeholder_id is not None and not pending.adopted:
+                with contextlib.suppress(discord.HTTPException):  # another process answered
+                    await self.client.http.delete_message(
+                        pending.channel_id, int(pending.placeholder_id)
+                    )
+        except discord.HTTPException as exc:
+            log.warning("discord: job %s: queue notice failed: %s", job_id, exc)
+        finally:
+            if self._pending.get(job_id) is pending:
+                del self._pending[job_id]
+
+    async def _show_position(self, pending: _Pending, position: int) -> None:
+        text = texts.DISCORD_QUEUED.format(position=position)
+        if pending.placeholder_id is None:
+            data = await self.client.http.send_message(
+                pending.channel_id,
+                params=self._reply_params(text, pending.channel_id, pending.reply_to),
+            )
+            pending.placeholder_id = str(data["id"])
+        elif text != pending.placeholder_text:
+            await self.client.http.edit_message(
+                pending.channel_id,
+                int(pending.placeholder_id),
+                params=handle_message_parameters(content=text, allowed_mentions=_NO_PINGS),
+            )
+        pending.placeholder_text = text
+
+    # ------------------------------------------------------------------ egress
+
+    def _reply_params(
+        self, text: str, channel_id: int, reply_to: int | None, *, job: int = 0
+    ) -> MultipartParameters:
+        reference: MessageReferencePayload | None = None
+        if reply_to:
+            reference = {
+                "message_id": str(reply_to),
+                "channel_id": str(channel_id),
+                "fail_if_not_exists": False,  # the question was deleted: answer anyway
+            }
+        return handle_message_parameters(
+            content=text,
+            message_reference=reference if reference is not None else discord.utils.MISSING,
+            allowed_mentions=_NO_PINGS,
+            # Discord drops a repeated nonce: discord.py's own retry of a POST after a 5xx that
+            # did create the message does not post it twice.
+            nonce=f"sb{job}-{secrets.token_hex(4)}",
+        )
+
+    async def _typing(self, channel_id: int) -> None:
+        try:
+            await self.client.http.send_typing(channel_id)
+        except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
+            log.debug("discord: typing in %s failed: %s", channel_id, exc)
+
+    async def _send_plain(self, channel_id: int, reply_to: int | None, text: str) -> str:
+        data = await self.client.http.send_message(
+            channel_id, params=self._reply_params(text, channel_id, reply_to)
+        )
+        return str(data["id"])
+
+    async def open_reply(self, target: ReplyTarget) -> DiscordReply:
+        pending = self._pending.get(target.job_id)
+        shown: tuple[str, ...] = ()
+        if pending is not None:
+            async with pending.lock:
+                pending.adopted = True
+                if not target.existing_message_ids and pending.placeholder_id is not None:
+                    target = replace(target, existing_message_ids=(pending.placeholder_id,))
+                    shown = (pending.placeholder_text,)
+        stream = DiscordReply(self, target, shown=shown)
+        earlier = self._replies.pop(target.job_id, None)
+        if earlier is not None:
+            earlier.stop_typing()  # an abandoned attempt of the same job
+        self._replies[target.job_id] = stream
+        await stream.start(texts.DISCORD_THINKING)
+        await stream.show_status(texts.DISCORD_THINKING)
+        stream.start_typing()
+        return stream
+
+    def reply_done(self, stream: DiscordReply) -> None:
+        if self._replies.get(stream.target.job_id) is stream:
+            del self._replies[stream.target.job_id]
+
+    async def post_notice(self, target: ReplyTarget, text: str) -> None:
+        stream = self._replies.pop(target.job_id, None)
+        if stream is not None:
+            stream.stop_typing()
+        channel_id = int(target.reply_target["channel_id"])
+        reply_to = int(target.reply_target.get("message_id") or 0) or None
+        try:
+            for index, chunk in enumerate(split_message(text, limit=MESSAGE_LIMIT)):
+                await self._send_plain(channel_id, reply_to if index == 0 else None, chunk)
+        except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
+            raise delivery_error(exc) from exc
+
+
+class DiscordReply(StreamedReply):
+    """One reply: the first message answers the user's message; follow-ups continue it."""
+
+    def __init__(
+        self, adapter: DiscordAdapter, target: ReplyTarget, *, shown: Sequence[str] = ()
+    ) -> None:
+        super().__init__(
+            target, limit=MESSAGE_LIMIT, min_interval=adapter.options.edit_interval, shown=shown
+        )
+        self._adapter = adapter
+        self._http = adapter.client.http
+        self._channel_id = int(target.reply_target["channel_id"])
+        self._reply_to = int(target.reply_target.get("message_id") or 0) or None
+        self._typing: asyncio.Task[None] | None = None
+        self._last_activity = time.monotonic()
+
+    def start_typing(self) -> None:
+        """Typing until the reply is finished (or has failed), refreshed before it expires. A
+        stream the worker abandoned (a generation error) stops by itself once it has been idle
+        for ``typing_idle`` seconds."""
+        self._last_activity = time.monotonic()
+        self._typing = self._adapter._spawn(
+            self._keep_typing(), f"discord-typing-{self.target.job_id}"
+        )
+
+    def stop_typing(self) -> None:
+        if self._typing is not None:
+            self._typing.cancel()
+            self._typing = None
+
+    async def _keep_typing(self) -> None:
+        options = self._adapter.options
+        while time.monotonic() - self._last_activity < options.typing_idle:
+            await self._adapter._typing(self._channel_id)
+            await asyncio.sleep(options.typing_interval)
+
+    async def update(self, text: str) -> None:
+        self._last_activity = time.monotonic()
+        await super().update(text)
+
+    async def finish(self, text: str) -> Sequence[str]:
+        try:
+            return await super().finish(text)
+        finally:
+            self.stop_typing()
+            self._adapter.reply_done(self)
+
+    async def post(self, text: str) -> str:
+        first = not self.message_ids
+        data = await self._http.send_message(
+            self._channel_id,
+            params=self._adapter._reply_params(
+                _content(text),
+                self._channel_id,
+                self._reply_to if first else None,
+                job=self.target.job_id,
+            ),
+        )
+        if self._typing is not None:
+            await self._adapter._typing(self._channel_id)  # posting a message ends typing
+        return str(data["id"])
+
+    async def edit(self, message_id: str, text: str) -> None:
+        try:
+            await self._http.edit_message(
+                self._channel_id,
+                int(message_id),
+                params=handle_message_parameters(
+                    content=_content(text), allowed_mentions=_NO_PINGS
+                ),
+            )
+        except discord.NotFound as exc:
+            raise MessageGone(message_id) from exc
+
+    async def discard(self, message_id: str) -> None:
+        with contextlib.suppress(discord.NotFound):
+            await self._http.delete_message(self._channel_id, int(message_id))
+
+    def delivery_error(self, exc: Exception) -> DeliveryError:
+        self.stop_typing()  # the worker abandons this stream and retries later
+        return delivery_error(exc)
+
+
+def delivery_error(exc: BaseException) -> DeliveryError:
+    if isinstance(exc, discord.RateLimited):
+        return DeliveryError(
+            f"Discord rate limit ({exc.retry_after:.1f}s)", retry_after=exc.retry_after
+        )
+    if isinstance(exc, discord.HTTPException):
+        retry_after: float | None = None
+        if exc.status == 429:
+            with contextlib.suppress(TypeError, ValueError):
+                retry_after = float(exc.response.headers.get("Retry-After", "5"))
+        return DeliveryError(f"Discord HTTP {exc.status}: {exc.text}", retry_after=retry_after)
+    return DeliveryError(f"Discord unreachable: {type(exc).__name__}: {exc}")
+
+
+def _content(text: str) -> str:
+    """Discord refuses empty messages."""
+    return text if text.strip() else texts.DISCORD_EMPTY_REPLY
+
+
+def _is_my_role(role: discord.Role, my_id: int) -> bool:
+    tags = role.tags
+    return tags is not None and tags.bot_id == my_id

@@ -1,0 +1,563 @@
+"""The Slack adapter: slack-bolt (AsyncApp) ingress, slack_sdk Web API egress.
+
+Ingress (HTTP with a verified signing secret, or Socket Mode with an app token):
+
+- ``/solar QUESTION`` (the command is configurable) is acked at once with a short "thinking"
+  message; a placeholder quoting the question is posted in the channel and the answer replaces it,
+  streamed with ``chat.update``. ``/solar --private QUESTION`` answers only the asker, through the
+  command's response_url. Sub-commands (``help``, ``status``, ``forget``, ``prompt``) are
+  ``bot.commands``; the answer is ephemeral.
+- ``app_mention`` answers in the thread of the mention (a mention at the top of a channel starts
+  the thread, which is then the conversation); ``message.im`` answers in the DM.
+- Dedupe keys are the message's ``ts`` (events) or the ``trigger_id`` (commands), so Slack's
+  retries (``X-Slack-Retry-Num``) find the job already stored and produce no second answer.
+- Workspace/channel allowlists; DMs are allowed in allowed workspaces.
+
+Egress (``open_reply``/``post_notice``) needs only the bot token, so a worker process can deliver.
+Replies longer than ``MESSAGE_LIMIT`` continue in follow-up messages (code fences kept intact by
+``bot.splitting``), Markdown is converted to mrkdwn (``adapters.slack_format``), 429s are retried by
+the SDK's rate-limit handler honouring Retry-After and edits are throttled (``adapters.streaming``);
+what still fails becomes a ``DeliveryError`` for the worker's retry policy. Tokens and the signing
+secret are never logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
+from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.async_handler import AsyncRetryHandler
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncRateLimitErrorRetryHandler,
+)
+from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.webhook.async_client import AsyncWebhookClient
+
+from adapters.slack_format import from_slack, to_mrkdwn
+from adapters.streaming import StreamedReply
+from bot import texts
+from bot.commands import CommandContext, CommandName, Commands, parse_command
+from bot.delivery import ReplyTarget
+from bot.errors import ConfigError, DeliveryError
+from bot.intake import Intake
+from bot.models import EnqueueResult, Incoming
+from bot.settings import Settings
+from bot.splitting import split_message
+
+log = logging.getLogger(__name__)
+
+PLATFORM = "slack"
+DEFAULT_API_URL = "https://slack.com/api/"
+MESSAGE_LIMIT = 3000  # characters per message; Slack cuts text at 40,000, blocks fail far earlier
+QUESTION_PREVIEW = 300  # characters of a slash-command question quoted above its answer
+RATE_LIMIT_RETRIES = 3
+# Errors that mean "the bot cannot post here", not "try again".
+NOT_IN_CHANNEL_ERRORS = ("not_in_channel", "channel_not_found", "is_archived")
+
+Mode = Literal["http", "socket"]
+
+
+def _rate_limited_client(token: str, *, base_url: str) -> AsyncWebClient:
+    handlers: list[AsyncRetryHandler] = [
+        AsyncConnectionErrorRetryHandler(),
+        AsyncRateLimitErrorRetryHandler(max_retry_count=RATE_LIMIT_RETRIES),
+    ]
+    return AsyncWebClient(token=token, base_url=base_url, timeout=30, retry_handlers=handlers)
+
+
+def delivery_error(exc: Exception) -> DeliveryError:
+    """A Slack client failure as a DeliveryError; a 429 (after the SDK's own retries) carries its
+    Retry-After so the worker waits at least that long."""
+    if isinstance(exc, SlackApiError):
+        response = exc.response
+        retry_after: float | None = None
+        if response.status_code == 429:
+            header = next(
+                (v for k, v in response.headers.items() if k.lower() == "retry-after"), None
+            )
+            value = header[0] if isinstance(header, list) else header
+            with contextlib.suppress(TypeError, ValueError):
+                retry_after = float(value) if value is not None else None
+        error = response.get("error") if isinstance(response.data, dict) else None
+        return DeliveryError(
+            f"Slack API {response.status_code}: {error or 'error'}", retry_after=retry_after
+        )
+    return DeliveryError(f"Slack request failed: {type(exc).__name__}: {exc}")
+
+
+class SlackReply(StreamedReply):
+    """A reply in a channel, thread or DM: posted, then edited as it grows; split past the limit."""
+
+    def __init__(
+        self,
+        client: AsyncWebClient,
+        target: ReplyTarget,
+        *,
+        limit: int = MESSAGE_LIMIT,
+        min_interval: float = 1.0,
+    ) -> None:
+        where = target.reply_target
+        placeholder = where.get("ts", "")
+        if placeholder and not target.existing_message_ids:
+            # The slash command's "thinking" placeholder becomes the first message of the answer.
+            target = dataclasses.replace(target, existing_message_ids=(placeholder,))
+        super().__init__(target, limit=limit, min_interval=min_interval)
+        self._client = client
+        self._channel = where["channel"]
+        self._thread = where.get("thread_ts", "")
+        self._header = where.get("header", "")
+
+    def _text(self, chunk: str, *, first: bool) -> str:
+        body = to_mrkdwn(chunk)
+        return f"{self._header}\n\n{body}" if first and self._header else body
+
+    async def post(self, text: str) -> str:
+        first = not self.message_ids
+        response = await self._client.chat_postMessage(
+            channel=self._channel,
+            text=self._text(text, first=first),
+            thread_ts=self._thread or None,
+            unfurl_links=False,
+            unfurl_media=False,
+        )
+        return str(response["ts"])
+
+    async def edit(self, message_id: str, text: str) -> None:
+        first = bool(self.message_ids) and message_id == self.message_ids[0]
+        await self._client.chat_update(
+            channel=self._channel, ts=message_id, text=self._text(text, first=first)
+        )
+
+    async def discard(self, message_id: str) -> None:
+        try:
+            await self._client.chat_delete(channel=self._channel, ts=message_id)
+        except SlackApiError as exc:
+            if exc.response.get("error") != "message_not_found":
+                raise
+
+    def delivery_error(self, exc: Exception) -> DeliveryError:
+        return delivery_error(exc)
+
+
+class SlackEphemeralReply:
+    """A ``--private`` answer: only the asker sees it. Ephemeral messages cannot be edited, so it is
+    sent once, complete, through the command's response_url (chunk by chunk when long)."""
+
+    def __init__(
+        self, target: ReplyTarget, *, limit: int = MESSAGE_LIMIT, retry_handlers: Any = None
+    ) -> None:
+        self._target = target
+        self._limit = limit
+        self._ids = list(target.existing_message_ids)
+        self._webhook = AsyncWebhookClient(
+            target.reply_target["response_url"], retry_handlers=retry_handlers
+        )
+
+    @property
+    def message_ids(self) -> Sequence[str]:
+        return tuple(self._ids)
+
+    async def update(self, text: str) -> None:
+        return None
+
+    async def finish(self, text: str) -> Sequence[str]:
+        chunks = split_message(text, limit=self._limit) or [text]
+        for index, chunk in enumerate(chunks):
+            if index < len(self._ids):
+                continue  # an earlier attempt sent it
+            await send_ephemeral(self._webhook, to_mrkdwn(chunk))
+            self._ids.append(f"ephemeral-{self._target.job_id}-{index}")
+        return tuple(self._ids)
+
+
+async def send_ephemeral(webhook: AsyncWebhookClient, text: str) -> None:
+    try:
+        response = await webhook.send(text=text, response_type="ephemeral")
+    except Exception as exc:
+        raise DeliveryError(f"Slack response_url failed: {type(exc).__name__}") from exc
+    if response.status_code != 200:
+        raise DeliveryError(f"Slack response_url answered {response.status_code}: {response.body}")
+
+
+class SlackAdapter:
+    def __init__(
+        self,
+        *,
+        bot_token: str,
+        signing_secret: str | None = None,
+        app_token: str | None = None,
+        mode: Mode = "http",
+        host: str = "0.0.0.0",
+        port: int = 3000,
+        path: str = "/slack/events",
+        command: str = "/solar",
+        allowed_workspaces: Sequence[str] = (),
+        allowed_channels: Sequence[str] = (),
+        admin_users: Sequence[str] = (),
+        api_url: str = DEFAULT_API_URL,
+        model_id: str = "",
+        default_system_prompt: str = "",
+        edit_interval: float = 1.0,
+        message_limit: int = MESSAGE_LIMIT,
+        ingress: bool = True,
+    ) -> None:
+        if ingress and mode == "http" and not signing_secret:
+            raise ConfigError(
+                "SOLARBOT_SLACK_SIGNING_SECRET: required when SOLARBOT_SLACK_MODE=http "
+                "(Slack app > Basic Information > App Credentials)"
+            )
+        if ingress and mode == "socket" and not app_token:
+            raise ConfigError(
+                "SOLARBOT_SLACK_APP_TOKEN: required when SOLARBOT_SLACK_MODE=socket "
+                "(an xapp- token with the connections:write scope)"
+            )
+        self._mode = mode
+        self._ingress = ingress
+        self._host = host
+        self._port = port
+        self._path = path
+        self._command = command
+        self._allowed_workspaces = frozenset(allowed_workspaces)
+        self._allowed_channels = frozenset(allowed_channels)
+        self._admins = frozenset(admin_users)
+        self._model_id = model_id
+        self._default_prompt = default_system_prompt
+        self._edit_interval = edit_interval
+        self._limit = message_limit
+        self._api_url = api_url
+        self._app_token = app_token
+        self.client = _rate_limited_client(bot_token, base_url=api_url)
+        self.app = AsyncApp(
+            client=self.client,
+            signing_secret=signing_secret or "",
+            request_verification_enabled=mode == "http",
+            logger=logging.getLogger("slack_bolt"),
+        )
+        self.app.command(command)(self._on_command)
+        self.app.event("app_mention")(self._on_mention)
+        self.app.event("message")(self._on_message)
+        self._intake: Intake | None = None
+        self._commands: Commands | None = None
+        self._bot_user_id = ""
+        self._names: dict[str, str] = {}
+        self._runner: web.AppRunner | None = None
+        self._socket: AsyncSocketModeHandler | None = None
+        self.http_port: int | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, ingress: bool = True) -> SlackAdapter:
+        """``ingress=False`` (``solarbot worker``): deliver replies over the Web API only; no HTTP
+        endpoint, no Socket Mode connection, so no signing secret or app token needed."""
+        if settings.slack_bot_token is None:
+            raise ConfigError("SOLARBOT_SLACK_BOT_TOKEN: not set")
+        secret = settings.slack_signing_secret
+        app_token = settings.slack_app_token
+        return cls(
+            bot_token=settings.slack_bot_token.get_secret_value(),
+            signing_secret=secret.get_secret_value() if secret is not None else None,
+            app_token=app_token.get_secret_value() if app_token is not None else None,
+            mode=settings.slack_mode,
+            host=settings.slack_host,
+            port=settings.slack_port,
+            path=settings.slack_path,
+            command=settings.slack_command,
+            allowed_workspaces=settings.slack_allowed_workspaces,
+            allowed_channels=settings.slack_allowed_channels,
+            admin_users=settings.slack_admin_users,
+            api_url=settings.slack_api_url,
+            model_id=settings.model if settings.engine == "local" else settings.engine,
+            default_system_prompt=settings.system_prompt,
+            edit_interval=settings.edit_interval_seconds,
+            ingress=ingress,
+        )
+
+    @property
+    def platform(self) -> str:
+        return PLATFORM
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self, intake: Intake) -> None:
+        self._intake = intake
+        self._commands = Commands(
+            intake.repository,
+            command=self._command,
+            model_id=self._model_id,
+            default_system_prompt=self._default_prompt,
+            admin_setting="SOLARBOT_SLACK_ADMIN_USERS",
+        )
+        try:
+            identity = await self.client.auth_test()
+        except SlackApiError as exc:
+            raise ConfigError(
+                f"SOLARBOT_SLACK_BOT_TOKEN: Slack rejected the token ({exc.response.get('error')})"
+            ) from None
+        except Exception as exc:
+            raise ConfigError(
+                f"SOLARBOT_SLACK_API_URL: cannot reach Slack at {self._api_url} "
+                f"({type(exc).__name__})"
+            ) from None
+        self._bot_user_id = str(identity.get("user_id") or "")
+        if not self._ingress:
+            log.info("Slack adapter started for delivery only (no ingress)")
+        elif self._mode == "socket":
+            await self._start_socket_mode()
+        else:
+            await self._start_http()
+
+    async def _start_http(self) -> None:
+        web_app = web.Application()
+        web_app.router.add_post(self._path, self._handle_http)
+        self._runner = web.AppRunner(web_app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            self._runner = None
+            raise ConfigError(
+                f"SOLARBOT_SLACK_PORT: cannot listen on {self._host}:{self._port} ({exc.strerror})"
+            ) from None
+        address = self._runner.addresses[0]
+        self.http_port = int(address[1])
+        log.info("Slack HTTP endpoint listening on %s:%s%s", self._host, self.http_port, self._path)
+
+    async def _handle_http(self, request: web.Request) -> web.Response:
+        bolt_request = await to_bolt_request(request)
+        bolt_response = await self.app.async_dispatch(bolt_request)
+        return await to_aiohttp_response(bolt_response)
+
+    async def _start_socket_mode(self) -> None:
+        assert self._app_token is not None
+        handler = AsyncSocketModeHandler(self.app, self._app_token, web_client=self.client)
+        try:
+            # Ask for the websocket URL ourselves: a bad app token fails here with one clear line
+            # instead of the client's endless reconnect loop.
+            handler.client.wss_uri = await handler.client.issue_new_wss_url()
+        except SlackApiError as exc:
+            await handler.client.close()  # type: ignore[no-untyped-call]
+            raise ConfigError(
+                f"SOLARBOT_SLACK_APP_TOKEN: Slack refused Socket Mode ({exc.response.get('error')})"
+            ) from None
+        await handler.connect_async()  # type: ignore[no-untyped-call]
+        self._socket = handler
+        log.info("Slack Socket Mode connected")
+
+    async def stop(self) -> None:
+        if self._socket is not None:
+            await self._socket.close_async()  # type: ignore[no-untyped-call]
+            self._socket = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # ------------------------------------------------------------------ ingress
+
+    def _allowed(self, workspace: str, channel: str) -> bool:
+        if self._allowed_workspaces and workspace not in self._allowed_workspaces:
+            return False
+        if channel.startswith("D"):
+            return True  # direct messages: allowed in allowed workspaces
+        return not self._allowed_channels or channel in self._allowed_channels
+
+    async def _on_command(
+        self, ack: AsyncAck, command: dict[str, Any], respond: AsyncRespond
+    ) -> None:
+        workspace = str(command.get("team_id", ""))
+        channel = str(command.get("channel_id", ""))
+        user = str(command.get("user_id", ""))
+        if not self._allowed(workspace, channel):
+            await ack(text=texts.NOT_ALLOWED_HERE)
+            return
+        parsed = parse_command(from_slack(str(command.get("text", ""))))
+        if parsed.name is not CommandName.ASK:
+            assert self._commands is not None
+            context = CommandContext(
+                platform=PLATFORM,
+                workspace=workspace,
+                channel=channel,
+                user_id=user,
+                is_admin=user in self._admins,
+                admins_configured=bool(self._admins),
+            )
+            if parsed.name is CommandName.HELP:
+                await ack(text=to_mrkdwn(self._commands.help(context)))
+                return
+            await ack()
+            reply = await self._commands.run(parsed, context)
+            await respond(text=to_mrkdwn(reply), response_type="ephemeral")
+            return
+        await ack(text=texts.SLACK_THINKING)
+        response_url = str(command.get("response_url", ""))
+        where = {"channel": channel, "thread_ts": "", "response_url": response_url}
+        private = parsed.private
+        if not private:
+            question = parsed.argument
+            if len(question) > QUESTION_PREVIEW:
+                question = question[: QUESTION_PREVIEW - 1] + "…"
+            header = texts.SLACK_ASKED.format(user=user, question=to_mrkdwn(question))
+            try:
+                posted = await self.client.chat_postMessage(
+                    channel=channel, text=f"{header}\n\n{texts.SLACK_THINKING}"
+                )
+                where["ts"] = str(posted["ts"])
+                where["header"] = header
+            except SlackApiError as exc:
+                if exc.response.get("error") in NOT_IN_CHANNEL_ERRORS:
+                    private = True
+                    await respond(text=texts.SLACK_NOT_IN_CHANNEL, response_type="ephemeral")
+                else:  # the worker posts the answer without a placeholder
+                    log.warning("could not post the placeholder: %s", delivery_error(exc))
+        if private:
+            where["ephemeral"] = "1"
+        trigger = str(command.get("trigger_id", "")) or response_url
+        try:
+            result = await self._submit(
+                Incoming(
+                    platform=PLATFORM,
+                    workspace=workspace,
+                    channel=channel,
+                    author_id=user,
+                    author_name=await self._author_name(user, str(command.get("user_name", ""))),
+                    text=parsed.argument,
+                    message_id=trigger,
+                    dedupe_key=f"{PLATFORM}:{workspace}:command:{trigger}",
+                    reply_target=where,
+                )
+            )
+        except Exception:
+            # Not stored (the database is down?): say so rather than leave "Thinking…" forever.
+            log.exception("could not store a /%s question", self._command.lstrip("/"))
+            await self._quietly(
+                respond(text=texts.FAILED_REPLY, response_type="ephemeral"), "response_url"
+            )
+            if "ts" in where:
+                await self._quietly(
+                    self.client.chat_update(
+                        channel=channel,
+                        ts=where["ts"],
+                        text=f"{where['header']}\n\n{texts.FAILED_REPLY}",
+                    ),
+                    "placeholder",
+                )
+            return
+        if result is None:
+            await respond(text=texts.CHANNEL_DISABLED, response_type="ephemeral")
+            if "ts" in where:
+                await self._quietly(
+                    self.client.chat_delete(channel=channel, ts=where["ts"]), "placeholder"
+                )
+
+    async def _on_mention(self, event: dict[str, Any], body: dict[str, Any]) -> None:
+        await self._on_user_message(event, body, in_thread=True)
+
+    async def _on_message(self, event: dict[str, Any], body: dict[str, Any]) -> None:
+        if event.get("channel_type") != "im":
+            return  # channel messages reach us as app_mention
+        await self._on_user_message(event, body, in_thread=False)
+
+    async def _on_user_message(
+        self, event: dict[str, Any], body: dict[str, Any], *, in_thread: bool
+    ) -> None:
+        if event.get("subtype") or event.get("bot_id") or not event.get("user"):
+            return  # edits, deletions, joins, other bots (our own messages never get here)
+        workspace = str(body.get("team_id") or event.get("team") or "")
+        channel = str(event.get("channel", ""))
+        if not self._allowed(workspace, channel):
+            log.info("ignored a message from %s/%s (not in the allowlist)", workspace, channel)
+            return
+        ts = str(event.get("ts", ""))
+        thread = str(event.get("thread_ts") or (ts if in_thread else ""))
+        text = from_slack(str(event.get("text", "")), bot_user_id=self._bot_user_id)
+        if not text:
+            await self._quietly(
+                self.client.chat_postMessage(
+                    channel=channel, thread_ts=thread or None, text=texts.SLACK_EMPTY_MENTION
+                ),
+                "empty-mention hint",
+            )
+            return
+        await self._submit(
+            Incoming(
+                platform=PLATFORM,
+                workspace=workspace,
+                channel=channel,
+                thread=thread,
+                author_id=str(event["user"]),
+                author_name=await self._author_name(str(event["user"])),
+                text=text,
+                message_id=ts,
+                reply_target={"channel": channel, "thread_ts": thread},
+            )
+        )
+
+    async def _author_name(self, user: str, fallback: str = "") -> str:
+        """The user's display name for the prompt (users.info, cached); ``fallback`` when the app
+        lacks the users:read scope or Slack does not answer."""
+        if user not in self._names:
+            try:
+                info = await self.client.users_info(user=user)
+                profile = info["user"].get("profile") or {}
+                name = (
+                    profile.get("display_name")
+                    or profile.get("real_name")
+                    or info["user"].get("name")
+                    or fallback
+                )
+            except Exception as exc:
+                log.info("no name for %s: %s", user, delivery_error(exc))
+                return fallback
+            self._names[user] = str(name)
+        return self._names[user]
+
+    async def _submit(self, incoming: Incoming) -> EnqueueResult | None:
+        assert self._intake is not None, "start() the adapter first"
+        return await self._intake.submit(incoming)
+
+    async def _quietly(self, request: Any, what: str) -> None:
+        try:
+            await request
+        except Exception as exc:
+            log.warning("Slack %s failed: %s", what, delivery_error(exc))
+
+    # ------------------------------------------------------------------ egress
+
+    async def open_reply(self, target: ReplyTarget) -> SlackReply | SlackEphemeralReply:
+        if target.reply_target.get("ephemeral") == "1":
+            return SlackEphemeralReply(target, limit=self._limit)
+        return SlackReply(self.client, target, limit=self._limit, min_interval=self._edit_interval)
+
+    async def post_notice(self, target: ReplyTarget, text: str) -> None:
+        where: Mapping[str, str] = target.reply_target
+        if where.get("ephemeral") == "1":
+            await send_ephemeral(AsyncWebhookClient(where["response_url"]), to_mrkdwn(text))
+            return
+        try:
+            placeholder = where.get("ts", "")
+            if placeholder and set(target.existing_message_ids) <= {placeholder}:
+                # Nothing but the "thinking" placeholder was posted: it becomes the notice.
+                header = where.get("header", "")
+                body = to_mrkdwn(text)
+                await self.client.chat_update(
+                    channel=where["channel"],
+                    ts=placeholder,
+                    text=f"{header}\n\n{body}" if header else body,
+                )
+                return
+            await self.client.chat_postMessage(
+                channel=where["channel"],
+                thread_ts=where.get("thread_ts") or None,
+                text=to_mrkdwn(text),
+            )
+        except Exception as exc:
+            raise delivery_error(exc) from exc

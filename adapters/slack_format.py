@@ -1,0 +1,135 @@
+"""Markdown (what the model writes) -> Slack mrkdwn (what Slack renders).
+
+- ``**bold**`` / ``__bold__`` -> ``*bold*``; ``*italic*`` / ``_italic_`` -> ``_italic_``;
+  ``~~strike~~`` -> ``~strike~``; ``# Heading`` -> a bold line; ``- item`` / ``* item`` -> ``• item``;
+- ``[text](url)`` and ``![alt](url)`` -> ``<url|text>``;
+- fenced code blocks and inline code keep their content; a fence's language tag is dropped (Slack
+  would show it as the first code line);
+- ``&``, ``<`` and ``>`` are escaped everywhere, code included: Slack stores message text escaped
+  and unescapes it for display, and an unescaped ``<!channel>`` would ping the whole channel even
+  inside a code block. A ``>`` that starts a line (a quote) is kept.
+"""
+
+from __future__ import annotations
+
+import re
+
+_FENCE = re.compile(r"^ {0,3}(`{3,})([^`]*)$")
+_INLINE_CODE = re.compile(r"(`+)(.+?)\1", re.DOTALL)
+_LINK = re.compile(r"!?\[([^\]\n]*)\]\((\S+?)(?:\s+\"[^\"]*\")?\)")
+_BOLD_ITALIC = re.compile(r"\*\*\*(?=\S)(.+?)(?<=\S)\*\*\*")
+_BOLD = re.compile(r"(\*\*|__)(?=\S)(.+?)(?<=\S)\1")
+_ITALIC_STAR = re.compile(r"(?<![*\w])\*(?=[^\s*])(.+?)(?<=[^\s*])\*(?![*\w])")
+_STRIKE = re.compile(r"~~(?=\S)(.+?)(?<=\S)~~")
+_HEADING = re.compile(r"^ {0,3}#{1,6}\s+(.+?)\s*#*\s*$")
+_BULLET = re.compile(r"^(\s*)[-*+]\s+")
+_BOLD_OPEN, _BOLD_CLOSE = "\x01", "\x02"  # placeholders: bold markers must survive the italic pass
+
+
+def escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def to_mrkdwn(markdown: str) -> str:
+    """Convert one message's Markdown to Slack mrkdwn (see the module docstring)."""
+    out: list[str] = []
+    prose: list[str] = []
+    fence_ticks: str | None = None
+    for line in markdown.split("\n"):
+        match = _FENCE.match(line)
+        if fence_ticks is None:
+            if match is not None:
+                if prose:
+                    out.append(_prose("\n".join(prose)))
+                    prose = []
+                fence_ticks = match.group(1)
+                out.append("```")
+            else:
+                prose.append(line)
+        else:
+            if match is not None and len(match.group(1)) >= len(fence_ticks) and not match.group(2):
+                fence_ticks = None
+                out.append("```")
+            else:
+                out.append(escape(line))
+    if prose:
+        out.append(_prose("\n".join(prose)))
+    return "\n".join(out)
+
+
+def _prose(text: str) -> str:
+    """Convert text outside fenced code blocks, leaving inline code spans' content alone."""
+    parts: list[str] = []
+    last = 0
+    for match in _INLINE_CODE.finditer(text):
+        parts.append(_inline(text[last : match.start()]))
+        parts.append("`" + escape(match.group(2).strip("`")) + "`")
+        last = match.end()
+    parts.append(_inline(text[last:]))
+    return "".join(parts)
+
+
+def _inline(text: str) -> str:
+    links: list[str] = []
+
+    def keep_link(match: re.Match[str]) -> str:
+        label = _emphasis(escape(match.group(1).replace("|", "/")))
+        url = escape(match.group(2))
+        links.append(f"<{url}|{label}>" if label else f"<{url}>")
+        return f"\x03{len(links) - 1}\x04"
+
+    text = _LINK.sub(keep_link, text)
+    lines = []
+    for line in text.split("\n"):
+        heading = _HEADING.match(line)
+        if heading is not None:
+            title = heading.group(1).replace("**", "").replace("__", "")
+            lines.append(_BOLD_OPEN + _emphasis(_escape_line(title)) + _BOLD_CLOSE)
+            continue
+        line = _BULLET.sub(lambda m: m.group(1) + "• ", line)
+        lines.append(_emphasis(_escape_line(line)))
+    text = "\n".join(lines).replace(_BOLD_OPEN, "*").replace(_BOLD_CLOSE, "*")
+    return re.sub("\x03(\\d+)\x04", lambda m: links[int(m.group(1))], text)
+
+
+def _escape_line(line: str) -> str:
+    quote = re.match(r"^(\s*>+\s?)", line)
+    if quote is None:
+        return escape(line)
+    return quote.group(1) + escape(line[quote.end() :])
+
+
+def _emphasis(text: str) -> str:
+    text = _BOLD_ITALIC.sub(lambda m: _BOLD_OPEN + "_" + m.group(1) + "_" + _BOLD_CLOSE, text)
+    text = _BOLD.sub(lambda m: _BOLD_OPEN + m.group(2) + _BOLD_CLOSE, text)
+    text = _ITALIC_STAR.sub(lambda m: "_" + m.group(1) + "_", text)
+    text = _STRIKE.sub(lambda m: "~" + m.group(1) + "~", text)
+    return text.replace(_BOLD_OPEN, "*").replace(_BOLD_CLOSE, "*")
+
+
+_CONTROL = re.compile(r"<([^<>]*)>")
+
+
+def from_slack(text: str, *, bot_user_id: str = "") -> str:
+    """A user's Slack message as plain text for the model: the bot's own mention removed, other
+    mentions, channels and links made readable (``<url|label>`` -> ``label (url)``), entities
+    unescaped."""
+
+    def readable(match: re.Match[str]) -> str:
+        inner = match.group(1)
+        target, _, label = inner.partition("|")
+        if target.startswith("@"):
+            if bot_user_id and target[1:] == bot_user_id:
+                return ""
+            return "@" + (label or target[1:])
+        if target.startswith("#"):
+            return "#" + (label or target[1:])
+        if target.startswith("!"):
+            return "@" + (label or target[1:].split("^")[0])
+        if label and label != target:
+            return f"{label} ({target})"
+        return target
+
+    plain = _CONTROL.sub(readable, text)
+    plain = plain.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    return re.sub(r"[ \t]{2,}", " ", plain).strip()

@@ -1,0 +1,596 @@
+"""A small stand-in for Discord on 127.0.0.1 that the real discord.py client talks to.
+
+Gateway (websocket at ``/``): HELLO -> IDENTIFY -> READY + GUILD_CREATE, heartbeats acknowledged,
+MESSAGE_CREATE dispatched for users' messages and for the bot's own posts (as Discord does). An
+IDENTIFY asking for the Message Content intent while the portal switch is off is closed with 4014.
+Without that intent, dispatched content is blanked unless the bot is mentioned or it is a DM.
+
+REST (``/api/v10``): users/@me, oauth2/applications/@me, channel and message lookups, create/edit/
+delete message, typing. Like Discord: content over 2000 characters -> 400 code 50035, empty -> 400
+50006, unknown message -> 404 10008, a bad token -> 401, ``enforce_nonce`` deduplicates creates, and
+``fail_next`` answers 429 (with ``Via`` and a JSON ``retry_after``, which is what discord.py needs to
+honour it) or any other status. Every REST call is recorded in ``calls``. Replies carry
+``Content-Type: application/json`` exactly: discord.py mis-parses anything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import yarl
+from aiohttp import WSMsgType, web
+from discord.gateway import DiscordWebSocket
+from discord.http import Route
+
+DISCORD_EPOCH_MS = 1420070400000
+MESSAGE_CONTENT = 1 << 15
+BOT_ID = 900000000000000001
+APP_ID = 900000000000000002
+Json = dict[str, Any]
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def user_payload(user_id: int, name: str, *, bot: bool = False) -> Json:
+    return {
+        "id": str(user_id),
+        "username": name,
+        "discriminator": "0",
+        "global_name": name.capitalize(),
+        "avatar": None,
+        "bot": bot,
+        "public_flags": 0,
+    }
+
+
+@dataclass
+class Call:
+    method: str
+    path: str
+    body: Any
+    status: int
+
+
+@dataclass
+class Fault:
+    method: str
+    pattern: re.Pattern[str]
+    status: int
+    retry_after: float
+
+
+@dataclass
+class _Connection:
+    ws: web.WebSocketResponse
+    intents: int
+
+
+@dataclass
+class FakeDiscord:
+    token: str = "test-token"
+    message_content_enabled: bool = True  # the portal's MESSAGE CONTENT INTENT switch
+    calls: list[Call] = field(default_factory=list)
+    messages: dict[int, Json] = field(default_factory=dict)  # every message, by id
+    deleted: set[int] = field(default_factory=set)
+    created: list[int] = field(default_factory=list)  # messages posted through REST, in order
+    edits: dict[int, list[str]] = field(default_factory=dict)  # message id -> every content shown
+    guilds: dict[int, Json] = field(default_factory=dict)
+    channels: dict[int, Json] = field(default_factory=dict)
+    identifies: int = 0
+
+    def __post_init__(self) -> None:
+        self.bot = user_payload(BOT_ID, "solarbot", bot=True)
+        self._faults: list[Fault] = []
+        self._connections: list[_Connection] = []
+        self._sequence = itertools.count(1)
+        self._ids = itertools.count(1)
+        self._nonces: dict[tuple[int, str], int] = {}
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+        self.ready = asyncio.Event()
+
+    # ------------------------------------------------------------------ server
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/", self._gateway)
+        app.router.add_route("*", "/api/v10/{tail:.*}", self._rest)
+        self._runner = web.AppRunner(app, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None and server.sockets  # type: ignore[attr-defined]
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+
+    def point_discord_py_here(self, monkeypatch: Any) -> None:
+        monkeypatch.setattr(Route, "BASE", f"http://127.0.0.1:{self.port}/api/v10")
+        monkeypatch.setattr(
+            DiscordWebSocket, "DEFAULT_GATEWAY", yarl.URL(f"ws://127.0.0.1:{self.port}/")
+        )
+
+    async def close(self) -> None:
+        for connection in list(self._connections):
+            with contextlib.suppress(Exception):
+                await connection.ws.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    @property
+    def connections(self) -> int:
+        return len(self._connections)
+
+    # ------------------------------------------------------------------ the world
+
+    def snowflake(self) -> int:
+        return ((int(time.time() * 1000) - DISCORD_EPOCH_MS) << 22) | (next(self._ids) & 0xFFF)
+
+    def add_guild(
+        self, guild_id: int, name: str = "guild", *, roles: dict[int, str] | None = None
+    ) -> None:
+        role_payloads = [self._role(guild_id, "@everyone", guild_id, position=0)]
+        for position, (role_id, role_name) in enumerate((roles or {}).items(), start=1):
+            role_payloads.append(self._role(role_id, role_name, guild_id, position=position))
+        bot_role = self._role(guild_id + 1, "solarbot", guild_id, position=99)
+        bot_role["managed"] = True
+        bot_role["tags"] = {"bot_id": str(BOT_ID)}
+        role_payloads.append(bot_role)
+        self.guilds[guild_id] = {"id": str(guild_id), "name": name, "roles": role_payloads}
+
+    @staticmethod
+    def _role(role_id: int, name: str, guild_id: int, *, position: int) -> Json:
+        return {
+            "id": str(role_id),
+            "name": name,
+            "color": 0,
+            "colors": {"primary_color": 0, "secondary_color": None, "tertiary_color": None},
+            "hoist": False,
+            "icon": None,
+            "unicode_emoji": None,
+            "position": position,
+            "permissions": "0",
+            "managed": False,
+            "mentionable": True,
+            "flags": 0,
+        }
+
+    def add_channel(self, guild_id: int, channel_id: int, name: str) -> None:
+        self.channels[channel_id] = {
+            "id": str(channel_id),
+            "type": 0,
+            "guild_id": str(guild_id),
+            "name": name,
+            "position": len(self.channels),
+            "permission_overwrites": [],
+            "nsfw": False,
+            "topic": None,
+            "last_message_id": None,
+            "rate_limit_per_user": 0,
+            "parent_id": None,
+        }
+
+    def add_thread(
+        self, guild_id: int, parent_id: int, thread_id: int, name: str, *, owner_id: int = 1
+    ) -> None:
+        self.channels[thread_id] = {
+            "id": str(thread_id),
+            "type": 11,
+            "guild_id": str(guild_id),
+            "parent_id": str(parent_id),
+            "owner_id": str(owner_id),
+            "name": name,
+            "last_message_id": None,
+            "rate_limit_per_user": 0,
+            "message_count": 0,
+            "member_count": 1,
+            "total_message_sent": 0,
+            "flags": 0,
+            "thread_metadata": {
+                "archived": False,
+                "auto_archive_duration": 1440,
+                "archive_timestamp": now_iso(),
+                "locked": False,
+            },
+        }
+
+    def _guild_create(self, guild_id: int) -> Json:
+        guild = self.guilds[guild_id]
+        channels = [c for c in self.channels.values() if c.get("guild_id") == str(guild_id)]
+        return {
+            **guild,
+            "icon": None,
+            "splash": None,
+            "discovery_splash": None,
+            "owner_id": "1",
+            "afk_channel_id": None,
+            "afk_timeout": 300,
+            "verification_level": 0,
+            "default_message_notifications": 0,
+            "explicit_content_filter": 0,
+            "emojis": [],
+            "stickers": [],
+            "features": [],
+            "mfa_level": 0,
+            "application_id": None,
+            "system_channel_id": None,
+            "system_channel_flags": 0,
+            "rules_channel_id": None,
+            "public_updates_channel_id": None,
+            "joined_at": now_iso(),
+            "large": False,
+            "unavailable": False,
+            "member_count": 2,
+            "voice_states": [],
+            "members": [],
+            "presences": [],
+            "channels": [c for c in channels if c["type"] != 11],
+            "threads": [c for c in channels if c["type"] == 11],
+            "max_members": 500000,
+            "vanity_url_code": None,
+            "description": None,
+            "banner": None,
+            "premium_tier": 0,
+            "premium_subscription_count": 0,
+            "preferred_locale": "en-US",
+            "nsfw_level": 0,
+            "premium_progress_bar_enabled": False,
+            "stage_instances": [],
+            "guild_scheduled_events": [],
+            "soundboard_sounds": [],
+        }
+
+    # ------------------------------------------------------------------ users talk
+
+    async def user_message(
+        self,
+        channel_id: int,
+        content: str,
+        *,
+        author_id: int = 500,
+        author_name: str = "ana",
+        bot: bool = False,
+        mentions: tuple[int, ...] = (),
+        mention_roles: tuple[int, ...] = (),
+        reply_to: int | None = None,
+        roles: tuple[int, ...] = (),
+        attachments: tuple[tuple[str, str], ...] = (),
+    ) -> Json:
+        """A user posts ``content``; returns the MESSAGE_CREATE payload (replay it if you like)."""
+        channel = self.channels.get(channel_id)
+        guild_id = channel.get("guild_id") if channel is not None else None
+        message_id = self.snowflake()
+        payload: Json = {
+            "id": str(message_id),
+            "channel_id": str(channel_id),
+            "author": user_payload(author_id, author_name, bot=bot),
+            "content": content,
+            "timestamp": now_iso(),
+            "edited_timestamp": None,
+            "tts": False,
+            "mention_everyone": False,
+            "mentions": [
+                self.bot if uid == BOT_ID else user_payload(uid, f"user{uid}") for uid in mentions
+            ],
+            "mention_roles": [str(r) for r in mention_roles],
+            "attachments": [
+                {
+                    "id": str(self.snowflake()),
+                    "filename": name,
+                    "size": 10,
+                    "url": f"https://cdn.invalid/{name}",
+                    "proxy_url": f"https://cdn.invalid/{name}",
+                    "content_type": kind,
+                }
+                for name, kind in attachments
+            ],
+            "embeds": [],
+            "pinned": False,
+            "type": 0,
+            "flags": 0,
+        }
+        if guild_id is not None:
+            payload["guild_id"] = guild_id
+            payload["member"] = {
+                "roles": [str(r) for r in roles],
+                "joined_at": now_iso(),
+                "deaf": False,
+                "mute": False,
+                "flags": 0,
+                "nick": None,
+                "avatar": None,
+                "premium_since": None,
+                "pending": False,
+            }
+        if reply_to is not None:
+            payload["type"] = 19
+            payload["message_reference"] = {
+                "message_id": str(reply_to),
+                "channel_id": str(channel_id),
+                **({"guild_id": guild_id} if guild_id else {}),
+            }
+            payload["referenced_message"] = self.messages.get(reply_to)
+        self.messages[message_id] = payload
+        await self.dispatch_message(payload)
+        return payload
+
+    async def dispatch_message(self, payload: Json) -> None:
+        """Send MESSAGE_CREATE to every connected client (call again to simulate a replay)."""
+        for connection in list(self._connections):
+            data = dict(payload)
+            if not connection.intents & MESSAGE_CONTENT and not self._content_visible(data):
+                data.update(content="", embeds=[], attachments=[], components=[])
+            await self._dispatch(connection, "MESSAGE_CREATE", data)
+
+    def _content_visible(self, data: Json) -> bool:
+        return (
+            "guild_id" not in data
+            or data["author"]["id"] == str(BOT_ID)
+            or any(m["id"] == str(BOT_ID) for m in data["mentions"])
+        )
+
+    async def _dispatch(self, connection: _Connection, event: str, data: Json) -> None:
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await connection.ws.send_str(
+                json.dumps({"op": 0, "t": event, "s": next(self._sequence), "d": data})
+            )
+
+    # ------------------------------------------------------------------ inspection
+
+    def fail_next(
+        self,
+        method: str,
+        path: str,
+        *,
+        status: int = 429,
+        retry_after: float = 0.05,
+        count: int = 1,
+    ) -> None:
+        """The next ``count`` calls matching ``method`` and the ``path`` regex fail with ``status``."""
+        for _ in range(count):
+            self._faults.append(Fault(method, re.compile(path), status, retry_after))
+
+    def bot_messages(self, channel_id: int) -> list[Json]:
+        """The messages the bot posted (REST) in a channel and did not delete, oldest first."""
+        return [
+            self.messages[i]
+            for i in self.created
+            if self.messages[i]["channel_id"] == str(channel_id) and i not in self.deleted
+        ]
+
+    def rest(self, method: str, pattern: str) -> list[Call]:
+        return [c for c in self.calls if c.method == method and re.search(pattern, c.path)]
+
+    # ------------------------------------------------------------------ gateway
+
+    async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        connection: _Connection | None = None
+        await ws.send_str(
+            json.dumps({"op": 10, "d": {"heartbeat_interval": 41250}, "s": None, "t": None})
+        )
+        try:
+            async for frame in ws:
+                if frame.type != WSMsgType.TEXT:
+                    continue
+                message = json.loads(frame.data)
+                op = message.get("op")
+                if op == 1:
+                    await ws.send_str(json.dumps({"op": 11, "d": None}))
+                elif op == 2:
+                    data = message["d"]
+                    if data.get("token") != self.token:
+                        await ws.close(code=4004, message=b"Authentication failed.")
+                        break
+                    intents = int(data.get("intents", 0))
+                    if intents & MESSAGE_CONTENT and not self.message_content_enabled:
+                        await ws.close(code=4014, message=b"Disallowed intent(s).")
+                        break
+                    self.identifies += 1
+                    connection = _Connection(ws, intents)
+                    self._connections.append(connection)
+                    await self._dispatch(connection, "READY", self._ready())
+                    for guild_id in self.guilds:
+                        await self._dispatch(
+                            connection, "GUILD_CREATE", self._guild_create(guild_id)
+                        )
+                    self.ready.set()
+                elif op == 6:  # resume: not kept; make the client identify again
+                    await ws.send_str(json.dumps({"op": 9, "d": False}))
+        finally:
+            if connection is not None and connection in self._connections:
+                self._connections.remove(connection)
+        return ws
+
+    def _ready(self) -> Json:
+        return {
+            "v": 10,
+            "user": {**self.bot, "verified": True, "mfa_enabled": False, "flags": 0},
+            "session_id": "fake-session",
+            "resume_gateway_url": f"ws://127.0.0.1:{self.port}/",
+            "guilds": [{"id": str(g), "unavailable": True} for g in self.guilds],
+            "application": {"id": str(APP_ID), "flags": 1 << 18},
+            "private_channels": [],
+            "relationships": [],
+        }
+
+    # ------------------------------------------------------------------ REST
+
+    def _json(
+        self, data: Any, status: int = 200, headers: dict[str, str] | None = None
+    ) -> web.Response:
+        return web.Response(
+            status=status,
+            body=json.dumps(data).encode(),
+            headers={"Content-Type": "application/json", **(headers or {})},
+        )
+
+    async def _rest(self, request: web.Request) -> web.StreamResponse:
+        path = "/" + request.match_info["tail"]
+        body: Any = None
+        if request.can_read_body:
+            raw = await request.read()
+            with contextlib.suppress(ValueError):
+                body = json.loads(raw)
+        response = await self._answer(request, path, body)
+        self.calls.append(Call(request.method, path, body, response.status))
+        return response
+
+    async def _answer(self, request: web.Request, path: str, body: Any) -> web.Response:
+        if request.headers.get("Authorization") != f"Bot {self.token}":
+            return self._json({"message": "401: Unauthorized", "code": 0}, 401)
+        for fault in self._faults:
+            if fault.method == request.method and fault.pattern.search(path):
+                self._faults.remove(fault)
+                if fault.status == 429:
+                    return self._json(
+                        {
+                            "message": "You are being rate limited.",
+                            "retry_after": fault.retry_after,
+                            "global": False,
+                        },
+                        429,
+                        {"Via": "1.1 google", "Retry-After": str(fault.retry_after)},
+                    )
+                return self._json({"message": "injected failure", "code": 0}, fault.status)
+        method = request.method
+        if method == "GET" and path == "/users/@me":
+            return self._json({**self.bot, "verified": True, "mfa_enabled": False, "flags": 0})
+        if method == "GET" and path == "/oauth2/applications/@me":
+            return self._json(self._application())
+        if match := re.fullmatch(r"/channels/(\d+)/typing", path):
+            return web.Response(status=204) if method == "POST" else self._not_found()
+        if match := re.fullmatch(r"/channels/(\d+)", path):
+            channel = self.channels.get(int(match.group(1)))
+            if method == "GET" and channel is not None:
+                return self._json(channel)
+            return self._json({"message": "Unknown Channel", "code": 10003}, 404)
+        if (match := re.fullmatch(r"/channels/(\d+)/messages", path)) and method == "POST":
+            return await self._create(int(match.group(1)), body or {})
+        if match := re.fullmatch(r"/channels/(\d+)/messages/(\d+)", path):
+            message = self.messages.get(int(match.group(2)))
+            if message is None or int(message["id"]) in self.deleted:
+                return self._not_found()
+            if method == "GET":
+                return self._json(message)
+            if method == "PATCH":
+                return self._edit(message, body or {})
+            if method == "DELETE":
+                self.deleted.add(int(message["id"]))
+                return web.Response(status=204)
+        return self._json({"message": "404: Not Found", "code": 0}, 404)
+
+    def _not_found(self) -> web.Response:
+        return self._json({"message": "Unknown Message", "code": 10008}, 404)
+
+    @staticmethod
+    def _invalid_content(content: Any) -> web.Response | None:
+        if not isinstance(content, str) or not content.strip():
+            return None
+        if len(content) > 2000:
+            errors = {
+                "content": {
+                    "_errors": [
+                        {
+                            "code": "BASE_TYPE_MAX_LENGTH",
+                            "message": "Must be 2000 or fewer in length.",
+                        }
+                    ]
+                }
+            }
+            return web.Response(
+                status=400,
+                body=json.dumps(
+                    {"message": "Invalid Form Body", "code": 50035, "errors": errors}
+                ).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+        return None
+
+    async def _create(self, channel_id: int, body: Json) -> web.Response:
+        content = body.get("content")
+        if not isinstance(content, str) or not content.strip():
+            return self._json({"message": "Cannot send an empty message", "code": 50006}, 400)
+        invalid = self._invalid_content(content)
+        if invalid is not None:
+            return invalid
+        nonce = body.get("nonce")
+        if body.get("enforce_nonce") and nonce is not None:
+            earlier = self._nonces.get((channel_id, str(nonce)))
+            if earlier is not None:
+                return self._json(self.messages[earlier])
+        channel = self.channels.get(channel_id)
+        message_id = self.snowflake()
+        message: Json = {
+            "id": str(message_id),
+            "channel_id": str(channel_id),
+            "author": self.bot,
+            "content": content,
+            "timestamp": now_iso(),
+            "edited_timestamp": None,
+            "tts": False,
+            "mention_everyone": False,
+            "mentions": [],
+            "mention_roles": [],
+            "attachments": [],
+            "embeds": [],
+            "pinned": False,
+            "type": 0,
+            "flags": 0,
+            "nonce": nonce,
+            "allowed_mentions": body.get("allowed_mentions"),
+        }
+        if channel is not None and channel.get("guild_id"):
+            message["guild_id"] = channel["guild_id"]
+        reference = body.get("message_reference")
+        if reference:
+            message["type"] = 19
+            message["message_reference"] = reference
+            message["referenced_message"] = self.messages.get(int(reference["message_id"]))
+        if nonce is not None:
+            self._nonces[(channel_id, str(nonce))] = message_id
+        self.messages[message_id] = message
+        self.created.append(message_id)
+        self.edits[message_id] = [content]
+        await self.dispatch_message(message)  # Discord echoes the bot's own messages
+        return self._json(message)
+
+    def _edit(self, message: Json, body: Json) -> web.Response:
+        if "content" in body:
+            content = body["content"]
+            if not isinstance(content, str) or not content.strip():
+                return self._json({"message": "Cannot send an empty message", "code": 50006}, 400)
+            invalid = self._invalid_content(content)
+            if invalid is not None:
+                return invalid
+            message["content"] = content
+            message["edited_timestamp"] = now_iso()
+            self.edits.setdefault(int(message["id"]), []).append(content)
+        return self._json(message)
+
+    def _application(self) -> Json:
+        return {
+            "id": str(APP_ID),
+            "name": "solarbot",
+            "icon": None,
+            "description": "",
+            "rpc_origins": [],
+            "bot_public": True,
+            "bot_require_code_grant": False,
+            "owner": user_payload(1, "owner"),
+            "summary": "",
+            "verify_key": "0" * 64,
+            "team": None,
+            "flags": 1 << 19 if self.message_content_enabled else 0,
+            "interactions_endpoint_url": None,
+        }

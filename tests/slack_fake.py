@@ -1,0 +1,324 @@
+"""A local fake of Slack for the real slack-bolt / slack_sdk clients, on 127.0.0.1.
+
+- Web API at ``api_url`` (``POST /api/<method>``): auth.test, chat.postMessage, chat.update,
+  chat.delete, apps.connections.open. Every call is recorded in ``calls``; posted messages live in
+  ``messages`` (ts -> message with its text history). ``rate_limit(method, count, retry_after)``
+  answers the next calls with HTTP 429 + Retry-After; ``fail(method, error)`` with ``ok: false``.
+- A response_url endpoint (``response_url(name)``): bodies posted to it are in ``responses``.
+- Socket Mode: apps.connections.open answers with ``ws://.../socket``; ``send_envelope`` pushes an
+  envelope to the connected client and ``acks`` collects what it answers.
+- ``sign``/``signed_post`` make correctly signed HTTP requests to an app under test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import itertools
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+from aiohttp import web
+
+BOT_TOKEN = "xoxb-test-bot-token-1234"
+APP_TOKEN = "xapp-test-app-token-5678"
+SIGNING_SECRET = "test-signing-secret-abcdef"
+TEAM = "T0TEAM"
+BOT_USER = "U0BOT"
+BOT_ID = "B0BOT"
+
+
+@dataclass
+class Call:
+    method: str
+    params: dict[str, Any]
+    authorization: str
+
+
+@dataclass
+class FakeMessage:
+    channel: str
+    ts: str
+    thread_ts: str | None
+    text: str
+    history: list[str] = field(default_factory=list)
+    deleted: bool = False
+
+
+class FakeSlack:
+    def __init__(self) -> None:
+        self.calls: list[Call] = []
+        self.messages: dict[str, FakeMessage] = {}
+        self.responses: list[dict[str, Any]] = []
+        self.acks: list[dict[str, Any]] = []
+        self._ts = itertools.count(1)
+        self._rate_limits: dict[str, list[int]] = {}
+        self._failures: dict[str, list[str]] = {}
+        self._sockets: list[web.WebSocketResponse] = []
+        self._runner: web.AppRunner | None = None
+        self._changed = asyncio.Event()
+        self.base = ""
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/api/{method}", self._api)
+        app.router.add_get("/api/{method}", self._api)
+        app.router.add_post("/response/{name}", self._response)
+        app.router.add_get("/socket", self._socket)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.base = f"http://127.0.0.1:{port}"
+
+    async def stop(self) -> None:
+        for socket in self._sockets:
+            await socket.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.base}/api/"
+
+    def response_url(self, name: str = "r1") -> str:
+        return f"{self.base}/response/{name}"
+
+    # ------------------------------------------------------------------ scripting
+
+    def rate_limit(self, method: str, count: int = 1, *, retry_after: int = 0) -> None:
+        self._rate_limits.setdefault(method, []).extend([retry_after] * count)
+
+    def fail(self, method: str, error: str, count: int = 1) -> None:
+        self._failures.setdefault(method, []).extend([error] * count)
+
+    def calls_to(self, method: str) -> list[Call]:
+        return [call for call in self.calls if call.method == method]
+
+    def thread(self, channel: str, thread_ts: str | None) -> list[FakeMessage]:
+        """Messages (not deleted) posted in a channel's thread (None: top level), in order."""
+        return [
+            m
+            for m in self.messages.values()
+            if m.channel == channel and m.thread_ts == thread_ts and not m.deleted
+        ]
+
+    async def wait_for(self, predicate: Callable[[], bool], *, within: float = 10.0) -> None:
+        async with asyncio.timeout(within):
+            while not predicate():
+                self._changed.clear()
+                with _suppress_timeout():
+                    await asyncio.wait_for(self._changed.wait(), 0.05)
+
+    def _touch(self) -> None:
+        self._changed.set()
+
+    # ------------------------------------------------------------------ Web API
+
+    async def _api(self, request: web.Request) -> web.Response:
+        method = request.match_info["method"]
+        params: dict[str, Any] = dict(request.query)
+        if request.content_type == "application/json":
+            params.update(await request.json())
+        else:
+            params.update(dict(await request.post()))
+        authorization = request.headers.get("Authorization", "")
+        self.calls.append(Call(method, params, authorization))
+        self._touch()
+        if self._rate_limits.get(method):
+            retry_after = self._rate_limits[method].pop(0)
+            return _json(
+                {"ok": False, "error": "ratelimited"},
+                status=429,
+                headers={"Retry-After": str(retry_after)},
+            )
+        if self._failures.get(method):
+            return _json({"ok": False, "error": self._failures[method].pop(0)})
+        expected = APP_TOKEN if method == "apps.connections.open" else BOT_TOKEN
+        if authorization != f"Bearer {expected}":
+            return _json({"ok": False, "error": "invalid_auth"})
+        handler = getattr(self, "_" + method.replace(".", "_"), None)
+        if handler is None:
+            return _json({"ok": False, "error": "unknown_method"})
+        return _json(handler(params))
+
+    def _auth_test(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "ok": True,
+            "url": "https://test.slack.com/",
+            "team": "Test",
+            "user": "solarbot",
+            "team_id": TEAM,
+            "user_id": BOT_USER,
+            "bot_id": BOT_ID,
+        }
+
+    def _users_info(self, params: dict[str, Any]) -> dict[str, Any]:
+        user = str(params.get("user", ""))
+        name = user.removeprefix("U0").capitalize()  # U0ALICE -> Alice
+        return {
+            "ok": True,
+            "user": {"id": user, "name": name.lower(), "profile": {"display_name": name}},
+        }
+
+    def _chat_postMessage(self, params: dict[str, Any]) -> dict[str, Any]:
+        ts = f"1700000000.{next(self._ts):06d}"
+        text = str(params.get("text", ""))
+        message = FakeMessage(
+            channel=str(params["channel"]),
+            ts=ts,
+            thread_ts=params.get("thread_ts") or None,
+            text=text,
+            history=[text],
+        )
+        self.messages[ts] = message
+        return {"ok": True, "channel": message.channel, "ts": ts, "message": {"text": text}}
+
+    def _chat_update(self, params: dict[str, Any]) -> dict[str, Any]:
+        message = self.messages.get(str(params.get("ts")))
+        if message is None or message.deleted or message.channel != params.get("channel"):
+            return {"ok": False, "error": "message_not_found"}
+        message.text = str(params.get("text", ""))
+        message.history.append(message.text)
+        return {"ok": True, "channel": message.channel, "ts": message.ts}
+
+    def _chat_delete(self, params: dict[str, Any]) -> dict[str, Any]:
+        message = self.messages.get(str(params.get("ts")))
+        if message is None or message.deleted:
+            return {"ok": False, "error": "message_not_found"}
+        message.deleted = True
+        return {"ok": True}
+
+    def _apps_connections_open(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, "url": self.base.replace("http://", "ws://") + "/socket"}
+
+    # ------------------------------------------------------------------ response_url
+
+    async def _response(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        body["_name"] = request.match_info["name"]
+        self.responses.append(body)
+        self._touch()
+        return web.Response(text="ok")
+
+    # ------------------------------------------------------------------ Socket Mode
+
+    async def _socket(self, request: web.Request) -> web.WebSocketResponse:
+        socket = web.WebSocketResponse()
+        await socket.prepare(request)
+        self._sockets.append(socket)
+        self._touch()
+        await socket.send_json({"type": "hello", "num_connections": 1})
+        async for message in socket:
+            if message.type == aiohttp.WSMsgType.TEXT:
+                self.acks.append(json.loads(message.data))
+                self._touch()
+        return socket
+
+    async def send_envelope(self, kind: str, payload: dict[str, Any]) -> str:
+        """Push a Socket Mode envelope (``slash_commands``, ``events_api``); returns its id."""
+        await self.wait_for(lambda: bool(self._sockets))
+        envelope_id = uuid.uuid4().hex
+        await self._sockets[-1].send_json(
+            {
+                "envelope_id": envelope_id,
+                "type": kind,
+                "payload": payload,
+                "accepts_response_payload": kind != "events_api",
+            }
+        )
+        return envelope_id
+
+
+class _suppress_timeout:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, value: object, traceback: object) -> bool:
+        return kind is TimeoutError
+
+
+def _json(
+    body: dict[str, Any], *, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        text=json.dumps(body), status=status, headers=headers, content_type="application/json"
+    )
+
+
+# ---------------------------------------------------------------------- signed requests
+
+
+def sign(
+    body: str, *, secret: str = SIGNING_SECRET, timestamp: int | None = None
+) -> dict[str, str]:
+    stamp = str(int(time.time()) if timestamp is None else timestamp)
+    digest = hmac.new(secret.encode(), f"v0:{stamp}:{body}".encode(), hashlib.sha256).hexdigest()
+    return {"X-Slack-Request-Timestamp": stamp, "X-Slack-Signature": f"v0={digest}"}
+
+
+def command_body(
+    text: str,
+    *,
+    response_url: str,
+    command: str = "/solar",
+    channel: str = "C0GENERAL",
+    user: str = "U0ALICE",
+    trigger_id: str | None = None,
+    team: str = TEAM,
+) -> str:
+    return urlencode(
+        {
+            "token": "legacy-verification-token",
+            "team_id": team,
+            "team_domain": "test",
+            "channel_id": channel,
+            "channel_name": "general",
+            "user_id": user,
+            "user_name": "alice",
+            "command": command,
+            "text": text,
+            "response_url": response_url,
+            "trigger_id": trigger_id or uuid.uuid4().hex,
+            "api_app_id": "A0APP",
+        }
+    )
+
+
+def event_body(event: dict[str, Any], *, event_id: str | None = None, team: str = TEAM) -> str:
+    return json.dumps(
+        {
+            "token": "legacy-verification-token",
+            "team_id": team,
+            "api_app_id": "A0APP",
+            "event": event,
+            "type": "event_callback",
+            "event_id": event_id or "Ev" + uuid.uuid4().hex[:10].upper(),
+            "event_time": int(time.time()),
+            "authorizations": [{"team_id": team, "user_id": BOT_USER, "is_bot": True}],
+        }
+    )
+
+
+async def signed_post(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: str,
+    *,
+    content_type: str,
+    headers: dict[str, str] | None = None,
+    signature: dict[str, str] | None = None,
+) -> tuple[int, str]:
+    all_headers = {"Content-Type": content_type, **(signature or sign(body)), **(headers or {})}
+    async with session.post(url, data=body.encode(), headers=all_headers) as response:
+        return response.status, await response.text()
