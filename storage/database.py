@@ -85,6 +85,17 @@ def downgrade(engine: Engine, revision: str) -> None:
         raise StorageError(f"database migration failed: {_safe(exc)}") from None
 
 
+def head_revision() -> str:
+    """The newest migration shipped with this version of solarbot."""
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    head = ScriptDirectory.from_config(config).get_current_head()
+    assert head is not None
+    return head
+
+
 def current_revision(engine: Engine) -> str | None:
     from alembic.runtime.migration import MigrationContext
 

@@ -2,31 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from bot.models import ConversationKey
+from storage import database
 from storage.repository import Repository
-
-
-def solarbot(
-    *args: str, env: dict[str, str], stdin: str = "", timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("SOLARBOT_")}
-    clean.update(env)
-    return subprocess.run(
-        [sys.executable, "-m", "bot.cli", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=clean,
-        timeout=timeout,
-        cwd=Path(__file__).parents[1],
-    )
+from tests.processes import solarbot
 
 
 def test_help_explains_every_command() -> None:
@@ -55,7 +38,7 @@ def test_bad_settings_fail_fast_with_one_line_naming_the_key(
 def test_db_upgrade_creates_the_schema(tmp_path: Path) -> None:
     result = solarbot("db", "upgrade", env={"SOLARBOT_DATA_DIR": str(tmp_path)})
     assert result.returncode == 0, result.stderr
-    assert "revision 0001" in result.stdout
+    assert f"revision {database.head_revision()}" in result.stdout
     assert (tmp_path / "solarbot.db").exists()
 
 

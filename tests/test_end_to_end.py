@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +17,7 @@ from bot.models import ConversationKey, JobStatus
 from bot.service import Service, build_engine
 from bot.settings import Settings, load_settings
 from storage.repository import Repository
+from tests.processes import solarbot
 
 MAX_NEW_TOKENS = 12
 
@@ -134,27 +132,16 @@ async def test_several_channels_at_once_are_batched_and_kept_apart(
 def test_solarbot_chat_subprocess_with_the_real_engine(
     tiny_model_dir: Path, tmp_path: Path, reference: Any
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SOLARBOT_")}
-    env.update(
-        {
-            "SOLARBOT_MODEL": str(tiny_model_dir),
-            "SOLARBOT_DEVICE": "cpu",
-            "SOLARBOT_DATA_DIR": str(tmp_path),
-            "SOLARBOT_MAX_NEW_TOKENS": str(MAX_NEW_TOKENS),
-            "SOLARBOT_TEMPERATURE": "0",
-            "SOLARBOT_CONTEXT_WINDOW": "512",
-            "SOLARBOT_SYSTEM_PROMPT": "You are a test.",
-        }
-    )
-    result = subprocess.run(
-        [sys.executable, "-m", "bot.cli", "chat"],
-        input="Hello, who are you?\n",
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=180,
-        cwd=Path(__file__).parents[1],
-    )
+    env = {
+        "SOLARBOT_MODEL": str(tiny_model_dir),
+        "SOLARBOT_DEVICE": "cpu",
+        "SOLARBOT_DATA_DIR": str(tmp_path),
+        "SOLARBOT_MAX_NEW_TOKENS": str(MAX_NEW_TOKENS),
+        "SOLARBOT_TEMPERATURE": "0",
+        "SOLARBOT_CONTEXT_WINDOW": "512",
+        "SOLARBOT_SYSTEM_PROMPT": "You are a test.",
+    }
+    result = solarbot("chat", env=env, stdin="Hello, who are you?\n", timeout=180)
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"solarbot [#general]: {reference([('user', 'Hello, who are you?')])}\n"
     repository = Repository.open(f"sqlite:///{tmp_path.resolve() / 'solarbot.db'}")

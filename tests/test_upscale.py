@@ -637,31 +637,21 @@ def test_cli_help(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_solarbot_serves_an_upscaled_model_through_the_console(tmp_path: Path) -> None:
     """Up-scale a tiny SOLAR-shaped base (4 -> 6 layers), then chat with it via `solarbot chat`."""
+    from tests.processes import solarbot
     from tests.tiny_model import build_tiny_solar
 
     base = build_tiny_solar(tmp_path / "base", layers=4)
     out = tmp_path / "upscaled"
     report = upscale(base=str(base), out=out, drop=1, progress=False)
     assert report.s == 6 and list(report.layer_map) == [0, 1, 2, 1, 2, 3]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SOLARBOT_")}
-    env.update(
-        {
-            "SOLARBOT_MODEL": str(out),
-            "SOLARBOT_DEVICE": "cpu",
-            "SOLARBOT_DATA_DIR": str(tmp_path / "data"),
-            "SOLARBOT_MAX_NEW_TOKENS": "8",
-            "SOLARBOT_TEMPERATURE": "0",
-        }
-    )
-    result = subprocess.run(
-        [sys.executable, "-m", "bot.cli", "chat"],
-        input="Hello upscaled model\n",
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=180,
-        cwd=Path(__file__).parents[1],
-    )
+    env = {
+        "SOLARBOT_MODEL": str(out),
+        "SOLARBOT_DEVICE": "cpu",
+        "SOLARBOT_DATA_DIR": str(tmp_path / "data"),
+        "SOLARBOT_MAX_NEW_TOKENS": "8",
+        "SOLARBOT_TEMPERATURE": "0",
+    }
+    result = solarbot("chat", env=env, stdin="Hello upscaled model\n", timeout=180)
     assert result.returncode == 0, result.stderr
     reply = result.stdout.removeprefix("solarbot [#general]: ")
     assert result.stdout.startswith("solarbot [#general]: ") and reply.strip()
