@@ -20,6 +20,7 @@ from typing import TextIO
 from bot import texts
 from bot.delivery import ReplyTarget
 from bot.errors import InvalidIncomingError
+from bot.hygiene import clean_outgoing
 from bot.intake import Intake
 from bot.models import Incoming
 
@@ -45,6 +46,7 @@ class ConsoleReplyStream:
     async def update(self, text: str) -> None:
         if not self._live:
             return
+        text = clean_outgoing(text)
         if not self._started:
             self._adapter.write(self._header())
             self._started = True
@@ -55,6 +57,7 @@ class ConsoleReplyStream:
         self._shown = text
 
     async def finish(self, text: str) -> Sequence[str]:
+        text = clean_outgoing(text)
         if self._live:
             await self.update(text)
             self._adapter.write("\n")
@@ -186,7 +189,9 @@ class ConsoleAdapter:
         return stream
 
     async def post_notice(self, target: ReplyTarget, text: str) -> None:
-        self.write_block(f"{texts.CONSOLE_BOT_NAME} [#{target.conversation.channel}]: {text}\n")
+        self.write_block(
+            f"{texts.CONSOLE_BOT_NAME} [#{target.conversation.channel}]: {clean_outgoing(text)}\n"
+        )
         self.prompt()
 
 

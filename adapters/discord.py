@@ -168,6 +168,13 @@ class DiscordAdapter:
     def platform(self) -> str:
         return PLATFORM
 
+    @property
+    def connected(self) -> bool:
+        """For /readyz: the gateway session is up (delivery only: the REST client is open)."""
+        if self.client.is_closed():
+            return False
+        return self.client.is_ready() if self.options.ingress else self.client.user is not None
+
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self, intake: Intake) -> None:
@@ -444,7 +451,13 @@ class DiscordAdapter:
     # ------------------------------------------------------------------ egress
 
     def _reply_params(
-        self, text: str, channel_id: int, reply_to: int | None, *, job: int = 0
+        self,
+        text: str,
+        channel_id: int,
+        reply_to: int | None,
+        *,
+        job: int = 0,
+        nonce: str | None = None,
     ) -> MultipartParameters:
         reference: MessageReferencePayload | None = None
         if reply_to:
@@ -458,8 +471,9 @@ class DiscordAdapter:
             message_reference=reference if reference is not None else discord.utils.MISSING,
             allowed_mentions=_NO_PINGS,
             # Discord drops a repeated nonce: discord.py's own retry of a POST after a 5xx that
-            # did create the message does not post it twice.
-            nonce=f"sb{job}-{secrets.token_hex(4)}",
+            # did create the message does not post it twice. Reply parts pass a nonce of their
+            # own that every attempt of the job repeats (see ``reply_nonce``).
+            nonce=nonce or f"sb{job}-{secrets.token_hex(4)}",
         )
 
     async def _typing(self, channel_id: int) -> None:
@@ -525,6 +539,8 @@ class DiscordReply(StreamedReply):
         self._reply_to = int(target.reply_target.get("message_id") or 0) or None
         self._typing: asyncio.Task[None] | None = None
         self._last_activity = time.monotonic()
+        self._trigger = int(target.reply_target.get("message_id") or 0) or target.job_id
+        self._replacing = False
 
     def start_typing(self) -> None:
         """Typing until the reply is finished (or has failed), refreshed before it expires. A
@@ -559,6 +575,8 @@ class DiscordReply(StreamedReply):
 
     async def post(self, text: str) -> str:
         first = not self.message_ids
+        nonce = None if self._replacing else reply_nonce(self._trigger, len(self.message_ids))
+        self._replacing = False
         data = await self._http.send_message(
             self._channel_id,
             params=self._adapter._reply_params(
@@ -566,8 +584,12 @@ class DiscordReply(StreamedReply):
                 self._channel_id,
                 self._reply_to if first else None,
                 job=self.target.job_id,
+                nonce=nonce,
             ),
         )
+        if data.get("content") not in (None, _content(text)):
+            # The nonce matched a message an earlier attempt posted: bring it up to date.
+            await self.edit(str(data["id"]), text)
         if self._typing is not None:
             await self._adapter._typing(self._channel_id)  # posting a message ends typing
         return str(data["id"])
@@ -582,6 +604,7 @@ class DiscordReply(StreamedReply):
                 ),
             )
         except discord.NotFound as exc:
+            self._replacing = True  # its replacement must not reuse the deleted one's nonce
             raise MessageGone(message_id) from exc
 
     async def discard(self, message_id: str) -> None:
@@ -605,6 +628,24 @@ def delivery_error(exc: BaseException) -> DeliveryError:
                 retry_after = float(exc.response.headers.get("Retry-After", "5"))
         return DeliveryError(f"Discord HTTP {exc.status}: {exc.text}", retry_after=retry_after)
     return DeliveryError(f"Discord unreachable: {type(exc).__name__}: {exc}")
+
+
+def reply_nonce(trigger: int, part: int) -> str:
+    """The nonce of part ``part`` of the reply to message ``trigger``: the same in every attempt,
+    so a POST whose answer was lost (the worker died, the connection broke) and is sent again by a
+    later attempt returns the message Discord already created instead of posting a second one
+    (Discord enforces nonces for a few minutes). At most 25 characters, as Discord requires."""
+    return f"r{_base36(trigger)}p{part}"[:25]
+
+
+def _base36(number: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        number, rest = divmod(number, 36)
+        out = digits[rest] + out
+        if number == 0:
+            return out
 
 
 def _content(text: str) -> str:

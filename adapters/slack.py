@@ -48,6 +48,7 @@ from bot import texts
 from bot.commands import CommandContext, CommandName, Commands, parse_command
 from bot.delivery import ReplyTarget
 from bot.errors import ConfigError, DeliveryError
+from bot.hygiene import clean_outgoing
 from bot.intake import Intake
 from bot.models import EnqueueResult, Incoming
 from bot.settings import Settings
@@ -405,7 +406,9 @@ class SlackAdapter:
             question = parsed.argument
             if len(question) > QUESTION_PREVIEW:
                 question = question[: QUESTION_PREVIEW - 1] + "…"
-            header = texts.SLACK_ASKED.format(user=user, question=to_mrkdwn(question))
+            header = texts.SLACK_ASKED.format(
+                user=user, question=to_mrkdwn(clean_outgoing(question))
+            )
             try:
                 posted = await self.client.chat_postMessage(
                     channel=channel, text=f"{header}\n\n{texts.SLACK_THINKING}"

@@ -23,6 +23,7 @@ _ITALIC_STAR = re.compile(r"(?<![*\w])\*(?=[^\s*])(.+?)(?<=[^\s*])\*(?![*\w])")
 _STRIKE = re.compile(r"~~(?=\S)(.+?)(?<=\S)~~")
 _HEADING = re.compile(r"^ {0,3}#{1,6}\s+(.+?)\s*#*\s*$")
 _BULLET = re.compile(r"^(\s*)[-*+]\s+")
+_SAFE_URL = re.compile(r"(https?://|mailto:)[^\s<>|]+$", re.IGNORECASE)
 _BOLD_OPEN, _BOLD_CLOSE = "\x01", "\x02"  # placeholders: bold markers must survive the italic pass
 
 
@@ -74,6 +75,9 @@ def _inline(text: str) -> str:
 
     def keep_link(match: re.Match[str]) -> str:
         label = _emphasis(escape(match.group(1).replace("|", "/")))
+        if not _SAFE_URL.match(match.group(2)):
+            # "<!channel|x>" or "<@U123|x>" would ping: only web and mail links become links.
+            return label + " (" + escape(match.group(2)) + ")" if label else escape(match.group(2))
         url = escape(match.group(2))
         links.append(f"<{url}|{label}>" if label else f"<{url}>")
         return f"\x03{len(links) - 1}\x04"

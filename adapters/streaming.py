@@ -11,7 +11,9 @@ and ``edit(id, text)`` (optionally ``discard(id)`` and ``delivery_error(exc)``);
   the last one is edited to its final text once, later chunks are posted as follow-up messages;
 - continues an earlier attempt of the same job: ``existing_message_ids`` are edited, never reposted,
   and ids the new reply does not need are discarded at ``finish``;
-- converts anything the primitives raise into ``DeliveryError`` (the worker retries it).
+- converts anything the primitives raise into ``DeliveryError`` (the worker retries it);
+- cleans what it posts with ``bot.hygiene.clean_outgoing`` (no control characters, hidden
+  zero-width characters or bidi overrides).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import TypeVar
 
 from bot.delivery import ReplyTarget
 from bot.errors import DeliveryError
+from bot.hygiene import clean_outgoing
 from bot.splitting import split_message
 
 log = logging.getLogger(__name__)
@@ -145,6 +148,7 @@ class StreamedReply:
             raise error from exc
 
     async def _render(self, text: str, *, final: bool) -> None:
+        text = clean_outgoing(text)
         chunks = split_message(text, limit=self._limit) or [text]
         self._text_started = True
         try:

@@ -8,8 +8,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from bot import __version__
-from bot.errors import SolarbotError
+from bot import __version__, texts
+from bot.errors import ModelNotFoundError, SolarbotError
 from bot.settings import Settings, load_settings
 
 log = logging.getLogger("solarbot")
@@ -30,7 +30,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"solarbot {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    engine_help = "text generation engine: 'local' (the model, default) or 'fake' (scripted demo)"
+    engine_help = (
+        "text generation engine: 'local' (the model, default), 'openai' (an OpenAI-compatible "
+        "server at SOLARBOT_OPENAI_BASE_URL) or 'fake' (scripted demo)"
+    )
+    engines = ["local", "openai", "fake"]
 
     run = commands.add_parser(
         "run",
@@ -38,7 +42,15 @@ def _parser() -> argparse.ArgumentParser:
         description="Start the worker and every adapter whose credentials are configured. "
         "With no platform configured, chat in this terminal (the console adapter).",
     )
-    run.add_argument("--engine", choices=["local", "fake"], help=engine_help)
+    run.add_argument("--engine", choices=engines, help=engine_help)
+    run.add_argument(
+        "--role",
+        choices=["all", "adapters", "worker"],
+        default="all",
+        help="'all' (default): adapters and a worker in this process; 'adapters': only take "
+        "messages in and enqueue them (no model); 'worker': only generate and deliver replies "
+        "(same as `solarbot worker`). Split roles need a shared PostgreSQL database.",
+    )
 
     chat = commands.add_parser(
         "chat",
@@ -46,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
         description="A terminal chat through the real intake -> queue -> worker path. "
         "Type /help inside for commands. Ends at /quit or end of input, after pending replies.",
     )
-    chat.add_argument("--engine", choices=["local", "fake"], help=engine_help)
+    chat.add_argument("--engine", choices=engines, help=engine_help)
     chat.add_argument(
         "--channel", default="general", help="conversation to start in (default: general)"
     )
@@ -58,12 +70,16 @@ def _parser() -> argparse.ArgumentParser:
         description="Claim jobs from the shared database and deliver replies for every "
         "configured platform. Run several on PostgreSQL to scale out.",
     )
-    worker.add_argument("--engine", choices=["local", "fake"], help=engine_help)
+    worker.add_argument("--engine", choices=engines, help=engine_help)
 
     db = commands.add_parser("db", help="database maintenance", description="Database maintenance.")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     db_commands.add_parser("upgrade", help="apply migrations (also done on every start)")
     db_commands.add_parser("current", help="print the database's migration revision")
+
+    from bot.data import add_data_parsers
+
+    add_data_parsers(commands)
 
     from bot.upscale import add_upscale_parser
 
@@ -71,14 +87,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for noisy in ("httpx", "urllib3", "transformers", "accelerate", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def _configure_logging(level: str, settings: Settings) -> None:
+    from bot import logs
+
+    logs.configure(level=level, fmt=settings.log_format, secrets=settings.secret_values())
 
 
 def _with_engine(settings: Settings, engine: str | None) -> Settings:
@@ -94,15 +106,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings()
         quiet = args.command == "chat" and not args.verbose
-        _configure_logging("WARNING" if quiet else settings.log_level)
+        _configure_logging("WARNING" if quiet else settings.log_level, settings)
         if args.command == "db":
             return _db(settings, args.db_command)
+        if args.command in ("export", "forget"):
+            from bot.data import run_data_command
+
+            return run_data_command(settings, args)
         settings = _with_engine(settings, args.engine)
-        return asyncio.run(
-            _serve(settings, mode=args.command, channel=getattr(args, "channel", None))
-        )
+        mode = args.command
+        if mode == "run" and args.role != "all":
+            mode = args.role  # "adapters" or "worker"
+        return asyncio.run(_serve(settings, mode=mode, channel=getattr(args, "channel", None)))
     except SolarbotError as exc:
         print(f"solarbot: error: {exc}", file=sys.stderr)
+        if isinstance(exc, ModelNotFoundError):
+            print(f"solarbot: {texts.TRY_WITHOUT_MODEL}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
@@ -126,9 +145,13 @@ def _db(settings: Settings, action: str) -> int:
 async def _serve(settings: Settings, *, mode: str, channel: str | None) -> int:
     from adapters.console import ConsoleAdapter
     from bot.delivery import ChatAdapter
+    from bot.logs import configure_progress_bars
     from bot.service import Service, build_engine, platform_adapters, redacted_url
     from storage.repository import Repository
 
+    if mode != "adapters":
+        # Model download and loading bars on a terminal; none in logs, pipes and tests.
+        configure_progress_bars()
     url = settings.resolved_database_url()
     repository = await asyncio.to_thread(Repository.open, url)
     log.info("database %s ready", redacted_url(url))
@@ -136,16 +159,25 @@ async def _serve(settings: Settings, *, mode: str, channel: str | None) -> int:
         [] if mode == "chat" else platform_adapters(settings, ingress=mode != "worker")
     )
     console: ConsoleAdapter | None = None
-    if mode == "worker" and not adapters:
+    if mode in ("worker", "adapters") and not adapters:
         raise SolarbotError(
-            "no platform is configured for this worker to deliver to; "
+            f"no platform is configured for this {mode} process; "
             "set a platform token, or use `solarbot chat` for the terminal"
+        )
+    if mode == "adapters" and url.startswith("sqlite"):
+        log.warning(
+            "--role adapters with SQLite: workers must run on this machine and share %s",
+            redacted_url(url),
         )
     if not adapters:
         console = ConsoleAdapter(channel=channel or "general")
         adapters = [console]
     service = Service(
-        settings=settings, repository=repository, engine=build_engine(settings), adapters=adapters
+        settings=settings,
+        repository=repository,
+        engine=None if mode == "adapters" else build_engine(settings),
+        adapters=adapters,
+        run_worker=mode != "adapters",
     )
     service.install_signal_handlers()
     watcher = asyncio.create_task(service.stop_when_console_done(console)) if console else None

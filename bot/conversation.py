@@ -8,6 +8,13 @@ additive across turns.
 The kept turns are always the maximal suffix of the history whose full prompt fits
 ``context_window - max_new_tokens``.
 
+Role forgery: turn text cannot forge a turn. ``neutralise`` (applied to every turn's content) turns
+anything shaped like a template header (``### User:``, ``## assistant :``, ...) into a plain
+``User:`` and SentencePiece's control tokens written as text (``<s>``, ``</s>``, ``<unk>``, which
+the tokenizer would otherwise encode as the real BOS/EOS/UNK ids) into ``‹s›``, ``‹/s›``, ``‹unk›``.
+What is stored is untouched; only the prompt carries the neutralised form. The system prompt is set
+by admins and passes as is.
+
 The newest user message is never dropped silently: when it alone (with the system prompt) does not fit,
 its beginning is kept, cut at a token boundary, and ``TRUNCATION_MARKER`` is appended so the model
 sees that the message was cut. ``bot.texts.TRUNCATED_NOTICE`` is what the user is told.
@@ -15,6 +22,7 @@ sees that the message was cut. ``bot.texts.TRUNCATED_NOTICE`` is what the user i
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -28,6 +36,17 @@ Role = Literal["user", "assistant"]
 TRUNCATION_MARKER = "\n[… message truncated to fit the model's context window]"
 
 _REPLACEMENT_CHAR = "\ufffd"
+
+# "### User:" and its variants (any number of #, any case, spaces or tabs around the role).
+_ROLE_HEADER = re.compile(r"#+[ \t]*(system|user|assistant)[ \t]*:", re.IGNORECASE)
+# The tokenizer's control tokens, which it recognises inside plain text.
+_CONTROL_TOKEN = re.compile(r"<(/?s|unk)>")
+
+
+def neutralise(text: str) -> str:
+    """``text`` with template headers and control tokens defused (see the module docstring)."""
+    text = _ROLE_HEADER.sub(lambda m: m.group(1).capitalize() + ":", text)
+    return _CONTROL_TOKEN.sub(lambda m: f"‹{m.group(1)}›", text)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,8 +83,8 @@ def turn_content(turn: Turn, text: str | None = None) -> str:
     if turn.role == "user" and turn.author_name:
         name = " ".join(turn.author_name.split())  # one line: a name cannot fake a template header
         if name:
-            return f"{name}: {body}"
-    return body
+            return neutralise(f"{name}: {body}")
+    return neutralise(body)
 
 
 def _largest_fitting(fits: Callable[[int], bool], *, ok: int, bad: int, guess: int) -> int:

@@ -2,24 +2,43 @@
 
 ``submit`` stores the user turn and enqueues its job in one transaction (see
 ``Repository.enqueue``); an event seen before (same dedupe key) is a no-op returning the same job.
+
+With ``limits`` (``bot.limits``) a message over the length limit, over the sender's or the channel's
+rate, or into a channel whose queue is full is refused before anything is stored: the user gets a
+polite notice through the platform's adapter (``register``) and ``submit`` returns a result with
+``refused`` set. A redelivered event that was already accepted is never refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 
+from bot import logs
+from bot.delivery import ChatAdapter, ReplyTarget
+from bot.limits import Admission, Limits, Refusal
 from bot.models import EnqueueResult, Incoming
 from storage.repository import Repository
 
 log = logging.getLogger(__name__)
 
+REMEMBERED_REFUSALS = 10_000
+
 
 class Intake:
-    def __init__(self, repository: Repository) -> None:
+    def __init__(self, repository: Repository, *, limits: Limits | None = None) -> None:
         self._repository = repository
+        self._limits = limits
         self._listeners: list[Callable[[], None]] = []
+        self._notifiers: dict[str, ChatAdapter] = {}
+        # Events refused lately: a redelivery (Slack retries, gateway replays) is not told twice.
+        self._refused: OrderedDict[str, str] = OrderedDict()
+
+    def register(self, adapter: ChatAdapter) -> None:
+        """The adapter that tells a platform's users why a message was refused."""
+        self._notifiers[adapter.platform] = adapter
 
     def on_enqueued(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` after each new job (an in-process worker wakes up instead of polling)."""
@@ -27,7 +46,24 @@ class Intake:
 
     async def submit(self, incoming: Incoming) -> EnqueueResult | None:
         """Store and enqueue ``incoming``. None when its channel is switched off."""
-        result = await asyncio.to_thread(self._repository.enqueue, incoming)
+        with logs.bound(conversation=logs.describe_conversation(incoming.conversation)):
+            return await self._submit(incoming)
+
+    async def _submit(self, incoming: Incoming) -> EnqueueResult | None:
+        admission: Admission | None = None
+        if self._limits is not None:
+            checked = await self._check_limits(self._limits, incoming)
+            if isinstance(checked, EnqueueResult):
+                return checked
+            admission = checked
+        try:
+            result = await asyncio.to_thread(self._repository.enqueue, incoming)
+        except BaseException:
+            if admission is not None:
+                admission.refund()
+            raise
+        if admission is not None and (result is None or not result.created):
+            admission.refund()  # nothing new was accepted
         if result is None:
             log.info("ignored a message in disabled channel %s", incoming.channel)
         elif result.created:
@@ -37,6 +73,65 @@ class Intake:
         else:
             log.info("duplicate event %s ignored (job %s)", incoming.dedupe_key, result.job_id)
         return result
+
+    async def _check_limits(
+        self, limits: Limits, incoming: Incoming
+    ) -> Admission | EnqueueResult | None:
+        """The tokens taken for an accepted message, or the result of a refused or already seen one."""
+        refusal = limits.check_length(incoming)
+        admission: Admission | None = None
+        if refusal is None:
+            admitted = limits.admit(incoming)
+            if isinstance(admitted, Refusal):
+                refusal = admitted
+            else:
+                admission = admitted
+        if refusal is None and limits.settings.channel_queue_limit > 0:
+            pending = await asyncio.to_thread(
+                self._repository.pending_in_channel,
+                platform=incoming.platform,
+                workspace=incoming.workspace,
+                channel=incoming.channel,
+            )
+            refusal = limits.check_queue(pending)
+        if refusal is None:
+            return admission
+        if admission is not None:
+            admission.refund()
+        seen = await asyncio.to_thread(self._repository.job_for_event, incoming.dedupe_key)
+        if seen is not None:
+            return seen  # a redelivery of a message we accepted: not a new message to refuse
+        if incoming.dedupe_key in self._refused:
+            reason = self._refused[incoming.dedupe_key]
+            return EnqueueResult(
+                job_id=0, conversation_id=0, message_id=0, created=False, refused=reason
+            )
+        self._refused[incoming.dedupe_key] = refusal.reason
+        if len(self._refused) > REMEMBERED_REFUSALS:
+            self._refused.popitem(last=False)
+        log.info(
+            "refused a message from %s in %s:%s (%s)",
+            incoming.author_id,
+            incoming.platform,
+            incoming.channel,
+            refusal.reason,
+        )
+        await self._tell(incoming, refusal.notice)
+        return EnqueueResult(
+            job_id=0, conversation_id=0, message_id=0, created=False, refused=refusal.reason
+        )
+
+    async def _tell(self, incoming: Incoming, text: str) -> None:
+        adapter = self._notifiers.get(incoming.platform)
+        if adapter is None:
+            return
+        target = ReplyTarget(
+            job_id=0, conversation=incoming.conversation, reply_target=incoming.reply_target
+        )
+        try:
+            await adapter.post_notice(target, text)
+        except Exception as exc:  # the refusal stands; the platform is having a bad moment
+            log.warning("could not tell %s why a message was refused: %s", incoming.platform, exc)
 
     async def queue_position(self, job_id: int) -> int:
         return await asyncio.to_thread(self._repository.queue_position, job_id)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,6 +18,8 @@ from bot.delivery import ChatAdapter
 from bot.errors import ConfigError
 from bot.generation.engine import Engine, SamplingParams
 from bot.intake import Intake
+from bot.limits import Limits, LimitSettings
+from bot.metrics import Metrics, MetricsServer, Readiness
 from bot.settings import Settings
 from bot.worker import Worker, WorkerOptions
 from storage.repository import Repository
@@ -28,7 +31,45 @@ def build_engine(settings: Settings) -> Engine:
     if settings.engine == "fake":
         from bot.generation.fake import FakeEngine
 
-        return FakeEngine(context_window=settings.context_window or 4096)
+        return FakeEngine(
+            context_window=settings.context_window or 4096,
+            delay_per_chunk=settings.fake_delay_seconds,
+        )
+    if settings.engine == "openai":
+        from bot.generation.openai import OpenAIEngine
+
+        if settings.openai_base_url is None:
+            raise ConfigError(
+                "SOLARBOT_OPENAI_BASE_URL: required with SOLARBOT_ENGINE=openai "
+                "(e.g. http://127.0.0.1:8000/v1)"
+            )
+        return OpenAIEngine(
+            base_url=settings.openai_base_url,
+            model=settings.openai_model or settings.model,
+            tokenizer=settings.model,
+            api_key=(
+                settings.openai_api_key.get_secret_value()
+                if settings.openai_api_key is not None
+                else None
+            ),
+            offline=settings.offline,
+            context_window=settings.context_window,
+            timeout_seconds=settings.openai_timeout_seconds,
+        )
+    if settings.engine == "static":
+        from bot.generation.static import StaticCacheEngine
+
+        return StaticCacheEngine(
+            model=settings.model,
+            dtype=settings.dtype,
+            device=settings.device,
+            offline=settings.offline,
+            context_window=settings.context_window,
+            cuda_graphs=settings.cuda_graphs,
+            compile_decode=(settings.compile_level or 0) >= 1,
+            kv_memory_fraction=settings.kv_memory_fraction,
+            max_active_requests=settings.max_active_requests,
+        )
     from bot.generation.local import TransformersEngine
 
     return TransformersEngine(
@@ -39,6 +80,11 @@ def build_engine(settings: Settings) -> Engine:
         context_window=settings.context_window,
         cache_blocks=settings.cache_blocks,
         max_batch_tokens=settings.max_batch_tokens,
+        cuda_graphs=settings.cuda_graphs,
+        compile_level=settings.compile_level,
+        async_batching=settings.async_batching,
+        kv_memory_fraction=settings.kv_memory_fraction,
+        max_active_requests=settings.max_active_requests,
     )
 
 
@@ -54,7 +100,22 @@ def platform_adapters(settings: Settings, *, ingress: bool = True) -> list[ChatA
         from adapters.slack import SlackAdapter
 
         adapters.append(SlackAdapter.from_settings(settings, ingress=ingress))
+    if settings.webhook_url is not None:
+        from adapters.webhook import WebhookAdapter
+
+        adapters.append(WebhookAdapter.from_settings(settings, ingress=ingress))
     return adapters
+
+
+def limit_settings(settings: Settings) -> LimitSettings:
+    return LimitSettings(
+        max_message_chars=settings.max_message_chars,
+        user_rate_per_minute=settings.user_rate_per_minute,
+        user_burst=settings.user_burst,
+        channel_rate_per_minute=settings.channel_rate_per_minute,
+        channel_burst=settings.channel_burst,
+        channel_queue_limit=settings.channel_queue_limit,
+    )
 
 
 def worker_options(settings: Settings) -> WorkerOptions:
@@ -87,27 +148,53 @@ class Service:
     drain_seconds: float = 30.0
 
     def __post_init__(self) -> None:
-        self.intake = Intake(self.repository)
+        self.metrics = Metrics()
+        self.metrics.watch(
+            repository=self.repository, engine=self.engine if self.run_worker else None
+        )
+        self.metrics_server: MetricsServer | None = None
+        self._started_adapters: set[str] = set()
+        self._model_loading = False
+        self.intake = Intake(self.repository, limits=Limits(limit_settings(self.settings)))
+        for adapter in self.adapters:
+            self.intake.register(adapter)
         self.worker: Worker | None = None
         self.stopping = asyncio.Event()
 
     async def run(self) -> None:
         """Run until ``stopping`` is set (signals, end of console input), then shut down cleanly."""
-        for adapter in self.adapters:
-            await adapter.start(self.intake)
-            log.info("adapter %s started", adapter.platform)
+        if self.settings.metrics_port is not None:
+            # First, so /healthz answers (and /readyz says why not ready) during a long model load.
+            self.metrics_server = MetricsServer(
+                self.metrics,
+                host=self.settings.metrics_host,
+                port=self.settings.metrics_port,
+                readiness=self.readiness,
+            )
+            await self.metrics_server.start()
         worker_task: asyncio.Task[None] | None = None
         try:
+            for adapter in self.adapters:
+                await adapter.start(self.intake)
+                self._started_adapters.add(adapter.platform)
+                log.info("adapter %s started", adapter.platform)
             if self.run_worker:
                 if self.engine is None:
                     raise ConfigError("a worker needs an engine")
                 log.info("loading model %s", self.engine.model_id)
-                await self.engine.start()  # warm-up happens before any job is claimed
+                began = time.monotonic()
+                self._model_loading = True
+                try:
+                    await self.engine.start()  # warm-up happens before any job is claimed
+                finally:
+                    self._model_loading = False
+                log.info("model %s ready in %.1f s", self.engine.model_id, time.monotonic() - began)
                 self.worker = Worker(
                     repository=self.repository,
                     engine=self.engine,
                     adapters={adapter.platform: adapter for adapter in self.adapters},
                     options=worker_options(self.settings),
+                    metrics=self.metrics,
                 )
                 self.intake.on_enqueued(self.worker.wake)
                 worker_task = asyncio.create_task(self.worker.run(), name="worker")
@@ -125,9 +212,43 @@ class Service:
             if worker_task is not None and not worker_task.done():
                 await worker_task
             for adapter in self.adapters:
-                await adapter.stop()
+                if adapter.platform in self._started_adapters:
+                    await adapter.stop()
+            self._started_adapters.clear()
             if self.engine is not None:
                 await self.engine.close()
+            if self.metrics_server is not None:
+                await self.metrics_server.stop()
+
+    async def readiness(self) -> Readiness:
+        """/readyz: the model is loaded (when this process runs a worker), the database answers
+        and every adapter has started (and says it is connected, where it can tell)."""
+        checks: dict[str, str] = {}
+        if self.run_worker:
+            if self.engine is None:
+                checks["model"] = "no engine"
+            else:
+                health = self.engine.health()
+                if health.ready:
+                    checks["model"] = "ok"
+                elif self._model_loading:
+                    checks["model"] = "loading"
+                else:
+                    checks["model"] = health.detail or "not ready"
+        try:
+            await asyncio.to_thread(self.repository.ping)
+            checks["database"] = "ok"
+        except Exception as exc:
+            checks["database"] = f"unreachable ({type(exc).__name__})"
+        for adapter in self.adapters:
+            connected = getattr(adapter, "connected", None)
+            if adapter.platform not in self._started_adapters:
+                checks[f"adapter:{adapter.platform}"] = "not started"
+            elif connected is False:
+                checks[f"adapter:{adapter.platform}"] = "disconnected"
+            else:
+                checks[f"adapter:{adapter.platform}"] = "ok"
+        return Readiness(ready=all(v == "ok" for v in checks.values()), checks=checks)
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()

@@ -42,7 +42,8 @@ class Settings(BaseSettings):
     )
 
     # The model and where it runs.
-    engine: Literal["local", "fake"] = "local"
+    # local: transformers' continuous batching; static: our decode loop (bot/generation/static.py)
+    engine: Literal["local", "static", "fake", "openai"] = "local"
     model: str = Field(default=DEFAULT_MODEL_ID, min_length=1)
     dtype: Literal["float16", "bfloat16", "float32", "auto"] = "float16"
     device: str = "auto"
@@ -54,6 +55,26 @@ class Settings(BaseSettings):
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     cache_blocks: int | None = Field(default=None, gt=0)
     max_batch_tokens: int | None = Field(default=None, gt=0)
+    # GPU serving (local engine; unset = transformers' default). See bench/RESULTS.md, issue 5.
+    cuda_graphs: bool | None = None
+    compile_level: int | None = Field(default=None, ge=0, le=3)
+    async_batching: bool | None = None
+    kv_memory_fraction: float | None = Field(default=None, gt=0.0, lt=1.0)  # of free GPU memory
+    max_active_requests: int | None = Field(default=None, gt=0)  # more wait in the engine
+
+    # SOLARBOT_ENGINE=openai: an OpenAI-compatible server (vLLM, TGI, `transformers serve`) does the
+    # generating; SOLARBOT_MODEL still names the tokenizer used to count prompt tokens.
+    openai_base_url: str | None = None  # e.g. http://gpu-1:8000/v1
+    openai_model: str | None = None  # the served model's name; default: SOLARBOT_MODEL
+    openai_api_key: SecretStr | None = None  # sent as "Authorization: Bearer ..."
+    openai_timeout_seconds: float = Field(default=300.0, gt=0.0)
+
+    @field_validator("openai_base_url")
+    @classmethod
+    def _openai_base_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"https?://\S+", value):
+            raise ValueError("must be an http(s) URL such as http://127.0.0.1:8000/v1")
+        return value.rstrip("/") if value is not None else None
 
     # Storage.
     data_dir: Path = Path("data")
@@ -67,6 +88,33 @@ class Settings(BaseSettings):
     retry_max_seconds: float = Field(default=300.0, gt=0.0)
     poll_seconds: float = Field(default=0.5, gt=0.0, le=60.0)
     edit_interval_seconds: float = Field(default=1.0, ge=0.0)
+    # The fake engine's pause per streamed word (demos, crash and soak tests).
+    fake_delay_seconds: float = Field(default=0.0, ge=0.0, le=10.0)
+
+    # Limits enforced at intake (bot/limits.py): refused messages get a polite notice and are not
+    # stored. Rates are messages per minute with a burst allowance; 0 switches a limit off.
+    max_message_chars: int = Field(default=8000, gt=0)
+    user_rate_per_minute: float = Field(default=10.0, ge=0.0)
+    user_burst: int = Field(default=5, gt=0)
+    channel_rate_per_minute: float = Field(default=30.0, ge=0.0)
+    channel_burst: int = Field(default=15, gt=0)
+    channel_queue_limit: int = Field(default=20, ge=0)
+
+    # The outgoing-webhook platform (adapters/webhook.py): replies are POSTed to this URL.
+    webhook_url: str | None = None
+    webhook_secret: SecretStr | None = None  # sent as "Authorization: Bearer ..."
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0.0)
+    webhook_message_limit: int = Field(default=4000, ge=100)  # characters per posted message
+    # Incoming messages: POST /incoming on this port (unset = no ingress; 0 = any free port).
+    webhook_port: int | None = Field(default=None, ge=0, le=65535)
+    webhook_host: str = "127.0.0.1"
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"https?://\S+", value):
+            raise ValueError("must be an http(s) URL")
+        return value.rstrip("/") if value is not None else None
 
     # Slack (the adapter starts when SOLARBOT_SLACK_BOT_TOKEN is set; see docs/slack.md).
     slack_bot_token: SecretStr | None = None
@@ -178,6 +226,11 @@ class Settings(BaseSettings):
         return SecretStr(token)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    # Prometheus /metrics, /healthz and /readyz (docs/operations.md); unset = off, 0 = any free port.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -190,6 +243,25 @@ class Settings(BaseSettings):
         if value == "auto" or value == "cpu" or value == "cuda" or value.startswith("cuda:"):
             return value
         raise ValueError("must be auto, cpu, cuda or cuda:N")
+
+    def secret_values(self) -> list[str]:
+        """Every secret setting's value (and the database password): logs mask them."""
+        values = [
+            value.get_secret_value()
+            for name in type(self).model_fields
+            if isinstance(value := getattr(self, name), SecretStr)
+        ]
+        if self.database_url is not None:
+            from sqlalchemy.engine import make_url
+            from sqlalchemy.exc import ArgumentError
+
+            try:
+                password = make_url(self.database_url.get_secret_value()).password
+            except ArgumentError:
+                password = None
+            if password:
+                values.append(str(password))
+        return [value for value in values if value]
 
     def resolved_database_url(self) -> str:
         if self.database_url is not None:

@@ -15,6 +15,24 @@ FAILED_REPLY = "Sorry, I couldn't answer that one. Please try again in a moment.
 # Posted when the newest message cannot fit the model's context window at all.
 PROMPT_TOO_LONG = "Sorry, that message is too long for me to read, even in part."
 
+# Intake limits (bot/limits.py). Nothing is stored when a message is refused.
+LIMIT_TOO_LONG = (
+    "Sorry, that message is too long for me ({length:,} characters; the limit is {limit:,}). "
+    "Please shorten it or send it in parts."
+)
+LIMIT_USER_RATE = (
+    "You're sending messages faster than I can take them. Please slow down and try again in "
+    "{seconds} s."
+)
+LIMIT_CHANNEL_RATE = (
+    "This channel is sending me messages faster than I can take them. Please try again in "
+    "{seconds} s."
+)
+LIMIT_QUEUE_FULL = (
+    "I already have {limit} questions waiting in this channel. Please wait for some answers "
+    "before asking more."
+)
+
 # The console adapter.
 CONSOLE_BANNER = (
     "solarbot console: type a message and press Enter. "
@@ -97,3 +115,8 @@ DISCORD_NO_TOKEN = (
     "token in SOLARBOT_DISCORD_TOKEN (see docs/discord.md)."
 )
 DISCORD_EMPTY_MENTION = "Yes? Ask me something after the mention, e.g. `@solarbot what is SOLAR?`"
+
+# Printed after "model not found" at start-up.
+TRY_WITHOUT_MODEL = (
+    "to try solarbot without a model: solarbot run --engine fake (or make run ENGINE=fake)"
+)

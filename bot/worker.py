@@ -6,7 +6,8 @@
   order, while different conversations run concurrently (the engine batches them);
 - delivery and generation errors are retried with exponential backoff and jitter (honouring a
   platform's Retry-After); after ``max_attempts`` the job is ``failed``, the error stored and a short
-  apology posted;
+  apology posted (while the platform is still down the job waits, queued, until the apology is
+  delivered: it is never dropped silently);
 - the assistant turn is recorded and the job marked done in one transaction;
 - ``stop()`` drains running jobs for a grace period, then hands the rest back to the queue.
 """
@@ -19,23 +20,45 @@ import logging
 import os
 import random
 import socket
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, NamedTuple
 
-from bot import texts
+from bot import logs, texts
 from bot.conversation import BuiltPrompt, PromptBuilder, Turn
 from bot.delivery import ChatAdapter, ReplyStream, ReplyTarget
 from bot.errors import DeliveryError, PromptTooLongError, SolarbotError
 from bot.generation.engine import Engine, GenerationRequest, SamplingParams
-from bot.models import ClaimedJob, Role
+from bot.models import ClaimedJob, JobTrace, Role
 from storage.repository import Repository
 
+if TYPE_CHECKING:
+    from bot.metrics import Metrics
+
 log = logging.getLogger(__name__)
+
+# Appended to a job's stored error while its apology waits for the platform to come back.
+APOLOGY_PENDING = " (apology not delivered yet)"
 
 
 def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def delivery_error_kind(error: DeliveryError) -> str:
+    """The ``kind`` label of a delivery error metric."""
+    kind = getattr(error, "kind", None)
+    if isinstance(kind, str) and kind:
+        return kind
+    return "rate_limited" if error.retry_after is not None else "failed"
+
+
+class _Generated(NamedTuple):
+    text: str
+    trace: JobTrace
+    completion_tokens: int
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,8 +84,10 @@ class Worker:
         engine: Engine,
         adapters: Mapping[str, ChatAdapter],
         options: WorkerOptions,
+        metrics: Metrics | None = None,
     ) -> None:
         self._repository = repository
+        self._metrics = metrics
         self._engine = engine
         self._adapters = dict(adapters)
         self._options = options
@@ -160,6 +185,8 @@ class Worker:
     # ------------------------------------------------------------------ one job
 
     async def _run_job(self, job: ClaimedJob) -> None:
+        # This task's log lines (and those of the threads it starts) name the job.
+        logs.bind(job_id=job.id, conversation=logs.describe_conversation(job.conversation))
         renewer = asyncio.create_task(self._renew_lease(job, asyncio.current_task()))
         try:
             await self._process(job)
@@ -202,6 +229,12 @@ class Worker:
             reply_target=job.reply_target,
             existing_message_ids=job.reply_message_ids,
         )
+        if job.attempt > self._options.max_attempts:  # given up: only the apology is owed
+            record = await asyncio.to_thread(self._repository.job, job.id)
+            error = (record.error if record is not None else None) or "gave up"
+            error = error.removesuffix(APOLOGY_PENDING)
+            await self._give_up(job, target, error=error, apology=texts.FAILED_REPLY)
+            return
         notice = ""
         reply = job.reply_text
         if reply is None:
@@ -213,15 +246,19 @@ class Worker:
             if prompt.newest_truncated:
                 notice = texts.TRUNCATED_NOTICE + "\n\n"
         stream: ReplyStream | None = None
+        generated: _Generated | None = None
         try:
             stream = await adapter.open_reply(target)
             # A placeholder posted by open_reply is remembered at once, so a crash before the
             # first token still continues that message instead of posting a second reply.
             await self._record_new_ids(job, stream)
             if reply is None:
-                reply = await self._generate(job, prompt.prompt_ids, stream, prefix=notice)
+                generated = await self._generate(job, prompt, stream, prefix=notice)
+                reply = generated.text
             posted = list(await stream.finish(notice + reply))
         except DeliveryError as exc:
+            if self._metrics is not None:
+                self._metrics.delivery_error(job.conversation.platform, delivery_error_kind(exc))
             if stream is not None:  # follow-ups posted before the failure are edited on retry
                 await self._record_new_ids(job, stream)
             await self._retry_or_fail(
@@ -231,17 +268,34 @@ class Worker:
         except SolarbotError as exc:
             await self._retry_or_fail(job, error=f"generation failed: {exc}")
             return
-        token_count = len(self._engine.tokenizer.encode(reply, add_bos=False))
+        if generated is not None:
+            token_count = generated.completion_tokens
+        else:
+            token_count = len(self._engine.tokenizer.encode(reply, add_bos=False))
         done = await asyncio.to_thread(
             self._repository.complete,
             job,
             reply_text=reply,
             reply_message_ids=posted,
             token_count=token_count,
+            trace=generated.trace if generated is not None else None,
         )
         if done:
             self.completed += 1
-            log.info("job %s done (%d tokens, attempt %d)", job.id, token_count, job.attempt)
+            if self._metrics is not None:
+                self._metrics.job_done(job.enqueued_at)
+            if generated is not None:
+                log.info(
+                    "job %s done (attempt %d): %d prompt tokens, %d tokens in %d ms by %s",
+                    job.id,
+                    job.attempt,
+                    generated.trace.prompt_tokens,
+                    token_count,
+                    generated.trace.generation_ms,
+                    generated.trace.model_id,
+                )
+            else:
+                log.info("job %s done (attempt %d): reply generated earlier", job.id, job.attempt)
         else:
             log.warning("job %s finished after its lease was lost; result not recorded", job.id)
 
@@ -278,20 +332,27 @@ class Worker:
         return self._builder.build(system_prompt=system_prompt, history=turns)
 
     async def _generate(
-        self, job: ClaimedJob, prompt_ids: list[int], stream: ReplyStream, *, prefix: str
-    ) -> str:
-        """Stream the engine's reply into ``stream``; returns the complete reply text."""
+        self, job: ClaimedJob, prompt: BuiltPrompt, stream: ReplyStream, *, prefix: str
+    ) -> _Generated:
+        """Stream the engine's reply into ``stream``; returns the complete reply and its trace."""
         request = GenerationRequest(
             request_id=f"job-{job.id}-{job.attempt}-{uuid.uuid4().hex[:8]}",
-            prompt_ids=prompt_ids,
+            prompt_ids=prompt.prompt_ids,
             max_new_tokens=self._options.max_new_tokens,
             sampling=self._options.sampling,
+            prompt_text=prompt.prompt_text,
         )
         text = ""
         known_ids = tuple(stream.message_ids)
         delivery_error: DeliveryError | None = None
+        started = time.monotonic()
+        first = True
         async with contextlib.aclosing(self._engine.stream(request)) as deltas:
             async for delta in deltas:
+                if first and delta:
+                    first = False
+                    if self._metrics is not None:
+                        self._metrics.first_token(job.enqueued_at)
                 text += delta
                 if delivery_error is not None:
                     continue  # keep generating: the finished text is saved and delivered on retry
@@ -305,15 +366,29 @@ class Worker:
                     await asyncio.to_thread(
                         self._repository.record_reply_progress, job, reply_message_ids=known_ids
                     )
+        seconds = time.monotonic() - started
+        completion_tokens = len(self._engine.tokenizer.encode(text, add_bos=False))
+        trace = JobTrace(
+            prompt_tokens=prompt.prompt_tokens,
+            generation_ms=round(seconds * 1000),
+            model_id=self._engine.model_id,
+        )
+        if self._metrics is not None:
+            self._metrics.generated(
+                prompt_tokens=prompt.prompt_tokens,
+                completion_tokens=completion_tokens,
+                seconds=seconds,
+            )
         if delivery_error is not None:
             await asyncio.to_thread(
                 self._repository.record_reply_progress,
                 job,
                 reply_message_ids=known_ids,
                 reply_text=text,
+                trace=trace,
             )
             raise delivery_error
-        return text
+        return _Generated(text=text, trace=trace, completion_tokens=completion_tokens)
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         base = self._options.retry_base_seconds * 2.0 ** max(attempt - 1, 0)
@@ -330,6 +405,16 @@ class Worker:
         reply_text: str | None = None,
         retry_after: float | None = None,
     ) -> None:
+        if job.attempt >= self._options.max_attempts and retry_after is not None:
+            # Given up, but the platform asked us to wait: the apology comes after Retry-After.
+            await asyncio.to_thread(
+                self._repository.retry_later,
+                job,
+                error=error + APOLOGY_PENDING,
+                delay_seconds=retry_after,
+                reply_text=reply_text,
+            )
+            return
         if job.attempt >= self._options.max_attempts:
             target = ReplyTarget(
                 job_id=job.id,
@@ -355,18 +440,57 @@ class Worker:
             delay_seconds=delay,
             reply_text=reply_text,
         )
+        if self._metrics is not None:
+            self._metrics.job_retried()
 
     async def _give_up(
         self, job: ClaimedJob, target: ReplyTarget, *, error: str, apology: str
     ) -> None:
+        # The apology goes first: while the platform is still down the job waits (queued, with
+        # backoff) and is marked failed once the apology is posted, so it is never dropped silently.
+        adapter = self._adapters.get(job.conversation.platform)
+        if adapter is not None and await self._apology_pending(job, adapter, apology, error):
+            return
         if not await asyncio.to_thread(self._repository.fail, job, error=error):
             return
         self.failed += 1
+        if self._metrics is not None:
+            self._metrics.job_failed()
         log.error("job %s failed after %d attempt(s): %s", job.id, job.attempt, error)
-        adapter = self._adapters.get(job.conversation.platform)
-        if adapter is None:
-            return
+
+    async def _apology_pending(
+        self, job: ClaimedJob, adapter: ChatAdapter, apology: str, error: str
+    ) -> bool:
+        """Post the apology; True when it could not be posted and the job was put back to try
+        again later (up to twice ``max_attempts`` attempts in all, then it is given up silently
+        but loudly logged)."""
+        if not await asyncio.to_thread(
+            self._repository.renew_lease, job, lease_seconds=self._options.lease_seconds
+        ):
+            return True  # no longer ours: whoever holds the job now apologises
+        target = ReplyTarget(
+            job_id=job.id,
+            conversation=job.conversation,
+            reply_target=job.reply_target,
+            existing_message_ids=job.reply_message_ids,
+        )
         try:
             await adapter.post_notice(target, apology)
+            return False
         except DeliveryError as exc:
-            log.error("job %s: could not post the apology either: %s", job.id, exc)
+            if self._metrics is not None:
+                self._metrics.delivery_error(job.conversation.platform, "apology")
+            if job.attempt >= 2 * self._options.max_attempts:
+                log.error("job %s: could not post the apology either: %s", job.id, exc)
+                return False
+            delay = self._backoff(job.attempt, exc.retry_after)
+            log.warning(
+                "job %s: could not post the apology (%s); trying again in %.1fs", job.id, exc, delay
+            )
+            await asyncio.to_thread(
+                self._repository.retry_later,
+                job,
+                error=error + APOLOGY_PENDING,
+                delay_seconds=delay,
+            )
+            return True

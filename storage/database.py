@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -69,10 +70,22 @@ def alembic_config(engine: Engine) -> Config:
     return config
 
 
+# pg_advisory_lock key held while migrating: several processes starting at once on one PostgreSQL
+# database take turns instead of racing to create the same tables (SQLite serialises by itself).
+MIGRATION_LOCK_KEY = 0x50_1A_B0_7
+
+
 def upgrade(engine: Engine, *, revision: str = "head") -> None:
-    """Apply migrations up to ``revision``. Safe to call on every start."""
+    """Apply migrations up to ``revision``. Safe to call on every start, from many processes."""
     try:
-        command.upgrade(alembic_config(engine), revision)
+        with contextlib.ExitStack() as stack:
+            if engine.dialect.name == "postgresql":
+                lock = stack.enter_context(engine.connect())
+                lock.exec_driver_sql(f"SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})")
+                stack.callback(
+                    lock.exec_driver_sql, f"SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"
+                )
+            command.upgrade(alembic_config(engine), revision)
     except SQLAlchemyError as exc:
         raise StorageError(f"database migration failed: {_safe(exc)}") from None
 

@@ -43,6 +43,7 @@ from bot.models import (
     Incoming,
     JobRecord,
     JobStatus,
+    JobTrace,
     Role,
     StoredMessage,
 )
@@ -244,6 +245,7 @@ class Repository:
                     jobs.c.reply_target,
                     jobs.c.reply_text,
                     jobs.c.reply_message_ids,
+                    jobs.c.created_at,
                     conversations.c.platform,
                     conversations.c.workspace,
                     conversations.c.channel,
@@ -287,6 +289,7 @@ class Repository:
                         reply_message_ids=tuple(row.reply_message_ids or ()),
                         system_prompt=row.system_prompt,
                         history=history,
+                        enqueued_at=row.created_at,
                     )
                 )
         return claimed
@@ -311,15 +314,22 @@ class Repository:
             return _history(connection, conversation_id, up_to_message_id, limit)
 
     def record_reply_progress(
-        self, job: ClaimedJob, *, reply_message_ids: Sequence[str], reply_text: str | None = None
+        self,
+        job: ClaimedJob,
+        *,
+        reply_message_ids: Sequence[str],
+        reply_text: str | None = None,
+        trace: JobTrace | None = None,
     ) -> bool:
-        """Remember what was already posted (and, once generated, the full reply text)."""
+        """Remember what was already posted (and, once generated, the full reply text and how it
+        was made, so a later attempt that only delivers it keeps the trace)."""
         values: dict[str, Any] = {
             "reply_message_ids": list(reply_message_ids),
             "updated_at": utcnow(),
         }
         if reply_text is not None:
             values["reply_text"] = reply_text
+        values.update(_trace_values(trace))
         return self._update_owned(job, **values)
 
     def complete(
@@ -329,8 +339,10 @@ class Repository:
         reply_text: str,
         reply_message_ids: Sequence[str],
         token_count: int | None,
+        trace: JobTrace | None = None,
     ) -> bool:
-        """Record the assistant turn and mark the job done, in one transaction.
+        """Record the assistant turn and mark the job done, in one transaction. ``trace`` is None
+        when an earlier attempt generated the reply (its trace was stored then).
 
         Returns False (and stores nothing) when the job is no longer ours."""
         moment = utcnow()
@@ -346,6 +358,7 @@ class Repository:
                     "error": None,
                     "finished_at": moment,
                     "updated_at": moment,
+                    **_trace_values(trace),
                 },
             )
             if not done:
@@ -444,6 +457,17 @@ class Repository:
         with self._transaction() as connection:
             return int(connection.scalar(query) or 0)
 
+    def job_counts(self) -> dict[JobStatus, int]:
+        """How many jobs there are in each status (the metrics read it on every scrape)."""
+        query = select(jobs.c.status, func.count(jobs.c.id)).group_by(jobs.c.status)
+        with self._transaction() as connection:
+            return {JobStatus(status): int(count) for status, count in connection.execute(query)}
+
+    def ping(self) -> None:
+        """Raise unless the database answers (readiness checks)."""
+        with self._transaction() as connection:
+            connection.exec_driver_sql("SELECT 1")
+
     def queue_position(self, job_id: int) -> int:
         """How many unfinished jobs were enqueued before this one (0 = next)."""
         with self._transaction() as connection:
@@ -498,6 +522,90 @@ class Repository:
                 delete(conversations).where(conversations.c.id.in_(conversation_ids))
             )
             return int(deleted or 0)
+
+    def job_for_event(self, dedupe_key: str) -> EnqueueResult | None:
+        """The job an event was already stored as (``created=False``), or None."""
+        with self._transaction() as connection:
+            return _job_by_dedupe_key(connection, dedupe_key)
+
+    def pending_in_channel(self, *, platform: str, workspace: str, channel: str) -> int:
+        """Jobs queued or running in a channel and its threads (the per-channel queue limit)."""
+        query = (
+            select(func.count(jobs.c.id))
+            .join(conversations, conversations.c.id == jobs.c.conversation_id)
+            .where(
+                jobs.c.status.in_(PENDING),
+                conversations.c.platform == platform,
+                conversations.c.workspace == workspace,
+                conversations.c.channel == channel,
+            )
+        )
+        with self._transaction() as connection:
+            return int(connection.scalar(query) or 0)
+
+    def transcript(
+        self, *, platform: str, workspace: str, channel: str
+    ) -> list[tuple[ConversationKey, StoredMessage]]:
+        """Every stored turn of a channel and its threads: conversation by conversation, each in
+        history order (a reply right after its question)."""
+        with self._transaction() as connection:
+            rows = connection.execute(
+                select(
+                    messages,
+                    conversations.c.platform.label("c_platform"),
+                    conversations.c.workspace.label("c_workspace"),
+                    conversations.c.channel.label("c_channel"),
+                    conversations.c.thread.label("c_thread"),
+                )
+                .join(conversations, conversations.c.id == messages.c.conversation_id)
+                .where(
+                    conversations.c.platform == platform,
+                    conversations.c.workspace == workspace,
+                    conversations.c.channel == channel,
+                )
+                .order_by(
+                    conversations.c.thread,
+                    func.coalesce(messages.c.reply_to_id, messages.c.id),
+                    messages.c.id,
+                )
+            ).all()
+        return [
+            (
+                ConversationKey(
+                    platform=row.c_platform,
+                    workspace=row.c_workspace,
+                    channel=row.c_channel,
+                    thread=row.c_thread,
+                ),
+                _stored(row),
+            )
+            for row in rows
+        ]
+
+    def forget_user(self, *, platform: str, workspace: str | None, author_id: str) -> int:
+        """Delete everything a person said (their turns, the replies to them and the jobs for
+        them) on a platform, in one workspace or (``workspace=None``) all; returns the number of
+        their messages deleted. Jobs still pending for them go too, so no reply lands afterwards."""
+        with self._transaction() as connection:
+            where = [conversations.c.platform == platform]
+            if workspace is not None:
+                where.append(conversations.c.workspace == workspace)
+            in_scope = select(conversations.c.id).where(*where)
+            theirs = list(
+                connection.scalars(
+                    select(messages.c.id).where(
+                        messages.c.role == Role.USER,
+                        messages.c.author_id == author_id,
+                        messages.c.conversation_id.in_(in_scope),
+                    )
+                )
+            )
+            for start in range(0, len(theirs), 500):
+                batch = theirs[start : start + 500]
+                connection.execute(delete(jobs).where(jobs.c.message_id.in_(batch)))
+                connection.execute(delete(messages).where(messages.c.reply_to_id.in_(batch)))
+                connection.execute(delete(messages).where(messages.c.id.in_(batch)))
+            return len(theirs)
 
     # ------------------------------------------------------------------ channel settings
 
@@ -620,4 +728,17 @@ def _record(row: Row[Any]) -> JobRecord:
         error=row.error,
         reply_text=row.reply_text,
         reply_message_ids=tuple(row.reply_message_ids or ()),
+        prompt_tokens=row.prompt_tokens,
+        generation_ms=row.generation_ms,
+        model_id=row.model_id,
     )
+
+
+def _trace_values(trace: JobTrace | None) -> dict[str, Any]:
+    if trace is None:
+        return {}
+    return {
+        "prompt_tokens": trace.prompt_tokens,
+        "generation_ms": trace.generation_ms,
+        "model_id": trace.model_id[:256],
+    }

@@ -123,6 +123,11 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The trace of the reply that finished the job (migration 0002): prompt size in real tokens,
+    # wall time from the engine request to the last token, and the model that wrote it.
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    generation_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    model_id: Mapped[str | None] = mapped_column(String(256), nullable=True)
 
 
 class ChannelSettings(Base):

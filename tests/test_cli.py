@@ -85,3 +85,4 @@ def test_a_missing_model_names_the_setting(tmp_path: Path) -> None:
     result = solarbot("chat", env=env, stdin="hi\n")
     assert result.returncode == 2
     assert "SOLARBOT_MODEL" in result.stderr
+    assert "--engine fake" in result.stderr  # and how to try it without a model

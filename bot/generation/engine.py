@@ -31,6 +31,9 @@ class GenerationRequest:
     prompt_ids: Sequence[int]
     max_new_tokens: int
     sampling: SamplingParams = field(default_factory=SamplingParams)
+    # The rendered prompt that ``prompt_ids`` encode (BOS excluded), for engines that send text to
+    # a server which tokenizes it itself (``openai.OpenAIEngine``). Local engines ignore it.
+    prompt_text: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

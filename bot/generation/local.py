@@ -13,16 +13,31 @@ only token left is the argmax, so the result equals ``generate(do_sample=False)`
 
 All requests must come from the event loop that called ``start()``: transformers delivers each
 batch of results through the loop of one of the batch's handlers.
+
+Admission control: transformers' scheduler kills its generation thread (failing every request) when
+a request cannot be scheduled at all, and preempts/recomputes requests when the paged KV cache runs
+out mid-decode. The engine therefore admits a request only when its worst case (prompt +
+max_new_tokens, in cache pages) fits next to the requests already admitted, and at most
+``max_active_requests`` at once; the others wait in FIFO order inside the engine (256 channels with
+long histories queue instead of crashing). A request that could never fit is refused up front.
+Pages are returned when a request finishes, fails or is cancelled.
+
+``TransformersEngine.from_loaded(model, tokenizer)`` serves a model already in memory (benchmarks,
+demos, tests): any object with ``decode`` (plus ``encode``/``render_chat`` for the service) works
+as the tokenizer, so prompt token ids and a minimal tokenizer are enough.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
+import math
 import os
 import socket
+from collections import deque
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +46,7 @@ from urllib.parse import urlsplit
 
 from bot.errors import ConfigError, EngineClosedError, GenerationError, ModelNotFoundError
 from bot.generation.decoding import IncrementalDecoder, StopMatcher
-from bot.generation.engine import EngineHealth, GenerationRequest, SamplingParams
+from bot.generation.engine import EngineHealth, GenerationRequest, SamplingParams, Tokenizer
 from bot.generation.solar import DEFAULT_MODEL_ID, SOLAR_CHAT_TEMPLATE, STOP_HEADERS
 
 logger = logging.getLogger(__name__)
@@ -47,6 +62,14 @@ MIN_TEMPERATURE = 0.01
 # How long a quick check of the hub may take before we call it unreachable.
 HUB_PROBE_TIMEOUT_S = 3.0
 STOP_TIMEOUT_S = 10.0
+# Requests admitted to the batch at once unless SOLARBOT_MAX_ACTIVE_REQUESTS says otherwise.
+DEFAULT_MAX_ACTIVE_GPU = 128
+DEFAULT_MAX_ACTIVE_CPU = 32
+# Share of free GPU memory (after the weights) given to the KV cache: the rest is headroom for
+# activations, logits, CUDA graphs and the allocator.
+DEFAULT_KV_MEMORY_FRACTION = 0.8
+# Pages kept free for the scheduler's own safety margin.
+RESERVED_CACHE_PAGES = 1
 
 
 class HFTokenizer:
@@ -109,6 +132,73 @@ _CANCELLED = _Signal("cancelled")
 _CLOSED = _Signal("closed")
 
 
+class _Admission:
+    """FIFO admission by request count and KV-cache pages; lives on the engine's event loop."""
+
+    def __init__(self, *, max_requests: int, pages: int | None, page_size: int) -> None:
+        self.max_requests = max_requests
+        self.pages = pages  # None: the cache size is unknown, only the request count is limited
+        self.page_size = page_size
+        self.active = 0
+        self.used_pages = 0
+        self.peak_waiting = 0
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    def pages_for(self, tokens: int) -> int:
+        return 0 if self.pages is None else math.ceil(tokens / self.page_size)
+
+    def _fits(self, pages: int) -> bool:
+        if self.active >= self.max_requests:
+            return False
+        return self.pages is None or self.used_pages + pages <= self.pages
+
+    async def acquire(self, pages: int) -> None:
+        if not self._waiters and self._fits(pages):
+            self._take(pages)
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (pages, waiter)
+        self._waiters.append(entry)
+        self.peak_waiting = max(self.peak_waiting, len(self._waiters))
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.release(pages)  # admitted just as we were cancelled: give it back
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(entry)
+                self._wake()
+            raise
+
+    def _take(self, pages: int) -> None:
+        self.active += 1
+        self.used_pages += pages
+
+    def release(self, pages: int) -> None:
+        self.active -= 1
+        self.used_pages -= pages
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self._fits(self._waiters[0][0]):
+            pages, waiter = self._waiters.popleft()
+            if waiter.done():
+                continue
+            self._take(pages)
+            waiter.set_result(None)
+
+    def fail_all(self, error: BaseException) -> None:
+        while self._waiters:
+            _, waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(error)
+
+
 class TransformersEngine:
     """SOLAR (or any causal LM with a chat template) served locally with continuous batching."""
 
@@ -123,8 +213,17 @@ class TransformersEngine:
         cache_blocks: int | None = None,
         max_batch_tokens: int | None = None,
         cuda_graphs: bool | None = None,
+        compile_level: int | None = None,
+        async_batching: bool | None = None,
+        kv_memory_fraction: float | None = None,
+        max_active_requests: int | None = None,
+        ignore_eos: bool = False,
         stop_strings: Sequence[str] = STOP_HEADERS,
     ) -> None:
+        """``cuda_graphs``/``compile_level``/``async_batching`` go to transformers'
+        ``ContinuousBatchingConfig`` (None = its default); ``kv_memory_fraction`` is the share of
+        free GPU memory for the KV cache when ``cache_blocks`` is not set; ``ignore_eos`` makes
+        every request run to max_new_tokens (benchmarks)."""
         if dtype not in ("float16", "bfloat16", "float32", "auto"):
             raise ConfigError(
                 f"SOLARBOT_DTYPE: must be float16, bfloat16, float32 or auto, not {dtype!r}"
@@ -135,9 +234,14 @@ class TransformersEngine:
             ("SOLARBOT_CONTEXT_WINDOW", context_window),
             ("SOLARBOT_CACHE_BLOCKS", cache_blocks),
             ("SOLARBOT_MAX_BATCH_TOKENS", max_batch_tokens),
+            ("SOLARBOT_MAX_ACTIVE_REQUESTS", max_active_requests),
         ):
             if value is not None and value <= 0:
                 raise ConfigError(f"{name}: must be > 0")
+        if compile_level is not None and not 0 <= compile_level <= 3:
+            raise ConfigError("SOLARBOT_COMPILE_LEVEL: must be 0, 1, 2 or 3")
+        if kv_memory_fraction is not None and not 0.0 < kv_memory_fraction < 1.0:
+            raise ConfigError("SOLARBOT_KV_MEMORY_FRACTION: must be between 0 and 1")
         self._model_name = model
         self._dtype_setting: DType = dtype
         self._device_setting = device
@@ -146,10 +250,18 @@ class TransformersEngine:
         self._cache_blocks = cache_blocks
         self._max_batch_tokens = max_batch_tokens
         self._cuda_graphs = cuda_graphs
+        self._compile_level = compile_level
+        self._async_batching = async_batching
+        self._kv_memory_fraction = kv_memory_fraction
+        self._max_active_requests = max_active_requests
+        self._ignore_eos = ignore_eos
         self._stop_strings = tuple(stop_strings)
+        self._preloaded: tuple[Any, Any] | None = None
 
         self._device = device
-        self._tokenizer: HFTokenizer | None = None
+        self._tokenizer: Tokenizer | None = None
+        self._admission: _Admission | None = None
+        self.warmup_seconds: float | None = None
         self._model: Any = None
         self._manager: Any = None
         self._context_window: int | None = None
@@ -167,8 +279,21 @@ class TransformersEngine:
     def model_id(self) -> str:
         return self._model_name
 
+    @classmethod
+    def from_loaded(
+        cls, model: Any, tokenizer: Any, *, model_id: str | None = None, **kwargs: Any
+    ) -> TransformersEngine:
+        """An engine over a model already in memory (on its device, in its dtype). ``tokenizer``
+        is a Hugging Face tokenizer or any object with ``decode`` (and ``encode``/``render_chat``
+        if the conversation builder uses it); ``bos_token_id``/``eos_token_id`` are optional."""
+        name = model_id or str(getattr(model.config, "name_or_path", "") or "in-memory-model")
+        device = str(getattr(model, "device", "cpu"))
+        engine = cls(model=name, device="cpu" if device == "cpu" else device, **kwargs)
+        engine._preloaded = (model, tokenizer)
+        return engine
+
     @property
-    def tokenizer(self) -> HFTokenizer:
+    def tokenizer(self) -> Tokenizer:
         if self._tokenizer is None:
             raise EngineClosedError("the engine is not started: call `await engine.start()` first")
         return self._tokenizer
@@ -195,16 +320,29 @@ class TransformersEngine:
                 return
             self._loop = asyncio.get_running_loop()
             await asyncio.to_thread(self._load_and_start)
+            self._admission = self._make_admission()
 
     def _load_and_start(self) -> None:
         """Blocking: load the tokenizer and the model, start the continuous batching thread."""
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
-        from transformers.generation.configuration_utils import ContinuousBatchingConfig
-
         device = _resolve_device(self._device_setting)
         on_gpu = device.startswith("cuda")
-        dtype = _resolve_dtype(self._dtype_setting, on_gpu=on_gpu)
+        if self._preloaded is not None:
+            model, raw_tokenizer = self._preloaded
+            self._preloaded = None
+            tokenizer: Any = (
+                HFTokenizer(raw_tokenizer)
+                if hasattr(raw_tokenizer, "apply_chat_template")
+                else raw_tokenizer
+            )
+            dtype = model.dtype
+        else:
+            dtype = _resolve_dtype(self._dtype_setting, on_gpu=on_gpu)
+            model, tokenizer = self._load(dtype, device=device, on_gpu=on_gpu)
+        self._start_manager(model, tokenizer, device=device, on_gpu=on_gpu, dtype=dtype)
+
+    def _load(self, dtype: Any, *, device: str, on_gpu: bool) -> tuple[Any, HFTokenizer]:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
         source, local_only = self._locate_model()
 
         def load(loader: Callable[..., Any], **kwargs: Any) -> Any:
@@ -220,8 +358,18 @@ class TransformersEngine:
         if on_gpu:
             model_kwargs["device_map"] = {"": device}
         model = load(AutoModelForCausalLM.from_pretrained, **model_kwargs)
+        return model, HFTokenizer(hf_tokenizer)
 
-        tokenizer = HFTokenizer(hf_tokenizer)
+    def _start_manager(
+        self, model: Any, tokenizer: Any, *, device: str, on_gpu: bool, dtype: Any
+    ) -> None:
+        import time
+
+        import torch
+        from transformers import GenerationConfig
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+        bos_id = getattr(tokenizer, "bos_token_id", None)
         config = model.config
         self._vocab_size = int(config.vocab_size)
         max_positions = getattr(config, "max_position_embeddings", None)
@@ -237,11 +385,9 @@ class TransformersEngine:
 
         eos = model.generation_config.eos_token_id
         if eos is None:
-            eos = (
-                tokenizer.eos_token_id
-                if tokenizer.eos_token_id is not None
-                else config.eos_token_id
-            )
+            eos = getattr(tokenizer, "eos_token_id", None)
+        if eos is None:
+            eos = config.eos_token_id
         if eos is None:
             eos = 2  # SOLAR's </s>
         # The engine always samples; greedy requests pass top_k=1 (see the module docstring).
@@ -253,7 +399,7 @@ class TransformersEngine:
             top_k=self._vocab_size,
             top_p=0.95,
             eos_token_id=eos,
-            bos_token_id=tokenizer.bos_token_id,
+            bos_token_id=bos_id,
             pad_token_id=_first(model.generation_config.pad_token_id, eos),
             max_new_tokens=256,
         )
@@ -261,24 +407,36 @@ class TransformersEngine:
         if on_gpu:
             if self._cache_blocks is not None:
                 cb_kwargs["num_blocks"] = self._cache_blocks
+            else:
+                cb_kwargs["max_memory_percent"] = (
+                    self._kv_memory_fraction or DEFAULT_KV_MEMORY_FRACTION
+                )
             if self._max_batch_tokens is not None:
                 cb_kwargs["max_batch_tokens"] = self._max_batch_tokens
             if self._cuda_graphs is not None:
                 cb_kwargs["use_cuda_graph"] = self._cuda_graphs
+            if self._compile_level is not None:
+                cb_kwargs["default_compile_level"] = self._compile_level
+            if self._async_batching is not None:
+                cb_kwargs["use_async_batching"] = self._async_batching
         else:
             cb_kwargs["num_blocks"] = self._cache_blocks or CPU_CACHE_BLOCKS
             cb_kwargs["max_batch_tokens"] = self._max_batch_tokens or CPU_MAX_BATCH_TOKENS
+        cb_config = ContinuousBatchingConfig(**_supported(ContinuousBatchingConfig, cb_kwargs))
+        began = time.perf_counter()
         try:
             manager = model.init_continuous_batching(
-                generation_config=generation_config,
-                continuous_batching_config=ContinuousBatchingConfig(**cb_kwargs),
+                generation_config=generation_config, continuous_batching_config=cb_config
             )
             if on_gpu:
-                manager.warmup()  # captures CUDA graphs when they are on; a no-op otherwise
+                # Sizes the cache and captures CUDA graphs / compiles (when on) before any request.
+                manager.warmup()
             with torch.inference_mode():  # the generation thread inherits the caller's mode
                 manager.start()
         except Exception as exc:
             raise GenerationError(f"could not start continuous batching: {exc}") from exc
+        self.warmup_seconds = time.perf_counter() - began
+        self._cb_config = getattr(manager, "continuous_batching_config", cb_config)
 
         self._device = device
         self._tokenizer = tokenizer
@@ -287,12 +445,46 @@ class TransformersEngine:
         self._eos_token_id = eos
         self._manager = manager
         logger.info(
-            "loaded %s on %s (%s), context window %s",
+            "loaded %s on %s (%s), context window %s, warm-up %.1f s",
             self._model_name,
             device,
             str(dtype).removeprefix("torch."),
             context_window,
+            self.warmup_seconds,
         )
+
+    def _make_admission(self) -> _Admission:
+        """Admission limits from the cache transformers actually allocated."""
+        config = getattr(self, "_cb_config", None)
+        blocks = getattr(config, "num_blocks", None)
+        page_size = getattr(config, "page_size", None) or getattr(config, "block_size", None)
+        pages: int | None = None
+        if isinstance(blocks, int) and isinstance(page_size, int) and blocks > 0 and page_size > 0:
+            pages = max(blocks - RESERVED_CACHE_PAGES, 1)
+        else:
+            logger.warning("KV cache size unknown: admission limits the request count only")
+            page_size = 1
+        on_gpu = self._device.startswith("cuda")
+        limit = self._max_active_requests or (
+            DEFAULT_MAX_ACTIVE_GPU if on_gpu else DEFAULT_MAX_ACTIVE_CPU
+        )
+        per_batch = getattr(config, "max_requests_per_batch", None)
+        if self._max_active_requests is None and isinstance(per_batch, int) and per_batch > 0:
+            limit = min(limit, per_batch)
+        logger.info(
+            "admission: %s requests at once, KV cache %s tokens",
+            limit,
+            "unknown" if pages is None else pages * page_size,
+        )
+        return _Admission(max_requests=limit, pages=pages, page_size=int(page_size))
+
+    @property
+    def cache_tokens(self) -> int | None:
+        """How many tokens the KV cache holds for admitted requests (None before start)."""
+        admission = self._admission
+        if admission is None or admission.pages is None:
+            return None
+        return admission.pages * admission.page_size
 
     def _locate_model(self) -> tuple[str, bool]:
         """Where to load from, and whether to stay off the network. Fails fast when it cannot work."""
@@ -337,6 +529,10 @@ class TransformersEngine:
                 return
             self._closed = True
             manager, self._manager = self._manager, None
+            if self._admission is not None:
+                self._admission.fail_all(
+                    EngineClosedError("the engine was closed while the request was queued")
+                )
             for active in list(self._active.values()):
                 if manager is not None:
                     manager.cancel_request(active.manager_id)
@@ -347,15 +543,44 @@ class TransformersEngine:
     # -- requests ---------------------------------------------------------------------------------
 
     async def stream(self, request: GenerationRequest) -> AsyncGenerator[str, None]:
-        manager = self._running_manager()
-        tokenizer = self.tokenizer
-        loop = asyncio.get_running_loop()
-        if loop is not self._loop:
+        self._running_manager()
+        if asyncio.get_running_loop() is not self._loop:
             raise GenerationError(
                 "TransformersEngine must be used from the event loop that started it"
             )
         prompt = [int(i) for i in request.prompt_ids]
         max_new_tokens = self._check_request(request, prompt)
+        if request.request_id in self._active:
+            raise GenerationError(f"request {request.request_id!r} is already generating")
+        admission = self._admission
+        assert admission is not None  # set by start()
+        if admission.pages is not None:
+            room = admission.pages * admission.page_size - len(prompt)
+            if room <= 0:
+                raise GenerationError(
+                    f"the prompt has {len(prompt)} tokens; the KV cache holds "
+                    f"{admission.pages * admission.page_size} (raise SOLARBOT_CACHE_BLOCKS)"
+                )
+            max_new_tokens = min(max_new_tokens, room)
+        pages = admission.pages_for(len(prompt) + max_new_tokens)
+        # Wait for room in the batch (FIFO). Cancelled while waiting: nothing to free.
+        await admission.acquire(pages)
+        try:
+            # aclosing: closing this stream must close the inner one at once (and free its cache).
+            async with contextlib.aclosing(
+                self._generate(request, prompt, max_new_tokens)
+            ) as inner:
+                async for delta in inner:
+                    yield delta
+        finally:
+            admission.release(pages)
+
+    async def _generate(
+        self, request: GenerationRequest, prompt: list[int], max_new_tokens: int
+    ) -> AsyncGenerator[str, None]:
+        manager = self._running_manager()
+        tokenizer = self.tokenizer
+        loop = asyncio.get_running_loop()
         if request.request_id in self._active:
             raise GenerationError(f"request {request.request_id!r} is already generating")
 
@@ -375,7 +600,7 @@ class TransformersEngine:
                 request_id=active.manager_id,
                 max_new_tokens=max_new_tokens,
                 streaming=True,
-                eos_token_id=self._eos_token_id,
+                eos_token_id=-1 if self._ignore_eos else self._eos_token_id,
                 **self._sampling_kwargs(request.sampling),
             )
             if added is None:
@@ -444,6 +669,16 @@ class TransformersEngine:
             detail=detail,
         )
 
+    @property
+    def queued_requests(self) -> int:
+        """Requests waiting for room in the batch (admission control)."""
+        return 0 if self._admission is None else self._admission.waiting
+
+    @property
+    def peak_queued_requests(self) -> int:
+        """The most requests ever waiting for room at once."""
+        return 0 if self._admission is None else self._admission.peak_waiting
+
     # -- helpers ----------------------------------------------------------------------------------
 
     def _running_manager(self) -> Any:
@@ -497,6 +732,18 @@ def _post(active: _Active, item: Any) -> None:
         active.queue.put_nowait(item)
     elif not active.loop.is_closed():
         active.loop.call_soon_threadsafe(active.queue.put_nowait, item)
+
+
+def _supported(config_cls: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Drop options this transformers version's ContinuousBatchingConfig does not have."""
+    try:
+        names = {f.name for f in dataclasses.fields(config_cls)}
+    except TypeError:
+        return kwargs
+    dropped = sorted(set(kwargs) - names)
+    if dropped:
+        logger.warning("this transformers version ignores continuous batching options %s", dropped)
+    return {key: value for key, value in kwargs.items() if key in names}
 
 
 def _first(pad: Any, eos: int | list[int]) -> int:

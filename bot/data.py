@@ -1,0 +1,110 @@
+"""Data ownership from the command line: ``solarbot export`` and ``solarbot forget``.
+
+- ``solarbot export --platform slack --workspace T0123 --channel C0456 [--output FILE]`` writes the
+  channel's stored conversation (the channel and its threads) as JSONL, one message a line, UTF-8
+  (any Unicode as sent), oldest first within each conversation;
+- ``solarbot forget --platform slack [--workspace T0123] --user U0789`` deletes everything a person
+  said (and the bot's replies to it, and their pending jobs, so no reply lands afterwards);
+  without ``--workspace`` in every workspace of that platform;
+- ``solarbot forget --platform slack --workspace T0123 --channel C0456`` deletes a channel's stored
+  messages, threads and jobs.
+
+Both work on the configured database (``SOLARBOT_DATABASE_URL`` / ``SOLARBOT_DATA_DIR``) while the
+service runs: each deletion is one transaction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from bot.settings import Settings
+
+if TYPE_CHECKING:
+    from storage.repository import Repository
+
+
+def add_data_parsers(commands: Any) -> None:
+    """Add ``export`` and ``forget`` to the ``solarbot`` sub-command parsers."""
+    export = commands.add_parser(
+        "export",
+        help="write a channel's stored conversation as JSONL",
+        description="Write every stored message of a channel (and its threads) as JSON lines.",
+    )
+    _where(export)
+    export.add_argument("--channel", required=True, help="the channel id")
+    export.add_argument("--output", type=Path, help="file to write (default: standard output)")
+
+    forget = commands.add_parser(
+        "forget",
+        help="delete a person's or a channel's stored messages (deletion requests)",
+        description="Delete what a person said (--user) or a whole channel (--channel), with the "
+        "bot's replies and pending jobs. Prints how many messages were deleted.",
+    )
+    _where(forget)
+    who = forget.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", help="the person's platform user id")
+    who.add_argument("--channel", help="the channel id")
+
+
+def _where(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--platform", required=True, help="slack, discord, console, webhook, ... as stored"
+    )
+    parser.add_argument(
+        "--workspace",
+        help="Slack team id / Discord guild id (default: none; forget --user: every workspace)",
+    )
+
+
+def run_data_command(settings: Settings, args: argparse.Namespace) -> int:
+    from storage.repository import Repository
+
+    repository = Repository.open(settings.resolved_database_url())
+    try:
+        if args.command == "export":
+            if args.output is None:
+                count = export_channel(repository, args, sys.stdout)
+            else:
+                with args.output.open("w", encoding="utf-8") as out:
+                    count = export_channel(repository, args, out)
+            print(f"exported {count} message(s)", file=sys.stderr)
+            return 0
+        if args.user is not None:
+            count = repository.forget_user(
+                platform=args.platform, workspace=args.workspace, author_id=args.user
+            )
+            print(f"deleted {count} message(s) by user {args.user} and the replies to them")
+        else:
+            count = repository.forget_channel(
+                platform=args.platform, workspace=args.workspace or "", channel=args.channel
+            )
+            print(f"deleted {count} message(s) of channel {args.channel}")
+        return 0
+    finally:
+        repository.close()
+
+
+def export_channel(repository: Repository, args: argparse.Namespace, out: TextIO) -> int:
+    rows = repository.transcript(
+        platform=args.platform, workspace=args.workspace or "", channel=args.channel
+    )
+    for key, message in rows:
+        record = {
+            "platform": key.platform,
+            "workspace": key.workspace,
+            "channel": key.channel,
+            "thread": key.thread,
+            "id": message.id,
+            "role": message.role.value,
+            "author_id": message.author_id,
+            "author_name": message.author_name,
+            "text": message.text,
+            "platform_message_id": message.platform_message_id,
+            "created_at": message.created_at.isoformat(),
+        }
+        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return len(rows)

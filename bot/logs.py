@@ -1,0 +1,170 @@
+"""Logging: human-readable lines by default, one JSON object per line with SOLARBOT_LOG_FORMAT=json.
+
+Every line logged while a job is being processed carries that job's id and conversation: the worker
+calls ``bind(job_id=..., conversation=...)`` at the start of each job's task, and asyncio copies the
+context into everything the task starts (``asyncio.to_thread`` included), so nothing has to pass
+them along by hand.
+
+Secret settings (tokens, signing secrets, the database password) are masked in every formatted line,
+whatever logged them, as a last line of defence: nothing should log them in the first place.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal, TextIO
+
+if TYPE_CHECKING:
+    from bot.models import ConversationKey
+
+LogFormat = Literal["text", "json"]
+
+MASK = "***"
+# Fields a record carries when bound; the text format appends them, JSON has them as keys.
+CONTEXT_FIELDS = ("job_id", "conversation")
+# Libraries whose INFO lines drown ours.
+NOISY_LOGGERS = ("httpx", "urllib3", "transformers", "accelerate", "alembic", "aiohttp.access")
+
+_context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "solarbot_log_context", default=None
+)
+
+
+def describe_conversation(key: ConversationKey) -> str:
+    """``platform:workspace:channel:thread`` (empty parts stay empty), the ``conversation`` field."""
+    return f"{key.platform}:{key.workspace}:{key.channel}:{key.thread}"
+
+
+def bind(**fields: Any) -> None:
+    """Attach ``fields`` to every line logged from now on in this task (and what it starts)."""
+    current = dict(_context.get() or {})
+    current.update(fields)
+    _context.set(current)
+
+
+@contextmanager
+def bound(**fields: Any) -> Iterator[None]:
+    """``bind`` for a block: the previous context is restored afterwards."""
+    token = _context.set({**(_context.get() or {}), **fields})
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+def current() -> dict[str, Any]:
+    return dict(_context.get() or {})
+
+
+class ContextFilter(logging.Filter):
+    """Copies the bound context onto each record (``record.job_id``, ``record.conversation``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        fields = _context.get() or {}
+        for name in CONTEXT_FIELDS:
+            if not hasattr(record, name):
+                setattr(record, name, fields.get(name))
+        return True
+
+
+class _Masking:
+    def __init__(self, secrets: Iterable[str]) -> None:
+        # Longest first, so a secret containing another is masked whole; very short values would
+        # mask ordinary words and are not secrets worth the name.
+        self._secrets = sorted({s for s in secrets if len(s) >= 6}, key=len, reverse=True)
+
+    def mask(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, MASK)
+        return text
+
+
+class TextFormatter(logging.Formatter):
+    """``time LEVEL logger: message [job=12 conversation=slack:T1:C1:]``"""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self._masking = _Masking(secrets)
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extras = [
+            f"{'job' if name == 'job_id' else name}={value}"
+            for name in CONTEXT_FIELDS
+            if (value := getattr(record, name, None)) is not None
+        ]
+        if extras:
+            first, newline, rest = line.partition("\n")
+            line = f"{first} [{' '.join(extras)}]{newline}{rest}"
+        return self._masking.mask(line)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, job_id, conversation (+ exception)."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self._masking = _Masking(secrets)
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in CONTEXT_FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                entry[name] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return self._masking.mask(json.dumps(entry, ensure_ascii=False, default=str))
+
+
+def configure(
+    *,
+    level: str = "INFO",
+    fmt: LogFormat = "text",
+    secrets: Iterable[str] = (),
+    stream: TextIO | None = None,
+) -> logging.Handler:
+    """Replace the root logger's handlers with one that writes ``fmt`` lines to ``stream``."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    secrets = list(secrets)
+    handler.setFormatter(JsonFormatter(secrets) if fmt == "json" else TextFormatter(secrets))
+    handler.addFilter(ContextFilter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    for noisy in NOISY_LOGGERS:
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return handler
+
+
+def configure_progress_bars(enabled: bool | None = None) -> bool:
+    """Download and loading progress bars (huggingface_hub / transformers tqdm) on a terminal only.
+
+    ``enabled=None`` decides from whether stderr is a TTY: bars help a person watching a 21 GB
+    download, and are noise in logs, pipes and tests. Returns the decision."""
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    from huggingface_hub.utils.tqdm import disable_progress_bars, enable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    if enabled:
+        enable_progress_bars()
+        hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
+    else:
+        disable_progress_bars()
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    return enabled

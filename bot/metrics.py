@@ -1,0 +1,285 @@
+"""Prometheus metrics and the health endpoints, served over HTTP on SOLARBOT_METRICS_PORT.
+
+``Metrics`` owns a registry of its own (tests build as many as they like). The worker records what
+happens to each job (``job_started``, ``first_token``, ``job_done``, ``job_retried``, ``job_failed``,
+``delivery_error``); the state of the world (queue depth, jobs by status, engine batch size, GPU
+memory) is read when Prometheus scrapes, from the database and the engine, so nothing has to keep it
+up to date. ``MetricsServer`` serves:
+
+- ``GET /metrics``: the Prometheus text format;
+- ``GET /healthz``: 200 while the process is alive and its event loop answers;
+- ``GET /readyz``: 200 when the model is loaded, the database answers and every adapter is
+  connected; otherwise 503. The body (JSON) says which check failed.
+
+See docs/operations.md for the list of metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from bot.errors import ConfigError
+from bot.models import JobStatus
+
+if TYPE_CHECKING:
+    from bot.generation.engine import Engine
+    from storage.repository import Repository
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Seconds: a reply from a queue that is empty takes well under a second to start on a GPU; a busy
+# queue or a cold CPU takes minutes.
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0)
+TOKENS_PER_SECOND_BUCKETS = (1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0, 640.0)
+
+
+class Metrics:
+    """The registry and every metric solarbot exports."""
+
+    def __init__(self, *, process_metrics: bool = True) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        if process_metrics:
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+        self.jobs_finished = Counter(
+            "solarbot_jobs_finished",
+            "Job attempts this process finished, by outcome (done, retried, failed).",
+            ["status"],
+            registry=self.registry,
+        )
+        self.enqueue_to_first_token = Histogram(
+            "solarbot_enqueue_to_first_token_seconds",
+            "From the message being enqueued to the first generated text of its reply.",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.enqueue_to_done = Histogram(
+            "solarbot_enqueue_to_done_seconds",
+            "From the message being enqueued to its reply being delivered and recorded.",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.tokens_per_second = Histogram(
+            "solarbot_generation_tokens_per_second",
+            "Generated tokens per second of each reply (engine request to last token).",
+            buckets=TOKENS_PER_SECOND_BUCKETS,
+            registry=self.registry,
+        )
+        self.prompt_tokens = Counter(
+            "solarbot_prompt_tokens",
+            "Prompt tokens sent to the engine (tokens in).",
+            registry=self.registry,
+        )
+        self.completion_tokens = Counter(
+            "solarbot_completion_tokens",
+            "Tokens generated for replies (tokens out).",
+            registry=self.registry,
+        )
+        self.delivery_errors = Counter(
+            "solarbot_delivery_errors",
+            "Failed posts or edits of replies, by platform and kind (rate_limited, failed, apology).",
+            ["platform", "kind"],
+            registry=self.registry,
+        )
+        for status in ("done", "retried", "failed"):
+            self.jobs_finished.labels(status=status)
+        self._state = _StateCollector()
+        self.registry.register(self._state)
+
+    def watch(self, *, repository: Repository | None = None, engine: Engine | None = None) -> None:
+        """Read queue and engine state from these when scraped."""
+        if repository is not None:
+            self._state.repository = repository
+        if engine is not None:
+            self._state.engine = engine
+
+    # -- what the worker reports --------------------------------------------------------------
+
+    def first_token(self, enqueued_at: datetime | None) -> None:
+        if enqueued_at is not None:
+            self.enqueue_to_first_token.observe(_since(enqueued_at))
+
+    def generated(self, *, prompt_tokens: int, completion_tokens: int, seconds: float) -> None:
+        self.prompt_tokens.inc(prompt_tokens)
+        self.completion_tokens.inc(completion_tokens)
+        if completion_tokens > 0 and seconds > 0:
+            self.tokens_per_second.observe(completion_tokens / seconds)
+
+    def job_done(self, enqueued_at: datetime | None) -> None:
+        self.jobs_finished.labels(status="done").inc()
+        if enqueued_at is not None:
+            self.enqueue_to_done.observe(_since(enqueued_at))
+
+    def job_retried(self) -> None:
+        self.jobs_finished.labels(status="retried").inc()
+
+    def job_failed(self) -> None:
+        self.jobs_finished.labels(status="failed").inc()
+
+    def delivery_error(self, platform: str, kind: str) -> None:
+        self.delivery_errors.labels(platform=platform, kind=kind).inc()
+
+    def render(self) -> bytes:
+        """The Prometheus text format (blocking: reads the database)."""
+        return generate_latest(self.registry)
+
+
+def _since(moment: datetime) -> float:
+    return max((datetime.now(UTC) - moment).total_seconds(), 0.0)
+
+
+class _StateCollector(Collector):
+    """Gauges computed at scrape time."""
+
+    def __init__(self) -> None:
+        self.repository: Repository | None = None
+        self.engine: Engine | None = None
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # dynamic: do not run collect() when registering
+
+    def collect(self) -> Iterator[Metric]:
+        if self.repository is not None:
+            try:
+                counts = self.repository.job_counts()
+            except Exception as exc:  # a scrape must not fail because the database hiccups
+                log.warning("metrics: could not count jobs: %s", type(exc).__name__)
+            else:
+                depth = GaugeMetricFamily(
+                    "solarbot_queue_depth",
+                    "Jobs waiting to be claimed (queued, including retries waiting for backoff).",
+                    value=counts.get(JobStatus.QUEUED, 0),
+                )
+                yield depth
+                by_status = GaugeMetricFamily(
+                    "solarbot_jobs", "Jobs in the database by status.", labels=["status"]
+                )
+                for status in JobStatus:
+                    by_status.add_metric([status.value], counts.get(status, 0))
+                yield by_status
+        if self.engine is not None:
+            health = self.engine.health()
+            yield GaugeMetricFamily(
+                "solarbot_engine_batch_size",
+                "Requests the engine is generating right now (its current batch).",
+                value=health.active_requests,
+            )
+            yield GaugeMetricFamily(
+                "solarbot_engine_ready", "1 when the model is loaded.", value=int(health.ready)
+            )
+        memory = _gpu_memory()
+        if memory:
+            gauge = GaugeMetricFamily(
+                "solarbot_gpu_memory_bytes",
+                "GPU memory allocated by this process's tensors (torch).",
+                labels=["device"],
+            )
+            for device, used in memory.items():
+                gauge.add_metric([device], used)
+            yield gauge
+
+
+def _gpu_memory() -> dict[str, int]:
+    """Bytes allocated per CUDA device, when this process uses CUDA (never imports torch)."""
+    torch: Any = sys.modules.get("torch")
+    if torch is None:
+        return {}
+    try:
+        if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+            return {}
+        return {
+            f"cuda:{index}": int(torch.cuda.memory_allocated(index))
+            for index in range(torch.cuda.device_count())
+        }
+    except Exception:
+        return {}
+
+
+# ---------------------------------------------------------------------------------------- HTTP
+
+
+@dataclass(frozen=True)
+class Readiness:
+    ready: bool
+    checks: Mapping[str, str]  # check name -> "ok" or why not
+
+
+ReadinessCheck = Callable[[], Awaitable[Readiness]]
+
+
+class MetricsServer:
+    """/metrics, /healthz and /readyz on ``host:port`` (port 0 = any free port; see ``port``)."""
+
+    def __init__(
+        self, metrics: Metrics, *, host: str, port: int, readiness: ReadinessCheck
+    ) -> None:
+        self._metrics = metrics
+        self._host = host
+        self._port = port
+        self._readiness = readiness
+        self._runner: web.AppRunner | None = None
+        self.port = port
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", self._scrape)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self._host, self._port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ConfigError(
+                f"SOLARBOT_METRICS_PORT: cannot listen on {self._host}:{self._port} "
+                f"({exc.strerror or exc})"
+            ) from None
+        self._runner = runner
+        server = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or []
+        if sockets:
+            self.port = int(sockets[0].getsockname()[1])
+        log.info("metrics and health endpoints on http://%s:%d/", self._host, self.port)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _scrape(self, _request: web.Request) -> web.Response:
+        body = await asyncio.to_thread(self._metrics.render)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+    async def _readyz(self, _request: web.Request) -> web.Response:
+        try:
+            result = await self._readiness()
+        except Exception as exc:
+            result = Readiness(ready=False, checks={"readiness": f"check failed: {exc}"})
+        return web.json_response(
+            {"ready": result.ready, "checks": dict(result.checks)},
+            status=200 if result.ready else 503,
+        )

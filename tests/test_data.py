@@ -1,0 +1,203 @@
+"""Data ownership: ``solarbot export`` / ``solarbot forget`` (real subprocesses, real SQLite file),
+the repository methods behind them (SQLite and PostgreSQL), and the documented online backup."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from bot.models import ConversationKey, Incoming, Role
+from storage.repository import Repository
+from tests.test_cli import solarbot
+
+UNICODE = "Grüße 東京 مرحبا 👩‍💻"
+
+
+def say(
+    repository: Repository,
+    *,
+    channel: str,
+    author: str,
+    text: str,
+    message_id: str,
+    thread: str = "",
+    platform: str = "slack",
+    workspace: str = "T1",
+    reply: str | None = None,
+) -> None:
+    result = repository.enqueue(
+        Incoming(
+            platform=platform,
+            workspace=workspace,
+            channel=channel,
+            thread=thread,
+            author_id=author,
+            author_name=author.title(),
+            text=text,
+            message_id=message_id,
+        )
+    )
+    assert result is not None
+    if reply is not None:
+        (job,) = repository.claim(worker_id="w", limit=1, lease_seconds=60)
+        assert job.id == result.job_id
+        assert repository.complete(job, reply_text=reply, reply_message_ids=["r"], token_count=1)
+
+
+def seed(repository: Repository) -> None:
+    say(repository, channel="C1", author="ana", text="hi " + UNICODE, message_id="1", reply="hello")
+    say(repository, channel="C1", author="bob", text="bob here", message_id="2", reply="hi bob")
+    say(
+        repository,
+        channel="C1",
+        author="ana",
+        text="in a thread",
+        message_id="3",
+        thread="9.1",
+        reply="thread reply",
+    )
+    say(repository, channel="C2", author="ana", text="elsewhere", message_id="4", reply="ok")
+    say(repository, channel="C1", author="ana", text="other team", message_id="5", workspace="T2")
+
+
+def texts_of(
+    repository: Repository, channel: str, thread: str = "", workspace: str = "T1"
+) -> list[str]:
+    key = ConversationKey(platform="slack", workspace=workspace, channel=channel, thread=thread)
+    return [m.text for m in repository.messages(key)]
+
+
+def test_forget_user_deletes_their_turns_replies_and_jobs_only(repository: Repository) -> None:
+    seed(repository)
+    assert repository.forget_user(platform="slack", workspace="T1", author_id="ana") == 3
+    assert texts_of(repository, "C1") == ["bob here", "hi bob"]
+    assert texts_of(repository, "C1", "9.1") == [] and texts_of(repository, "C2") == []
+    assert texts_of(repository, "C1", workspace="T2") == ["other team"]  # another workspace
+    assert {job.dedupe_key.rsplit(":", 1)[-1] for job in repository.jobs()} == {"2", "5"}
+    # Without a workspace: every workspace of the platform.
+    assert repository.forget_user(platform="slack", workspace=None, author_id="ana") == 1
+    assert texts_of(repository, "C1", workspace="T2") == []
+
+
+def test_transcript_has_the_channel_and_its_threads_in_order(repository: Repository) -> None:
+    seed(repository)
+    rows = repository.transcript(platform="slack", workspace="T1", channel="C1")
+    assert [(key.thread, m.role, m.text) for key, m in rows] == [
+        ("", Role.USER, "hi " + UNICODE),
+        ("", Role.ASSISTANT, "hello"),
+        ("", Role.USER, "bob here"),
+        ("", Role.ASSISTANT, "hi bob"),
+        ("9.1", Role.USER, "in a thread"),
+        ("9.1", Role.ASSISTANT, "thread reply"),
+    ]
+
+
+def test_cli_export_writes_jsonl_and_forget_deletes(tmp_path: Path) -> None:
+    repository = Repository.open(f"sqlite:///{tmp_path / 'solarbot.db'}")
+    seed(repository)
+    repository.close()
+    env = {"SOLARBOT_DATA_DIR": str(tmp_path)}
+    out = tmp_path / "c1.jsonl"
+    result = solarbot(
+        "export", "--platform", "slack", "--workspace", "T1", "--channel", "C1",
+        "--output", str(out), env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [(r["role"], r["author_id"], r["text"], r["thread"]) for r in lines] == [
+        ("user", "ana", "hi " + UNICODE, ""),
+        ("assistant", "", "hello", ""),
+        ("user", "bob", "bob here", ""),
+        ("assistant", "", "hi bob", ""),
+        ("user", "ana", "in a thread", "9.1"),
+        ("assistant", "", "thread reply", "9.1"),
+    ]
+    assert "exported 6 message(s)" in result.stderr
+
+    forget = solarbot("forget", "--platform", "slack", "--user", "ana", env=env)
+    assert forget.returncode == 0, forget.stderr
+    assert "deleted 4 message(s) by user ana" in forget.stdout
+    channel = solarbot(
+        "forget", "--platform", "slack", "--workspace", "T1", "--channel", "C1", env=env
+    )
+    assert "deleted 2 message(s) of channel C1" in channel.stdout
+    repository = Repository.open(f"sqlite:///{tmp_path / 'solarbot.db'}")
+    assert repository.transcript(platform="slack", workspace="T1", channel="C1") == []
+    assert repository.jobs() == []
+    repository.close()
+
+
+def _write_while(url: str, stop: threading.Event, written: list[int]) -> None:
+    repository = Repository.open(url)
+    n = 0
+    while not stop.is_set():
+        say(repository, channel=f"C{n % 7}", author="u", text="x" * 500, message_id=f"w{n}")
+        n += 1
+        written.append(n)
+    repository.close()
+
+
+def _check_backup(path: Path) -> int:
+    connection = sqlite3.connect(path)
+    try:
+        assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        # Consistent: every job's message is there (one transaction wrote both).
+        orphans = connection.execute(
+            "SELECT count(*) FROM jobs WHERE message_id NOT IN (SELECT id FROM messages)"
+        ).fetchone()
+        assert orphans == (0,)
+        jobs = connection.execute("SELECT count(*) FROM jobs").fetchone()[0]
+        messages = connection.execute("SELECT count(*) FROM messages").fetchone()[0]
+        assert jobs == messages
+        return int(jobs)
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("tool", ["sqlite3-cli", "python"])
+def test_the_documented_online_backup_is_consistent_while_the_service_writes(
+    tmp_path: Path, tool: str
+) -> None:
+    """The commands of docs/operations-reliability.md, run while another process writes."""
+    if tool == "sqlite3-cli" and shutil.which("sqlite3") is None:
+        pytest.skip("the sqlite3 command-line shell is not installed")
+    db = tmp_path / "solarbot.db"
+    url = f"sqlite:///{db}"
+    Repository.open(url).close()
+    stop = threading.Event()
+    written: list[int] = []
+    writer = threading.Thread(target=_write_while, args=(url, stop, written))
+    writer.start()
+    try:
+        counts = []
+        for n in range(3):
+            while len(written) < 50 * (n + 1):
+                stop.wait(0.01)
+            backup = tmp_path / f"backup-{n}.db"
+            if tool == "sqlite3-cli":
+                command = ["sqlite3", str(db), f".backup '{backup}'"]
+            else:
+                command = [
+                    sys.executable, "-c",
+                    "import sqlite3, sys; "
+                    "src = sqlite3.connect(sys.argv[1]); dst = sqlite3.connect(sys.argv[2]); "
+                    "src.backup(dst); dst.close(); src.close()",
+                    str(db), str(backup),
+                ]  # fmt: skip
+            result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+            assert result.returncode == 0, result.stderr
+            counts.append(_check_backup(backup))
+    finally:
+        stop.set()
+        writer.join()
+    assert counts == sorted(counts) and counts[0] >= 50
+    restored = Repository.open(f"sqlite:///{tmp_path / 'backup-2.db'}")
+    assert len(restored.jobs()) == counts[-1]
+    restored.close()

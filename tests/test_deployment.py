@@ -1,0 +1,138 @@
+"""The deployment files agree with the code: docker/Dockerfile, docker/compose.yaml and .env.example.
+
+No Docker engine runs on the test machines, so the files are parsed and checked here: the compose
+file's services, health checks, volumes and commands (parsed by solarbot's real CLI parser), the
+Dockerfile's base, user, volumes and health check, and .env.example against ``Settings`` (every
+setting listed, every listed value valid). ``docker compose config`` runs too where the compose
+plugin is installed."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bot.cli import _parser
+from bot.settings import ENV_PREFIX, Settings, load_settings
+
+ROOT = Path(__file__).parents[1]
+COMPOSE = ROOT / "docker" / "compose.yaml"
+DOCKERFILE = ROOT / "docker" / "Dockerfile"
+ENV_EXAMPLE = ROOT / ".env.example"
+
+
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def env_example() -> list[tuple[str, str, bool]]:
+    """(key, value, commented out) for every assignment line of .env.example."""
+    found = []
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        match = re.fullmatch(r"(#\s*)?([A-Z][A-Z0-9_]*)=(.*)", line.strip())
+        if match:
+            found.append((match.group(2), match.group(3), match.group(1) is not None))
+    return found
+
+
+def test_env_example_lists_every_setting_with_a_valid_value() -> None:
+    listed = {key for key, _, _ in env_example() if key.startswith(ENV_PREFIX)}
+    settings = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    assert settings - listed == set(), "settings missing from .env.example"
+    assert listed - settings == set(), ".env.example lists settings that do not exist"
+    for key, value, commented in env_example():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        assert commented, f"{key}: .env.example must not switch anything on by default"
+        if value:
+            load_settings(environ={key: value})  # the documented value is accepted as written
+
+
+def test_compose_runs_solarbot_next_to_a_healthy_postgres() -> None:
+    data = compose()
+    services = data["services"]
+    assert set(services) == {"postgres", "solarbot", "adapters", "worker"}
+
+    postgres = services["postgres"]
+    assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
+    assert any(volume.endswith(":/var/lib/postgresql/data") for volume in postgres["volumes"])
+
+    for name in ("solarbot", "adapters", "worker"):
+        service = services[name]
+        assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
+        environment = service["environment"]
+        url = environment["SOLARBOT_DATABASE_URL"]
+        assert url.startswith("postgresql://solarbot:") and url.endswith("@postgres:5432/solarbot")
+        port = environment["SOLARBOT_METRICS_PORT"]
+        assert environment["SOLARBOT_METRICS_HOST"] == "0.0.0.0"
+        check = " ".join(service["healthcheck"]["test"])
+        assert f"http://127.0.0.1:{port}/healthz" in check
+        assert {volume.split(":")[1] for volume in service["volumes"]} == {"/models", "/data"}
+        # Every command is one the real CLI accepts.
+        args = _parser().parse_args(service["command"])
+        assert args.command in ("run", "worker")
+    assert _parser().parse_args(services["adapters"]["command"]).role == "adapters"
+    for gpu in ("solarbot", "worker"):
+        devices = services[gpu]["deploy"]["resources"]["reservations"]["devices"]
+        assert devices[0]["capabilities"] == ["gpu"]
+    assert "deploy" not in services["adapters"]  # the adapters role loads no model
+
+    named = {v.split(":")[0] for s in services.values() for v in s.get("volumes", [])}
+    assert named <= set(data["volumes"])
+
+
+def test_compose_variables_are_defined_in_env_example() -> None:
+    used = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", COMPOSE.read_text()))
+    defined = {key for key, _, commented in env_example() if not commented}
+    assert used, "the compose file uses no variables: this test checks nothing"
+    assert used <= defined
+
+
+def test_dockerfile_is_a_cuda_runtime_image_running_as_a_user_with_a_healthcheck() -> None:
+    text = DOCKERFILE.read_text()
+    base = re.search(r"^ARG CUDA_IMAGE=(\S+)$", text, re.MULTILINE)
+    assert base is not None and re.fullmatch(r"nvidia/cuda:[\d.]+-runtime-ubuntu[\d.]+", base[1])
+    assert re.search(r"^FROM \$\{CUDA_IMAGE\}$", text, re.MULTILINE)
+    user = re.search(r"^USER (\S+)$", text, re.MULTILINE)
+    assert user is not None and user[1] not in ("root", "0")
+    assert re.search(r'^VOLUME \["/data", "/models"\]$', text, re.MULTILINE)
+    assert "HF_HOME=/models" in text and "SOLARBOT_DATA_DIR=/data" in text
+    healthcheck = re.search(r"^HEALTHCHECK .*?\n\s+CMD (.+)$", text, re.MULTILINE)
+    assert healthcheck is not None and "/healthz" in healthcheck[1]
+    assert "SOLARBOT_METRICS_PORT=9100" in text
+    # Everything copied into the image exists, and the entry point is the installed command.
+    for source in re.findall(r"^COPY (.+) \S+$", text, re.MULTILINE):
+        for path in source.split():
+            assert (ROOT / path).exists(), f"COPY {path}: no such file"
+    assert 'solarbot = "bot.cli:main"' in (ROOT / "pyproject.toml").read_text()
+    assert re.search(r'^ENTRYPOINT \["solarbot"\]$', text, re.MULTILINE)
+    assert (ROOT / "docker" / "Dockerfile.dockerignore").exists()
+
+
+def _compose_plugin() -> bool:
+    docker = shutil.which("docker")
+    if docker is None:
+        return False
+    probe = subprocess.run([docker, "compose", "version"], capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _compose_plugin(), reason="the docker compose plugin is not installed")
+def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
+    env = tmp_path / ".env"
+    env.write_text("POSTGRES_PASSWORD=test\n")
+    for profile in ([], ["--profile", "split"]):
+        result = subprocess.run(
+            ["docker", "compose", "--env-file", str(env), "-f", str(COMPOSE), *profile, "config"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
