@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from bot.models import ConversationKey
+from bot.models import ConversationKey, JobStatus
 from storage import database
 from storage.repository import Repository
-from tests.processes import solarbot
+from tests.processes import ROOT, clean_env, solarbot
 
 
 def test_help_explains_every_command() -> None:
@@ -86,3 +90,49 @@ def test_a_missing_model_names_the_setting(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "SOLARBOT_MODEL" in result.stderr
     assert "--engine fake" in result.stderr  # and how to try it without a model
+
+
+def test_sigterm_drains_the_running_reply_and_leaves_nothing_running(tmp_path: Path) -> None:
+    env = clean_env(
+        {
+            "SOLARBOT_DATA_DIR": str(tmp_path),
+            "SOLARBOT_ENGINE": "fake",
+            "SOLARBOT_FAKE_DELAY_SECONDS": "0.05",
+        }
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bot.cli", "chat"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    assert process.stdin is not None
+    words = " ".join(f"w{n}" for n in range(40))  # the echo takes ~2 s to stream
+    process.stdin.write(words + "\n")
+    process.stdin.flush()  # stdin stays open: only the signal ends this chat
+    url = f"sqlite:///{tmp_path.resolve() / 'solarbot.db'}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if (tmp_path / "solarbot.db").exists():
+            repository = Repository.open(url, migrate=False)
+            try:
+                if repository.count_jobs(statuses=[JobStatus.RUNNING]) == 1:
+                    break
+            except Exception:
+                pass  # the schema is still being created
+            finally:
+                repository.close()
+        time.sleep(0.05)
+    else:
+        process.kill()
+        raise AssertionError("the job never started running")
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    assert stdout == f"solarbot [#general]: You said: {words}\n"  # drained, not cut off
+    repository = Repository.open(url)
+    assert [job.status for job in repository.jobs()] == [JobStatus.DONE]
+    repository.close()
