@@ -11,6 +11,12 @@ the ones addressed to the bot to the intake:
 - conversation = the channel (threads: channel = parent, thread = the thread, so a thread has its
   own history but the channel's settings; DMs: the DM channel); dedupe key ``discord:<message id>``
   so a gateway replay or a restart never answers twice;
+- a message that starts with ``!`` after the mention (``@solarbot !status``, ``!prompt TEXT``,
+  ``!on``, ``!off``, ``!length N``, ``!language X``, ``!forget``, ``!help``) is a sub-command
+  (``bot.commands``), answered at once; admins are members with one of ``admin_roles`` or, when
+  none are configured, members with the Manage Server permission;
+- a 👍 or 👎 reaction on a reply is stored as feedback on it (removing the reaction removes it):
+  raw reaction events, which need neither the message nor the member in discord.py's cache;
 - while the job waits, the channel shows "typing" (refreshed every 8 s, before Discord's ~10 s
   expiry) and, once it has waited ``queue_notice_after`` seconds behind other jobs, a placeholder
   reply with its queue position; the worker's reply continues that placeholder.
@@ -41,6 +47,7 @@ from discord.http import handle_message_parameters
 
 from adapters.streaming import MessageGone, StreamedReply
 from bot import texts
+from bot.commands import CommandContext, Commands, ParsedCommand, parse_prefixed
 from bot.delivery import ReplyTarget
 from bot.errors import ConfigError, DeliveryError, InvalidIncomingError, SolarbotError
 from bot.intake import Intake
@@ -57,6 +64,7 @@ log = logging.getLogger(__name__)
 
 PLATFORM = "discord"
 MESSAGE_LIMIT = 2000
+COMMAND_PREFIX = "!"  # @solarbot !status
 _NO_PINGS = discord.AllowedMentions.none()
 _FINISHED = (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED)
 _USER_MENTION = re.compile(r"<@!?(\d+)>")
@@ -82,15 +90,21 @@ class DiscordOptions:
     status_poll: float = 2.0
     ready_timeout: float = 60.0
     guild_ready_timeout: float = 2.0  # discord.py waits this long for GUILD_CREATEs after READY
+    support_role: int | None = None  # pinged when someone asks for a human
+    model_id: str = ""  # shown by ``!status``
+    default_system_prompt: str = ""  # shown by ``!prompt`` in a channel without its own
 
 
 def intents() -> discord.Intents:
-    """Guild and DM messages with their content (the privileged Message Content intent)."""
+    """Guild and DM messages with their content (the privileged Message Content intent), and
+    reactions (👍/👎 feedback on replies)."""
     value = discord.Intents.none()
     value.guilds = True
     value.guild_messages = True
     value.dm_messages = True
     value.message_content = True
+    value.guild_reactions = True
+    value.dm_reactions = True
     return value
 
 
@@ -112,6 +126,19 @@ class _GatewayClient(discord.Client):
             await self._adapter.handle_message(message)
         except Exception:
             log.exception("discord: handling message %s failed", message.id)
+
+    # Raw events: they come without the message or the member in discord.py's cache.
+    async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
+        await self._reaction(payload, added=True)
+
+    async def on_raw_reaction_remove(self, payload: discord.RawReactionActionEvent) -> None:
+        await self._reaction(payload, added=False)
+
+    async def _reaction(self, payload: discord.RawReactionActionEvent, *, added: bool) -> None:
+        try:
+            await self._adapter.handle_reaction(payload, added=added)
+        except Exception:
+            log.exception("discord: handling a reaction on %s failed", payload.message_id)
 
 
 @dataclass
@@ -135,6 +162,7 @@ class DiscordAdapter:
         self.client: discord.Client = _GatewayClient(self)
         self.ready = asyncio.Event()
         self._intake: Intake | None = None
+        self._commands: Commands | None = None
         self._gateway: asyncio.Task[None] | None = None
         self._pending: dict[int, _Pending] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -161,6 +189,9 @@ class DiscordAdapter:
                 dms=settings.discord_dms,
                 ingress=ingress,
                 edit_interval=settings.edit_interval_seconds,
+                support_role=settings.discord_support_role,
+                model_id=settings.model if settings.engine == "local" else settings.engine,
+                default_system_prompt=settings.system_prompt,
             ),
         )
 
@@ -189,6 +220,15 @@ class DiscordAdapter:
             raise SolarbotError(f"could not reach Discord: {exc}") from None
         assert self.client.user is not None
         log.info("discord: logged in as %s (%s)", self.client.user, self.client.user.id)
+        self._commands = Commands(
+            intake.repository,
+            command=f"@{self.client.user.name}",
+            model_id=self.options.model_id,
+            default_system_prompt=self.options.default_system_prompt,
+            admin_setting="SOLARBOT_DISCORD_ADMIN_ROLES",
+            private_answers=False,
+            prefix=COMMAND_PREFIX,
+        )
         if not self.options.ingress:
             return
         self._gateway = asyncio.create_task(self.client.connect(reconnect=True), name="discord")
@@ -275,6 +315,10 @@ class DiscordAdapter:
             if not addressed or not self._allowed(guild.id, channel_id, author):
                 return
         text = self._render_text(message, me.id)
+        parsed = parse_prefixed(text, prefix=COMMAND_PREFIX)
+        if parsed is not None:
+            await self._run_command(message, parsed, channel_id)
+            return
         if not text:
             await self._send_plain(message.channel.id, message.id, texts.DISCORD_EMPTY_MENTION)
             return
@@ -297,12 +341,75 @@ class DiscordAdapter:
         except InvalidIncomingError:
             return
         result = await intake.submit(incoming)
-        if result is not None and result.created:
+        if result is not None and result.created and not result.handoff:
             pending = _Pending(channel_id=message.channel.id, reply_to=message.id)
             self._pending[result.job_id] = pending
             self._spawn(
                 self._while_queued(result.job_id, pending), f"discord-queued-{result.job_id}"
             )
+
+    async def _run_command(
+        self, message: discord.Message, parsed: ParsedCommand, channel_id: int
+    ) -> None:
+        """``@bot !status`` and friends (``bot.commands``), answered with a reply to the command. In
+        a switched-off channel everything but an admin's ``!on``/``!status`` is ignored."""
+        assert self._commands is not None
+        guild = message.guild
+        context = CommandContext(
+            platform=PLATFORM,
+            workspace=str(guild.id) if guild is not None else "",
+            channel=str(channel_id),
+            user_id=str(message.author.id),
+            is_admin=self._is_admin(message.author, in_guild=guild is not None),
+            admins_configured=True,  # admin roles, or else the Manage Server permission
+        )
+        if await self._commands.switched_off_for(parsed, context):
+            log.info("discord: ignored a command in switched-off channel %s", channel_id)
+            return
+        reply = await self._commands.run(parsed, context)
+        try:
+            for index, chunk in enumerate(split_message(reply, limit=MESSAGE_LIMIT)):
+                await self._send_plain(
+                    message.channel.id, message.id if index == 0 else None, chunk
+                )
+        except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
+            log.warning("discord: could not answer a command: %s", delivery_error(exc))
+
+    def _is_admin(self, author: discord.abc.User, *, in_guild: bool) -> bool:
+        """A member with one of the admin roles; with none configured, a member with the Manage
+        Server permission (the server's owner and administrators have it). In a DM the person
+        is the admin of their own conversation."""
+        if not in_guild:
+            return True
+        if self.options.admin_roles:
+            roles = {role.id for role in getattr(author, "roles", ())}
+            return bool(roles & self.options.admin_roles)
+        return isinstance(author, discord.Member) and author.guild_permissions.manage_guild
+
+    async def handle_reaction(
+        self, payload: discord.RawReactionActionEvent, *, added: bool
+    ) -> None:
+        """A 👍/👎 added to or removed from one of the bot's replies: feedback on that reply."""
+        me = self.client.user
+        intake = self._intake
+        if me is None or intake is None or self._closing or payload.user_id == me.id:
+            return
+        if payload.message_author_id is not None and payload.message_author_id != me.id:
+            return  # on someone else's message (Discord says whose, when it knows)
+        guild_id = payload.guild_id
+        if guild_id is None and not self.options.dms:
+            return
+        allowed = self.options.allowed_guilds
+        if guild_id is not None and allowed and guild_id not in allowed:
+            return
+        await intake.reaction(
+            platform=PLATFORM,
+            workspace=str(guild_id) if guild_id is not None else "",
+            message_id=str(payload.message_id),
+            user_id=str(payload.user_id),
+            emoji=payload.emoji.name or "",
+            added=added,
+        )
 
     def _addressed(self, message: discord.Message, my_id: int) -> bool:
         if any(user.id == my_id for user in message.mentions):
@@ -458,6 +565,7 @@ class DiscordAdapter:
         *,
         job: int = 0,
         nonce: str | None = None,
+        allowed_mentions: discord.AllowedMentions = _NO_PINGS,
     ) -> MultipartParameters:
         reference: MessageReferencePayload | None = None
         if reply_to:
@@ -469,7 +577,7 @@ class DiscordAdapter:
         return handle_message_parameters(
             content=text,
             message_reference=reference if reference is not None else discord.utils.MISSING,
-            allowed_mentions=_NO_PINGS,
+            allowed_mentions=allowed_mentions,
             # Discord drops a repeated nonce: discord.py's own retry of a POST after a 5xx that
             # did create the message does not post it twice. Reply parts pass a nonce of their
             # own that every attempt of the job repeats (see ``reply_nonce``).
@@ -510,6 +618,30 @@ class DiscordAdapter:
     def reply_done(self, stream: DiscordReply) -> None:
         if self._replies.get(stream.target.job_id) is stream:
             del self._replies[stream.target.job_id]
+
+    async def post_handoff(self, target: ReplyTarget) -> None:
+        """Someone asked for a human: a reply to them that pings the support role (that role
+        only: every other message of the bot pings nobody)."""
+        role = self.options.support_role
+        command = self._commands.resume_command() if self._commands is not None else "!resume"
+        resume = texts.HANDOFF_RESUME_HINT.format(command=command)
+        text = texts.HANDOFF_NOTICE.format(support=f"<@&{role}> " if role else "", resume=resume)
+        pings = (
+            discord.AllowedMentions(
+                everyone=False, users=False, roles=[discord.Object(id=role)], replied_user=False
+            )
+            if role
+            else _NO_PINGS
+        )
+        channel_id = int(target.reply_target["channel_id"])
+        reply_to = int(target.reply_target.get("message_id") or 0) or None
+        try:
+            await self.client.http.send_message(
+                channel_id,
+                params=self._reply_params(text, channel_id, reply_to, allowed_mentions=pings),
+            )
+        except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
+            raise delivery_error(exc) from exc
 
     async def post_notice(self, target: ReplyTarget, text: str) -> None:
         stream = self._replies.pop(target.job_id, None)

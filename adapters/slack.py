@@ -12,6 +12,8 @@ Ingress (HTTP with a verified signing secret, or Socket Mode with an app token):
 - Dedupe keys are the message's ``ts`` (events) or the ``trigger_id`` (commands), so Slack's
   retries (``X-Slack-Retry-Num``) find the job already stored and produce no second answer.
 - Workspace/channel allowlists; DMs are allowed in allowed workspaces.
+- ``reaction_added``/``reaction_removed``: a 👍/👎 on one of the bot's replies is stored as
+  feedback on it (and removed with the reaction).
 
 Egress (``open_reply``/``post_notice``) needs only the bot token, so a worker process can deliver.
 Replies longer than ``MESSAGE_LIMIT`` continue in follow-up messages (code fences kept intact by
@@ -204,6 +206,7 @@ class SlackAdapter:
         allowed_workspaces: Sequence[str] = (),
         allowed_channels: Sequence[str] = (),
         admin_users: Sequence[str] = (),
+        support_group: str | None = None,
         api_url: str = DEFAULT_API_URL,
         model_id: str = "",
         default_system_prompt: str = "",
@@ -230,6 +233,7 @@ class SlackAdapter:
         self._allowed_workspaces = frozenset(allowed_workspaces)
         self._allowed_channels = frozenset(allowed_channels)
         self._admins = frozenset(admin_users)
+        self._support_group = support_group
         self._model_id = model_id
         self._default_prompt = default_system_prompt
         self._edit_interval = edit_interval
@@ -246,6 +250,8 @@ class SlackAdapter:
         self.app.command(command)(self._on_command)
         self.app.event("app_mention")(self._on_mention)
         self.app.event("message")(self._on_message)
+        self.app.event("reaction_added")(self._on_reaction)
+        self.app.event("reaction_removed")(self._on_reaction)
         self._intake: Intake | None = None
         self._commands: Commands | None = None
         self._bot_user_id = ""
@@ -274,6 +280,7 @@ class SlackAdapter:
             allowed_workspaces=settings.slack_allowed_workspaces,
             allowed_channels=settings.slack_allowed_channels,
             admin_users=settings.slack_admin_users,
+            support_group=settings.slack_support_group,
             api_url=settings.slack_api_url,
             model_id=settings.model if settings.engine == "local" else settings.engine,
             default_system_prompt=settings.system_prompt,
@@ -454,8 +461,12 @@ class SlackAdapter:
                     "placeholder",
                 )
             return
-        if result is None:
-            await respond(text=texts.CHANNEL_DISABLED, response_type="ephemeral")
+        if result is not None and result.handoff and not result.created:
+            waiting = texts.HANDOFF_WAITING.format(command=f"{self._command} resume")
+            await respond(text=to_mrkdwn(waiting), response_type="ephemeral")
+        if result is None or (result.handoff and not result.created):
+            if result is None:
+                await respond(text=texts.CHANNEL_DISABLED, response_type="ephemeral")
             if "ts" in where:
                 await self._quietly(
                     self.client.chat_delete(channel=channel, ts=where["ts"]), "placeholder"
@@ -468,6 +479,30 @@ class SlackAdapter:
         if event.get("channel_type") != "im":
             return  # channel messages reach us as app_mention
         await self._on_user_message(event, body, in_thread=False)
+
+    async def _on_reaction(self, event: dict[str, Any], body: dict[str, Any]) -> None:
+        """A 👍/👎 (``+1``/``-1``, any skin tone) added to or removed from one of our replies is
+        feedback on it; other reactions and reactions on other messages are ignored."""
+        item = event.get("item") or {}
+        user = str(event.get("user") or "")
+        if item.get("type") != "message" or not user or user == self._bot_user_id:
+            return
+        if event.get("item_user") and event.get("item_user") != self._bot_user_id:
+            return
+        workspace = str(body.get("team_id") or "")
+        channel = str(item.get("channel") or "")
+        if not self._allowed(workspace, channel):
+            return
+        assert self._intake is not None, "start() the adapter first"
+        await self._intake.reaction(
+            platform=PLATFORM,
+            workspace=workspace,
+            channel=channel,
+            message_id=str(item.get("ts") or ""),
+            user_id=user,
+            emoji=str(event.get("reaction") or ""),
+            added=event.get("type") == "reaction_added",
+        )
 
     async def _on_user_message(
         self, event: dict[str, Any], body: dict[str, Any], *, in_thread: bool
@@ -545,12 +580,24 @@ class SlackAdapter:
         if where.get("ephemeral") == "1":
             await send_ephemeral(AsyncWebhookClient(where["response_url"]), to_mrkdwn(text))
             return
+        await self._post_in_place(target, to_mrkdwn(text))
+
+    async def post_handoff(self, target: ReplyTarget) -> None:
+        """Someone asked for a human: say so where they asked (in the channel even for a
+        ``--private`` question, so that a human sees it), pinging the support user group."""
+        support = f"<!subteam^{self._support_group}> " if self._support_group else ""
+        resume = texts.HANDOFF_RESUME_HINT.format(command=f"{self._command} resume")
+        body = to_mrkdwn(texts.HANDOFF_NOTICE.format(support="", resume=resume))
+        await self._post_in_place(target, support + body)
+
+    async def _post_in_place(self, target: ReplyTarget, body: str) -> None:
+        """Post mrkdwn ``body`` as the reply to ``target`` (into its placeholder, if any)."""
+        where: Mapping[str, str] = target.reply_target
         try:
             placeholder = where.get("ts", "")
             if placeholder and set(target.existing_message_ids) <= {placeholder}:
                 # Nothing but the "thinking" placeholder was posted: it becomes the notice.
                 header = where.get("header", "")
-                body = to_mrkdwn(text)
                 await self.client.chat_update(
                     channel=where["channel"],
                     ts=placeholder,
@@ -558,9 +605,7 @@ class SlackAdapter:
                 )
                 return
             await self.client.chat_postMessage(
-                channel=where["channel"],
-                thread_ts=where.get("thread_ts") or None,
-                text=to_mrkdwn(text),
+                channel=where["channel"], thread_ts=where.get("thread_ts") or None, text=body
             )
         except Exception as exc:
             raise delivery_error(exc) from exc

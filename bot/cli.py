@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _configure_logging("WARNING" if quiet else settings.log_level, settings)
         if args.command == "db":
             return _db(settings, args.db_command)
-        if args.command in ("export", "forget"):
+        if args.command in ("export", "forget", "report"):
             from bot.data import run_data_command
 
             return run_data_command(settings, args)

@@ -1,20 +1,28 @@
-"""Chat sub-commands, platform-neutral: ``help``, ``status``, ``forget`` and ``prompt``.
+"""Chat sub-commands, platform-neutral: ``help``, ``status``, ``forget``, ``prompt``, ``on``,
+``off``, ``length`` and ``language``.
 
 Adapters parse what the user typed after the bot's command (``/solar ...`` on Slack) with
-``parse_command``; anything that is not a sub-command is a question (``ASK``) for the intake. For a
-sub-command the adapter builds a ``CommandContext`` (it alone knows whether the user is an admin on
-its platform) and posts the Markdown text ``Commands.run`` returns.
+``parse_command``; anything that is not a sub-command is a question (``ASK``) for the intake. Where
+commands are marked by a prefix instead (``@solarbot !status`` on Discord), ``parse_prefixed`` reads
+them. For a sub-command the adapter builds a ``CommandContext`` (it alone knows whether the user is
+an admin on its platform) and posts the Markdown text ``Commands.run`` returns.
 
-Rules: ``forget`` is open to everyone unless admins are configured, then admins only; ``prompt TEXT``
-and ``prompt reset`` are admins only (refused with a hint when no admins are configured);
-``prompt`` alone shows the channel's prompt. Settings are per channel: threads inherit them.
+Rules: ``forget`` is open to everyone unless admins are configured, then admins only; changing a
+setting (``prompt TEXT``/``prompt reset``, ``on``, ``off``, ``length N``/``length reset``,
+``language X``/``language reset``) is admins only; ``resume`` (the bot answers again where
+someone asked for a human) is open to everyone (refused with a hint when no admins are
+configured); ``prompt``, ``length`` and ``language`` alone show the setting. In a channel that is
+switched off only an admin's ``on`` and ``status`` work (``switched_off_for``). Settings are per
+channel: threads inherit them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import re
 from dataclasses import dataclass
+from typing import Any
 
 from bot import texts
 from bot.models import ChannelConfig
@@ -22,7 +30,17 @@ from storage.repository import Repository
 
 PRIVATE_FLAGS = ("--private", "-p")
 RESET_WORDS = ("reset", "default", "clear")
+LENGTH_RESET_WORDS = (*RESET_WORDS, "off", "none")
 MAX_SYSTEM_PROMPT_CHARS = 4000
+MIN_REPLY_CHARS = 20
+MAX_REPLY_CHARS = 100_000
+MAX_LANGUAGE_CHARS = 40
+STATUS_PROMPT_EXCERPT = 80
+# A language name: one or two words of letters (``German``, ``Brazilian Portuguese``, ``Nynorsk``).
+_LANGUAGE = re.compile(r"[^\W\d_]+(?:[ -][^\W\d_]+)?")
+_NUMBER = re.compile(r"\d[\d,_]*")
+# What a channel that is switched off still takes, from an admin.
+_WHEN_OFF = frozenset({"on", "status"})
 
 
 class CommandName(enum.StrEnum):
@@ -31,6 +49,23 @@ class CommandName(enum.StrEnum):
     STATUS = "status"
     FORGET = "forget"
     PROMPT = "prompt"
+    ON = "on"
+    OFF = "off"
+    LENGTH = "length"
+    LANGUAGE = "language"
+    RESUME = "resume"
+    UNKNOWN = "unknown"  # a prefixed word that is no sub-command (``!foo``): the help is shown
+
+
+_ALONE = (
+    CommandName.HELP,
+    CommandName.STATUS,
+    CommandName.FORGET,
+    CommandName.ON,
+    CommandName.OFF,
+    CommandName.RESUME,
+)
+_SETTINGS = (CommandName.PROMPT, CommandName.LENGTH, CommandName.LANGUAGE)
 
 
 @dataclass(frozen=True)
@@ -41,8 +76,9 @@ class ParsedCommand:
 
 
 def parse_command(text: str) -> ParsedCommand:
-    """What follows the command: ``help``/``status``/``forget`` (alone), ``prompt [TEXT]``,
-    ``ask QUESTION`` (forces a question that starts with a sub-command word), an optional
+    """What follows the command: ``help``/``status``/``forget``/``on``/``off`` (alone),
+    ``prompt [TEXT]``, ``length [N|reset]``, ``language [NAME|reset]`` (a name of one or two
+    words), ``ask QUESTION`` (forces a question that starts with a sub-command word), an optional
     ``--private``/``-p`` flag before a question, or else the question itself. Empty = help."""
     stripped = text.strip()
     if not stripped:
@@ -50,10 +86,18 @@ def parse_command(text: str) -> ParsedCommand:
     first, _, rest = stripped.partition(" ")
     word = first.lower()
     rest = rest.strip()
-    if word in (CommandName.HELP, CommandName.STATUS, CommandName.FORGET) and not rest:
+    if word in _ALONE and not rest:
         return ParsedCommand(CommandName(word))
     if word == CommandName.PROMPT:
         return ParsedCommand(CommandName.PROMPT, rest)
+    if word == CommandName.LENGTH and (
+        not rest or rest.lower() in LENGTH_RESET_WORDS or _NUMBER.fullmatch(rest)
+    ):
+        return ParsedCommand(CommandName.LENGTH, rest)
+    if word == CommandName.LANGUAGE and (
+        not rest or rest.lower() in RESET_WORDS or _LANGUAGE.fullmatch(rest)
+    ):
+        return ParsedCommand(CommandName.LANGUAGE, rest)
     private = False
     if word in PRIVATE_FLAGS:
         private = True
@@ -66,6 +110,23 @@ def parse_command(text: str) -> ParsedCommand:
     if not stripped:
         return ParsedCommand(CommandName.HELP)
     return ParsedCommand(CommandName.ASK, stripped, private=private)
+
+
+def parse_prefixed(text: str, *, prefix: str = "!") -> ParsedCommand | None:
+    """A sub-command marked by ``prefix`` (``!status``, ``!length 500``, ``!prompt Be brief.``), or
+    None when ``text`` does not start with it (a question). The prefix makes the intent explicit,
+    so the word alone decides (an unknown word is ``UNKNOWN``, answered with the help)."""
+    stripped = text.strip()
+    if not stripped.startswith(prefix) or len(stripped) == len(prefix):
+        return None
+    first, _, rest = stripped[len(prefix) :].partition(" ")
+    word = first.strip().lower()
+    rest = rest.strip()
+    if word in _ALONE:
+        return ParsedCommand(CommandName(word))
+    if word in _SETTINGS:
+        return ParsedCommand(CommandName(word), rest)
+    return ParsedCommand(CommandName.UNKNOWN, word)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,7 +150,10 @@ class Commands:
         admin_setting: str,
         private_answers: bool = True,
         help_extra: str = "",
+        prefix: str = "",
     ) -> None:
+        """``command`` is how users invoke the bot (``/solar``, ``@solarbot``); ``prefix`` marks a
+        sub-command after it (``!`` on Discord: ``@solarbot !status``)."""
         self._repository = repository
         self._command = command
         self._model_id = model_id
@@ -97,22 +161,45 @@ class Commands:
         self._admin_setting = admin_setting
         self._private_answers = private_answers
         self._help_extra = help_extra
+        self._prefix = prefix
 
     async def run(self, parsed: ParsedCommand, context: CommandContext) -> str:
         """Run a sub-command; returns the Markdown reply. ``ASK`` is not a sub-command."""
+        if parsed.name is CommandName.ASK:
+            raise ValueError("a question is not a sub-command: submit it to the intake")
         if parsed.name is CommandName.HELP:
             return self.help(context)
+        if parsed.name is CommandName.UNKNOWN:
+            return texts.COMMAND_UNKNOWN.format(
+                command=self._command, p=self._prefix, word=parsed.argument, help=self.help(context)
+            )
+        if await self.switched_off_for(parsed, context):
+            return texts.CHANNEL_DISABLED
         if parsed.name is CommandName.STATUS:
             return await self._status(context)
         if parsed.name is CommandName.FORGET:
             return await self._forget(context)
         if parsed.name is CommandName.PROMPT:
             return await self._prompt(parsed.argument, context)
-        raise ValueError("a question is not a sub-command: submit it to the intake")
+        if parsed.name in (CommandName.ON, CommandName.OFF):
+            return await self._switch(parsed.name, context)
+        if parsed.name is CommandName.LENGTH:
+            return await self._length(parsed.argument, context)
+        if parsed.name is CommandName.RESUME:
+            return await self._resume(context)
+        return await self._language(parsed.argument, context)
+
+    async def switched_off_for(self, parsed: ParsedCommand, context: CommandContext) -> bool:
+        """True when the channel is switched off and this is not an admin's ``on`` or ``status``
+        (what a switched-off channel still takes): the command is to be ignored."""
+        if context.is_admin and parsed.name.value in _WHEN_OFF:
+            return False
+        return not (await self._config(context)).enabled
 
     def help(self, context: CommandContext) -> str:
         return texts.COMMAND_HELP.format(
             command=self._command,
+            p=self._prefix,
             private_line=(
                 texts.COMMAND_HELP_PRIVATE_LINE.format(command=self._command)
                 if self._private_answers
@@ -129,9 +216,11 @@ class Commands:
             return None
         if not context.admins_configured:
             return texts.COMMAND_NO_ADMINS.format(
-                command=self._command, name=name.value, setting=self._admin_setting
+                command=self._command, p=self._prefix, name=name.value, setting=self._admin_setting
             )
-        return texts.COMMAND_ADMINS_ONLY.format(command=self._command, name=name.value)
+        return texts.COMMAND_ADMINS_ONLY.format(
+            command=self._command, p=self._prefix, name=name.value
+        )
 
     async def _config(self, context: CommandContext) -> ChannelConfig:
         return await asyncio.to_thread(
@@ -141,14 +230,33 @@ class Commands:
             channel=context.channel,
         )
 
+    async def _update(self, context: CommandContext, **changes: Any) -> ChannelConfig:
+        return await asyncio.to_thread(
+            self._repository.update_channel_config,
+            platform=context.platform,
+            workspace=context.workspace,
+            channel=context.channel,
+            changes=changes,
+        )
+
     async def _status(self, context: CommandContext) -> str:
         config = await self._config(context)
         queued = await asyncio.to_thread(self._repository.count_jobs)
-        prompt_state = (
-            texts.COMMAND_STATUS_PROMPT_DEFAULT
-            if config.system_prompt is None
-            else texts.COMMAND_STATUS_PROMPT_CUSTOM.format(length=len(config.system_prompt))
+        handoffs = await asyncio.to_thread(
+            self._repository.handoffs_in_channel,
+            platform=context.platform,
+            workspace=context.workspace,
+            channel=context.channel,
         )
+        if config.system_prompt is None:
+            prompt_state = texts.COMMAND_STATUS_PROMPT_DEFAULT
+        else:
+            excerpt = " ".join(config.system_prompt.split())
+            if len(excerpt) > STATUS_PROMPT_EXCERPT:
+                excerpt = excerpt[: STATUS_PROMPT_EXCERPT - 1] + "…"
+            prompt_state = texts.COMMAND_STATUS_PROMPT_CUSTOM.format(
+                length=len(config.system_prompt), excerpt=excerpt
+            )
         return texts.COMMAND_STATUS.format(
             model=self._model_id,
             queued=queued,
@@ -156,12 +264,31 @@ class Commands:
             enabled=(
                 texts.COMMAND_STATUS_ENABLED if config.enabled else texts.COMMAND_STATUS_DISABLED
             ),
+            length_state=_length_state(config),
+            language_state=_language_state(config),
+            handoffs=handoffs,
             admins=(
                 texts.COMMAND_STATUS_ADMINS
                 if context.admins_configured
                 else texts.COMMAND_STATUS_NO_ADMINS
             ),
         )
+
+    def resume_command(self) -> str:
+        """How users type ``resume`` here (for the handoff notice)."""
+        return f"{self._command} {self._prefix}{CommandName.RESUME.value}"
+
+    async def _resume(self, context: CommandContext) -> str:
+        """Open to everyone: the person who asked for a human, or the human, brings the bot back."""
+        count = await asyncio.to_thread(
+            self._repository.resume_channel,
+            platform=context.platform,
+            workspace=context.workspace,
+            channel=context.channel,
+        )
+        if count == 0:
+            return texts.COMMAND_RESUME_NOTHING
+        return texts.COMMAND_RESUMED.format(count=count)
 
     async def _forget(self, context: CommandContext) -> str:
         refusal = self._refusal(CommandName.FORGET, context)
@@ -176,8 +303,8 @@ class Commands:
         return texts.COMMAND_FORGOT.format(count=count)
 
     async def _prompt(self, argument: str, context: CommandContext) -> str:
-        config = await self._config(context)
         if not argument:
+            config = await self._config(context)
             if config.system_prompt is None:
                 return texts.COMMAND_PROMPT_SHOW_DEFAULT.format(
                     prompt=_quoted(self._default_prompt)
@@ -194,16 +321,72 @@ class Commands:
                     length=len(argument), limit=MAX_SYSTEM_PROMPT_CHARS
                 )
             new_prompt = argument
-        await asyncio.to_thread(
-            self._repository.set_channel_config,
-            platform=context.platform,
-            workspace=context.workspace,
-            channel=context.channel,
-            config=ChannelConfig(system_prompt=new_prompt, enabled=config.enabled),
-        )
+        await self._update(context, system_prompt=new_prompt)
         if new_prompt is None:
             return texts.COMMAND_PROMPT_RESET
         return texts.COMMAND_PROMPT_SET.format(prompt=_quoted(new_prompt))
+
+    async def _switch(self, name: CommandName, context: CommandContext) -> str:
+        refusal = self._refusal(name, context)
+        if refusal is not None:
+            return refusal
+        enabled = name is CommandName.ON
+        await self._update(context, enabled=enabled)
+        if enabled:
+            return texts.COMMAND_SWITCHED_ON
+        return texts.COMMAND_SWITCHED_OFF.format(command=self._command, p=self._prefix)
+
+    async def _length(self, argument: str, context: CommandContext) -> str:
+        if not argument:
+            config = await self._config(context)
+            return texts.COMMAND_LENGTH_SHOW.format(state=_length_state(config))
+        refusal = self._refusal(CommandName.LENGTH, context)
+        if refusal is not None:
+            return refusal
+        if argument.lower() in LENGTH_RESET_WORDS:
+            await self._update(context, max_reply_chars=None)
+            return texts.COMMAND_LENGTH_RESET
+        digits = argument.replace(",", "").replace("_", "")
+        if not digits.isdecimal() or not MIN_REPLY_CHARS <= int(digits) <= MAX_REPLY_CHARS:
+            return texts.COMMAND_LENGTH_INVALID.format(
+                command=self._command,
+                p=self._prefix,
+                low=MIN_REPLY_CHARS,
+                high=MAX_REPLY_CHARS,
+                value=argument[:40],
+            )
+        limit = int(digits)
+        await self._update(context, max_reply_chars=limit)
+        return texts.COMMAND_LENGTH_SET.format(limit=limit)
+
+    async def _language(self, argument: str, context: CommandContext) -> str:
+        if not argument:
+            config = await self._config(context)
+            return texts.COMMAND_LANGUAGE_SHOW.format(state=_language_state(config))
+        refusal = self._refusal(CommandName.LANGUAGE, context)
+        if refusal is not None:
+            return refusal
+        if argument.lower() in RESET_WORDS:
+            await self._update(context, language=None)
+            return texts.COMMAND_LANGUAGE_RESET
+        if len(argument) > MAX_LANGUAGE_CHARS or not _LANGUAGE.fullmatch(argument):
+            return texts.COMMAND_LANGUAGE_INVALID.format(
+                command=self._command, p=self._prefix, limit=MAX_LANGUAGE_CHARS, value=argument[:40]
+            )
+        await self._update(context, language=argument)
+        return texts.COMMAND_LANGUAGE_SET.format(language=argument)
+
+
+def _length_state(config: ChannelConfig) -> str:
+    if config.max_reply_chars is None:
+        return texts.COMMAND_STATUS_NO_LENGTH
+    return texts.COMMAND_STATUS_LENGTH.format(limit=config.max_reply_chars)
+
+
+def _language_state(config: ChannelConfig) -> str:
+    if config.language is None:
+        return texts.COMMAND_STATUS_NO_LANGUAGE
+    return texts.COMMAND_STATUS_LANGUAGE.format(language=config.language)
 
 
 def _quoted(text: str) -> str:

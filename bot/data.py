@@ -7,7 +7,9 @@
   said (and the bot's replies to it, and their pending jobs, so no reply lands afterwards);
   without ``--workspace`` in every workspace of that platform;
 - ``solarbot forget --platform slack --workspace T0123 --channel C0456`` deletes a channel's stored
-  messages, threads and jobs.
+  messages, threads and jobs;
+- ``solarbot report [--platform P] [--limit N]`` prints the 👍/👎 feedback per channel (and the
+  replies there) and the ``N`` worst-rated answers with their question and job id.
 
 Both work on the configured database (``SOLARBOT_DATABASE_URL`` / ``SOLARBOT_DATA_DIR``) while the
 service runs: each deletion is one transaction.
@@ -21,14 +23,16 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from bot import texts
 from bot.settings import Settings
 
 if TYPE_CHECKING:
+    from bot.models import FeedbackReport
     from storage.repository import Repository
 
 
 def add_data_parsers(commands: Any) -> None:
-    """Add ``export`` and ``forget`` to the ``solarbot`` sub-command parsers."""
+    """Add ``export``, ``forget`` and ``report`` to the ``solarbot`` sub-command parsers."""
     export = commands.add_parser(
         "export",
         help="write a channel's stored conversation as JSONL",
@@ -49,6 +53,30 @@ def add_data_parsers(commands: Any) -> None:
     who.add_argument("--user", help="the person's platform user id")
     who.add_argument("--channel", help="the channel id")
 
+    report = commands.add_parser(
+        "report",
+        help="feedback (👍/👎 reactions on replies) per channel, and the worst-rated answers",
+        description="Per channel (threads included): replies, 👍 and 👎; then the answers with "
+        "the most 👎, with a short excerpt of the question and the answer and the job id.",
+    )
+    report.add_argument("--platform", help="only this platform (slack, discord, ...)")
+    report.add_argument(
+        "--limit",
+        type=_positive,
+        default=10,
+        help="how many worst-rated answers to show (default: 10)",
+    )
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, not {value!r}")
+    return number
+
 
 def _where(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -65,6 +93,10 @@ def run_data_command(settings: Settings, args: argparse.Namespace) -> int:
 
     repository = Repository.open(settings.resolved_database_url())
     try:
+        if args.command == "report":
+            report = repository.feedback_report(platform=args.platform, limit=args.limit)
+            sys.stdout.write(format_report(report))
+            return 0
         if args.command == "export":
             if args.output is None:
                 count = export_channel(repository, args, sys.stdout)
@@ -108,3 +140,41 @@ def export_channel(repository: Repository, args: argparse.Namespace, out: TextIO
         }
         out.write(json.dumps(record, ensure_ascii=False) + "\n")
     return len(rows)
+
+
+def format_report(report: FeedbackReport) -> str:
+    """The report as plain text: a table of channels, then the worst-rated answers."""
+    lines = [texts.REPORT_CHANNELS]
+    if not report.channels:
+        lines.append(texts.REPORT_NO_REPLIES)
+    else:
+        rows = [("platform", "workspace", "channel", "replies", "👍", "👎")]
+        rows += [
+            (c.platform, c.workspace or "-", c.channel, str(c.replies), str(c.up), str(c.down))
+            for c in report.channels
+        ]
+        widths = [max(len(row[i]) for row in rows) for i in range(6)]
+        for row in rows:
+            left = "  ".join(
+                cell.ljust(width) for cell, width in zip(row[:3], widths, strict=False)
+            )
+            right = "  ".join(
+                cell.rjust(width) for cell, width in zip(row[3:], widths[3:], strict=False)
+            )
+            lines.append(f"{left}  {right}")
+    lines.append("")
+    lines.append(texts.REPORT_WORST)
+    if not report.worst:
+        lines.append(texts.REPORT_NO_DOWNVOTES)
+    for reply in report.worst:
+        lines.append(
+            texts.REPORT_WORST_LINE.format(
+                job=reply.job_id,
+                where=f"{reply.platform} {reply.workspace or '-'}/{reply.channel}",
+                down=reply.down,
+                up=reply.up,
+            )
+        )
+        lines.append(texts.REPORT_QUESTION.format(text=reply.question))
+        lines.append(texts.REPORT_ANSWER.format(text=reply.answer))
+    return "\n".join(lines) + "\n"

@@ -7,6 +7,12 @@ With ``limits`` (``bot.limits``) a message over the length limit, over the sende
 rate, or into a channel whose queue is full is refused before anything is stored: the user gets a
 polite notice through the platform's adapter (``register``) and ``submit`` returns a result with
 ``refused`` set. A redelivered event that was already accepted is never refused.
+
+Human handoff: a message containing one of ``handoff_keywords`` is stored without a reply and
+hands its conversation to a human: the platform's adapter pings its support group/role
+(``HandoffNotifier.post_handoff``; platforms without one, the console and the webhook, never hand
+off) and later messages there are ignored (nothing stored) until someone uses the ``resume``
+command (``bot.commands``). An announcement that fails is logged; the handoff stands.
 """
 
 from __future__ import annotations
@@ -14,23 +20,56 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
 
 from bot import logs
 from bot.delivery import ChatAdapter, ReplyTarget
 from bot.limits import Admission, Limits, Refusal
-from bot.models import EnqueueResult, Incoming
+from bot.models import EnqueueResult, Incoming, Rating
 from storage.repository import Repository
 
 log = logging.getLogger(__name__)
 
 REMEMBERED_REFUSALS = 10_000
+# Reactions that are feedback: Unicode (Discord) and Slack's names; skin tones are ignored.
+_UP = frozenset({"👍", "+1", "thumbsup"})
+_DOWN = frozenset({"👎", "-1", "thumbsdown"})
+_SKIN_TONES = "".join(chr(code) for code in range(0x1F3FB, 0x1F400))
+
+
+def rating_of(emoji: str) -> Rating | None:
+    """👍/👎 (any skin tone; Slack's ``+1``, ``thumbsup``, ``-1``, ``thumbsdown``) as a rating."""
+    name = emoji.split("::", 1)[0].strip(_SKIN_TONES + "\ufe0f")
+    if name in _UP:
+        return Rating.UP
+    if name in _DOWN:
+        return Rating.DOWN
+    return None
+
+
+@runtime_checkable
+class HandoffNotifier(Protocol):
+    """An adapter that announces a handoff itself (pinging its platform's support group/role)."""
+
+    async def post_handoff(self, target: ReplyTarget) -> None: ...
 
 
 class Intake:
-    def __init__(self, repository: Repository, *, limits: Limits | None = None) -> None:
+    def __init__(
+        self,
+        repository: Repository,
+        *,
+        limits: Limits | None = None,
+        handoff_keywords: Sequence[str] = (),
+    ) -> None:
+        """``handoff_keywords``: a message containing one (any case, spaces collapsed) hands its
+        conversation to a human."""
         self._repository = repository
         self._limits = limits
+        self._handoff_keywords = tuple(
+            " ".join(keyword.lower().split()) for keyword in handoff_keywords if keyword.strip()
+        )
         self._listeners: list[Callable[[], None]] = []
         self._notifiers: dict[str, ChatAdapter] = {}
         # Events refused lately: a redelivery (Slack retries, gateway replays) is not told twice.
@@ -57,7 +96,9 @@ class Intake:
                 return checked
             admission = checked
         try:
-            result = await asyncio.to_thread(self._repository.enqueue, incoming)
+            result = await asyncio.to_thread(
+                self._repository.enqueue, incoming, handoff=self._hands_off(incoming)
+            )
         except BaseException:
             if admission is not None:
                 admission.refund()
@@ -66,6 +107,12 @@ class Intake:
             admission.refund()  # nothing new was accepted
         if result is None:
             log.info("ignored a message in disabled channel %s", incoming.channel)
+        elif result.handoff:
+            if result.created:
+                log.info("conversation handed to a human (job %s)", result.job_id)
+                await self._announce_handoff(incoming, result)
+            else:
+                log.info("ignored a message in a conversation handed to a human")
         elif result.created:
             log.debug("job %s enqueued for %s", result.job_id, incoming.dedupe_key)
             for listener in self._listeners:
@@ -121,6 +168,33 @@ class Intake:
             job_id=0, conversation_id=0, message_id=0, created=False, refused=refusal.reason
         )
 
+    def wants_human(self, text: str) -> bool:
+        """The message asks for a human (contains one of the handoff keywords)."""
+        if not self._handoff_keywords:
+            return False
+        flat = " ".join(text.lower().split())
+        return any(keyword in flat for keyword in self._handoff_keywords)
+
+    def _hands_off(self, incoming: Incoming) -> bool:
+        """Only platforms whose adapter announces handoffs (and so has people to ping and a
+        ``resume`` command) hand conversations over: the console and the webhook never do."""
+        adapter = self._notifiers.get(incoming.platform)
+        return isinstance(adapter, HandoffNotifier) and self.wants_human(incoming.text)
+
+    async def _announce_handoff(self, incoming: Incoming, result: EnqueueResult) -> None:
+        adapter = self._notifiers.get(incoming.platform)
+        if not isinstance(adapter, HandoffNotifier):
+            return
+        target = ReplyTarget(
+            job_id=result.job_id,
+            conversation=incoming.conversation,
+            reply_target=incoming.reply_target,
+        )
+        try:
+            await adapter.post_handoff(target)
+        except Exception as exc:  # the handoff stands; the platform is having a bad moment
+            log.warning("could not announce a handoff on %s: %s", incoming.platform, exc)
+
     async def _tell(self, incoming: Incoming, text: str) -> None:
         adapter = self._notifiers.get(incoming.platform)
         if adapter is None:
@@ -132,6 +206,43 @@ class Intake:
             await adapter.post_notice(target, text)
         except Exception as exc:  # the refusal stands; the platform is having a bad moment
             log.warning("could not tell %s why a message was refused: %s", incoming.platform, exc)
+
+    async def reaction(
+        self,
+        *,
+        platform: str,
+        workspace: str,
+        message_id: str,
+        user_id: str,
+        emoji: str,
+        added: bool,
+        channel: str | None = None,
+    ) -> int | None:
+        """A reaction added to (or removed from) ``message_id``: a 👍/👎 on a bot reply is stored
+        as feedback on that reply (removed again with the reaction). Returns the reply's job id,
+        or None when the reaction is no feedback (another emoji, not on a bot reply)."""
+        rating = rating_of(emoji)
+        if rating is None:
+            return None
+        change = self._repository.add_feedback if added else self._repository.remove_feedback
+        job_id = await asyncio.to_thread(
+            change,
+            platform=platform,
+            workspace=workspace,
+            channel=channel,
+            message_id=message_id,
+            user_id=user_id,
+            rating=rating,
+        )
+        if job_id is not None:
+            log.info(
+                "feedback %s %s on job %s by %s",
+                rating.value,
+                "added" if added else "removed",
+                job_id,
+                user_id,
+            )
+        return job_id
 
     async def queue_position(self, job_id: int) -> int:
         return await asyncio.to_thread(self._repository.queue_position, job_id)

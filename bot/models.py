@@ -19,6 +19,13 @@ class JobStatus(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
+class Rating(enum.StrEnum):
+    """Feedback on a reply: a 👍 or 👎 reaction."""
+
+    UP = "up"
+    DOWN = "down"
+
+
 class Role(enum.StrEnum):
     USER = "user"
     ASSISTANT = "assistant"
@@ -84,6 +91,9 @@ class EnqueueResult:
     # Set (with every id 0 and created False) when a limit refused the message: nothing was
     # stored and the user was told why (bot/limits.py).
     refused: str | None = None
+    # The conversation is handed to a human: with ``created`` this message asked for one (its
+    # turn is stored, its job cancelled); without, it was ignored (nothing stored).
+    handoff: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,6 +123,8 @@ class ClaimedJob:
     reply_text: str | None  # set when an earlier attempt generated the reply but could not post it
     reply_message_ids: tuple[str, ...]
     system_prompt: str | None = None  # the channel's override (threads use their channel's)
+    max_reply_chars: int | None = None  # the channel's reply cap in characters (None = no cap)
+    language: str | None = None  # the channel's reply language (None = not set)
     history: tuple[StoredMessage, ...] = ()  # newest turns up to the trigger, when asked for
     enqueued_at: datetime | None = None  # when the job was enqueued (latency metrics)
 
@@ -147,5 +159,48 @@ class JobRecord:
 
 @dataclass(frozen=True, kw_only=True)
 class ChannelConfig:
+    """A channel's settings (its threads share them). None = the default."""
+
     system_prompt: str | None = None
     enabled: bool = True
+    max_reply_chars: int | None = None  # the longest reply in characters
+    language: str | None = None  # e.g. "German": the model is told to answer in it
+
+
+@dataclass(frozen=True, kw_only=True)
+class FeedbackRecord:
+    job_id: int
+    user_id: str
+    rating: Rating
+    platform_message_id: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChannelFeedback:
+    """A channel's replies (done jobs, threads included) and the reactions on them."""
+
+    platform: str
+    workspace: str
+    channel: str
+    replies: int
+    up: int
+    down: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class RatedReply:
+    job_id: int
+    platform: str
+    workspace: str
+    channel: str
+    up: int
+    down: int
+    question: str
+    answer: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class FeedbackReport:
+    channels: tuple[ChannelFeedback, ...]
+    worst: tuple[RatedReply, ...]  # most 👎 first (then fewest 👍), only replies with a 👎

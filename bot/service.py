@@ -155,7 +155,11 @@ class Service:
         self.metrics_server: MetricsServer | None = None
         self._started_adapters: set[str] = set()
         self._model_loading = False
-        self.intake = Intake(self.repository, limits=Limits(limit_settings(self.settings)))
+        self.intake = Intake(
+            self.repository,
+            limits=Limits(limit_settings(self.settings)),
+            handoff_keywords=self.settings.handoff_keywords,
+        )
         for adapter in self.adapters:
             self.intake.register(adapter)
         self.worker: Worker | None = None

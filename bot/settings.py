@@ -130,6 +130,8 @@ class Settings(BaseSettings):
     slack_allowed_channels: Annotated[tuple[str, ...], NoDecode] = ()
     slack_admin_users: Annotated[tuple[str, ...], NoDecode] = ()
     slack_api_url: str = "https://slack.com/api/"
+    # Human handoff: the user group pinged ("<!subteam^ID>") when someone asks for a human.
+    slack_support_group: str | None = None
 
     @field_validator(
         "slack_allowed_workspaces", "slack_allowed_channels", "slack_admin_users", mode="before"
@@ -143,6 +145,13 @@ class Settings(BaseSettings):
                 if not isinstance(item, str) or not _SLACK_ID.fullmatch(item):
                     raise ValueError(f"{item!r} is not a Slack id (comma-separated, e.g. T0123ABC)")
         return value
+
+    @field_validator("slack_support_group")
+    @classmethod
+    def _slack_support_group(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"S[A-Z0-9]{2,}", value.strip()):
+            raise ValueError("must be a Slack user group id (S0123ABC; not its @handle)")
+        return value.strip() if value is not None else None
 
     @field_validator("slack_bot_token")
     @classmethod
@@ -188,6 +197,21 @@ class Settings(BaseSettings):
     discord_admin_roles: Annotated[frozenset[int], NoDecode] = frozenset()
     # DMs bypass the guild/channel/role lists, so they are opt-in.
     discord_dms: bool = False
+    # Human handoff: the role pinged ("<@&ID>") when someone asks for a human.
+    discord_support_role: int | None = Field(default=None, gt=0, lt=2**64)
+
+    # Human handoff: a message containing one of these (comma-separated, any case) makes the bot
+    # stop answering in that conversation and ping the support group/role; empty = off.
+    handoff_keywords: Annotated[tuple[str, ...], NoDecode] = ("talk to a human", "human please")
+
+    @field_validator("handoff_keywords", mode="before")
+    @classmethod
+    def _handoff_keywords(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part for part in value.split(",") if part.strip()]
+        if isinstance(value, (list, tuple)):
+            return tuple(" ".join(str(part).lower().split()) for part in value)
+        return value
 
     @field_validator(
         "discord_allowed_guilds",

@@ -173,3 +173,18 @@ def _choose_end(source: _Text, pos: int, room: int, *, fences: bool) -> int:
                 best += 1
             return best
     return max(furthest, pos + 1)  # one word longer than the room: cut it hard
+
+
+def truncate_at_word(text: str, limit: int, *, ellipsis: str = "…") -> str:
+    """``text`` if it fits in ``limit`` characters; otherwise its beginning cut at the last word
+    boundary that leaves room for ``ellipsis`` (a hard cut only when that would lose more than half
+    of the room), trailing spaces dropped, then ``ellipsis``. Never longer than ``limit``."""
+    if len(text) <= limit:
+        return text
+    room = max(limit - len(ellipsis), 0)
+    cut = text[:room]
+    if room < len(text) and not text[room].isspace():
+        boundary = max(cut.rfind(" "), cut.rfind("\n"), cut.rfind("\t"))
+        if boundary >= room // 2:
+            cut = cut[:boundary]
+    return cut.rstrip() + ellipsis

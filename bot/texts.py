@@ -52,11 +52,19 @@ CONSOLE_BOT_NAME = "solarbot"
 COMMAND_HELP = (
     "**{command} QUESTION**: ask me something; the answer is posted in this channel\n"
     "{private_line}"
-    "**{command} help**: this help\n"
-    "**{command} status**: the model, the queue and this channel's settings\n"
-    "**{command} forget**: clear this channel's conversation history{forget_note}\n"
-    "**{command} prompt TEXT**: set this channel's system prompt (admins only); "
-    "`{command} prompt` shows it, `{command} prompt reset` restores the default\n"
+    "**{command} {p}help**: this help\n"
+    "**{command} {p}status**: the model, the queue and this channel's settings\n"
+    "**{command} {p}forget**: clear this channel's conversation history{forget_note}\n"
+    "**{command} {p}prompt TEXT**: set this channel's system prompt (admins only); "
+    "`{command} {p}prompt` shows it, `{command} {p}prompt reset` restores the default\n"
+    "**{command} {p}off** / **{command} {p}on**: stop / start answering in this channel "
+    "(admins only)\n"
+    "**{command} {p}length N**: keep my replies under N characters (admins only); "
+    "`{command} {p}length reset` removes the limit\n"
+    "**{command} {p}language X**: answer in language X, e.g. `{command} {p}language German` "
+    "(admins only); `{command} {p}language reset` lets me choose again\n"
+    "**{command} {p}resume**: answer again where someone asked for a human\n"
+    "Settings apply to the whole channel, threads included.\n"
     "{extra}"
 )
 COMMAND_HELP_PRIVATE_LINE = "**{command} --private QUESTION**: only you see the answer\n"
@@ -67,23 +75,53 @@ COMMAND_PROMPT_RESET = "This channel uses the default system prompt again."
 COMMAND_PROMPT_SHOW_CUSTOM = "This channel's system prompt:\n> {prompt}"
 COMMAND_PROMPT_SHOW_DEFAULT = "This channel uses the default system prompt:\n> {prompt}"
 COMMAND_PROMPT_TOO_LONG = "That system prompt is too long ({length} characters; at most {limit})."
-COMMAND_ADMINS_ONLY = "Sorry, only admins can use `{command} {name}` here."
+COMMAND_RESUMED = (
+    "I'm back: I answer again in {count} conversation(s) here that waited for a human."
+)
+COMMAND_RESUME_NOTHING = "Nothing to resume: no conversation here is waiting for a human."
+COMMAND_SWITCHED_ON = "I'm on in this channel: I answer questions here again."
+COMMAND_SWITCHED_OFF = (
+    "I'm off in this channel: I won't answer here until an admin uses `{command} {p}on`."
+)
+COMMAND_LENGTH_SET = "My replies in this channel now stop at {limit:,} characters."
+COMMAND_LENGTH_RESET = "My replies in this channel have no length limit again."
+COMMAND_LENGTH_SHOW = "Replies in this channel: {state}."
+COMMAND_LENGTH_INVALID = (
+    "`{command} {p}length` needs a number of characters from {low:,} to {high:,}, "
+    "or `reset` (got {value!r})."
+)
+COMMAND_LANGUAGE_SET = "I now answer in {language} in this channel."
+COMMAND_LANGUAGE_RESET = "I no longer get a language instruction in this channel."
+COMMAND_LANGUAGE_SHOW = "Language in this channel: {state}."
+COMMAND_LANGUAGE_INVALID = (
+    "`{command} {p}language` needs a language name of at most {limit} letters, e.g. German "
+    "or Brazilian Portuguese, or `reset` (got {value!r})."
+)
+COMMAND_ADMINS_ONLY = "Sorry, only admins can use `{command} {p}{name}` here."
 COMMAND_NO_ADMINS = (
-    "Sorry, `{command} {name}` needs an admin, and no admins are configured "
+    "Sorry, `{command} {p}{name}` needs an admin, and no admins are configured "
     "(ask whoever runs me to set {setting})."
 )
 COMMAND_STATUS = (
     "**Model:** {model}\n"
     "**Queue:** {queued} question(s) waiting or being answered\n"
     "**This channel:** {prompt_state}; replies {enabled}\n"
+    "**Reply length:** {length_state}\n"
+    "**Language:** {language_state}\n"
+    "**Waiting for a human:** {handoffs} conversation(s)\n"
     "**Admins:** {admins}"
 )
 COMMAND_STATUS_PROMPT_DEFAULT = "default system prompt"
-COMMAND_STATUS_PROMPT_CUSTOM = "custom system prompt ({length} characters)"
+COMMAND_STATUS_PROMPT_CUSTOM = 'custom system prompt ({length} characters): "{excerpt}"'
 COMMAND_STATUS_ENABLED = "on"
 COMMAND_STATUS_DISABLED = "off"
+COMMAND_STATUS_LENGTH = "at most {limit:,} characters"
+COMMAND_STATUS_NO_LENGTH = "no limit"
+COMMAND_STATUS_LANGUAGE = '{language} ("Answer in {language}." is added to the system prompt)'
+COMMAND_STATUS_NO_LANGUAGE = "not set"
 COMMAND_STATUS_ADMINS = "configured"
 COMMAND_STATUS_NO_ADMINS = "none configured"
+COMMAND_UNKNOWN = "I don't know `{command} {p}{word}`. Here is what I know:\n{help}"
 CHANNEL_DISABLED = "I'm switched off in this channel."
 NOT_ALLOWED_HERE = "Sorry, I'm not enabled in this workspace or channel."
 
@@ -119,4 +157,29 @@ DISCORD_EMPTY_MENTION = "Yes? Ask me something after the mention, e.g. `@solarbo
 # Printed after "model not found" at start-up.
 TRY_WITHOUT_MODEL = (
     "to try solarbot without a model: solarbot run --engine fake (or make run ENGINE=fake)"
+)
+
+# Appended to the system prompt of a channel with a language set (`language X`).
+LANGUAGE_INSTRUCTION = "Answer in {language}."
+
+# `solarbot report` (bot/data.py).
+REPORT_CHANNELS = (
+    "Feedback per channel (👍/👎 reactions on replies; threads count with their channel):"
+)
+REPORT_NO_REPLIES = "No replies yet."
+REPORT_WORST = "Worst-rated answers (most 👎 first):"
+REPORT_NO_DOWNVOTES = "No answer has a 👎."
+REPORT_WORST_LINE = "job {job} in {where}: 👎 {down}, 👍 {up}"
+REPORT_QUESTION = "  Q: {text}"
+REPORT_ANSWER = "  A: {text}"
+
+# Human handoff (bot/intake.py; SOLARBOT_HANDOFF_KEYWORDS). {support} is the platform's ping of the
+# support group/role followed by a space, or "" when none is configured; {resume} how to resume.
+HANDOFF_NOTICE = (
+    "{support}Someone here asked for a human, so I'm handing this conversation over and staying "
+    "quiet in it{resume}."
+)
+HANDOFF_RESUME_HINT = " (`{command}` brings me back)"
+HANDOFF_WAITING = (
+    "This conversation is waiting for a human, so I'm staying quiet (`{command}` brings me back)."
 )

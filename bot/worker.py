@@ -32,6 +32,7 @@ from bot.delivery import ChatAdapter, ReplyStream, ReplyTarget
 from bot.errors import DeliveryError, PromptTooLongError, SolarbotError
 from bot.generation.engine import Engine, GenerationRequest, SamplingParams
 from bot.models import ClaimedJob, JobTrace, Role
+from bot.splitting import truncate_at_word
 from storage.repository import Repository
 
 if TYPE_CHECKING:
@@ -321,6 +322,9 @@ class Worker:
         system_prompt = (
             job.system_prompt if job.system_prompt is not None else self._options.system_prompt
         )
+        if job.language:
+            instruction = texts.LANGUAGE_INSTRUCTION.format(language=job.language)
+            system_prompt = f"{system_prompt}\n\n{instruction}" if system_prompt else instruction
         turns = [
             Turn(
                 role="user" if message.role is Role.USER else "assistant",
@@ -343,6 +347,7 @@ class Worker:
             prompt_text=prompt.prompt_text,
         )
         text = ""
+        cap = job.max_reply_chars
         known_ids = tuple(stream.message_ids)
         delivery_error: DeliveryError | None = None
         started = time.monotonic()
@@ -354,18 +359,26 @@ class Worker:
                     if self._metrics is not None:
                         self._metrics.first_token(job.enqueued_at)
                 text += delta
-                if delivery_error is not None:
-                    continue  # keep generating: the finished text is saved and delivered on retry
-                try:
-                    await stream.update(prefix + text)
-                except DeliveryError as exc:
-                    delivery_error = exc
-                    continue
-                if tuple(stream.message_ids) != known_ids:
-                    known_ids = tuple(stream.message_ids)
-                    await asyncio.to_thread(
-                        self._repository.record_reply_progress, job, reply_message_ids=known_ids
-                    )
+                capped = False
+                if cap is not None and len(text) > cap:
+                    # The channel's reply length: cut at a word; leaving the loop closes the
+                    # stream, which stops the generation.
+                    text, capped = truncate_at_word(text, cap), True
+                if delivery_error is None:  # else keep generating: the text is saved for a retry
+                    try:
+                        await stream.update(prefix + text)
+                    except DeliveryError as exc:
+                        delivery_error = exc
+                    else:
+                        if tuple(stream.message_ids) != known_ids:
+                            known_ids = tuple(stream.message_ids)
+                            await asyncio.to_thread(
+                                self._repository.record_reply_progress,
+                                job,
+                                reply_message_ids=known_ids,
+                            )
+                if capped:
+                    break
         seconds = time.monotonic() - started
         completion_tokens = len(self._engine.tokenizer.encode(text, add_bos=False))
         trace = JobTrace(

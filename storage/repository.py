@@ -12,8 +12,9 @@ the ORM's per-statement bookkeeping.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -23,7 +24,9 @@ from sqlalchemy import (
     Engine,
     Row,
     Table,
+    Text,
     and_,
+    case,
     delete,
     func,
     insert,
@@ -31,31 +34,43 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy import (
+    cast as sql_cast,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.elements import ColumnElement
 
 from bot.models import (
     ChannelConfig,
+    ChannelFeedback,
     ClaimedJob,
     ConversationKey,
     EnqueueResult,
+    FeedbackRecord,
+    FeedbackReport,
     Incoming,
     JobRecord,
     JobStatus,
     JobTrace,
+    RatedReply,
+    Rating,
     Role,
     StoredMessage,
 )
 from storage import database
-from storage.schema import ChannelSettings, Conversation, Job, Message, utcnow
+from storage.schema import ChannelSettings, Conversation, Feedback, Job, Message, utcnow
 
 PENDING = (JobStatus.QUEUED, JobStatus.RUNNING)
+CHANNEL_CONFIG_FIELDS = frozenset(field.name for field in dataclasses.fields(ChannelConfig))
 
 conversations = cast(Table, Conversation.__table__)
 messages = cast(Table, Message.__table__)
 jobs = cast(Table, Job.__table__)
 channel_settings = cast(Table, ChannelSettings.__table__)
+feedback = cast(Table, Feedback.__table__)
+HANDOFF_ERROR = "handed to a human (no reply)"
+EXCERPT_CHARS = 120  # of a question and an answer in the feedback report
 
 
 class Repository:
@@ -89,11 +104,17 @@ class Repository:
 
     # ------------------------------------------------------------------ intake
 
-    def enqueue(self, incoming: Incoming, *, now: datetime | None = None) -> EnqueueResult | None:
+    def enqueue(
+        self, incoming: Incoming, *, handoff: bool = False, now: datetime | None = None
+    ) -> EnqueueResult | None:
         """Append the user turn and enqueue its job in one transaction.
 
         Idempotent per dedupe key: an event seen before returns its job with ``created=False`` and
-        stores nothing. Returns None (and stores nothing) when the channel is switched off."""
+        stores nothing. Returns None (and stores nothing) when the channel is switched off.
+
+        Human handoff: in a conversation handed to a human nothing is stored (``handoff`` set,
+        ``created`` False). ``handoff=True`` (the message asks for a human) stores the turn with a
+        cancelled job (so a redelivery is recognised) and hands the conversation over."""
         moment = now or utcnow()
         try:
             with self._transaction() as connection:
@@ -108,6 +129,17 @@ class Repository:
                 if enabled is False:
                     return None
                 conversation_id = self._conversation_id(connection, incoming.conversation, moment)
+                handed_off = connection.scalar(
+                    select(conversations.c.handoff_at).where(conversations.c.id == conversation_id)
+                )
+                if handed_off is not None:
+                    return EnqueueResult(
+                        job_id=0,
+                        conversation_id=conversation_id,
+                        message_id=0,
+                        created=False,
+                        handoff=True,
+                    )
                 message_id = connection.execute(
                     insert(messages)
                     .values(
@@ -127,21 +159,30 @@ class Repository:
                         conversation_id=conversation_id,
                         message_id=message_id,
                         dedupe_key=incoming.dedupe_key,
-                        status=JobStatus.QUEUED,
+                        status=JobStatus.CANCELLED if handoff else JobStatus.QUEUED,
                         attempts=0,
                         available_at=moment,
                         reply_target=dict(incoming.reply_target),
                         reply_message_ids=[],
                         created_at=moment,
                         updated_at=moment,
+                        finished_at=moment if handoff else None,
+                        error=HANDOFF_ERROR if handoff else None,
                     )
                     .returning(jobs.c.id)
                 ).scalar_one()
+                if handoff:
+                    connection.execute(
+                        update(conversations)
+                        .where(conversations.c.id == conversation_id)
+                        .values(handoff_at=moment)
+                    )
                 return EnqueueResult(
                     job_id=job_id,
                     conversation_id=conversation_id,
                     message_id=message_id,
                     created=True,
+                    handoff=handoff,
                 )
         except IntegrityError:
             # Another process stored the same event between our check and our insert.
@@ -251,6 +292,8 @@ class Repository:
                     conversations.c.channel,
                     conversations.c.thread,
                     channel_settings.c.system_prompt,
+                    channel_settings.c.max_reply_chars,
+                    channel_settings.c.language,
                 )
                 .join(conversations, conversations.c.id == jobs.c.conversation_id)
                 .outerjoin(
@@ -288,6 +331,8 @@ class Repository:
                         reply_text=row.reply_text,
                         reply_message_ids=tuple(row.reply_message_ids or ()),
                         system_prompt=row.system_prompt,
+                        max_reply_chars=row.max_reply_chars,
+                        language=row.language,
                         history=history,
                         enqueued_at=row.created_at,
                     )
@@ -513,6 +558,13 @@ class Repository:
                 return 0
             in_channel = messages.c.conversation_id.in_(conversation_ids)
             deleted = connection.scalar(select(func.count(messages.c.id)).where(in_channel))
+            connection.execute(
+                delete(feedback).where(
+                    feedback.c.job_id.in_(
+                        select(jobs.c.id).where(jobs.c.conversation_id.in_(conversation_ids))
+                    )
+                )
+            )
             connection.execute(delete(jobs).where(jobs.c.conversation_id.in_(conversation_ids)))
             connection.execute(
                 delete(messages).where(in_channel, messages.c.reply_to_id.is_not(None))
@@ -600,25 +652,256 @@ class Repository:
                     )
                 )
             )
+            # Their reactions too (who reacted is personal data), on replies in scope.
+            in_scope_jobs = select(jobs.c.id).where(jobs.c.conversation_id.in_(in_scope))
+            connection.execute(
+                delete(feedback).where(
+                    feedback.c.user_id == author_id, feedback.c.job_id.in_(in_scope_jobs)
+                )
+            )
             for start in range(0, len(theirs), 500):
                 batch = theirs[start : start + 500]
+                connection.execute(
+                    delete(feedback).where(
+                        feedback.c.job_id.in_(select(jobs.c.id).where(jobs.c.message_id.in_(batch)))
+                    )
+                )
                 connection.execute(delete(jobs).where(jobs.c.message_id.in_(batch)))
                 connection.execute(delete(messages).where(messages.c.reply_to_id.in_(batch)))
                 connection.execute(delete(messages).where(messages.c.id.in_(batch)))
             return len(theirs)
+
+    # ------------------------------------------------------------------ feedback
+
+    def add_feedback(
+        self,
+        *,
+        platform: str,
+        workspace: str,
+        message_id: str,
+        user_id: str,
+        rating: Rating,
+        channel: str | None = None,
+        now: datetime | None = None,
+    ) -> int | None:
+        """Store a person's 👍/👎 on the bot reply posted as ``message_id`` (any part of it).
+        Returns the reply's job id, or None when ``message_id`` is not a bot reply (nothing
+        stored). Idempotent: the same person's same rating on the same reply is stored once.
+        ``channel`` narrows the search where message ids are unique only per channel (Slack)."""
+        with self._transaction() as connection:
+            job_id = _reply_job(connection, platform, workspace, channel, message_id)
+            if job_id is None:
+                return None
+            upsert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+            connection.execute(
+                upsert(feedback)
+                .values(
+                    job_id=job_id,
+                    user_id=user_id,
+                    rating=rating,
+                    platform_message_id=message_id,
+                    created_at=now or utcnow(),
+                )
+                .on_conflict_do_nothing()
+            )
+            return job_id
+
+    def remove_feedback(
+        self,
+        *,
+        platform: str,
+        workspace: str,
+        message_id: str,
+        user_id: str,
+        rating: Rating,
+        channel: str | None = None,
+    ) -> int | None:
+        """Delete what ``add_feedback`` stored (the reaction was removed); the job id or None."""
+        with self._transaction() as connection:
+            job_id = _reply_job(connection, platform, workspace, channel, message_id)
+            if job_id is None:
+                return None
+            connection.execute(
+                delete(feedback).where(
+                    feedback.c.job_id == job_id,
+                    feedback.c.user_id == user_id,
+                    feedback.c.rating == rating,
+                )
+            )
+            return job_id
+
+    def feedback_for(self, job_id: int) -> list[FeedbackRecord]:
+        with self._transaction() as connection:
+            rows = connection.execute(
+                select(feedback).where(feedback.c.job_id == job_id).order_by(feedback.c.id)
+            ).all()
+        return [
+            FeedbackRecord(
+                job_id=row.job_id,
+                user_id=row.user_id,
+                rating=Rating(row.rating),
+                platform_message_id=row.platform_message_id,
+                created_at=row.created_at,
+            )
+            for row in rows
+        ]
+
+    def feedback_report(self, *, platform: str | None = None, limit: int = 10) -> FeedbackReport:
+        """Per channel (threads included): replies (done jobs), 👍 and 👎; and the ``limit``
+        replies with the most 👎 (ties: fewer 👍, then the newest), with their question."""
+        where = [] if platform is None else [conversations.c.platform == platform]
+        channel_key = (conversations.c.platform, conversations.c.workspace, conversations.c.channel)
+        up = func.sum(case((feedback.c.rating == Rating.UP, 1), else_=0))
+        down = func.sum(case((feedback.c.rating == Rating.DOWN, 1), else_=0))
+        with self._transaction() as connection:
+            replies = connection.execute(
+                select(*channel_key, func.count(jobs.c.id))
+                .join(conversations, conversations.c.id == jobs.c.conversation_id)
+                .where(jobs.c.status == JobStatus.DONE, *where)
+                .group_by(*channel_key)
+            ).all()
+            votes = connection.execute(
+                select(*channel_key, up, down)
+                .select_from(feedback)
+                .join(jobs, jobs.c.id == feedback.c.job_id)
+                .join(conversations, conversations.c.id == jobs.c.conversation_id)
+                .where(*where)
+                .group_by(*channel_key)
+            ).all()
+            worst = connection.execute(
+                select(
+                    jobs.c.id,
+                    *channel_key,
+                    jobs.c.reply_text,
+                    messages.c.text,
+                    up.label("up"),
+                    down.label("down"),
+                )
+                .select_from(feedback)
+                .join(jobs, jobs.c.id == feedback.c.job_id)
+                .join(conversations, conversations.c.id == jobs.c.conversation_id)
+                .join(messages, messages.c.id == jobs.c.message_id)
+                .where(*where)
+                .group_by(jobs.c.id, *channel_key, jobs.c.reply_text, messages.c.text)
+                .having(down > 0)
+                .order_by(down.desc(), up, jobs.c.id.desc())
+                .limit(max(limit, 0))
+            ).all()
+        counts: dict[tuple[str, str, str], list[int]] = {}
+        for row in replies:
+            counts[(row[0], row[1], row[2])] = [int(row[3]), 0, 0]
+        for row in votes:
+            entry = counts.setdefault((row[0], row[1], row[2]), [0, 0, 0])
+            entry[1], entry[2] = int(row[3] or 0), int(row[4] or 0)
+        channels = tuple(
+            ChannelFeedback(
+                platform=key[0],
+                workspace=key[1],
+                channel=key[2],
+                replies=value[0],
+                up=value[1],
+                down=value[2],
+            )
+            for key, value in sorted(counts.items())
+        )
+        rated = tuple(
+            RatedReply(
+                job_id=row.id,
+                platform=row.platform,
+                workspace=row.workspace,
+                channel=row.channel,
+                up=int(row.up or 0),
+                down=int(row.down or 0),
+                question=_excerpt(row.text or ""),
+                answer=_excerpt(row.reply_text or ""),
+            )
+            for row in worst
+        )
+        return FeedbackReport(channels=channels, worst=rated)
+
+    # ------------------------------------------------------------------ human handoff
+
+    def resume_channel(self, *, platform: str, workspace: str, channel: str) -> int:
+        """End the handoff of every conversation of a channel (its threads included); returns
+        how many were handed to a human."""
+        with self._transaction() as connection:
+            result = connection.execute(
+                update(conversations)
+                .where(
+                    conversations.c.platform == platform,
+                    conversations.c.workspace == workspace,
+                    conversations.c.channel == channel,
+                    conversations.c.handoff_at.is_not(None),
+                )
+                .values(handoff_at=None)
+            )
+            return int(result.rowcount)
+
+    def handoffs_in_channel(self, *, platform: str, workspace: str, channel: str) -> int:
+        """Conversations of a channel (threads included) now handed to a human."""
+        with self._transaction() as connection:
+            return int(
+                connection.scalar(
+                    select(func.count(conversations.c.id)).where(
+                        conversations.c.platform == platform,
+                        conversations.c.workspace == workspace,
+                        conversations.c.channel == channel,
+                        conversations.c.handoff_at.is_not(None),
+                    )
+                )
+                or 0
+            )
 
     # ------------------------------------------------------------------ channel settings
 
     def channel_config(self, *, platform: str, workspace: str, channel: str) -> ChannelConfig:
         with self._transaction() as connection:
             row = connection.execute(
-                select(channel_settings.c.system_prompt, channel_settings.c.enabled).where(
-                    *_channel_filter(platform, workspace, channel)
-                )
+                select(
+                    channel_settings.c.system_prompt,
+                    channel_settings.c.enabled,
+                    channel_settings.c.max_reply_chars,
+                    channel_settings.c.language,
+                ).where(*_channel_filter(platform, workspace, channel))
             ).first()
         if row is None:
             return ChannelConfig()
-        return ChannelConfig(system_prompt=row.system_prompt, enabled=row.enabled)
+        return ChannelConfig(
+            system_prompt=row.system_prompt,
+            enabled=row.enabled,
+            max_reply_chars=row.max_reply_chars,
+            language=row.language,
+        )
+
+    def update_channel_config(
+        self, *, platform: str, workspace: str, channel: str, changes: Mapping[str, Any]
+    ) -> ChannelConfig:
+        """Change some of a channel's settings (``changes``: ChannelConfig field -> value), leaving
+        the others as they are, in one statement (an upsert: two admins changing different
+        settings at once both win). Returns the channel's settings afterwards."""
+        unknown = set(changes) - CHANNEL_CONFIG_FIELDS
+        if unknown:
+            raise ValueError(f"not a channel setting: {', '.join(sorted(unknown))}")
+        moment = utcnow()
+        defaults = dataclasses.asdict(ChannelConfig())
+        upsert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        statement = (
+            upsert(channel_settings)
+            .values(
+                platform=platform,
+                workspace=workspace,
+                channel=channel,
+                **{**defaults, **changes},
+                updated_at=moment,
+            )
+            .on_conflict_do_update(
+                index_elements=["platform", "workspace", "channel"],
+                set_={**changes, "updated_at": moment},
+            )
+        )
+        with self._transaction() as connection:
+            connection.execute(statement)
+        return self.channel_config(platform=platform, workspace=workspace, channel=channel)
 
     def set_channel_config(
         self, *, platform: str, workspace: str, channel: str, config: ChannelConfig
@@ -634,9 +917,54 @@ class Repository:
                     channel=channel,
                     system_prompt=config.system_prompt,
                     enabled=config.enabled,
+                    max_reply_chars=config.max_reply_chars,
+                    language=config.language,
                     updated_at=utcnow(),
                 )
             )
+
+
+def _reply_job(
+    connection: Connection, platform: str, workspace: str, channel: str | None, message_id: str
+) -> int | None:
+    """The job whose reply was posted as ``message_id``: its first message (indexed, through the
+    assistant turn) or, failing that, a follow-up part (``jobs.reply_message_ids``)."""
+    where = [conversations.c.platform == platform, conversations.c.workspace == workspace]
+    if channel is not None:
+        where.append(conversations.c.channel == channel)
+    found = connection.scalar(
+        select(jobs.c.id)
+        .select_from(messages)
+        .join(jobs, jobs.c.message_id == messages.c.reply_to_id)
+        .join(conversations, conversations.c.id == messages.c.conversation_id)
+        .where(
+            messages.c.platform_message_id == message_id,
+            messages.c.role == Role.ASSISTANT,
+            *where,
+        )
+        .limit(1)
+    )
+    if found is not None:
+        return int(found)
+    candidates = connection.execute(
+        select(jobs.c.id, jobs.c.reply_message_ids)
+        .join(conversations, conversations.c.id == jobs.c.conversation_id)
+        .where(
+            jobs.c.status == JobStatus.DONE,
+            sql_cast(jobs.c.reply_message_ids, Text).contains(f'"{message_id}"', autoescape=True),
+            *where,
+        )
+        .order_by(jobs.c.id.desc())
+    ).all()
+    for row in candidates:
+        if message_id in (row.reply_message_ids or ()):
+            return int(row.id)
+    return None
+
+
+def _excerpt(text: str) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= EXCERPT_CHARS else flat[: EXCERPT_CHARS - 1] + "…"
 
 
 def _key_filter(key: ConversationKey) -> tuple[ColumnElement[bool], ...]:

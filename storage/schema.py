@@ -22,7 +22,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from bot.models import JobStatus, Role
+from bot.models import JobStatus, Rating, Role
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -72,6 +72,9 @@ class Conversation(Base):
     channel: Mapped[str] = mapped_column(String(128))
     thread: Mapped[str] = mapped_column(String(128), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Migration 0005: when someone asked for a human here; while set the bot stays quiet in this
+    # conversation (until `resume`).
+    handoff_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class Message(Base):
@@ -86,7 +89,8 @@ class Message(Base):
     author_id: Mapped[str] = mapped_column(String(128), default="")
     author_name: Mapped[str] = mapped_column(String(256), default="")
     text: Mapped[str] = mapped_column(Text)
-    platform_message_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # Indexed (migration 0004): reactions find the reply they are on by this id.
+    platform_message_id: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
     token_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # For an assistant turn: the user message it answers. History is ordered by
     # coalesce(reply_to_id, id), id so a reply sits right after its question even when other
@@ -142,4 +146,31 @@ class ChannelSettings(Base):
     channel: Mapped[str] = mapped_column(String(128))
     system_prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Migration 0003: the longest reply in characters (None = no cap) and the language replies
+    # should be in (None = whatever the model picks; appended to the system prompt).
+    max_reply_chars: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    language: Mapped[str | None] = mapped_column(String(64), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class Feedback(Base):
+    """A 👍/👎 reaction on a bot reply (migration 0004): who, when, which reply (its job). Removing
+    the reaction deletes the row; one row per person, reply and rating."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (UniqueConstraint("job_id", "user_id", "rating", name="uq_feedback_vote"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    user_id: Mapped[str] = mapped_column(String(128))
+    rating: Mapped[Rating] = mapped_column(
+        Enum(
+            Rating,
+            name="feedback_rating",
+            native_enum=False,
+            length=8,
+            values_callable=lambda e: [m.value for m in e],
+        )
+    )
+    platform_message_id: Mapped[str] = mapped_column(String(128))  # the message reacted to
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -1,7 +1,8 @@
 """A small stand-in for Discord on 127.0.0.1 that the real discord.py client talks to.
 
 Gateway (websocket at ``/``): HELLO -> IDENTIFY -> READY + GUILD_CREATE, heartbeats acknowledged,
-MESSAGE_CREATE dispatched for users' messages and for the bot's own posts (as Discord does). An
+MESSAGE_CREATE dispatched for users' messages and for the bot's own posts (as Discord does),
+MESSAGE_REACTION_ADD/REMOVE for users' reactions (``user_reaction``) to clients with the intent. An
 IDENTIFY asking for the Message Content intent while the portal switch is off is closed with 4014.
 Without that intent, dispatched content is blanked unless the bot is mentioned or it is a DM.
 
@@ -32,6 +33,8 @@ from discord.http import Route
 
 DISCORD_EPOCH_MS = 1420070400000
 MESSAGE_CONTENT = 1 << 15
+GUILD_MESSAGE_REACTIONS = 1 << 10
+DIRECT_MESSAGE_REACTIONS = 1 << 13
 BOT_ID = 900000000000000001
 APP_ID = 900000000000000002
 Json = dict[str, Any]
@@ -136,11 +139,19 @@ class FakeDiscord:
         return ((int(time.time() * 1000) - DISCORD_EPOCH_MS) << 22) | (next(self._ids) & 0xFFF)
 
     def add_guild(
-        self, guild_id: int, name: str = "guild", *, roles: dict[int, str] | None = None
+        self,
+        guild_id: int,
+        name: str = "guild",
+        *,
+        roles: dict[int, str] | None = None,
+        permissions: dict[int, int] | None = None,
     ) -> None:
+        """``permissions``: role id -> permission bits (e.g. 1 << 5, Manage Server); default 0."""
         role_payloads = [self._role(guild_id, "@everyone", guild_id, position=0)]
         for position, (role_id, role_name) in enumerate((roles or {}).items(), start=1):
-            role_payloads.append(self._role(role_id, role_name, guild_id, position=position))
+            role = self._role(role_id, role_name, guild_id, position=position)
+            role["permissions"] = str((permissions or {}).get(role_id, 0))
+            role_payloads.append(role)
         bot_role = self._role(guild_id + 1, "solarbot", guild_id, position=99)
         bot_role["managed"] = True
         bot_role["tags"] = {"bot_id": str(BOT_ID)}
@@ -330,6 +341,52 @@ class FakeDiscord:
             if not connection.intents & MESSAGE_CONTENT and not self._content_visible(data):
                 data.update(content="", embeds=[], attachments=[], components=[])
             await self._dispatch(connection, "MESSAGE_CREATE", data)
+
+    async def user_reaction(
+        self,
+        message_id: int,
+        emoji: str,
+        *,
+        user_id: int = 500,
+        added: bool = True,
+        roles: tuple[int, ...] = (),
+    ) -> None:
+        """A user adds (or removes) a Unicode ``emoji`` reaction on a message: MESSAGE_REACTION_ADD
+        / _REMOVE to every client that asked for reaction events (the guild or the DM intent),
+        with ``message_author_id`` as Discord sends it."""
+        message = self.messages[message_id]
+        guild_id = message.get("guild_id") or self.channels.get(int(message["channel_id"]), {}).get(
+            "guild_id"
+        )
+        data: Json = {
+            "user_id": str(user_id),
+            "channel_id": message["channel_id"],
+            "message_id": str(message_id),
+            "emoji": {"id": None, "name": emoji},
+            "burst": False,
+            "type": 0,
+            "message_author_id": message["author"]["id"],
+        }
+        if guild_id is not None:
+            data["guild_id"] = str(guild_id)
+            if added:
+                data["member"] = {
+                    "user": user_payload(user_id, f"user{user_id}"),
+                    "roles": [str(r) for r in roles],
+                    "joined_at": now_iso(),
+                    "deaf": False,
+                    "mute": False,
+                    "flags": 0,
+                    "nick": None,
+                    "avatar": None,
+                    "premium_since": None,
+                    "pending": False,
+                }
+        intent = GUILD_MESSAGE_REACTIONS if guild_id is not None else DIRECT_MESSAGE_REACTIONS
+        event = "MESSAGE_REACTION_ADD" if added else "MESSAGE_REACTION_REMOVE"
+        for connection in list(self._connections):
+            if connection.intents & intent:
+                await self._dispatch(connection, event, data)
 
     def _content_visible(self, data: Json) -> bool:
         return (

@@ -20,7 +20,7 @@ from bot.generation.engine import SamplingParams
 from bot.generation.fake import FakeEngine
 from bot.intake import Intake
 from bot.models import ConversationKey, JobStatus
-from bot.splitting import split_message
+from bot.splitting import split_message, truncate_at_word
 from bot.worker import Worker, WorkerOptions
 from storage.repository import Repository
 from tests.discord_fake import BOT_ID, FakeDiscord
@@ -29,6 +29,7 @@ GUILD, OTHER_GUILD = 10, 30
 GENERAL, RANDOM, THREAD, ELSEWHERE = 100, 101, 102, 300
 DM = 700
 MEMBER_ROLE, ADMIN_ROLE = 20, 21
+MANAGE_GUILD = 1 << 5  # the Manage Server permission
 MENTION = f"<@{BOT_ID}>"
 FAST = {
     "edit_interval": 0.05,
@@ -43,7 +44,12 @@ FAST = {
 @pytest.fixture
 async def fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeDiscord]:
     fake = FakeDiscord()
-    fake.add_guild(GUILD, "home", roles={MEMBER_ROLE: "members", ADMIN_ROLE: "admins"})
+    fake.add_guild(
+        GUILD,
+        "home",
+        roles={MEMBER_ROLE: "members", ADMIN_ROLE: "admins"},
+        permissions={ADMIN_ROLE: MANAGE_GUILD},
+    )
     fake.add_channel(GUILD, GENERAL, "general")
     fake.add_channel(GUILD, RANDOM, "random")
     fake.add_thread(GUILD, GENERAL, THREAD, "a thread")
@@ -97,13 +103,15 @@ async def start_rig(
     engine: FakeEngine | None = None,
     concurrency: int = 4,
     lease_seconds: float = 5.0,
+    handoff_keywords: tuple[str, ...] = (),
     **adapter_options: Any,
 ) -> Rig:
     repository = Repository.open(url)
     engine = engine or FakeEngine(delay_per_chunk=0.002)
     await engine.start()
     adapter = DiscordAdapter(fake.token, DiscordOptions(**{**FAST, **adapter_options}))
-    intake = Intake(repository)
+    intake = Intake(repository, handoff_keywords=handoff_keywords)
+    intake.register(adapter)
     await adapter.start(intake)
     worker = Worker(
         repository=repository,
@@ -607,3 +615,189 @@ async def test_the_fake_blanks_content_for_a_client_without_the_message_content_
         gateway.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await gateway
+
+
+# ---------------------------------------------------------------------------- channel settings
+
+
+async def command(
+    rig: Rig, channel: int, text: str, *, roles: tuple[int, ...] = (), reply_to_wait: bool = True
+) -> str:
+    """``@solarbot TEXT`` by a member with ``roles``; returns the bot's answer to it."""
+    before = len(rig.replies(channel))
+    await rig.fake.user_message(channel, f"{MENTION} {text}", mentions=(BOT_ID,), roles=roles)
+    if not reply_to_wait:
+        return ""
+    await rig.until(lambda: len(rig.replies(channel)) > before)
+    return rig.replies(channel)[before]
+
+
+def settings_of(rig: Rig, channel: int = GENERAL) -> tuple[object, ...]:
+    config = rig.repository.channel_config(
+        platform="discord", workspace=str(GUILD), channel=str(channel)
+    )
+    return (config.system_prompt, config.enabled, config.max_reply_chars, config.language)
+
+
+async def test_admin_roles_change_channel_settings_that_threads_inherit(
+    fake: FakeDiscord, sqlite_url: str
+) -> None:
+    rig = await start_rig(fake, sqlite_url, admin_roles=frozenset({MEMBER_ROLE}))
+    try:
+        # ADMIN_ROLE has Manage Server, but admin roles are configured: only they count.
+        for text in ("!prompt Be a pirate.", "!length 30", "!language German", "!off"):
+            refusal = await command(rig, GENERAL, text, roles=(ADMIN_ROLE,))
+            assert refusal.startswith("Sorry, only admins can use `@solarbot !")
+        assert settings_of(rig) == (None, True, None, None)
+
+        admin = (MEMBER_ROLE,)
+        assert "now" in await command(rig, GENERAL, "!prompt Be a pirate.", roles=admin)
+        assert "30 characters" in await command(rig, GENERAL, "!length 30", roles=admin)
+        assert "German" in await command(rig, GENERAL, "!language German", roles=admin)
+        assert settings_of(rig) == ("Be a pirate.", True, 30, "German")
+        assert "needs a number" in await command(rig, GENERAL, "!length 5", roles=admin)
+        assert settings_of(rig)[2] == 30  # an invalid length changed nothing
+
+        # A question in a thread of the channel gets the channel's settings.
+        question = "tell me all about the longest rivers of the world"
+        await fake.user_message(THREAD, f"{MENTION} {question}", mentions=(BOT_ID,))
+        await rig.until(lambda: rig.jobs_done(1))
+        assert rig.engine.prompts[-1].startswith(
+            "### System:\nBe a pirate.\n\nAnswer in German.\n\n### User:\n"
+        )
+        full = f"You said: Ana: {question}"
+        [reply] = rig.replies(THREAD)
+        assert reply == truncate_at_word(full, 30) and len(reply) <= 30 and reply.endswith("…")
+        assert rig.stored(GENERAL, thread=THREAD)[-1] == ("assistant", reply)
+
+        status = await command(rig, THREAD, "!status")
+        assert "custom system prompt (12 characters)" in status and "replies on" in status
+        assert "at most 30 characters" in status and "**Language:** German" in status
+
+        assert "no length limit" in await command(rig, GENERAL, "!length reset", roles=admin)
+        assert settings_of(rig)[2] is None
+        assert "Be a pirate." in await command(rig, GENERAL, "!prompt")  # anyone may look
+        assert "don't know" in await command(rig, GENERAL, "!frobnicate")
+    finally:
+        await rig.stop()
+        rig.repository.close()
+
+
+async def test_manage_server_makes_an_admin_when_no_admin_roles_are_set_and_off_means_silence(
+    fake: FakeDiscord, sqlite_url: str
+) -> None:
+    rig = await start_rig(fake, sqlite_url)
+    try:
+        refusal = await command(rig, GENERAL, "!off", roles=(MEMBER_ROLE,))
+        assert "only admins" in refusal and settings_of(rig)[1] is True
+        assert "I'm off" in await command(rig, GENERAL, "!off", roles=(ADMIN_ROLE,))
+        assert settings_of(rig)[1] is False
+
+        # Switched off: questions, non-admins' commands and an admin's other commands are ignored.
+        replies = len(rig.replies(GENERAL))
+        await command(rig, GENERAL, "anyone there?", reply_to_wait=False)
+        await command(rig, GENERAL, "!status", roles=(MEMBER_ROLE,), reply_to_wait=False)
+        await command(rig, GENERAL, "!on", roles=(MEMBER_ROLE,), reply_to_wait=False)
+        await command(rig, GENERAL, "!help", roles=(ADMIN_ROLE,), reply_to_wait=False)
+        # An admin's status still answers (messages are handled in order: this is a barrier).
+        status = await command(rig, GENERAL, "!status", roles=(ADMIN_ROLE,))
+        assert "replies off" in status
+        assert len(rig.replies(GENERAL)) == replies + 1 and rig.repository.jobs() == []
+
+        assert "on in this channel" in await command(rig, GENERAL, "!on", roles=(ADMIN_ROLE,))
+        await fake.user_message(GENERAL, f"{MENTION} back?", mentions=(BOT_ID,))
+        await rig.until(lambda: rig.jobs_done(1))
+        assert rig.replies(GENERAL)[-1] == "You said: Ana: back?"
+        assert len(rig.engine.requests) == 1  # the question asked while off never reached it
+    finally:
+        await rig.stop()
+        rig.repository.close()
+
+
+# ---------------------------------------------------------------------------- feedback
+
+
+def votes(rig: Rig, job_id: int) -> set[tuple[str, str]]:
+    return {(f.user_id, f.rating.value) for f in rig.repository.feedback_for(job_id)}
+
+
+async def test_thumbs_on_a_reply_are_feedback_and_removing_one_removes_it(
+    fake: FakeDiscord, sqlite_url: str
+) -> None:
+    long_reply = "word " * 500  # 2500 characters: two messages
+    rig = await start_rig(
+        fake, sqlite_url, engine=FakeEngine(replies=["Short answer.", long_reply])
+    )
+    try:
+        question = await fake.user_message(GENERAL, f"{MENTION} first?", mentions=(BOT_ID,))
+        await rig.until(lambda: rig.jobs_done(1))
+        await fake.user_message(THREAD, f"{MENTION} second?", mentions=(BOT_ID,))
+        await rig.until(lambda: rig.jobs_done(2))
+        first_job, second_job = (job.id for job in rig.repository.jobs())
+        [answer] = fake.bot_messages(GENERAL)
+        _, part_two = fake.bot_messages(THREAD)
+
+        await fake.user_reaction(int(answer["id"]), "👍", user_id=501)
+        await fake.user_reaction(int(answer["id"]), "👎🏽", user_id=502)  # any skin tone
+        await fake.user_reaction(int(answer["id"]), "🎉", user_id=503)  # not feedback
+        await fake.user_reaction(int(question["id"]), "👎", user_id=504)  # not on a reply
+        await fake.user_reaction(int(part_two["id"]), "👎", user_id=505)  # a follow-up part
+        await rig.until(
+            lambda: len(votes(rig, first_job)) == 2 and len(votes(rig, second_job)) == 1
+        )
+        assert votes(rig, first_job) == {("501", "up"), ("502", "down")}
+        assert votes(rig, second_job) == {("505", "down")}
+        [stored] = [f for f in rig.repository.feedback_for(second_job)]
+        assert stored.platform_message_id == part_two["id"] and stored.created_at is not None
+
+        await fake.user_reaction(int(answer["id"]), "👍", user_id=501, added=False)
+        await rig.until(lambda: votes(rig, first_job) == {("502", "down")})
+        await fake.user_reaction(int(part_two["id"]), "👎", user_id=505, added=False)
+        await rig.until(lambda: votes(rig, second_job) == set())
+        await asyncio.sleep(0.1)
+        assert votes(rig, first_job) == {("502", "down")}  # the other reactions stored nothing
+    finally:
+        await rig.stop()
+        rig.repository.close()
+
+
+# ---------------------------------------------------------------------------- human handoff
+
+
+async def test_asking_for_a_human_pings_the_support_role_and_silences_the_thread_until_resume(
+    fake: FakeDiscord, sqlite_url: str
+) -> None:
+    rig = await start_rig(
+        fake, sqlite_url, handoff_keywords=("talk to a human",), support_role=ADMIN_ROLE
+    )
+    try:
+        await fake.user_message(
+            THREAD, f"{MENTION} I want to TALK to a  human!", mentions=(BOT_ID,)
+        )
+        await rig.until(lambda: len(rig.replies(THREAD)) == 1)
+        [notice] = fake.bot_messages(THREAD)
+        assert notice["content"].startswith(f"<@&{ADMIN_ROLE}> Someone here asked for a human")
+        assert "`@solarbot !resume`" in notice["content"]
+        # The support role, and nobody else, is pinged.
+        assert [str(r) for r in notice["allowed_mentions"]["roles"]] == [str(ADMIN_ROLE)]
+        assert notice["allowed_mentions"]["parse"] == []
+        assert rig.engine.requests == []
+
+        await fake.user_message(THREAD, f"{MENTION} hello? anyone?", mentions=(BOT_ID,))
+        await fake.user_message(GENERAL, f"{MENTION} still there?", mentions=(BOT_ID,))
+        await rig.until(lambda: rig.jobs_done(1))  # the channel itself is not handed off
+        assert rig.replies(GENERAL) == ["You said: Ana: still there?"]
+        assert rig.replies(THREAD) == [notice["content"]]
+        assert rig.stored(GENERAL, thread=THREAD) == [("user", "I want to TALK to a human!")]
+        status = await command(rig, GENERAL, "!status")
+        assert "**Waiting for a human:** 1 conversation(s)" in status
+
+        # Anyone may bring the bot back, from the channel or any of its threads.
+        assert "I'm back" in await command(rig, THREAD, "!resume", roles=(MEMBER_ROLE,))
+        await fake.user_message(THREAD, f"{MENTION} and now?", mentions=(BOT_ID,))
+        await rig.until(lambda: rig.jobs_done(2))
+        assert rig.replies(THREAD)[-1] == "You said: Ana: and now?"
+        assert "Nothing to resume" in await command(rig, GENERAL, "!resume")
+    finally:
+        await rig.stop()
+        rig.repository.close()

@@ -25,14 +25,15 @@ def columns(engine: object, table: str) -> set[str]:
 def test_migration_0002_adds_the_trace_to_existing_jobs_and_goes_down(database_url: str) -> None:
     engine = database.create_db_engine(database_url)
     try:
-        database.upgrade(engine, revision="0001")
-        assert not TRACE_COLUMNS & columns(engine, "jobs")
-        old = Repository(engine)
-        # A job from before the upgrade (0001's columns only, as the old code wrote them).
-        created = old.enqueue(incoming("before"))
-        assert created is not None
-
+        # A job from before the upgrade: stored by this code, then migrated down to 0001 (today's
+        # code needs today's schema to write).
         database.upgrade(engine)
+        created = Repository(engine).enqueue(incoming("before"))
+        assert created is not None
+        database.downgrade(engine, "0001")
+        assert not TRACE_COLUMNS & columns(engine, "jobs")
+
+        database.upgrade(engine, revision="0002")
         assert database.current_revision(engine) == "0002"
         assert columns(engine, "jobs") >= TRACE_COLUMNS
         job = Repository(engine).job(created.job_id)

@@ -30,6 +30,7 @@ from bot.generation.fake import FakeEngine
 from bot.models import ConversationKey, JobStatus
 from bot.service import Service, platform_adapters
 from bot.settings import load_settings
+from bot.splitting import truncate_at_word
 from storage.repository import Repository
 from tests.slack_fake import (
     APP_TOKEN,
@@ -643,9 +644,11 @@ def test_the_manifest_matches_what_the_adapter_handles() -> None:
     assert set(manifest["settings"]["event_subscriptions"]["bot_events"]) == {
         "app_mention",
         "message.im",
+        "reaction_added",
+        "reaction_removed",
     }
     scopes = set(manifest["oauth_config"]["scopes"]["bot"])
-    assert {"app_mentions:read", "chat:write", "commands", "im:history"} <= scopes
+    assert {"app_mentions:read", "chat:write", "commands", "im:history", "reactions:read"} <= scopes
     assert manifest["settings"]["socket_mode_enabled"] is True
 
 
@@ -687,3 +690,166 @@ async def test_a_question_that_cannot_be_stored_says_so_instead_of_thinking_fore
     assert [r["text"] for r in rig.fake.responses] == [texts.FAILED_REPLY]
     [placeholder] = rig.fake.thread("C0GENERAL", None)
     await rig.until(lambda: placeholder.text.endswith(texts.FAILED_REPLY))
+
+
+# ---------------------------------------------------------------------- channel settings
+
+
+async def say(rig: Rig, text: str, *, user: str, name: str) -> str:
+    """``/solar TEXT`` by ``user``; returns the ephemeral answer."""
+    await rig.command(text, user=user, name=name)
+    await rig.until(lambda: any(r["_name"] == name for r in rig.fake.responses))
+    return str(next(r for r in rig.fake.responses if r["_name"] == name)["text"])
+
+
+def slack_settings(rig: Rig) -> tuple[object, ...]:
+    config = rig.repository.channel_config(platform="slack", workspace=TEAM, channel="C0GENERAL")
+    return (config.system_prompt, config.enabled, config.max_reply_chars, config.language)
+
+
+async def test_admins_set_length_language_and_prompt_and_threads_follow_them(rig: Rig) -> None:
+    for index, text in enumerate(["length 30", "language German", "off", "on", "prompt Hi."]):
+        refusal = await say(rig, text, user="U0ALICE", name=f"alice{index}")
+        assert f"only admins can use `/solar {text.split()[0]}`" in refusal
+    assert slack_settings(rig) == (None, True, None, None)
+
+    assert "30 characters" in await say(rig, "length 30", user=ADMIN, name="a1")
+    assert "German" in await say(rig, "language German", user=ADMIN, name="a2")
+    assert "now" in await say(rig, "prompt Be a pirate.", user=ADMIN, name="a3")
+    too_long = "language " + "x" * 41
+    assert "needs a language name" in await say(rig, too_long, user=ADMIN, name="a4")
+    assert slack_settings(rig) == ("Be a pirate.", True, 30, "German")
+
+    question = "tell me all about the longest rivers of the world"
+    await rig.event(mention(question, ts="1690000900.000002", thread_ts="1690000900.000001"))
+    await rig.until(lambda: rig.jobs_done(1))
+    assert rig.engine.prompts[-1].startswith(
+        "### System:\nBe a pirate.\n\nAnswer in German.\n\n### User:\n"
+    )
+    [answer] = rig.fake.thread("C0GENERAL", "1690000900.000001")
+    assert answer.text == truncate_at_word(f"You said: Alice: {question}", 30)
+    assert len(answer.text) <= 30 and answer.text.endswith("…")
+
+    status = await say(rig, "status", user="U0ALICE", name="status")
+    assert "custom system prompt (12 characters)" in status and "replies on" in status
+    assert "*Reply length:* at most 30 characters" in status and "*Language:* German" in status
+
+    assert "no longer" in await say(rig, "language reset", user=ADMIN, name="a5")
+    await rig.event(mention("and now?", ts="1690000900.000003", thread_ts="1690000900.000001"))
+    await rig.until(lambda: rig.jobs_done(2))
+    assert "Answer in" not in rig.engine.prompts[-1]
+
+
+async def test_a_switched_off_channel_takes_only_an_admins_on_and_status(rig: Rig) -> None:
+    assert "I'm off" in await say(rig, "off", user=ADMIN, name="off")
+    assert await say(rig, "status", user="U0ALICE", name="alice") == texts.CHANNEL_DISABLED
+    assert await say(rig, "on", user="U0ALICE", name="alice-on") == texts.CHANNEL_DISABLED
+    assert await say(rig, "length 50", user=ADMIN, name="length") == texts.CHANNEL_DISABLED
+    assert "replies off" in await say(rig, "status", user=ADMIN, name="status")
+    await rig.event(mention("hello?", ts="1690000950.000001"))
+    await asyncio.sleep(0.3)
+    assert rig.repository.jobs() == [] and slack_settings(rig) == (None, False, None, None)
+
+    assert "on in this channel" in await say(rig, "on", user=ADMIN, name="on")
+    await rig.event(mention("back?", ts="1690000950.000002"))
+    await rig.until(lambda: rig.jobs_done(1))
+    assert [p for p in rig.engine.prompts if "hello?" in p] == []
+    assert rig.fake.thread("C0GENERAL", "1690000950.000002")[0].text == "You said: Alice: back?"
+
+
+# ---------------------------------------------------------------------- feedback
+
+
+def reaction(
+    name: str, ts: str, *, user: str, added: bool = True, item_user: str = BOT_USER
+) -> dict[str, Any]:
+    return {
+        "type": "reaction_added" if added else "reaction_removed",
+        "user": user,
+        "reaction": name,
+        "item_user": item_user,
+        "item": {"type": "message", "channel": "C0GENERAL", "ts": ts},
+        "event_ts": f"{time.time():.6f}",
+    }
+
+
+async def test_thumbs_on_answers_are_stored_as_feedback_until_removed(rig: Rig) -> None:
+    await rig.command("what is SOLAR?")  # answered in the channel, into the placeholder
+    await rig.event(mention("and Slack?", ts="1690001000.000001"))
+    await rig.until(lambda: rig.jobs_done(2))
+    jobs = {job.reply_text: job.id for job in rig.repository.jobs()}
+    command_job, mention_job = (
+        jobs["You said: Alice: what is SOLAR?"],
+        jobs["You said: Alice: and Slack?"],
+    )
+    [answer] = rig.fake.thread("C0GENERAL", None)
+    [threaded] = rig.fake.thread("C0GENERAL", "1690001000.000001")
+
+    def votes(job_id: int) -> set[tuple[str, str]]:
+        return {(f.user_id, f.rating.value) for f in rig.repository.feedback_for(job_id)}
+
+    await rig.event(reaction("+1", answer.ts, user="U0BOB"))
+    await rig.event(reaction("-1::skin-tone-3", answer.ts, user="U0CAROL"))
+    await rig.event(reaction("thumbsdown", threaded.ts, user="U0BOB"))
+    await rig.event(reaction("tada", answer.ts, user="U0DAVE"))  # not feedback
+    await rig.event(reaction("-1", "1690001000.000001", user="U0DAVE", item_user="U0ALICE"))
+    await rig.until(lambda: len(votes(command_job)) == 2 and len(votes(mention_job)) == 1)
+    assert votes(command_job) == {("U0BOB", "up"), ("U0CAROL", "down")}
+    assert votes(mention_job) == {("U0BOB", "down")}
+
+    await rig.event(reaction("+1", answer.ts, user="U0BOB", added=False))
+    await rig.until(lambda: votes(command_job) == {("U0CAROL", "down")})
+    await asyncio.sleep(0.1)
+    assert votes(mention_job) == {("U0BOB", "down")}
+
+
+# ---------------------------------------------------------------------- human handoff
+
+
+async def test_asking_for_a_human_pings_the_support_group_once_and_resume_brings_the_bot_back(
+    tmp_path: Path, fake: FakeSlack
+) -> None:
+    async with start_rig(tmp_path, fake, support_group="S0SUPPORT") as rig:
+        ask = mention("Human please, this is urgent", ts="1690002000.000001")
+        await rig.event(ask, event_id="Ev0HUMAN")
+        await rig.until(lambda: bool(rig.fake.thread("C0GENERAL", "1690002000.000001")))
+        [notice] = rig.fake.thread("C0GENERAL", "1690002000.000001")
+        assert notice.text.startswith("<!subteam^S0SUPPORT> Someone here asked for a human")
+        assert "`/solar resume`" in notice.text
+        # Slack retries the event: no second ping.
+        await rig.event(ask, event_id="Ev0HUMAN", **{"X-Slack-Retry-Num": "1"})
+        await rig.event(mention("hello?", ts="1690002000.000002", thread_ts="1690002000.000001"))
+        await rig.event(mention("elsewhere", ts="1690002000.000003"))
+        await rig.until(lambda: rig.jobs_done(1))  # other conversations are answered
+        await asyncio.sleep(0.2)
+        assert len(rig.fake.thread("C0GENERAL", "1690002000.000001")) == 1
+        assert rig.stored("C0GENERAL", "1690002000.000001") == [
+            ("user", "Human please, this is urgent")
+        ]
+        assert [p for p in rig.engine.prompts if "urgent" in p or "hello?" in p] == []
+        status = await say(rig, "status", user="U0ALICE", name="status")
+        assert "*Waiting for a human:* 1 conversation(s)" in status
+
+        assert "I'm back" in await say(rig, "resume", user="U0ALICE", name="resume")
+        await rig.event(mention("back?", ts="1690002000.000004", thread_ts="1690002000.000001"))
+        await rig.until(lambda: rig.jobs_done(2))
+        assert (
+            rig.fake.thread("C0GENERAL", "1690002000.000001")[-1].text == "You said: Alice: back?"
+        )
+
+
+async def test_a_slash_question_in_a_conversation_waiting_for_a_human_is_not_answered(
+    rig: Rig,
+) -> None:
+    await rig.command("talk to a human", name="first")
+    await rig.until(
+        lambda: any("asked for a human" in m.text for m in rig.fake.thread("C0GENERAL", None))
+    )
+    [notice] = rig.fake.thread("C0GENERAL", None)  # the placeholder became the notice
+    assert notice.text.startswith("<@U0ALICE> asked: talk to a human\n\nSomeone here asked")
+    await rig.command("what now?", name="second")
+    await rig.until(lambda: any(r["_name"] == "second" for r in rig.fake.responses))
+    waiting = next(r for r in rig.fake.responses if r["_name"] == "second")
+    assert "waiting for a human" in waiting["text"] and waiting["response_type"] == "ephemeral"
+    await rig.until(lambda: len(rig.fake.thread("C0GENERAL", None)) == 1)  # placeholder removed
+    assert rig.engine.requests == []

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -11,10 +11,11 @@ import pytest
 
 from adapters.fake import FakeAdapter
 from bot import texts
-from bot.generation.engine import SamplingParams
+from bot.generation.engine import GenerationRequest, SamplingParams
 from bot.generation.fake import FakeEngine
 from bot.intake import Intake
 from bot.models import ChannelConfig, ConversationKey, JobStatus
+from bot.splitting import truncate_at_word
 from bot.worker import Worker, WorkerOptions
 from storage.repository import Repository
 from storage.schema import utcnow
@@ -302,6 +303,44 @@ async def test_startup_requeues_jobs_left_running_by_a_crash(sqlite_url: str) ->
     try:
         await rig.until(lambda: rig.pending() == 0)
         assert rig.worker._adapters["fake"].replies("c1") == ["You said: hi"]  # type: ignore[attr-defined]
+    finally:
+        await rig.worker.stop(drain_seconds=1)
+        await rig.task
+        rig.repository.close()
+
+
+class CountingEngine(FakeEngine):
+    """Counts the chunks the worker actually took from the stream."""
+
+    taken = 0
+
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[str, None]:
+        async for chunk in super().stream(request):
+            self.taken += 1
+            yield chunk
+
+
+async def test_a_channels_reply_length_stops_generation_and_cuts_at_a_word(
+    sqlite_url: str,
+) -> None:
+    long_reply = " ".join(f"word{n}" for n in range(400))
+    engine = CountingEngine(replies=[long_reply])
+    rig = await start_rig(sqlite_url, engine=engine, max_new_tokens=1000)
+    try:
+        rig.repository.update_channel_config(
+            platform="fake", workspace="", channel="c1", changes={"max_reply_chars": 40}
+        )
+        await rig.adapter.receive(channel="c1", text="talk a lot", message_id="1")
+        await rig.until(lambda: rig.pending() == 0)
+        (reply,) = rig.adapter.messages.values()
+        assert (
+            reply.text == truncate_at_word(long_reply, 40) == "word0 word1 word2 word3 word4 word5…"
+        )
+        assert all(len(shown) <= 40 for shown in reply.history)  # never shown longer
+        assert engine.taken <= 8  # it stopped right after the 41st character, not at 400 words
+        assert engine.health().active_requests == 0  # the engine's request was closed
+        record = rig.repository.jobs()[0]
+        assert record.reply_text == reply.text
     finally:
         await rig.worker.stop(drain_seconds=1)
         await rig.task
