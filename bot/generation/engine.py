@@ -10,6 +10,8 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from bot.errors import GenerationError
+
 
 @dataclass(frozen=True, kw_only=True)
 class SamplingParams:
@@ -90,3 +92,22 @@ class Engine(Protocol):
     def health(self) -> EngineHealth: ...
 
     async def close(self) -> None: ...
+
+
+def checked_max_new_tokens(
+    prompt: Sequence[int], *, max_new_tokens: int, context_window: int, vocab_size: int
+) -> int:
+    """Validate a prompt for a local engine; return ``max_new_tokens`` shortened to fit the
+    context window. Raises ``GenerationError`` naming what is wrong."""
+    if not prompt:
+        raise GenerationError("the prompt is empty")
+    if max_new_tokens <= 0:
+        raise GenerationError(f"max_new_tokens must be > 0, got {max_new_tokens}")
+    room = context_window - len(prompt)
+    if room <= 0:
+        raise GenerationError(
+            f"the prompt has {len(prompt)} tokens; the context window is {context_window}"
+        )
+    if any(i < 0 or i >= vocab_size for i in prompt):
+        raise GenerationError("the prompt contains token ids outside the vocabulary")
+    return min(max_new_tokens, room)

@@ -46,7 +46,13 @@ from urllib.parse import urlsplit
 
 from bot.errors import ConfigError, EngineClosedError, GenerationError, ModelNotFoundError
 from bot.generation.decoding import IncrementalDecoder, StopMatcher
-from bot.generation.engine import EngineHealth, GenerationRequest, SamplingParams, Tokenizer
+from bot.generation.engine import (
+    EngineHealth,
+    GenerationRequest,
+    SamplingParams,
+    Tokenizer,
+    checked_max_new_tokens,
+)
 from bot.generation.solar import DEFAULT_MODEL_ID, SOLAR_CHAT_TEMPLATE, STOP_HEADERS
 
 logger = logging.getLogger(__name__)
@@ -692,18 +698,12 @@ class TransformersEngine:
 
     def _check_request(self, request: GenerationRequest, prompt: list[int]) -> int:
         """Validate a request; return its max_new_tokens, shortened to fit the context window."""
-        if not prompt:
-            raise GenerationError("the prompt is empty")
-        if request.max_new_tokens <= 0:
-            raise GenerationError(f"max_new_tokens must be > 0, got {request.max_new_tokens}")
-        room = self.context_window - len(prompt)
-        if room <= 0:
-            raise GenerationError(
-                f"the prompt has {len(prompt)} tokens; the context window is {self.context_window}"
-            )
-        if any(i < 0 or i >= self._vocab_size for i in prompt):
-            raise GenerationError("the prompt contains token ids outside the vocabulary")
-        return min(request.max_new_tokens, room)
+        return checked_max_new_tokens(
+            prompt,
+            max_new_tokens=request.max_new_tokens,
+            context_window=self.context_window,
+            vocab_size=self._vocab_size,
+        )
 
     def _sampling_kwargs(self, sampling: SamplingParams) -> dict[str, Any]:
         if sampling.greedy:

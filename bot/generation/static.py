@@ -45,7 +45,12 @@ from typing import Any
 
 from bot.errors import ConfigError, EngineClosedError, GenerationError
 from bot.generation.decoding import IncrementalDecoder, StopMatcher
-from bot.generation.engine import EngineHealth, GenerationRequest, Tokenizer
+from bot.generation.engine import (
+    EngineHealth,
+    GenerationRequest,
+    Tokenizer,
+    checked_max_new_tokens,
+)
 from bot.generation.local import (
     DEFAULT_KV_MEMORY_FRACTION,
     MIN_TEMPERATURE,
@@ -685,17 +690,12 @@ class StaticCacheEngine:
                 "StaticCacheEngine must be used from the event loop that started it"
             )
         prompt = [int(i) for i in request.prompt_ids]
-        if not prompt:
-            raise GenerationError("the prompt is empty")
-        if request.max_new_tokens <= 0:
-            raise GenerationError(f"max_new_tokens must be > 0, got {request.max_new_tokens}")
-        room = self.context_window - len(prompt)
-        if room <= 0:
-            raise GenerationError(
-                f"the prompt has {len(prompt)} tokens; the context window is {self.context_window}"
-            )
-        if any(i < 0 or i >= self._vocab_size for i in prompt):
-            raise GenerationError("the prompt contains token ids outside the vocabulary")
+        max_new = checked_max_new_tokens(
+            prompt,
+            max_new_tokens=request.max_new_tokens,
+            context_window=self.context_window,
+            vocab_size=self._vocab_size,
+        )
         if request.request_id in self._active:
             raise GenerationError(f"request {request.request_id!r} is already generating")
         sampling = request.sampling
@@ -704,7 +704,7 @@ class StaticCacheEngine:
             raise GenerationError(f"top_p must be in (0, 1], got {top_p}")
         state = _Request(
             prompt=prompt,
-            max_new=min(request.max_new_tokens, room),
+            max_new=max_new,
             temperature=0.0 if sampling.greedy else float(sampling.temperature),
             top_p=top_p,
             deliver=asyncio.Queue(),
