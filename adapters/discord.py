@@ -257,9 +257,15 @@ class DiscordAdapter:
         if not task.cancelled() and task.exception() is not None and not self._closing:
             error = task.exception()
             if isinstance(error, discord.PrivilegedIntentsRequired):
-                log.error("discord: %s", texts.DISCORD_PRIVILEGED_INTENT)
+                reason = texts.DISCORD_PRIVILEGED_INTENT
+            elif isinstance(error, discord.LoginFailure):
+                reason = texts.DISCORD_LOGIN_FAILED
             else:
-                log.error("discord: the gateway connection ended: %r", error)
+                reason = f"the gateway connection ended: {error!r}"
+            if self._intake is not None:
+                self._intake.ingress_failed(PLATFORM, reason)  # the service stops, exit code 2
+            else:
+                log.error("discord: %s", reason)
 
     async def stop(self) -> None:
         self._closing = True

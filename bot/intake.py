@@ -71,6 +71,7 @@ class Intake:
             " ".join(keyword.lower().split()) for keyword in handoff_keywords if keyword.strip()
         )
         self._listeners: list[Callable[[], None]] = []
+        self._failure_listeners: list[Callable[[str, str], None]] = []
         self._notifiers: dict[str, ChatAdapter] = {}
         # Events refused lately: a redelivery (Slack retries, gateway replays) is not told twice.
         self._refused: OrderedDict[str, str] = OrderedDict()
@@ -82,6 +83,17 @@ class Intake:
     def on_enqueued(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` after each new job (an in-process worker wakes up instead of polling)."""
         self._listeners.append(listener)
+
+    def on_ingress_failure(self, listener: Callable[[str, str], None]) -> None:
+        """Call ``listener(platform, reason)`` when an adapter can no longer receive messages."""
+        self._failure_listeners.append(listener)
+
+    def ingress_failed(self, platform: str, reason: str) -> None:
+        """An adapter's ingress died for good (e.g. its connection was refused for good): the
+        service stops with an error, so a supervisor restarts it instead of leaving a deaf bot."""
+        log.error("%s can no longer receive messages: %s", platform, reason)
+        for listener in self._failure_listeners:
+            listener(platform, reason)
 
     async def submit(self, incoming: Incoming) -> EnqueueResult | None:
         """Store and enqueue ``incoming``. None when its channel is switched off."""

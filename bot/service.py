@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 from adapters.console import PLATFORM as CONSOLE
 from adapters.console import ConsoleAdapter
 from bot.delivery import ChatAdapter
-from bot.errors import ConfigError
+from bot.errors import ConfigError, SolarbotError
 from bot.generation.engine import Engine, SamplingParams
 from bot.intake import Intake
 from bot.limits import Limits, LimitSettings
@@ -164,6 +164,13 @@ class Service:
             self.intake.register(adapter)
         self.worker: Worker | None = None
         self.stopping = asyncio.Event()
+        self.ingress_failure: str | None = None
+        self.intake.on_ingress_failure(self._ingress_failed)
+
+    def _ingress_failed(self, platform: str, reason: str) -> None:
+        if self.ingress_failure is None:
+            self.ingress_failure = f"{platform} can no longer receive messages: {reason}"
+        self.stopping.set()
 
     async def run(self) -> None:
         """Run until ``stopping`` is set (signals, end of console input), then shut down cleanly."""
@@ -210,6 +217,8 @@ class Service:
             stop_waiter.cancel()
             if worker_task is not None and worker_task.done():
                 worker_task.result()  # the worker crashed: surface its error
+            if self.ingress_failure is not None:  # after a clean shutdown (finally), exit non-zero
+                raise SolarbotError(self.ingress_failure)
         finally:
             if self.worker is not None:
                 await self.worker.stop(drain_seconds=self.drain_seconds)

@@ -133,6 +133,12 @@ class FakeDiscord:
     def connections(self) -> int:
         return len(self._connections)
 
+    async def drop_gateway_connections(self) -> None:
+        """Close every gateway websocket (as Discord does at times); clients reconnect."""
+        for connection in list(self._connections):
+            with contextlib.suppress(Exception):
+                await connection.ws.close(code=4000, message=b"Unknown error.")
+
     # ------------------------------------------------------------------ the world
 
     def snowflake(self) -> int:

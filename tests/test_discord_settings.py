@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from adapters.discord import DiscordAdapter
-from bot.errors import ConfigError
+from bot.errors import ConfigError, SolarbotError
 from bot.service import Service, build_engine, platform_adapters
 from bot.settings import load_settings
 from storage.repository import Repository
@@ -118,3 +118,43 @@ async def test_the_service_runs_the_discord_adapter_beside_the_worker(
         await running
         repository.close()
     assert fake.connections == 0  # the adapter closed its gateway connection on shutdown
+
+
+async def test_a_gateway_refused_for_good_after_start_up_stops_the_service(
+    fake: FakeDiscord, tmp_path: Path
+) -> None:
+    """The Message Content switch is turned off while the bot runs: on its next reconnect Discord
+    refuses it (4014). A deaf bot must not keep running: the service stops, cleanly, with an
+    error naming the switch (the CLI exits 2, a supervisor restarts it)."""
+    settings = load_settings(
+        environ={
+            "SOLARBOT_DISCORD_TOKEN": fake.token,
+            "SOLARBOT_ENGINE": "fake",
+            "SOLARBOT_DATA_DIR": str(tmp_path),
+            "SOLARBOT_POLL_SECONDS": "0.05",
+        }
+    )
+    repository = Repository.open(settings.resolved_database_url())
+    service = Service(
+        settings=settings,
+        repository=repository,
+        engine=build_engine(settings),
+        adapters=platform_adapters(settings),
+        drain_seconds=2,
+    )
+    running = asyncio.create_task(service.run())
+    try:
+        async with asyncio.timeout(30):
+            await fake.ready.wait()
+            while service.worker is None:
+                await asyncio.sleep(0.01)
+            fake.message_content_enabled = False
+            await fake.drop_gateway_connections()
+            with pytest.raises(SolarbotError, match="MESSAGE CONTENT"):
+                await running
+    finally:
+        if not running.done():
+            service.stopping.set()
+            await running
+        repository.close()
+    assert fake.connections == 0
