@@ -4,11 +4,13 @@ the tiny SOLAR-shaped model built once per session."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from bot.generation.local import HFTokenizer
 from storage import database
 from storage.repository import Repository
 from tests.tiny_model import build_tiny_solar
@@ -20,6 +22,50 @@ REQUIRE_POSTGRES_ENV = "SOLARBOT_TEST_REQUIRE_POSTGRES"
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_solar(tmp_path_factory.mktemp("tiny-solar"))
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_tokenizer(tiny_model_dir: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_model_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_hf_tokenizer: Any) -> HFTokenizer:
+    """The tiny model's tokenizer (SOLAR's real one) behind our Tokenizer protocol."""
+    return HFTokenizer(tiny_hf_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def greedy_text(
+    tiny_model_dir: Path, tiny_tokenizer: HFTokenizer
+) -> Callable[[list[int], int], str]:
+    """The reference every engine is held to: plain ``model.generate(do_sample=False)`` on the
+    tiny model in float32, up to EOS, decoded like the engines decode. Results are cached."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    model.eval()
+    cache: dict[tuple[tuple[int, ...], int], str] = {}
+
+    def generate(prompt: list[int], max_new_tokens: int) -> str:
+        key = (tuple(prompt), max_new_tokens)
+        if key not in cache:
+            with torch.inference_mode():
+                out = model.generate(
+                    torch.tensor([prompt]),
+                    attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                    do_sample=False,
+                    max_new_tokens=max_new_tokens,
+                    eos_token_id=2,
+                    pad_token_id=2,
+                )
+            cache[key] = tiny_tokenizer.decode(out[0, len(prompt) :].tolist())
+        return cache[key]
+
+    return generate
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,24 +38,14 @@ def settings_for(model_dir: Path, data_dir: Path) -> Settings:
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_model_dir: Path) -> Any:
-    """Greedy continuation with plain ``model.generate``, decoded like the engine decodes."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = HFTokenizer(AutoTokenizer.from_pretrained(str(tiny_model_dir)))
-    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
-    model.eval()
-    builder = PromptBuilder(tokenizer, context_window=512, max_new_tokens=MAX_NEW_TOKENS)
+def reference(tiny_tokenizer: HFTokenizer, greedy_text: Callable[[list[int], int], str]) -> Any:
+    """The engine's expected reply to a history: our prompt, then plain greedy ``generate``."""
+    builder = PromptBuilder(tiny_tokenizer, context_window=512, max_new_tokens=MAX_NEW_TOKENS)
 
     def expected(history: list[tuple[str, str]]) -> str:
         turns = [Turn(role=role, text=text) for role, text in history]  # type: ignore[arg-type]
         prompt = builder.build(system_prompt="You are a test.", history=turns).prompt_ids
-        with torch.no_grad():
-            output = model.generate(
-                torch.tensor([prompt]), max_new_tokens=MAX_NEW_TOKENS, do_sample=False
-            )
-        return tokenizer.decode(output[0, len(prompt) :].tolist())
+        return greedy_text(prompt, MAX_NEW_TOKENS)
 
     return expected
 

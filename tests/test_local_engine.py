@@ -24,57 +24,17 @@ from bot.errors import (
     SolarbotError,
 )
 from bot.generation.decoding import REPLACEMENT_CHAR, IncrementalDecoder, StopMatcher
-from bot.generation.engine import Engine, GenerationRequest, SamplingParams, Tokenizer
+from bot.generation.engine import Engine, SamplingParams, Tokenizer
 from bot.generation.local import HFTokenizer, TransformersEngine
 from bot.generation.solar import SOLAR_CHAT_TEMPLATE, STOP_HEADERS
+from tests.engine_support import collect, make_request, prompt_ids
 
 module_loop = pytest.mark.asyncio(loop_scope="module")
-GREEDY = SamplingParams(temperature=0.0)
 # Every character below 🙂 is spelled with SentencePiece byte-fallback tokens (<0xF0> ...).
 MULTIBYTE = "héllo wörld 你好 🙂 — code 🦜 🤖 ꙮ ǅ ∮\n\n```py\nx = 1\n```"
 
 
 # -- fixtures ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def hf_tokenizer(tiny_model_dir: Path) -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(tiny_model_dir))
-
-
-@pytest.fixture(scope="module")
-def tokenizer(hf_tokenizer: Any) -> HFTokenizer:
-    return HFTokenizer(hf_tokenizer)
-
-
-@pytest.fixture(scope="module")
-def reference(tiny_model_dir: Path, tokenizer: HFTokenizer) -> Callable[[list[int], int], str]:
-    """Greedy text from plain ``model.generate`` (no continuous batching), up to EOS."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
-    model.eval()  # type: ignore[no-untyped-call]
-    cache: dict[tuple[tuple[int, ...], int], str] = {}
-
-    def generate(prompt: list[int], max_new_tokens: int) -> str:
-        key = (tuple(prompt), max_new_tokens)
-        if key not in cache:
-            with torch.inference_mode():
-                out = model.generate(
-                    torch.tensor([prompt]),
-                    attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                    do_sample=False,
-                    max_new_tokens=max_new_tokens,
-                    eos_token_id=2,
-                    pad_token_id=2,
-                )
-            cache[key] = tokenizer.decode(out[0, len(prompt) :].tolist())
-        return cache[key]
-
-    return generate
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -83,32 +43,6 @@ async def engine(tiny_model_dir: Path) -> AsyncIterator[TransformersEngine]:
     await eng.start()
     yield eng
     await eng.close()
-
-
-def prompt_ids(tokenizer: HFTokenizer, text: str) -> list[int]:
-    rendered = tokenizer.render_chat(
-        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": text}],
-        add_generation_prompt=True,
-    )
-    return tokenizer.encode(rendered, add_bos=True)
-
-
-_counter = iter(range(1_000_000))
-
-
-def make_request(
-    prompt: list[int], max_new_tokens: int, sampling: SamplingParams = GREEDY
-) -> GenerationRequest:
-    return GenerationRequest(
-        request_id=f"test-{next(_counter)}",
-        prompt_ids=prompt,
-        max_new_tokens=max_new_tokens,
-        sampling=sampling,
-    )
-
-
-async def collect(engine: TransformersEngine, request: GenerationRequest) -> list[str]:
-    return [delta async for delta in engine.stream(request)]
 
 
 async def wait_idle(engine: TransformersEngine) -> None:
@@ -134,25 +68,25 @@ async def wait_idle(engine: TransformersEngine) -> None:
 # -- HFTokenizer ------------------------------------------------------------------------------------
 
 
-def test_hf_tokenizer_renders_solar_template(tokenizer: HFTokenizer) -> None:
-    assert isinstance(tokenizer, Tokenizer)
-    text = tokenizer.render_chat(
+def test_hf_tokenizer_renders_solar_template(tiny_tokenizer: HFTokenizer) -> None:
+    assert isinstance(tiny_tokenizer, Tokenizer)
+    text = tiny_tokenizer.render_chat(
         [{"role": "system", "content": "Be nice."}, {"role": "user", "content": "Hi there"}],
         add_generation_prompt=True,
     )
     assert text == "### System:\nBe nice.\n\n### User:\nHi there\n\n### Assistant:\n"
 
 
-def test_hf_tokenizer_encode_decode(tokenizer: HFTokenizer, hf_tokenizer: Any) -> None:
-    assert tokenizer.encode("Hello world", add_bos=True) == [1, 22557, 1526]
-    assert tokenizer.encode("Hello world", add_bos=False) == [22557, 1526]
-    rendered = tokenizer.render_chat(
+def test_hf_tokenizer_encode_decode(tiny_tokenizer: HFTokenizer, tiny_hf_tokenizer: Any) -> None:
+    assert tiny_tokenizer.encode("Hello world", add_bos=True) == [1, 22557, 1526]
+    assert tiny_tokenizer.encode("Hello world", add_bos=False) == [22557, 1526]
+    rendered = tiny_tokenizer.render_chat(
         [{"role": "user", "content": "hi"}], add_generation_prompt=True
     )
-    ids = tokenizer.encode(rendered, add_bos=True)
+    ids = tiny_tokenizer.encode(rendered, add_bos=True)
     assert ids[0] == 1
-    assert ids == hf_tokenizer(rendered).input_ids  # same as the tokenizer's own BOS handling
-    assert tokenizer.decode([1, 22557, 1526, 2]) == "Hello world"
+    assert ids == tiny_hf_tokenizer(rendered).input_ids  # same as the tokenizer's own BOS handling
+    assert tiny_tokenizer.decode([1, 22557, 1526, 2]) == "Hello world"
 
 
 def test_hf_tokenizer_sets_solar_template_when_missing(tiny_model_dir: Path) -> None:
@@ -169,46 +103,46 @@ def test_hf_tokenizer_sets_solar_template_when_missing(tiny_model_dir: Path) -> 
 # -- IncrementalDecoder -----------------------------------------------------------------------------
 
 
-def test_incremental_decoder_multibyte_one_id_at_a_time(tokenizer: HFTokenizer) -> None:
-    ids = tokenizer.encode(MULTIBYTE, add_bos=False)
-    pieces = tokenizer.hf.convert_ids_to_tokens(ids)
+def test_incremental_decoder_multibyte_one_id_at_a_time(tiny_tokenizer: HFTokenizer) -> None:
+    ids = tiny_tokenizer.encode(MULTIBYTE, add_bos=False)
+    pieces = tiny_tokenizer.hf.convert_ids_to_tokens(ids)
     assert "<0xF0>" in pieces  # the emoji really are split over byte tokens
-    decoder = IncrementalDecoder(tokenizer)
+    decoder = IncrementalDecoder(tiny_tokenizer)
     deltas = [decoder.feed([token]) for token in ids]
     deltas.append(decoder.finish())
     assert all(REPLACEMENT_CHAR not in delta for delta in deltas)
-    assert "".join(deltas) == MULTIBYTE == tokenizer.decode(ids)
+    assert "".join(deltas) == MULTIBYTE == tiny_tokenizer.decode(ids)
     assert "🦜" in deltas  # the four byte tokens come out as one whole character
     assert sum(1 for delta in deltas if delta) > 10  # and the text streams
 
 
-def test_incremental_decoder_cumulative_and_leading_spaces(tokenizer: HFTokenizer) -> None:
+def test_incremental_decoder_cumulative_and_leading_spaces(tiny_tokenizer: HFTokenizer) -> None:
     text = "  Hello   world,\tthis is  SOLAR ▁ spacing. 🤖\n end "
-    ids = [1, *tokenizer.encode(text, add_bos=False), 2]  # special tokens are skipped
-    decoder = IncrementalDecoder(tokenizer)
+    ids = [1, *tiny_tokenizer.encode(text, add_bos=False), 2]  # special tokens are skipped
+    decoder = IncrementalDecoder(tiny_tokenizer)
     out = "".join(decoder.feed_cumulative(ids[:n]) for n in range(1, len(ids) + 1))
     out += decoder.finish()
-    assert out == tokenizer.decode(ids)
+    assert out == tiny_tokenizer.decode(ids)
     assert decoder.feed_cumulative(ids) == ""
     with pytest.raises(ValueError):
         decoder.feed_cumulative(ids[:2])
 
 
-def test_incremental_decoder_matches_decode_for_random_ids(tokenizer: HFTokenizer) -> None:
+def test_incremental_decoder_matches_decode_for_random_ids(tiny_tokenizer: HFTokenizer) -> None:
     import random
 
     rng = random.Random(7)
     for _ in range(50):
         # Ids above the 256 byte tokens: a random run of byte tokens is not valid UTF-8.
         ids = [rng.randrange(259, 32000) for _ in range(40)]
-        decoder = IncrementalDecoder(tokenizer)
+        decoder = IncrementalDecoder(tiny_tokenizer)
         chunks: list[str] = []
         start = 0
         while start < len(ids):
             step = rng.randint(1, 4)
             chunks.append(decoder.feed(ids[start : start + step]))
             start += step
-        assert "".join(chunks) + decoder.finish() == tokenizer.decode(ids)
+        assert "".join(chunks) + decoder.finish() == tiny_tokenizer.decode(ids)
 
 
 # -- StopMatcher ------------------------------------------------------------------------------------
@@ -269,11 +203,13 @@ async def test_engine_health_and_properties(engine: TransformersEngine) -> None:
 
 @module_loop
 async def test_greedy_single_request_equals_generate(
-    engine: TransformersEngine, tokenizer: HFTokenizer, reference: Callable[[list[int], int], str]
+    engine: TransformersEngine,
+    tiny_tokenizer: HFTokenizer,
+    greedy_text: Callable[[list[int], int], str],
 ) -> None:
-    prompt = prompt_ids(tokenizer, "Tell me a story about the sun.")
+    prompt = prompt_ids(tiny_tokenizer, "Tell me a story about the sun.")
     deltas = await collect(engine, make_request(prompt, 20))
-    expected = reference(prompt, 20)
+    expected = greedy_text(prompt, 20)
     assert len(expected) > 10
     assert "".join(deltas) == expected
     assert len([d for d in deltas if d]) > 1  # streamed, not delivered at the end
@@ -282,10 +218,12 @@ async def test_greedy_single_request_equals_generate(
 
 @module_loop
 async def test_concurrent_requests_join_and_leave_mid_batch(
-    engine: TransformersEngine, tokenizer: HFTokenizer, reference: Callable[[list[int], int], str]
+    engine: TransformersEngine,
+    tiny_tokenizer: HFTokenizer,
+    greedy_text: Callable[[list[int], int], str],
 ) -> None:
     texts = ["Hi", "What is the capital of France? " * 3, "Write code " * 12, "ok?"]
-    prompts = [prompt_ids(tokenizer, text) for text in texts]
+    prompts = [prompt_ids(tiny_tokenizer, text) for text in texts]
     assert len({len(p) for p in prompts}) == len(prompts)
     budgets = [40, 12, 25, 8]
     started = [asyncio.Event() for _ in prompts]
@@ -310,7 +248,7 @@ async def test_concurrent_requests_join_and_leave_mid_batch(
     await asyncio.gather(*(run(i) for i in range(len(prompts))))
     sampled_deltas = await sampled_task
     for i, prompt in enumerate(prompts):
-        assert "".join(results[i]) == reference(prompt, budgets[i]), f"request {i}"
+        assert "".join(results[i]) == greedy_text(prompt, budgets[i]), f"request {i}"
     assert started_at[1] < finished_at[0]  # the second joined before the first left
     assert "".join(sampled_deltas)  # the sampled one produced text
     await wait_idle(engine)
@@ -318,19 +256,23 @@ async def test_concurrent_requests_join_and_leave_mid_batch(
 
 @module_loop
 async def test_max_new_tokens_is_respected(
-    engine: TransformersEngine, tokenizer: HFTokenizer, reference: Callable[[list[int], int], str]
+    engine: TransformersEngine,
+    tiny_tokenizer: HFTokenizer,
+    greedy_text: Callable[[list[int], int], str],
 ) -> None:
-    prompt = prompt_ids(tokenizer, "Count to ten.")
+    prompt = prompt_ids(tiny_tokenizer, "Count to ten.")
     short = "".join(await collect(engine, make_request(prompt, 5)))
-    assert short == reference(prompt, 5)
-    assert len(reference(prompt, 20)) > len(short)
+    assert short == greedy_text(prompt, 5)
+    assert len(greedy_text(prompt, 20)) > len(short)
 
 
 @module_loop
 async def test_breaking_out_cancels_the_request(
-    engine: TransformersEngine, tokenizer: HFTokenizer, reference: Callable[[list[int], int], str]
+    engine: TransformersEngine,
+    tiny_tokenizer: HFTokenizer,
+    greedy_text: Callable[[list[int], int], str],
 ) -> None:
-    prompt = prompt_ids(tokenizer, "Go on forever.")
+    prompt = prompt_ids(tiny_tokenizer, "Go on forever.")
     async with contextlib.aclosing(engine.stream(make_request(prompt, 2000))) as stream:
         async for _ in stream:
             break
@@ -357,15 +299,15 @@ async def test_breaking_out_cancels_the_request(
     await wait_idle(engine)
 
     # The engine still works.
-    other = prompt_ids(tokenizer, "Still there?")
-    assert "".join(await collect(engine, make_request(other, 10))) == reference(other, 10)
+    other = prompt_ids(tiny_tokenizer, "Still there?")
+    assert "".join(await collect(engine, make_request(other, 10))) == greedy_text(other, 10)
 
 
 @module_loop
 async def test_engine_cancel_ends_the_stream(
-    engine: TransformersEngine, tokenizer: HFTokenizer
+    engine: TransformersEngine, tiny_tokenizer: HFTokenizer
 ) -> None:
-    request = make_request(prompt_ids(tokenizer, "Long answer please."), 2000)
+    request = make_request(prompt_ids(tiny_tokenizer, "Long answer please."), 2000)
     deltas: list[str] = []
     async for delta in engine.stream(request):
         deltas.append(delta)
@@ -377,8 +319,8 @@ async def test_engine_cancel_ends_the_stream(
 
 
 @module_loop
-async def test_request_validation(engine: TransformersEngine, tokenizer: HFTokenizer) -> None:
-    prompt = prompt_ids(tokenizer, "hi")
+async def test_request_validation(engine: TransformersEngine, tiny_tokenizer: HFTokenizer) -> None:
+    prompt = prompt_ids(tiny_tokenizer, "hi")
     with pytest.raises(GenerationError, match="context window"):
         await collect(engine, make_request(prompt * 400, 10))
     with pytest.raises(GenerationError, match="empty"):
@@ -396,12 +338,12 @@ async def test_request_validation(engine: TransformersEngine, tokenizer: HFToken
 
 @module_loop
 async def test_stop_string_mid_generation_ends_and_cancels(
-    tiny_model_dir: Path, tokenizer: HFTokenizer, reference: Callable[[list[int], int], str]
+    tiny_model_dir: Path, tiny_tokenizer: HFTokenizer, greedy_text: Callable[[list[int], int], str]
 ) -> None:
     # The random model never writes "### User:", so pick a stop string from its real greedy
     # output: the engine must cut there, drop the whitespace before it, and free the request.
-    prompt = prompt_ids(tokenizer, "Tell me a story about the sun.")
-    full = reference(prompt, 40)
+    prompt = prompt_ids(tiny_tokenizer, "Tell me a story about the sun.")
+    full = greedy_text(prompt, 40)
     words = full.split(" ")
     assert len(words) > 6
     stop = " " + words[4][:4]
@@ -417,10 +359,10 @@ async def test_stop_string_mid_generation_ends_and_cancels(
         assert all(stop not in delta for delta in deltas)
         await wait_idle(eng)
         # Unaffected prompts still run to max_new_tokens.
-        other = prompt_ids(tokenizer, "Another prompt")
+        other = prompt_ids(tiny_tokenizer, "Another prompt")
         text = "".join(await collect(eng, make_request(other, 8)))
-        if stop not in reference(other, 8):
-            assert text == reference(other, 8)
+        if stop not in greedy_text(other, 8):
+            assert text == greedy_text(other, 8)
 
         # Closing the engine ends in-flight streams with EngineClosedError.
         stream = eng.stream(make_request(other, 2000))

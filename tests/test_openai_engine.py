@@ -14,9 +14,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -96,28 +95,6 @@ def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
             process.wait()
 
 
-@pytest.fixture(scope="module")
-def reference(tiny_model_dir: Path) -> Any:
-    """Greedy `model.generate` on the ids our builder made, decoded like the engines decode."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from bot.generation.local import HFTokenizer
-
-    tokenizer = HFTokenizer(AutoTokenizer.from_pretrained(str(tiny_model_dir)))
-    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
-    model.eval()
-
-    def expected(prompt_ids: list[int], max_new_tokens: int = MAX_NEW_TOKENS) -> str:
-        with torch.no_grad():
-            output = model.generate(
-                torch.tensor([prompt_ids]), max_new_tokens=max_new_tokens, do_sample=False
-            )
-        return tokenizer.decode(output[0, len(prompt_ids) :].tolist())
-
-    return expected
-
-
 def _engine(server: str, model_dir: Path) -> OpenAIEngine:
     return OpenAIEngine(
         base_url=server, model=str(model_dir), tokenizer=str(model_dir), context_window=512
@@ -125,7 +102,7 @@ def _engine(server: str, model_dir: Path) -> OpenAIEngine:
 
 
 async def test_streams_the_same_greedy_reply_as_generate(
-    server: str, tiny_model_dir: Path, reference: Any
+    server: str, tiny_model_dir: Path, greedy_text: Callable[[list[int], int], str]
 ) -> None:
     engine = _engine(server, tiny_model_dir)
     await engine.start()
@@ -143,7 +120,7 @@ async def test_streams_the_same_greedy_reply_as_generate(
             sampling=SamplingParams(temperature=0.0),
         )
         deltas = [delta async for delta in engine.stream(request)]
-        expected = reference(prompt.prompt_ids)
+        expected = greedy_text(prompt.prompt_ids, MAX_NEW_TOKENS)
         assert expected.strip()
         assert "".join(deltas) == expected
         assert len(deltas) > 1, "the reply was not streamed"
@@ -161,7 +138,7 @@ async def test_streams_the_same_greedy_reply_as_generate(
 
 
 async def test_closing_a_stream_early_frees_the_request(
-    server: str, tiny_model_dir: Path, reference: Any
+    server: str, tiny_model_dir: Path, greedy_text: Callable[[list[int], int], str]
 ) -> None:
     engine = _engine(server, tiny_model_dir)
     await engine.start()
@@ -186,7 +163,7 @@ async def test_closing_a_stream_early_frees_the_request(
             sampling=SamplingParams(temperature=0.0),
         )
         text = "".join([delta async for delta in engine.stream(short)])
-        assert text == reference(ids, 4)
+        assert text == greedy_text(ids, 4)
     finally:
         await engine.close()
 
@@ -213,7 +190,7 @@ async def _relay(port: int, target: str) -> asyncio.Server:
 
 
 async def test_an_unreachable_server_fails_requests_until_it_comes_up(
-    server: str, tiny_model_dir: Path, reference: Any
+    server: str, tiny_model_dir: Path, greedy_text: Callable[[list[int], int], str]
 ) -> None:
     port = _free_port()
     engine = OpenAIEngine(
@@ -241,7 +218,7 @@ async def test_an_unreachable_server_fails_requests_until_it_comes_up(
         async with asyncio.timeout(10):
             while not engine.health().ready:
                 await asyncio.sleep(0.05)
-        assert "".join([delta async for delta in engine.stream(request)]) == reference(ids, 4)
+        assert "".join([delta async for delta in engine.stream(request)]) == greedy_text(ids, 4)
     finally:
         await engine.close()
         if relay is not None:
@@ -250,7 +227,7 @@ async def test_an_unreachable_server_fails_requests_until_it_comes_up(
 
 
 async def test_the_service_answers_through_the_server_and_records_the_trace(
-    server: str, tiny_model_dir: Path, tmp_path: Path, reference: Any
+    server: str, tiny_model_dir: Path, tmp_path: Path, greedy_text: Callable[[list[int], int], str]
 ) -> None:
     settings = load_settings(
         environ={
@@ -281,7 +258,7 @@ async def test_the_service_answers_through_the_server_and_records_the_trace(
         prompt = builder.build(
             system_prompt=SYSTEM, history=[Turn(role="user", text="Hello, who are you?")]
         )
-        expected = reference(prompt.prompt_ids)
+        expected = greedy_text(prompt.prompt_ids, MAX_NEW_TOKENS)
         assert output.getvalue() == f"solarbot [#general]: {expected}\n"
         [job] = repository.jobs()
         assert job.status is JobStatus.DONE

@@ -17,47 +17,12 @@ import pytest
 import pytest_asyncio
 
 from bot.errors import ConfigError, EngineClosedError, GenerationError
-from bot.generation.engine import Engine, GenerationRequest, SamplingParams
+from bot.generation.engine import Engine, SamplingParams
 from bot.generation.local import HFTokenizer
 from bot.generation.static import StaticCacheEngine
+from tests.engine_support import collect, make_request, prompt_ids
 
 module_loop = pytest.mark.asyncio(loop_scope="module")
-GREEDY = SamplingParams(temperature=0.0)
-_ids = iter(range(1_000_000))
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_model_dir: Path) -> HFTokenizer:
-    from transformers import AutoTokenizer
-
-    return HFTokenizer(AutoTokenizer.from_pretrained(str(tiny_model_dir)))
-
-
-@pytest.fixture(scope="module")
-def reference(tiny_model_dir: Path, tokenizer: HFTokenizer) -> Callable[[list[int], int], str]:
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
-    model.eval()  # type: ignore[no-untyped-call]
-    cache: dict[tuple[tuple[int, ...], int], str] = {}
-
-    def generate(prompt: list[int], max_new_tokens: int) -> str:
-        key = (tuple(prompt), max_new_tokens)
-        if key not in cache:
-            with torch.inference_mode():
-                out = model.generate(
-                    torch.tensor([prompt]),
-                    attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                    do_sample=False,
-                    max_new_tokens=max_new_tokens,
-                    eos_token_id=2,
-                    pad_token_id=2,
-                )
-            cache[key] = tokenizer.decode(out[0, len(prompt) :].tolist())
-        return cache[key]
-
-    return generate
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -67,29 +32,6 @@ async def engine(tiny_model_dir: Path) -> AsyncIterator[StaticCacheEngine]:
     await eng.start()
     yield eng
     await eng.close()
-
-
-def prompt_ids(tokenizer: HFTokenizer, text: str) -> list[int]:
-    rendered = tokenizer.render_chat(
-        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": text}],
-        add_generation_prompt=True,
-    )
-    return tokenizer.encode(rendered, add_bos=True)
-
-
-def make_request(
-    prompt: list[int], max_new_tokens: int, sampling: SamplingParams = GREEDY
-) -> GenerationRequest:
-    return GenerationRequest(
-        request_id=f"static-{next(_ids)}",
-        prompt_ids=prompt,
-        max_new_tokens=max_new_tokens,
-        sampling=sampling,
-    )
-
-
-async def collect(engine: StaticCacheEngine, request: GenerationRequest) -> list[str]:
-    return [delta async for delta in engine.stream(request)]
 
 
 async def wait_idle(engine: StaticCacheEngine) -> None:
@@ -102,22 +44,26 @@ async def wait_idle(engine: StaticCacheEngine) -> None:
 
 @module_loop
 async def test_health_and_greedy_single_request_equals_generate(
-    engine: StaticCacheEngine, tokenizer: HFTokenizer, reference: Callable[[list[int], int], str]
+    engine: StaticCacheEngine,
+    tiny_tokenizer: HFTokenizer,
+    greedy_text: Callable[[list[int], int], str],
 ) -> None:
     assert isinstance(engine, Engine)
     assert engine.health().ready and engine.slots == 2 and engine.context_window == 4096
-    prompt = prompt_ids(tokenizer, "Tell me a story about the sun.")
+    prompt = prompt_ids(tiny_tokenizer, "Tell me a story about the sun.")
     deltas = await collect(engine, make_request(prompt, 20))
-    assert "".join(deltas) == reference(prompt, 20)
+    assert "".join(deltas) == greedy_text(prompt, 20)
     assert len([d for d in deltas if d]) > 1  # streamed
 
 
 @module_loop
 async def test_join_leave_and_queue_for_slots_match_generate(
-    engine: StaticCacheEngine, tokenizer: HFTokenizer, reference: Callable[[list[int], int], str]
+    engine: StaticCacheEngine,
+    tiny_tokenizer: HFTokenizer,
+    greedy_text: Callable[[list[int], int], str],
 ) -> None:
     texts = ["Hi", "What is the capital of France? " * 3, "Write code " * 12, "ok?", "Why?"]
-    prompts = [prompt_ids(tokenizer, text) for text in texts]
+    prompts = [prompt_ids(tiny_tokenizer, text) for text in texts]
     budgets = [40, 12, 25, 8, 30]
     started = [asyncio.Event() for _ in prompts]
     results: list[list[str]] = [[] for _ in prompts]
@@ -136,20 +82,22 @@ async def test_join_leave_and_queue_for_slots_match_generate(
     await asyncio.wait_for(asyncio.gather(*(run(i) for i in range(len(prompts)))), 120)
     assert "".join(await sampled)
     for i, prompt in enumerate(prompts):
-        assert "".join(results[i]) == reference(prompt, budgets[i]), f"request {i}"
+        assert "".join(results[i]) == greedy_text(prompt, budgets[i]), f"request {i}"
     await wait_idle(engine)
 
 
 @module_loop
 async def test_cancel_and_break_free_their_slots(
-    engine: StaticCacheEngine, tokenizer: HFTokenizer, reference: Callable[[list[int], int], str]
+    engine: StaticCacheEngine,
+    tiny_tokenizer: HFTokenizer,
+    greedy_text: Callable[[list[int], int], str],
 ) -> None:
-    prompt = prompt_ids(tokenizer, "Go on forever.")
+    prompt = prompt_ids(tiny_tokenizer, "Go on forever.")
     for _ in range(3):  # more than the two slots: each break must free one
         async with contextlib.aclosing(engine.stream(make_request(prompt, 2000))) as stream:
             async for _ in stream:
                 break
-    request = make_request(prompt_ids(tokenizer, "Long answer please."), 2000)
+    request = make_request(prompt_ids(tiny_tokenizer, "Long answer please."), 2000)
     deltas: list[str] = []
     async for delta in engine.stream(request):
         deltas.append(delta)
@@ -157,39 +105,41 @@ async def test_cancel_and_break_free_their_slots(
             await engine.cancel(request.request_id)
     assert 3 <= len(deltas) < 50
     # A long request keeps one slot; a slot freed mid-batch is refilled correctly.
-    other = prompt_ids(tokenizer, "Still there?")
+    other = prompt_ids(tiny_tokenizer, "Still there?")
     long_task = asyncio.create_task(collect(engine, make_request(prompt, 60)))
     short = "".join(await asyncio.wait_for(collect(engine, make_request(other, 10)), 60))
-    assert short == reference(other, 10)
-    assert "".join(await asyncio.wait_for(long_task, 60)) == reference(prompt, 60)
+    assert short == greedy_text(other, 10)
+    assert "".join(await asyncio.wait_for(long_task, 60)) == greedy_text(prompt, 60)
     await wait_idle(engine)
     await engine.cancel("unknown")  # a no-op
 
 
 @module_loop
 async def test_cancelling_a_queued_request_lets_the_next_one_through(
-    engine: StaticCacheEngine, tokenizer: HFTokenizer, reference: Callable[[list[int], int], str]
+    engine: StaticCacheEngine,
+    tiny_tokenizer: HFTokenizer,
+    greedy_text: Callable[[list[int], int], str],
 ) -> None:
-    prompt = prompt_ids(tokenizer, "Go on forever.")
+    prompt = prompt_ids(tiny_tokenizer, "Go on forever.")
     running = [asyncio.create_task(collect(engine, make_request(prompt, 30))) for _ in range(2)]
     first = asyncio.create_task(collect(engine, make_request(prompt, 5)))
-    other = prompt_ids(tokenizer, "Next, please.")
+    other = prompt_ids(tiny_tokenizer, "Next, please.")
     second = asyncio.create_task(collect(engine, make_request(other, 6)))
     while engine.queued_requests < 2:
         await asyncio.sleep(0.001)
     first.cancel()
     with pytest.raises(asyncio.CancelledError):
         await first
-    assert "".join(await asyncio.wait_for(second, 60)) == reference(other, 6)
+    assert "".join(await asyncio.wait_for(second, 60)) == greedy_text(other, 6)
     for task in running:
-        assert "".join(await asyncio.wait_for(task, 60)) == reference(prompt, 30)
+        assert "".join(await asyncio.wait_for(task, 60)) == greedy_text(prompt, 30)
     await wait_idle(engine)
     assert engine.peak_queued_requests >= 2
 
 
 @module_loop
-async def test_request_validation(engine: StaticCacheEngine, tokenizer: HFTokenizer) -> None:
-    prompt = prompt_ids(tokenizer, "hi")
+async def test_request_validation(engine: StaticCacheEngine, tiny_tokenizer: HFTokenizer) -> None:
+    prompt = prompt_ids(tiny_tokenizer, "hi")
     with pytest.raises(GenerationError, match="context window"):
         await collect(engine, make_request(prompt * 400, 10))
     with pytest.raises(GenerationError, match="empty"):
@@ -205,10 +155,10 @@ async def test_request_validation(engine: StaticCacheEngine, tokenizer: HFTokeni
 
 
 async def test_stop_string_and_close(
-    tiny_model_dir: Path, tokenizer: HFTokenizer, reference: Callable[[list[int], int], str]
+    tiny_model_dir: Path, tiny_tokenizer: HFTokenizer, greedy_text: Callable[[list[int], int], str]
 ) -> None:
-    prompt = prompt_ids(tokenizer, "Tell me a story about the sun.")
-    full = reference(prompt, 40)
+    prompt = prompt_ids(tiny_tokenizer, "Tell me a story about the sun.")
+    full = greedy_text(prompt, 40)
     stop = " " + full.split(" ")[4][:4]
     expected = full[: full.index(stop)].rstrip()
     eng = StaticCacheEngine(
@@ -217,7 +167,7 @@ async def test_stop_string_and_close(
     await eng.start()
     try:
         assert "".join(await collect(eng, make_request(prompt, 40))) == expected
-        other = prompt_ids(tokenizer, "Another prompt")
+        other = prompt_ids(tiny_tokenizer, "Another prompt")
         stream = eng.stream(make_request(other, 2000))
         await anext(stream)
         queued = asyncio.create_task(collect(eng, make_request(other, 5)))  # no free slot
@@ -287,8 +237,8 @@ def test_settings_select_the_static_engine() -> None:
 
 def test_decode_through_captured_graphs_matches_generate(
     tiny_model_dir: Path,
-    tokenizer: HFTokenizer,
-    reference: Callable[[list[int], int], str],
+    tiny_tokenizer: HFTokenizer,
+    greedy_text: Callable[[list[int], int], str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The CUDA-graph bookkeeping on the CPU: a stand-in for torch.cuda's graph API whose replay
@@ -348,7 +298,7 @@ def test_decode_through_captured_graphs_matches_generate(
         try:
             graphs = eng.graph_count
             texts = ["Hi", "What is the capital of France? " * 3, "Write code " * 12, "ok?"]
-            prompts = [prompt_ids(tokenizer, text) for text in texts]
+            prompts = [prompt_ids(tiny_tokenizer, text) for text in texts]
             outs = await asyncio.gather(
                 *(
                     collect(eng, make_request(p, n))
@@ -363,8 +313,8 @@ def test_decode_through_captured_graphs_matches_generate(
     assert graphs == 3 * 4  # batch buckets 1, 2, 3 x length buckets 256, 512, 768, 1024
     assert holder["modes"] == "thread_local"
     prompts = [
-        prompt_ids(tokenizer, t)
+        prompt_ids(tiny_tokenizer, t)
         for t in ["Hi", "What is the capital of France? " * 3, "Write code " * 12, "ok?"]
     ]
     for text, prompt, n in zip(texts, prompts, [30, 9, 20, 12], strict=True):
-        assert text == reference(prompt, n)
+        assert text == greedy_text(prompt, n)
