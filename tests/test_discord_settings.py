@@ -82,10 +82,9 @@ async def fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeDiscord]:
     await fake.close()
 
 
-async def test_the_service_runs_the_discord_adapter_beside_the_worker(
-    fake: FakeDiscord, tmp_path: Path
-) -> None:
-    """What `solarbot run` does with SOLARBOT_DISCORD_TOKEN set."""
+@pytest.fixture
+async def service(fake: FakeDiscord, tmp_path: Path) -> AsyncIterator[Service]:
+    """What `solarbot run` builds with SOLARBOT_DISCORD_TOKEN set (the fake engine)."""
     settings = load_settings(
         environ={
             "SOLARBOT_DISCORD_TOKEN": fake.token,
@@ -96,19 +95,29 @@ async def test_the_service_runs_the_discord_adapter_beside_the_worker(
         }
     )
     repository = Repository.open(settings.resolved_database_url())
-    service = Service(
+    yield Service(
         settings=settings,
         repository=repository,
         engine=build_engine(settings),
         adapters=platform_adapters(settings),
         drain_seconds=2,
     )
+    repository.close()
+
+
+async def started(service: Service, fake: FakeDiscord) -> None:
+    await fake.ready.wait()
+    while service.worker is None:
+        await asyncio.sleep(0.01)
+
+
+async def test_the_service_runs_the_discord_adapter_beside_the_worker(
+    fake: FakeDiscord, service: Service
+) -> None:
     running = asyncio.create_task(service.run())
     try:
         async with asyncio.timeout(20):
-            await fake.ready.wait()
-            while service.worker is None:
-                await asyncio.sleep(0.01)
+            await started(service, fake)
             await asyncio.sleep(0.1)
             await fake.user_message(100, f"<@{BOT_ID}> are you there?", mentions=(BOT_ID,))
             while not [m for m in fake.bot_messages(100) if "are you there" in m["content"]]:
@@ -116,38 +125,19 @@ async def test_the_service_runs_the_discord_adapter_beside_the_worker(
     finally:
         service.stopping.set()
         await running
-        repository.close()
     assert fake.connections == 0  # the adapter closed its gateway connection on shutdown
 
 
 async def test_a_gateway_refused_for_good_after_start_up_stops_the_service(
-    fake: FakeDiscord, tmp_path: Path
+    fake: FakeDiscord, service: Service
 ) -> None:
     """The Message Content switch is turned off while the bot runs: on its next reconnect Discord
     refuses it (4014). A deaf bot must not keep running: the service stops, cleanly, with an
     error naming the switch (the CLI exits 2, a supervisor restarts it)."""
-    settings = load_settings(
-        environ={
-            "SOLARBOT_DISCORD_TOKEN": fake.token,
-            "SOLARBOT_ENGINE": "fake",
-            "SOLARBOT_DATA_DIR": str(tmp_path),
-            "SOLARBOT_POLL_SECONDS": "0.05",
-        }
-    )
-    repository = Repository.open(settings.resolved_database_url())
-    service = Service(
-        settings=settings,
-        repository=repository,
-        engine=build_engine(settings),
-        adapters=platform_adapters(settings),
-        drain_seconds=2,
-    )
     running = asyncio.create_task(service.run())
     try:
         async with asyncio.timeout(30):
-            await fake.ready.wait()
-            while service.worker is None:
-                await asyncio.sleep(0.01)
+            await started(service, fake)
             fake.message_content_enabled = False
             await fake.drop_gateway_connections()
             with pytest.raises(SolarbotError, match="MESSAGE CONTENT"):
@@ -156,5 +146,4 @@ async def test_a_gateway_refused_for_good_after_start_up_stops_the_service(
         if not running.done():
             service.stopping.set()
             await running
-        repository.close()
     assert fake.connections == 0
