@@ -151,13 +151,19 @@ def configure(
     return handler
 
 
+_progress_bars: bool | None = None  # decided by configure_progress_bars
+
+
 def configure_progress_bars(enabled: bool | None = None) -> bool:
-    """Download and loading progress bars (huggingface_hub / transformers tqdm) on a terminal only.
+    """Start-up progress bars on a terminal only: download and loading (huggingface_hub /
+    transformers tqdm) and the engine's warm-up (``bot.generation.warmup``).
 
     ``enabled=None`` decides from whether stderr is a TTY: bars help a person watching a 21 GB
     download, and are noise in logs, pipes and tests. Returns the decision."""
+    global _progress_bars
     if enabled is None:
         enabled = sys.stderr.isatty()
+    _progress_bars = enabled
     from huggingface_hub.utils.tqdm import disable_progress_bars, enable_progress_bars
     from transformers.utils import logging as hf_logging
 
@@ -168,3 +174,8 @@ def configure_progress_bars(enabled: bool | None = None) -> bool:
         disable_progress_bars()
         hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     return enabled
+
+
+def progress_bars_enabled() -> bool:
+    """What ``configure_progress_bars`` decided; before it is called, whether stderr is a TTY."""
+    return sys.stderr.isatty() if _progress_bars is None else _progress_bars

@@ -54,6 +54,7 @@ from bot.generation.engine import (
     checked_max_new_tokens,
 )
 from bot.generation.solar import DEFAULT_MODEL_ID, SOLAR_CHAT_TEMPLATE, STOP_HEADERS
+from bot.generation.warmup import WarmupProgress
 
 logger = logging.getLogger(__name__)
 
@@ -436,7 +437,12 @@ class TransformersEngine:
             )
             if on_gpu:
                 # Sizes the cache and captures CUDA graphs / compiles (when on) before any request.
-                manager.warmup()
+                with (
+                    WarmupProgress("warming up continuous batching", total=1) as progress,
+                    progress.waiting(),
+                ):
+                    manager.warmup()
+                    progress.advance()
             with torch.inference_mode():  # the generation thread inherits the caller's mode
                 manager.start()
         except Exception as exc:

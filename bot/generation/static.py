@@ -60,6 +60,7 @@ from bot.generation.local import (
     _resolve_device,
 )
 from bot.generation.solar import DEFAULT_MODEL_ID, STOP_HEADERS
+from bot.generation.warmup import WarmupProgress
 
 logger = logging.getLogger(__name__)
 
@@ -359,9 +360,14 @@ class _Runner:
         only). If compiling or capturing fails, the engine still serves without it, and says so
         (``compile_error``, ``graph_error``)."""
         if self.compiled:
+            batches = sorted({1, self.batch_buckets[-1]})
             try:  # compiles now (batch 1 and a dynamic batch), not on the first request
-                for batch in {1, self.batch_buckets[-1]}:
-                    self.decode_forward(batch, self.length_buckets[0])
+                with WarmupProgress(
+                    "compiling the decode step", total=len(batches), unit="shape"
+                ) as progress:
+                    for batch in batches:
+                        self.decode_forward(batch, self.length_buckets[0])
+                        progress.advance()
             except Exception as exc:
                 logger.exception("static engine: torch.compile failed; decoding uncompiled")
                 self.compile_error = f"{type(exc).__name__}: {exc}"
@@ -394,16 +400,21 @@ class _Runner:
         options: dict[str, Any] = {"pool": pool}
         if "capture_error_mode" in inspect.signature(torch.cuda.graph.__init__).parameters:
             options["capture_error_mode"] = "thread_local"  # the event loop thread may run
-        for length in reversed(self.length_buckets):
-            for batch in reversed(self.batch_buckets):
-                with torch.cuda.stream(side):
-                    self.decode_forward(batch, length)
-                torch.cuda.current_stream().wait_stream(side)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, **options):
-                    out = self.decode_forward(batch, length)
-                self.graphs[(batch, length)] = (graph, out)
-        torch.cuda.synchronize()
+        total = len(self.length_buckets) * len(self.batch_buckets)
+        with WarmupProgress(
+            "capturing the decode step's CUDA graphs", total=total, unit="graph"
+        ) as progress:
+            for length in reversed(self.length_buckets):  # largest first: the pool is reused
+                for batch in reversed(self.batch_buckets):
+                    with torch.cuda.stream(side):
+                        self.decode_forward(batch, length)
+                    torch.cuda.current_stream().wait_stream(side)
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph, **options):
+                        out = self.decode_forward(batch, length)
+                    self.graphs[(batch, length)] = (graph, out)
+                    progress.advance()
+            torch.cuda.synchronize()
 
     def decode(self, batch: int, length: int) -> Any:
         entry = self.graphs.get((batch, length))
