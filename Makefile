@@ -10,7 +10,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: run test lint typecheck pytest bench clean
+.PHONY: run test lint typecheck pytest bench gpu-deps clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,5 +37,11 @@ test: lint typecheck pytest
 bench: $(VENV)/.installed
 	$(BIN)/python bench/pipeline.py
 
+# The pure-Python packages bench/gpu_session.sh needs beyond the GPU box's torch + transformers
+# (the GPU memory gauges are scraped through prometheus_client): carried there as .gpu-deps.
+gpu-deps: $(VENV)/.installed
+	rm -rf .gpu-deps
+	$(BIN)/python -m pip install --quiet --no-deps --target .gpu-deps prometheus-client
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .gpu-deps .mypy_cache .ruff_cache .pytest_cache

@@ -612,6 +612,16 @@ async def bench_engine(
     report.save()
     print(f"{kind}: warm-up {warmup:.1f} s, KV cache {engine.cache_tokens} tokens", flush=True)
     try:
+        gauges = gauge_check(engine, device)
+        report.data["engines"][kind]["gpu_memory_gauges"] = gauges
+        verdict = "PASS" if gauges["passed"] else "FAIL"
+        print(f"{kind}: GPU memory gauges vs torch: {verdict} {gauges['scraped']}", flush=True)
+        if not gauges["passed"]:
+            report.data["errors"].append(f"{kind}: GPU memory gauges: {gauges}")
+        report.save()
+    except Exception as exc:
+        report.error(f"{kind} gauges", exc)
+    try:
         if check is not None:
             try:
                 timings = await run_streams(
@@ -679,6 +689,66 @@ async def bench_engine(
                 report.error(f"{kind} stress", exc)
     finally:
         await engine.close()
+
+
+def gauge_check(engine: Any, device: str) -> dict[str, Any]:
+    """The GPU memory gauges as Prometheus scrapes them (bot/metrics.py) against torch's own
+    figures, with the engine idle; on a CPU there must be none. Where prometheus_client is not
+    installed (the bare GPU box; ``make gpu-deps`` brings it), ``bot.gpu_memory``, which the
+    gauges read, is checked alone and ``scrape`` says so."""
+    import torch
+
+    from bot.gpu_memory import gpu_memory
+
+    sync(device)
+    read = {
+        name: {
+            "solarbot_gpu_memory_bytes": float(use.allocated),
+            "solarbot_gpu_memory_reserved_bytes": float(use.reserved),
+        }
+        for name, use in gpu_memory().items()
+    }
+    scrape = "done"
+    scraped: dict[str, dict[str, float]] = {}
+    try:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        from bot.metrics import Metrics
+    except ImportError as exc:
+        scrape = f"skipped ({exc})"
+    else:
+        metrics = Metrics(process_metrics=False)
+        metrics.watch(engine=engine)
+        for family in text_string_to_metric_families(metrics.render().decode()):
+            if family.name.startswith("solarbot_gpu_memory"):
+                for sample in family.samples:
+                    label = sample.labels["device"]
+                    scraped.setdefault(label, {})[family.name] = sample.value
+    if not device.startswith("cuda"):
+        passed = not read and not scraped
+        return {
+            "passed": passed,
+            "scrape": scrape,
+            "scraped": scraped,
+            "expected": "none (no CUDA)",
+        }
+    index = torch.device(device).index or 0
+    label = f"cuda:{index}"
+    expected = {
+        "solarbot_gpu_memory_bytes": float(torch.cuda.memory_allocated(index)),
+        "solarbot_gpu_memory_reserved_bytes": float(torch.cuda.memory_reserved(index)),
+    }
+    passed = read.get(label) == expected and expected["solarbot_gpu_memory_bytes"] > 0
+    if scrape == "done":
+        passed = passed and scraped.get(label) == expected
+    return {
+        "passed": passed,
+        "device": label,
+        "scrape": scrape,
+        "scraped": scraped.get(label),
+        "read": read.get(label),
+        "expected": expected,
+    }
 
 
 def fmt(value: Any, digits: int = 1) -> str:

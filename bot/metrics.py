@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from aiohttp import web
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -37,9 +35,12 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from bot.errors import ConfigError
+from bot.gpu_memory import gpu_memory
 from bot.models import JobStatus
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
     from bot.generation.engine import Engine
     from storage.repository import Repository
 
@@ -186,32 +187,24 @@ class _StateCollector(Collector):
             yield GaugeMetricFamily(
                 "solarbot_engine_ready", "1 when the model is loaded.", value=int(health.ready)
             )
-        memory = _gpu_memory()
+        memory = gpu_memory()
         if memory:
-            gauge = GaugeMetricFamily(
+            allocated = GaugeMetricFamily(
                 "solarbot_gpu_memory_bytes",
                 "GPU memory allocated by this process's tensors (torch).",
                 labels=["device"],
             )
-            for device, used in memory.items():
-                gauge.add_metric([device], used)
-            yield gauge
-
-
-def _gpu_memory() -> dict[str, int]:
-    """Bytes allocated per CUDA device, when this process uses CUDA (never imports torch)."""
-    torch: Any = sys.modules.get("torch")
-    if torch is None:
-        return {}
-    try:
-        if not torch.cuda.is_available() or not torch.cuda.is_initialized():
-            return {}
-        return {
-            f"cuda:{index}": int(torch.cuda.memory_allocated(index))
-            for index in range(torch.cuda.device_count())
-        }
-    except Exception:
-        return {}
+            reserved = GaugeMetricFamily(
+                "solarbot_gpu_memory_reserved_bytes",
+                "GPU memory held by this process's allocator (tensors, CUDA graph pools, cache):"
+                " what the other processes on the GPU cannot have.",
+                labels=["device"],
+            )
+            for device, use in memory.items():
+                allocated.add_metric([device], use.allocated)
+                reserved.add_metric([device], use.reserved)
+            yield allocated
+            yield reserved
 
 
 # ---------------------------------------------------------------------------------------- HTTP
@@ -240,6 +233,8 @@ class MetricsServer:
         self.port = port
 
     async def start(self) -> None:
+        from aiohttp import web  # here, not at import: bench/gpu.py reads the gauges without it
+
         app = web.Application()
         app.router.add_get("/metrics", self._scrape)
         app.router.add_get("/healthz", self._healthz)
@@ -268,13 +263,19 @@ class MetricsServer:
             self._runner = None
 
     async def _scrape(self, _request: web.Request) -> web.Response:
+        from aiohttp import web
+
         body = await asyncio.to_thread(self._metrics.render)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     async def _healthz(self, _request: web.Request) -> web.Response:
+        from aiohttp import web
+
         return web.json_response({"status": "alive"})
 
     async def _readyz(self, _request: web.Request) -> web.Response:
+        from aiohttp import web
+
         try:
             result = await self._readiness()
         except Exception as exc:

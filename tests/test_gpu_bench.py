@@ -56,6 +56,13 @@ def test_gpu_benchmark_tiny_runs_on_cpu_and_reports_everything(tmp_path: Path) -
         assert all(row["matching_prefix"] == row["tokens"] for row in check["prompts"]), kind
         engine = data["engines"][kind]
         assert engine["warmup_s"] >= 0 and engine["cache_tokens"] > 0
+        # No CUDA here: no GPU gauges (on a GPU the same check compares them with torch's).
+        assert engine["gpu_memory_gauges"] == {
+            "passed": True,
+            "scrape": "done",
+            "scraped": {},
+            "expected": "none (no CUDA)",
+        }
 
     rows = {row["name"]: row for row in data["phases"]}
     assert {"seed generate b1", "seed generate b4"} <= set(rows)

@@ -338,3 +338,28 @@ async def test_readiness_reports_the_discord_gateway_connection(
         repository.close()
         await fake.close()
     assert not adapter.connected
+
+
+def test_gpu_memory_gauges_only_in_a_process_using_cuda() -> None:
+    """No GPU here: a process whose torch has no CUDA in use exports no GPU gauges, and scraping
+    neither imports torch (``--role adapters``) nor initialises CUDA. On a GPU the gauges are
+    checked against torch by ``bench/gpu.py`` (``gpu_memory_gauges`` in its JSON)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; from bot.gpu_memory import gpu_memory; from bot.metrics import Metrics; "
+        "text = Metrics().render().decode(); "
+        "print('torch' in sys.modules, 'solarbot_gpu_memory' in text); "
+        "import torch; text = Metrics().render().decode(); "
+        "print(gpu_memory(), 'solarbot_gpu_memory' in text, torch.cuda.is_initialized())"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).parents[1],
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["False False", "{} False False"]
