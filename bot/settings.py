@@ -45,7 +45,8 @@ class Settings(BaseSettings):
     # local: transformers' continuous batching; static: our decode loop (bot/generation/static.py)
     engine: Literal["local", "static", "fake", "openai"] = "local"
     model: str = Field(default=DEFAULT_MODEL_ID, min_length=1)
-    dtype: Literal["float16", "bfloat16", "float32", "auto"] = "float16"
+    # auto: float16 (SOLAR's own) on a GPU, float32 on a CPU
+    dtype: Literal["float16", "bfloat16", "float32", "auto"] = "auto"
     device: str = "auto"
     offline: bool = False
     context_window: int | None = Field(default=None, gt=0)

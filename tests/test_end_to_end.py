@@ -134,6 +134,7 @@ def test_solarbot_chat_subprocess_with_the_real_engine(
     }
     result = solarbot("chat", env=env, stdin="Hello, who are you?\n", timeout=180)
     assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # the defaults raise no warning on a CPU (dtype auto: float32)
     assert result.stdout == f"solarbot [#general]: {reference([('user', 'Hello, who are you?')])}\n"
     repository = Repository.open(f"sqlite:///{tmp_path.resolve() / 'solarbot.db'}")
     assert [job.status for job in repository.jobs()] == [JobStatus.DONE]

@@ -12,7 +12,7 @@ from bot.settings import load_settings
 def test_defaults_are_the_embedded_setup(tmp_path: Path) -> None:
     settings = load_settings(environ={"SOLARBOT_DATA_DIR": str(tmp_path)})
     assert settings.model == DEFAULT_MODEL_ID
-    assert settings.dtype == "float16" and settings.engine == "local"
+    assert settings.dtype == "auto" and settings.engine == "local"
     assert settings.resolved_database_url() == f"sqlite:///{tmp_path.resolve() / 'solarbot.db'}"
     assert settings.context_window is None  # taken from the model's config
 
