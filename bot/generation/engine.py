@@ -1,7 +1,9 @@
 """The Engine seam: a prompt (token ids) in, an async stream of text deltas out.
 
 Implementations: ``local.TransformersEngine`` (the model on this machine's GPU or CPU, served on its
-own thread with continuous batching) and ``fake.FakeEngine`` (scripted replies for tests and demos).
+own thread with transformers' continuous batching), ``static.StaticCacheEngine`` (our own batched
+decode loop with CUDA graphs), ``openai.OpenAIEngine`` (a vLLM / TGI / ``transformers serve``
+server) and ``fake.FakeEngine`` (scripted replies for tests and demos).
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from bot.errors import GenerationError
+from bot.errors import EngineClosedError, GenerationError
+
+NOT_STARTED = "the engine is not started: call `await engine.start()` first"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,6 +96,29 @@ class Engine(Protocol):
     def health(self) -> EngineHealth: ...
 
     async def close(self) -> None: ...
+
+
+class StartedState:
+    """What the real engines share: the tokenizer and context window they know once started
+    (before that, the configured context window answers, if there is one)."""
+
+    _tokenizer: Tokenizer | None
+    _context_window: int | None
+    _context_window_setting: int | None
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        if self._tokenizer is None:
+            raise EngineClosedError(NOT_STARTED)
+        return self._tokenizer
+
+    @property
+    def context_window(self) -> int:
+        if self._context_window is not None:
+            return self._context_window
+        if self._context_window_setting is not None:
+            return self._context_window_setting
+        raise EngineClosedError(NOT_STARTED)
 
 
 def checked_max_new_tokens(

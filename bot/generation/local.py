@@ -47,9 +47,11 @@ from urllib.parse import urlsplit
 from bot.errors import ConfigError, EngineClosedError, GenerationError, ModelNotFoundError
 from bot.generation.decoding import IncrementalDecoder, StopMatcher
 from bot.generation.engine import (
+    NOT_STARTED,
     EngineHealth,
     GenerationRequest,
     SamplingParams,
+    StartedState,
     Tokenizer,
     checked_max_new_tokens,
 )
@@ -206,7 +208,7 @@ class _Admission:
                 waiter.set_exception(error)
 
 
-class TransformersEngine:
+class TransformersEngine(StartedState):
     """SOLAR (or any causal LM with a chat template) served locally with continuous batching."""
 
     def __init__(
@@ -293,25 +295,10 @@ class TransformersEngine:
         """An engine over a model already in memory (on its device, in its dtype). ``tokenizer``
         is a Hugging Face tokenizer or any object with ``decode`` (and ``encode``/``render_chat``
         if the conversation builder uses it); ``bos_token_id``/``eos_token_id`` are optional."""
-        name = model_id or str(getattr(model.config, "name_or_path", "") or "in-memory-model")
-        device = str(getattr(model, "device", "cpu"))
-        engine = cls(model=name, device="cpu" if device == "cpu" else device, **kwargs)
+        name, device = loaded_identity(model, model_id)
+        engine = cls(model=name, device=device, **kwargs)
         engine._preloaded = (model, tokenizer)
         return engine
-
-    @property
-    def tokenizer(self) -> Tokenizer:
-        if self._tokenizer is None:
-            raise EngineClosedError("the engine is not started: call `await engine.start()` first")
-        return self._tokenizer
-
-    @property
-    def context_window(self) -> int:
-        if self._context_window is not None:
-            return self._context_window
-        if self._context_window_setting is not None:
-            return self._context_window_setting
-        raise EngineClosedError("the engine is not started: call `await engine.start()` first")
 
     @property
     def device(self) -> str:
@@ -697,7 +684,7 @@ class TransformersEngine:
         if self._closed:
             raise EngineClosedError("the engine is closed")
         if self._manager is None:
-            raise EngineClosedError("the engine is not started: call `await engine.start()` first")
+            raise EngineClosedError(NOT_STARTED)
         if not self._manager.is_running():
             raise GenerationError(self.health().detail)
         return self._manager
@@ -786,6 +773,12 @@ def _resolve_device(setting: str) -> str:
             f"SOLARBOT_DEVICE: {setting} does not exist ({torch.cuda.device_count()} GPUs)"
         )
     return f"cuda:{index}"
+
+
+def loaded_identity(model: Any, model_id: str | None) -> tuple[str, str]:
+    """(model id, device) of a model already in memory: ``model_id``, else its ``name_or_path``."""
+    name = model_id or str(getattr(model.config, "name_or_path", "") or "in-memory-model")
+    return name, str(getattr(model, "device", "cpu"))
 
 
 def _cuda_index(setting: str) -> int:

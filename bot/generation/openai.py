@@ -27,7 +27,7 @@ from yarl import URL
 
 from bot.errors import EngineClosedError, GenerationError, ModelNotFoundError
 from bot.generation.decoding import StopMatcher
-from bot.generation.engine import EngineHealth, GenerationRequest
+from bot.generation.engine import NOT_STARTED, EngineHealth, GenerationRequest, StartedState
 from bot.generation.local import HFTokenizer
 from bot.generation.solar import STOP_HEADERS
 
@@ -39,7 +39,7 @@ CONNECT_TIMEOUT_S = 10.0
 PROBE_INTERVAL_S = 5.0
 
 
-class OpenAIEngine:
+class OpenAIEngine(StartedState):
     def __init__(
         self,
         *,
@@ -83,18 +83,10 @@ class OpenAIEngine:
         return self._shown_url
 
     @property
-    def tokenizer(self) -> HFTokenizer:
+    def tokenizer(self) -> HFTokenizer:  # narrower than StartedState's: the hub tokenizer
         if self._tokenizer is None:
-            raise EngineClosedError("the engine is not started: call `await engine.start()` first")
+            raise EngineClosedError(NOT_STARTED)
         return self._tokenizer
-
-    @property
-    def context_window(self) -> int:
-        if self._context_window is not None:
-            return self._context_window
-        if self._context_window_setting is not None:
-            return self._context_window_setting
-        raise EngineClosedError("the engine is not started: call `await engine.start()` first")
 
     async def start(self) -> None:
         async with self._start_lock:
@@ -177,7 +169,7 @@ class OpenAIEngine:
         if self._closed:
             raise EngineClosedError("the engine is closed")
         if self._session is None:
-            raise EngineClosedError("the engine is not started: call `await engine.start()` first")
+            raise EngineClosedError(NOT_STARTED)
         return self._session
 
     def _payload(self, request: GenerationRequest) -> dict[str, Any]:

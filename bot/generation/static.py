@@ -46,8 +46,10 @@ from typing import Any
 from bot.errors import ConfigError, EngineClosedError, GenerationError
 from bot.generation.decoding import IncrementalDecoder, StopMatcher
 from bot.generation.engine import (
+    NOT_STARTED,
     EngineHealth,
     GenerationRequest,
+    StartedState,
     Tokenizer,
     checked_max_new_tokens,
 )
@@ -58,6 +60,7 @@ from bot.generation.local import (
     HFTokenizer,
     TransformersEngine,
     _resolve_device,
+    loaded_identity,
 )
 from bot.generation.solar import DEFAULT_MODEL_ID, STOP_HEADERS
 from bot.generation.warmup import WarmupProgress
@@ -451,7 +454,7 @@ class _Runner:
         self.v[:, target, :, :length] = self.v[:, source, :, :length]
 
 
-class StaticCacheEngine:
+class StaticCacheEngine(StartedState):
     """SOLAR (any Llama-shaped causal LM) served by our own batched decode loop; see the module doc."""
 
     def __init__(
@@ -520,8 +523,7 @@ class StaticCacheEngine:
         cls, model: Any, tokenizer: Any, *, model_id: str | None = None, **kwargs: Any
     ) -> StaticCacheEngine:
         """An engine over a model already in memory; see ``TransformersEngine.from_loaded``."""
-        name = model_id or str(getattr(model.config, "name_or_path", "") or "in-memory-model")
-        device = str(getattr(model, "device", "cpu"))
+        name, device = loaded_identity(model, model_id)
         engine = cls(model=name, device=device, **kwargs)
         engine._preloaded = (model, tokenizer)
         return engine
@@ -531,20 +533,6 @@ class StaticCacheEngine:
     @property
     def model_id(self) -> str:
         return self._model_name
-
-    @property
-    def tokenizer(self) -> Tokenizer:
-        if self._tokenizer is None:
-            raise EngineClosedError("the engine is not started: call `await engine.start()` first")
-        return self._tokenizer
-
-    @property
-    def context_window(self) -> int:
-        if self._context_window is not None:
-            return self._context_window
-        if self._context_window_setting is not None:
-            return self._context_window_setting
-        raise EngineClosedError("the engine is not started: call `await engine.start()` first")
 
     @property
     def device(self) -> str:
@@ -783,7 +771,7 @@ class StaticCacheEngine:
         if self._closed:
             raise EngineClosedError("the engine is closed")
         if self._thread is None:
-            raise EngineClosedError("the engine is not started: call `await engine.start()` first")
+            raise EngineClosedError(NOT_STARTED)
         if self._fatal is not None or not self._thread.is_alive():
             raise GenerationError(self.health().detail)
 
