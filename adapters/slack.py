@@ -11,6 +11,10 @@ Ingress (HTTP with a verified signing secret, or Socket Mode with an app token):
   the thread, which is then the conversation); ``message.im`` answers in the DM.
 - Dedupe keys are the message's ``ts`` (events) or the ``trigger_id`` (commands), so Slack's
   retries (``X-Slack-Retry-Num``) find the job already stored and produce no second answer.
+- Events are stored before Slack gets its answer (bolt's ``process_before_response``): an event
+  that cannot be stored (the database is down) is answered with a 500 (HTTP) or not acknowledged
+  (Socket Mode), so Slack delivers it again instead of it being lost. A slash command is still
+  acked at once; the rest of its handling runs after the acknowledgement, in the background.
 - Workspace/channel allowlists; DMs are allowed in allowed workspaces.
 - ``reaction_added``/``reaction_removed``: a 👍/👎 on one of the bot's replies is stored as
   feedback on it (and removed with the reaction).
@@ -25,10 +29,11 @@ secret are never logged.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from aiohttp import web
@@ -61,6 +66,7 @@ log = logging.getLogger(__name__)
 PLATFORM = "slack"
 DEFAULT_API_URL = "https://slack.com/api/"
 MESSAGE_LIMIT = 3000  # characters per message; Slack cuts text at 40,000, blocks fail far earlier
+COMMAND_DRAIN_SECONDS = 10.0  # on stop: commands acked but not yet stored get this long
 QUESTION_PREVIEW = 300  # characters of a slash-command question quoted above its answer
 RATE_LIMIT_RETRIES = 3
 # Errors that mean "the bot cannot post here", not "try again".
@@ -245,6 +251,8 @@ class SlackAdapter:
             client=self.client,
             signing_secret=signing_secret or "",
             request_verification_enabled=mode == "http",
+            # Listeners run before Slack is answered: an event not stored is not acknowledged.
+            process_before_response=True,
             logger=logging.getLogger("slack_bolt"),
         )
         self.app.command(command)(self._on_command)
@@ -258,6 +266,7 @@ class SlackAdapter:
         self._names: dict[str, str] = {}
         self._runner: web.AppRunner | None = None
         self._socket: AsyncSocketModeHandler | None = None
+        self._background: set[asyncio.Task[None]] = set()  # slash commands after their ack
         self.http_port: int | None = None
 
     @classmethod
@@ -368,6 +377,11 @@ class SlackAdapter:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._background:  # commands acked but still being stored/answered: let them finish
+            _, late = await asyncio.wait(self._background, timeout=COMMAND_DRAIN_SECONDS)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
 
     # ------------------------------------------------------------------ ingress
 
@@ -380,6 +394,36 @@ class SlackAdapter:
 
     async def _on_command(
         self, ack: AsyncAck, command: dict[str, Any], respond: AsyncRespond
+    ) -> None:
+        """Returns (so that Slack gets the ack, within its 3 s) as soon as the handling has acked;
+        the rest of it (placeholder, storing, answering) goes on in the background."""
+        acked = asyncio.Event()
+
+        async def ack_now(*args: Any, **kwargs: Any) -> None:
+            await ack(*args, **kwargs)
+            acked.set()
+
+        task = asyncio.create_task(self._handle_command(ack_now, command, respond))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        waiting = asyncio.create_task(acked.wait())
+        try:
+            await asyncio.wait({task, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiting.cancel()
+        if not acked.is_set():
+            task.result()  # it failed before its ack: bolt answers 500 and logs the error
+        task.add_done_callback(self._command_finished)
+
+    def _command_finished(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("a /%s command failed", self._command.lstrip("/"), exc_info=task.exception())
+
+    async def _handle_command(
+        self,
+        ack: Callable[..., Awaitable[None]],
+        command: dict[str, Any],
+        respond: AsyncRespond,
     ) -> None:
         workspace = str(command.get("team_id", ""))
         channel = str(command.get("channel_id", ""))

@@ -61,6 +61,7 @@ class FakeSlack:
         self._ts = itertools.count(1)
         self._rate_limits: dict[str, list[int]] = {}
         self._failures: dict[str, list[str]] = {}
+        self._delays: dict[str, float] = {}
         self._sockets: list[web.WebSocketResponse] = []
         self._runner: web.AppRunner | None = None
         self._changed = asyncio.Event()
@@ -102,6 +103,10 @@ class FakeSlack:
     def fail(self, method: str, error: str, count: int = 1) -> None:
         self._failures.setdefault(method, []).extend([error] * count)
 
+    def delay(self, method: str, seconds: float) -> None:
+        """Answer every later call of ``method`` only after ``seconds`` (a slow Slack)."""
+        self._delays[method] = seconds
+
     def calls_to(self, method: str) -> list[Call]:
         return [call for call in self.calls if call.method == method]
 
@@ -135,6 +140,8 @@ class FakeSlack:
         authorization = request.headers.get("Authorization", "")
         self.calls.append(Call(method, params, authorization))
         self._touch()
+        if self._delays.get(method):
+            await asyncio.sleep(self._delays[method])
         if self._rate_limits.get(method):
             retry_after = self._rate_limits[method].pop(0)
             return _json(

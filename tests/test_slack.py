@@ -10,9 +10,10 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -690,6 +691,79 @@ async def test_a_question_that_cannot_be_stored_says_so_instead_of_thinking_fore
     assert [r["text"] for r in rig.fake.responses] == [texts.FAILED_REPLY]
     [placeholder] = rig.fake.thread("C0GENERAL", None)
     await rig.until(lambda: placeholder.text.endswith(texts.FAILED_REPLY))
+
+
+@contextlib.contextmanager
+def database_refusing_writes(rig: Rig) -> Iterator[None]:
+    """The real SQLite file refuses every new job (a trigger, from another connection), as a
+    database that is down or full would; nothing of ours is patched."""
+    path = rig.repository.engine.url.database
+    assert path
+    with sqlite3.connect(path) as connection:
+        connection.execute(
+            "CREATE TRIGGER refuse_jobs BEFORE INSERT ON jobs "
+            "BEGIN SELECT RAISE(ABORT, 'the database refuses writes'); END"
+        )
+    try:
+        yield
+    finally:
+        with sqlite3.connect(path) as connection:
+            connection.execute("DROP TRIGGER refuse_jobs")
+
+
+async def test_an_event_that_cannot_be_stored_is_not_acknowledged_so_slack_sends_it_again(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    event = mention("are you there?", ts="1690000900.000001")
+    with database_refusing_writes(rig):
+        # Not a 200: Slack keeps the event and retries it (instead of it being lost).
+        assert await rig.event(event, event_id="Ev0DOWN") == 500
+    assert rig.repository.jobs() == [] and rig.stored("C0GENERAL", "1690000900.000001") == []
+    assert rig.fake.thread("C0GENERAL", "1690000900.000001") == []
+    # The database is back; Slack's retry is stored and answered, once.
+    retry = {"X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_error"}
+    assert await rig.event(event, event_id="Ev0DOWN", **retry) == 200
+    await rig.until(lambda: rig.jobs_done(1))
+    [answer] = rig.fake.thread("C0GENERAL", "1690000900.000001")
+    assert answer.text == "You said: Alice: are you there?"
+    assert rig.stored("C0GENERAL", "1690000900.000001") == [
+        ("user", "are you there?"),
+        ("assistant", "You said: Alice: are you there?"),
+    ]
+    assert SIGNING_SECRET not in caplog.text and BOT_TOKEN not in caplog.text
+
+
+async def test_socket_mode_leaves_an_event_it_cannot_store_unacknowledged(
+    tmp_path: Path, fake: FakeSlack
+) -> None:
+    async with start_rig(
+        tmp_path, fake, mode="socket", signing_secret=None, app_token=APP_TOKEN
+    ) as rig:
+        payload = json.loads(event_body(mention("socket down?", ts="1690000950.000001")))
+        with database_refusing_writes(rig):
+            refused = await fake.send_envelope("events_api", payload)
+            await asyncio.sleep(1.0)
+        assert not any(a.get("envelope_id") == refused for a in fake.acks)
+        assert rig.repository.jobs() == []
+        redelivered = await fake.send_envelope("events_api", {**payload, "retry_attempt": 1})
+        await rig.until(lambda: any(a.get("envelope_id") == redelivered for a in fake.acks))
+        await rig.until(lambda: rig.jobs_done(1))
+        [answer] = fake.thread("C0GENERAL", "1690000950.000001")
+        assert answer.text == "You said: Alice: socket down?"
+
+
+async def test_slash_commands_are_acked_before_they_are_handled(
+    tmp_path: Path, fake: FakeSlack
+) -> None:
+    """Events are handled before Slack gets its answer; commands must not be: the ack (Slack's 3
+    s) comes first, even when posting the placeholder is slow."""
+    async with start_rig(tmp_path, fake) as rig:
+        fake.delay("chat.postMessage", 2.0)
+        status, body, elapsed = await rig.command("slow Slack today?")
+        assert status == 200 and "Thinking" in ack_text(body) and elapsed < 1.0
+        await rig.until(lambda: rig.jobs_done(1))
+        [answer] = fake.thread("C0GENERAL", None)
+        assert answer.text.endswith("You said: Alice: slow Slack today?")
 
 
 # ---------------------------------------------------------------------- channel settings
