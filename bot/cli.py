@@ -34,7 +34,11 @@ def _parser() -> argparse.ArgumentParser:
         "text generation engine: 'local' (the model, default), 'openai' (an OpenAI-compatible "
         "server at SOLARBOT_OPENAI_BASE_URL) or 'fake' (scripted demo)"
     )
-    engines = ["local", "openai", "fake"]
+    engines = ["local", "static", "openai", "fake"]
+    verbose_help = (
+        "in the terminal chat: log INFO messages to stderr too (default: warnings and errors "
+        "only, unless SOLARBOT_LOG_LEVEL is set)"
+    )
 
     run = commands.add_parser(
         "run",
@@ -51,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
         "messages in and enqueue them (no model); 'worker': only generate and deliver replies "
         "(same as `solarbot worker`). Split roles need a shared PostgreSQL database.",
     )
+    run.add_argument("--verbose", action="store_true", help=verbose_help)
 
     chat = commands.add_parser(
         "chat",
@@ -62,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument(
         "--channel", default="general", help="conversation to start in (default: general)"
     )
-    chat.add_argument("--verbose", action="store_true", help="log INFO messages to stderr")
+    chat.add_argument("--verbose", action="store_true", help=verbose_help)
 
     worker = commands.add_parser(
         "worker",
@@ -105,7 +110,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_upscale(args)
     try:
         settings = load_settings()
-        quiet = args.command == "chat" and not args.verbose
+        # In the terminal chat, INFO lines would land between the questions and the answers.
+        quiet = (
+            _uses_console(args, settings)
+            and not args.verbose
+            and "log_level" not in settings.model_fields_set
+        )
         _configure_logging("WARNING" if quiet else settings.log_level, settings)
         if args.command == "db":
             return _db(settings, args.db_command)
@@ -125,6 +135,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _uses_console(args: argparse.Namespace, settings: Settings) -> bool:
+    """`solarbot chat`, or `solarbot run` with no platform configured (the console adapter)."""
+    from bot.service import platform_configured
+
+    if args.command == "chat":
+        return True
+    return args.command == "run" and args.role == "all" and not platform_configured(settings)
 
 
 def _db(settings: Settings, action: str) -> int:

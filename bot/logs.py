@@ -165,14 +165,17 @@ def configure_progress_bars(enabled: bool | None = None) -> bool:
         enabled = sys.stderr.isatty()
     _progress_bars = enabled
     from huggingface_hub.utils.tqdm import disable_progress_bars, enable_progress_bars
-    from transformers.utils import logging as hf_logging
 
-    if enabled:
-        enable_progress_bars()
-        hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
-    else:
-        disable_progress_bars()
-        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    (enable_progress_bars if enabled else disable_progress_bars)()
+    # transformers copies huggingface_hub's switch when it is imported: set it here only if it
+    # already is (importing it takes a second, which a process without a model need not pay).
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        if enabled:
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
+        else:
+            hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     return enabled
 
 

@@ -88,6 +88,14 @@ def build_engine(settings: Settings) -> Engine:
     )
 
 
+def platform_configured(settings: Settings) -> bool:
+    """Whether any platform has credentials (else `solarbot run` is the terminal chat)."""
+    return any(
+        value is not None
+        for value in (settings.discord_token, settings.slack_bot_token, settings.webhook_url)
+    )
+
+
 def platform_adapters(settings: Settings, *, ingress: bool = True) -> list[ChatAdapter]:
     """Adapters whose credentials are configured. ``ingress=False`` (``solarbot worker``): the
     Discord adapter delivers replies over REST only and opens no gateway connection."""

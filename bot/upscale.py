@@ -29,19 +29,19 @@ import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from safetensors import safe_open as _untyped_safe_open
 
 from bot.errors import UpscaleError
 
+if TYPE_CHECKING:
+    import torch
+
 DEFAULT_MAX_SHARD_BYTES = 2 * 1024**3
-DTYPES: dict[str, torch.dtype] = {
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float32": torch.float32,
-}
+# --dtype names -> safetensors dtype codes. torch is imported only where tensors are read or
+# written, so the CLI (which builds this command's parser) starts without it.
+DTYPES: dict[str, str] = {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}
 UNKNOWN_LICENCE = "unknown — check the base model's licence"
 INDEX_FILE = "model.safetensors.index.json"
 # What we fetch from the hub: the safetensors weights (not Mistral's consolidated.* copies),
@@ -87,23 +87,22 @@ _NOT_PER_LAYER = {
     "suppress_tokens",
     "begin_suppress_tokens",
 }
-# safetensors dtype code -> (bytes per element, torch dtype)
-_ST_DTYPES: dict[str, tuple[int, torch.dtype]] = {
-    "F64": (8, torch.float64),
-    "F32": (4, torch.float32),
-    "F16": (2, torch.float16),
-    "BF16": (2, torch.bfloat16),
-    "I64": (8, torch.int64),
-    "I32": (4, torch.int32),
-    "I16": (2, torch.int16),
-    "I8": (1, torch.int8),
-    "U8": (1, torch.uint8),
-    "BOOL": (1, torch.bool),
-    "F8_E4M3": (1, torch.float8_e4m3fn),
-    "F8_E5M2": (1, torch.float8_e5m2),
+# safetensors dtype code -> (bytes per element, torch dtype name)
+_ST_DTYPES: dict[str, tuple[int, str]] = {
+    "F64": (8, "float64"),
+    "F32": (4, "float32"),
+    "F16": (2, "float16"),
+    "BF16": (2, "bfloat16"),
+    "I64": (8, "int64"),
+    "I32": (4, "int32"),
+    "I16": (2, "int16"),
+    "I8": (1, "int8"),
+    "U8": (1, "uint8"),
+    "BOOL": (1, "bool"),
+    "F8_E4M3": (1, "float8_e4m3fn"),
+    "F8_E5M2": (1, "float8_e5m2"),
 }
 _CASTABLE = {"F64", "F32", "F16", "BF16"}
-_TORCH_TO_ST = {torch_dtype: code for code, (_, torch_dtype) in _ST_DTYPES.items()}
 _COMPARE_CHUNK_BYTES = 64 * 1024**2
 
 # safetensors ships untyped stubs for safe_open; one typed seam keeps mypy strict elsewhere.
@@ -430,6 +429,8 @@ def _default_tie(model_type: object) -> bool:
 
 def _same_tensor(a: _Tensor, b: _Tensor) -> bool:
     """Exact equality, compared in row chunks so memory stays bounded."""
+    import torch
+
     if a.dtype != b.dtype or a.shape != b.shape:
         return False
     if not a.shape:
@@ -478,7 +479,7 @@ def _read_licence(base_dir: Path) -> dict[str, str]:
 def _item(src: _Tensor, name: str, dtype: str | None) -> _Item:
     out_dtype = src.dtype
     if dtype is not None and src.dtype in _CASTABLE:
-        out_dtype = _TORCH_TO_ST[DTYPES[dtype]]
+        out_dtype = DTYPES[dtype]
     return _Item(name=name, src=src, dtype=out_dtype, nbytes=_nbytes(out_dtype, src.shape))
 
 
@@ -562,6 +563,8 @@ def _write(plan: _Plan, folder: Path, title: str, progress: bool) -> tuple[str, 
 
 def _write_shard(path: Path, shard: tuple[_Item, ...]) -> Iterator[int]:
     """Write one safetensors file tensor by tensor; yields the bytes written after each tensor."""
+    import torch
+
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for item in shard:
@@ -578,7 +581,7 @@ def _write_shard(path: Path, shard: tuple[_Item, ...]) -> Iterator[int]:
         fh.write(raw)
         for item in shard:
             tensor = _load(item.src)
-            target = _ST_DTYPES[item.dtype][1]
+            target = getattr(torch, _ST_DTYPES[item.dtype][1])
             if tensor.dtype != target:
                 tensor = tensor.to(target)
             if tuple(tensor.shape) != item.src.shape:

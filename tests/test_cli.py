@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.cli import _parser
 from bot.models import ConversationKey, JobStatus
 from storage import database
 from storage.repository import Repository
@@ -72,6 +73,28 @@ def test_run_without_platform_tokens_is_the_console(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "solarbot [#general]: You said: yo" in result.stdout
+    # A chat in the terminal: no INFO lines between the questions and the answers.
+    assert result.stderr == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [(("--verbose",), {}), ((), {"SOLARBOT_LOG_LEVEL": "INFO"})],
+    ids=["--verbose", "SOLARBOT_LOG_LEVEL"],
+)
+def test_the_console_logs_info_when_asked(
+    tmp_path: Path, args: tuple[str, ...], env: dict[str, str]
+) -> None:
+    environ = {"SOLARBOT_DATA_DIR": str(tmp_path), **env}
+    result = solarbot("run", "--engine", "fake", *args, env=environ, stdin="yo\n")
+    assert result.returncode == 0, result.stderr
+    assert "solarbot [#general]: You said: yo" in result.stdout
+    assert " INFO bot.worker: job 1 done (attempt 1)" in result.stderr
+
+
+def test_the_static_engine_can_be_chosen_on_the_command_line() -> None:
+    args = _parser().parse_args(["run", "--engine", "static"])
+    assert args.engine == "static"
 
 
 def test_worker_without_a_platform_explains_itself(tmp_path: Path) -> None:

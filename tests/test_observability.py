@@ -287,6 +287,19 @@ def test_progress_bars_only_on_a_terminal() -> None:
     assert result.returncode == 0
     assert result.stdout.split() == ["True", "False", "True"]
 
+    # Decided before transformers is imported (a process pays for that import only if it loads
+    # a model): transformers takes the decision over from huggingface_hub when imported.
+    later = (
+        "import sys; from bot.logs import configure_progress_bars as c; c(False); "
+        "assert 'transformers' not in sys.modules; "
+        "from transformers.utils import logging as l; print(l.is_progress_bar_enabled())"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", later], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False"]
+
     try:
         assert logs.configure_progress_bars() is False  # pytest's stderr is not a terminal
         assert are_progress_bars_disabled()
