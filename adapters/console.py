@@ -78,8 +78,12 @@ class ConsoleAdapter:
         channel: str = "general",
         author: str | None = None,
         interactive: bool | None = None,
+        wait_for_model: bool = False,
     ) -> None:
+        """``wait_for_model``: say that the model is loading, and show the prompt only when
+        ``model_ready`` is called (the service does that once the worker runs)."""
         self._input = input_stream if input_stream is not None else sys.stdin
+        self._waiting_for_model = wait_for_model
         self._output = output_stream if output_stream is not None else sys.stdout
         self._interactive = self._input.isatty() if interactive is None else interactive
         self.channel = channel
@@ -108,8 +112,22 @@ class ConsoleAdapter:
             self.write(text)
 
     def prompt(self) -> None:
-        if self._interactive and not self.input_closed.is_set() and self._live is None:
+        if (
+            self._interactive
+            and not self._waiting_for_model
+            and not self.input_closed.is_set()
+            and self._live is None
+        ):
             self.write(f"you [#{self.channel}]> ")
+
+    def model_ready(self, model_id: str, seconds: float) -> None:
+        """The model is loaded and replies can start: say so, then show the prompt."""
+        if not self._waiting_for_model:
+            return
+        self._waiting_for_model = False
+        if self._interactive:
+            self.write(texts.CONSOLE_READY.format(model=model_id, seconds=seconds) + "\n")
+            self.prompt()
 
     def release_live(self, stream: ConsoleReplyStream) -> None:
         if self._live is stream:
@@ -129,6 +147,8 @@ class ConsoleAdapter:
         threading.Thread(target=read_lines, name="console-input", daemon=True).start()
         if self._interactive:
             self.write(texts.CONSOLE_BANNER + "\n")
+            if self._waiting_for_model:
+                self.write(texts.CONSOLE_LOADING + "\n")
             self.prompt()
         self._reader = asyncio.create_task(self._consume(intake), name="console-ingress")
 

@@ -189,7 +189,7 @@ async def _serve(settings: Settings, *, mode: str, channel: str | None) -> int:
             redacted_url(url),
         )
     if not adapters:
-        console = ConsoleAdapter(channel=channel or "general")
+        console = ConsoleAdapter(channel=channel or "general", wait_for_model=True)
         adapters = [console]
     service = Service(
         settings=settings,
@@ -199,7 +199,7 @@ async def _serve(settings: Settings, *, mode: str, channel: str | None) -> int:
         run_worker=mode != "adapters",
     )
     service.install_signal_handlers()
-    watcher = asyncio.create_task(service.stop_when_console_done(console)) if console else None
+    watcher = asyncio.create_task(service.console_session(console)) if console else None
     try:
         await service.run()
     finally:

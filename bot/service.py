@@ -171,6 +171,8 @@ class Service:
         for adapter in self.adapters:
             self.intake.register(adapter)
         self.worker: Worker | None = None
+        self.serving = asyncio.Event()  # the model is loaded and the worker runs
+        self.model_load_seconds: float | None = None
         self.stopping = asyncio.Event()
         self.ingress_failure: str | None = None
         self.intake.on_ingress_failure(self._ingress_failed)
@@ -207,7 +209,8 @@ class Service:
                     await self.engine.start()  # warm-up happens before any job is claimed
                 finally:
                     self._model_loading = False
-                log.info("model %s ready in %.1f s", self.engine.model_id, time.monotonic() - began)
+                self.model_load_seconds = time.monotonic() - began
+                log.info("model %s ready in %.1f s", self.engine.model_id, self.model_load_seconds)
                 self.worker = Worker(
                     repository=self.repository,
                     engine=self.engine,
@@ -217,6 +220,7 @@ class Service:
                 )
                 self.intake.on_enqueued(self.worker.wake)
                 worker_task = asyncio.create_task(self.worker.run(), name="worker")
+                self.serving.set()
             stop_waiter = asyncio.create_task(self.stopping.wait())
             waiters: list[asyncio.Task[None] | asyncio.Task[bool]] = [stop_waiter]
             if worker_task is not None:
@@ -276,6 +280,20 @@ class Service:
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signum, self.stopping.set)
+
+    async def console_session(self, console: ConsoleAdapter) -> None:
+        """The terminal chat: tell the console when the model is ready, and stop the service
+        when the console's input has ended and its replies are done."""
+        announce = asyncio.create_task(self._announce_ready(console))
+        try:
+            await self.stop_when_console_done(console)
+        finally:
+            announce.cancel()
+
+    async def _announce_ready(self, console: ConsoleAdapter) -> None:
+        await self.serving.wait()
+        model = self.engine.model_id if self.engine is not None else ""
+        console.model_ready(model, self.model_load_seconds or 0.0)
 
     async def stop_when_console_done(self, console: ConsoleAdapter) -> None:
         """End of console input: finish the console's pending replies, then stop the service."""

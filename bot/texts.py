@@ -43,6 +43,8 @@ CONSOLE_HELP = (
     "/help          show this help\n"
     "/quit          leave (replies still being written are finished first)"
 )
+CONSOLE_LOADING = "Loading the model: what you type now is answered once it is ready."
+CONSOLE_READY = "Model {model} ready ({seconds:.1f} s)."
 CONSOLE_SWITCHED = "Now talking in #{channel}."
 CONSOLE_UNKNOWN_COMMAND = "Unknown command {command!r}; /help lists commands."
 CONSOLE_BOT_NAME = "solarbot"

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 from pathlib import Path
 
 from adapters.console import ConsoleAdapter
+from bot import texts
 from bot.generation.fake import FakeEngine
 from bot.models import ConversationKey
 from bot.service import Service
@@ -86,3 +88,34 @@ async def test_end_of_input_waits_for_every_pending_reply(tmp_path: Path) -> Non
     output, _ = await chat(tmp_path, lines, engine=FakeEngine(delay_per_chunk=0.02))
     replies = [line for line in output.splitlines() if line.startswith("solarbot")]
     assert replies == [f"solarbot [#general]: You said: message {n}" for n in range(5)]
+
+
+async def test_a_person_at_the_terminal_is_told_the_model_is_loading_then_ready(
+    tmp_path: Path,
+) -> None:
+    settings = load_settings(
+        environ={"SOLARBOT_DATA_DIR": str(tmp_path), "SOLARBOT_ENGINE": "fake"}
+    )
+    repository = Repository.open(settings.resolved_database_url())
+    engine = FakeEngine(start_delay=0.3)  # a model that takes a moment to load
+    output = io.StringIO()
+    console = ConsoleAdapter(
+        input_stream=io.StringIO("typed while loading\n"),
+        output_stream=output,
+        interactive=True,
+        wait_for_model=True,
+    )
+    service = Service(settings=settings, repository=repository, engine=engine, adapters=[console])
+    session = asyncio.create_task(service.console_session(console))
+    async with asyncio.timeout(30):
+        await service.run()
+    await session
+    repository.close()
+    lines = output.getvalue().split("\n")
+    assert lines[0] == texts.CONSOLE_BANNER
+    assert lines[1] == texts.CONSOLE_LOADING  # no prompt while the model loads
+    assert re.fullmatch(r"Model fake ready \(0\.[3-9]\d* s\)\.", lines[2]), lines[2]
+    # The question typed during the load was kept and is answered once the model is ready (no
+    # prompt before it: the input has already ended).
+    assert lines[3] == "solarbot [#general]: You said: typed while loading"
+    assert stored(tmp_path, "general")[-1] == ("assistant", "You said: typed while loading")

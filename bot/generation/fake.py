@@ -54,10 +54,13 @@ class FakeEngine:
         script: ReplyScript = echo_reply,
         replies: Sequence[str] | None = None,
         delay_per_chunk: float = 0.0,
+        start_delay: float = 0.0,
         context_window: int = 4096,
         model_id: str = "fake",
     ) -> None:
+        """``start_delay``: seconds ``start()`` takes, like a model loading."""
         self._script = script
+        self._start_delay = start_delay
         self._replies = list(replies) if replies is not None else None
         self._delay = delay_per_chunk
         self._context_window = context_window
@@ -91,6 +94,8 @@ class FakeEngine:
         self._failures.extend([error or GenerationError("injected engine failure")] * count)
 
     async def start(self) -> None:
+        if self._start_delay and not self._started:
+            await asyncio.sleep(self._start_delay)
         self._started = True
 
     def _reply_for(self, prompt: str) -> str:
