@@ -17,8 +17,14 @@ from storage.repository import Repository
 
 
 async def chat(
-    data_dir: Path, lines: str, *, engine: FakeEngine | None = None
+    data_dir: Path,
+    lines: str,
+    *,
+    engine: FakeEngine | None = None,
+    interactive: bool = False,
+    wait_for_model: bool = False,
 ) -> tuple[str, FakeEngine]:
+    """``lines`` typed into the console of a whole service (as `solarbot chat` runs it)."""
     settings = load_settings(
         environ={
             "SOLARBOT_DATA_DIR": str(data_dir),
@@ -30,13 +36,16 @@ async def chat(
     engine = engine or FakeEngine(delay_per_chunk=0.001)
     output = io.StringIO()
     console = ConsoleAdapter(
-        input_stream=io.StringIO(lines), output_stream=output, interactive=False
+        input_stream=io.StringIO(lines),
+        output_stream=output,
+        interactive=interactive,
+        wait_for_model=wait_for_model,
     )
     service = Service(settings=settings, repository=repository, engine=engine, adapters=[console])
-    watcher = asyncio.create_task(service.stop_when_console_done(console))
+    session = asyncio.create_task(service.console_session(console))
     async with asyncio.timeout(30):
         await service.run()
-    await watcher
+    await session
     repository.close()
     return output.getvalue(), engine
 
@@ -93,25 +102,14 @@ async def test_end_of_input_waits_for_every_pending_reply(tmp_path: Path) -> Non
 async def test_a_person_at_the_terminal_is_told_the_model_is_loading_then_ready(
     tmp_path: Path,
 ) -> None:
-    settings = load_settings(
-        environ={"SOLARBOT_DATA_DIR": str(tmp_path), "SOLARBOT_ENGINE": "fake"}
-    )
-    repository = Repository.open(settings.resolved_database_url())
-    engine = FakeEngine(start_delay=0.3)  # a model that takes a moment to load
-    output = io.StringIO()
-    console = ConsoleAdapter(
-        input_stream=io.StringIO("typed while loading\n"),
-        output_stream=output,
+    output, _ = await chat(
+        tmp_path,
+        "typed while loading\n",
+        engine=FakeEngine(start_delay=0.3),  # a model that takes a moment to load
         interactive=True,
         wait_for_model=True,
     )
-    service = Service(settings=settings, repository=repository, engine=engine, adapters=[console])
-    session = asyncio.create_task(service.console_session(console))
-    async with asyncio.timeout(30):
-        await service.run()
-    await session
-    repository.close()
-    lines = output.getvalue().split("\n")
+    lines = output.split("\n")
     assert lines[0] == texts.CONSOLE_BANNER
     assert lines[1] == texts.CONSOLE_LOADING  # no prompt while the model loads
     assert re.fullmatch(r"Model fake ready \(0\.[3-9]\d* s\)\.", lines[2]), lines[2]
