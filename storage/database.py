@@ -32,13 +32,16 @@ def create_db_engine(url: str) -> Engine:
         engine = create_engine(
             parsed,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+            hide_parameters=True,
         )
         _configure_sqlite(engine)
         return engine
     if backend == "postgresql":
         if parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
-        return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        return create_engine(
+            parsed, pool_pre_ping=True, pool_size=10, max_overflow=20, hide_parameters=True
+        )
     raise ConfigError(
         f"SOLARBOT_DATABASE_URL: unsupported database {backend!r} (use sqlite or postgresql)"
     )
