@@ -7,7 +7,8 @@ the ones addressed to the bot to the intake:
   guild channel; every message in a thread the bot owns or that was started on one of its messages;
   every DM when DMs are switched on. Bots, webhooks, system messages and its own messages are ignored;
 - the bot's mention is stripped, other mentions become readable names (``@Ana``, ``@Mods``,
-  ``#general``), attachments are noted as ``[attachment: name (type)]``;
+  ``#general``), attachments are noted as ``[attachment: name (type)]`` and stickers as
+  ``[sticker: name]``;
 - conversation = the channel (threads: channel = parent, thread = the thread, so a thread has its
   own history but the channel's settings; DMs: the DM channel); dedupe key ``discord:<message id>``
   so a gateway replay or a restart never answers twice;
@@ -502,6 +503,7 @@ class DiscordAdapter:
             )
             for attachment in message.attachments
         ]
+        notes += [texts.DISCORD_STICKER.format(name=sticker.name) for sticker in message.stickers]
         return "\n".join(part for part in [text, *notes] if part)
 
     async def _while_queued(self, job_id: int, pending: _Pending) -> None:

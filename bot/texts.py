@@ -141,6 +141,7 @@ DISCORD_THINKING = "Thinking…"
 DISCORD_QUEUED = "Queued (position {position})…"
 DISCORD_EMPTY_REPLY = "(I have no answer to that.)"
 DISCORD_ATTACHMENT = "[attachment: {name} ({kind})]"
+DISCORD_STICKER = "[sticker: {name}]"
 DISCORD_PRIVILEGED_INTENT = (
     "SOLARBOT_DISCORD_TOKEN: Discord refused the connection because the Message Content intent is "
     "off. Open https://discord.com/developers/applications, select this bot's application, go to "

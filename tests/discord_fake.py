@@ -281,6 +281,7 @@ class FakeDiscord:
         reply_to: int | None = None,
         roles: tuple[int, ...] = (),
         attachments: tuple[tuple[str, str], ...] = (),
+        stickers: tuple[str, ...] = (),
     ) -> Json:
         """A user posts ``content``; returns the MESSAGE_CREATE payload (replay it if you like)."""
         channel = self.channels.get(channel_id)
@@ -309,6 +310,9 @@ class FakeDiscord:
                     "content_type": kind,
                 }
                 for name, kind in attachments
+            ],
+            "sticker_items": [
+                {"id": str(self.snowflake()), "name": name, "format_type": 1} for name in stickers
             ],
             "embeds": [],
             "pinned": False,

@@ -200,18 +200,20 @@ async def test_a_reply_without_mention_to_the_bots_message_is_answered(rig: Rig)
     ]
 
 
-async def test_mentions_become_names_and_attachments_are_noted(rig: Rig) -> None:
+async def test_mentions_become_names_and_attachments_and_stickers_are_noted(rig: Rig) -> None:
     await rig.fake.user_message(
         GENERAL,
         f"{MENTION}  ask <@501> about <#{RANDOM}> and <@&{MEMBER_ROLE}> <:party:123>",
         mentions=(BOT_ID, 501),
         mention_roles=(MEMBER_ROLE,),
         attachments=(("trace.log", "text/plain"), ("shot.png", "image/png")),
+        stickers=("Wave",),
     )
     await rig.until(lambda: rig.jobs_done(1))
     assert rig.stored(GENERAL)[0][1] == (
         "ask @User501 about #random and @members :party:\n"
-        "[attachment: trace.log (text/plain)]\n[attachment: shot.png (image/png)]"
+        "[attachment: trace.log (text/plain)]\n[attachment: shot.png (image/png)]\n"
+        "[sticker: Wave]"
     )
 
 
