@@ -120,14 +120,16 @@ class ConsoleAdapter:
         ):
             self.write(f"you [#{self.channel}]> ")
 
-    def model_ready(self, model_id: str, seconds: float) -> None:
-        """The model is loaded and replies can start: say so, then show the prompt."""
+    def model_ready(self, model_id: str, seconds: float, *, prompt: bool = True) -> None:
+        """The model is loaded and replies can start: say so, then show the prompt (unless
+        ``prompt`` is false: replies are on their way, and each ends with the prompt)."""
         if not self._waiting_for_model:
             return
         self._waiting_for_model = False
         if self._interactive:
             self.write(texts.CONSOLE_READY.format(model=model_id, seconds=seconds) + "\n")
-            self.prompt()
+            if prompt:
+                self.prompt()
 
     def release_live(self, stream: ConsoleReplyStream) -> None:
         if self._live is stream:

@@ -293,7 +293,10 @@ class Service:
     async def _announce_ready(self, console: ConsoleAdapter) -> None:
         await self.serving.wait()
         model = self.engine.model_id if self.engine is not None else ""
-        console.model_ready(model, self.model_load_seconds or 0.0)
+        # Questions typed during the load are about to be answered: their replies end with the
+        # prompt, so showing it now would put the first answer on the prompt's line.
+        owed = await asyncio.to_thread(self.repository.count_jobs, platform=CONSOLE)
+        console.model_ready(model, self.model_load_seconds or 0.0, prompt=owed == 0)
 
     async def stop_when_console_done(self, console: ConsoleAdapter) -> None:
         """End of console input: finish the console's pending replies, then stop the service."""

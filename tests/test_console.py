@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import re
 from pathlib import Path
+from typing import TextIO
 
 from adapters.console import ConsoleAdapter
 from bot import texts
@@ -18,11 +20,12 @@ from storage.repository import Repository
 
 async def chat(
     data_dir: Path,
-    lines: str,
+    lines: str | TextIO,
     *,
     engine: FakeEngine | None = None,
     interactive: bool = False,
     wait_for_model: bool = False,
+    output: io.StringIO | None = None,
 ) -> tuple[str, FakeEngine]:
     """``lines`` typed into the console of a whole service (as `solarbot chat` runs it)."""
     settings = load_settings(
@@ -34,9 +37,9 @@ async def chat(
     )
     repository = Repository.open(settings.resolved_database_url())
     engine = engine or FakeEngine(delay_per_chunk=0.001)
-    output = io.StringIO()
+    output = output if output is not None else io.StringIO()
     console = ConsoleAdapter(
-        input_stream=io.StringIO(lines),
+        input_stream=io.StringIO(lines) if isinstance(lines, str) else lines,
         output_stream=output,
         interactive=interactive,
         wait_for_model=wait_for_model,
@@ -117,3 +120,40 @@ async def test_a_person_at_the_terminal_is_told_the_model_is_loading_then_ready(
     # prompt before it: the input has already ended).
     assert lines[3] == "solarbot [#general]: You said: typed while loading"
     assert stored(tmp_path, "general")[-1] == ("assistant", "You said: typed while loading")
+
+
+async def test_an_answer_to_a_question_typed_while_loading_is_not_printed_after_a_prompt(
+    tmp_path: Path,
+) -> None:
+    """The person is still at the terminal (input open): the answer to what they typed during the
+    load comes first, then the prompt."""
+    read_end, write_end = os.pipe()
+    typing = os.fdopen(write_end, "w")
+    typing.write("typed while loading\n")
+    typing.flush()
+    output = io.StringIO()
+
+    async def leave_after_the_answer() -> None:
+        while "You said: typed while loading\n" not in output.getvalue():
+            await asyncio.sleep(0.01)
+        typing.close()  # Ctrl-D
+
+    leaving = asyncio.create_task(leave_after_the_answer())
+    with os.fdopen(read_end) as keyboard:
+        await chat(
+            tmp_path,
+            keyboard,
+            engine=FakeEngine(start_delay=0.3),
+            interactive=True,
+            wait_for_model=True,
+            output=output,
+        )
+    await leaving
+    lines = output.getvalue().split("\n")
+    assert lines[1:] == [
+        texts.CONSOLE_LOADING,
+        lines[2],  # Model fake ready (...).
+        "solarbot [#general]: You said: typed while loading",
+        "you [#general]> ",
+    ]
+    assert lines[2].startswith("Model fake ready (")
