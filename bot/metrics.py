@@ -1,25 +1,19 @@
-"""Prometheus metrics and the health endpoints, served over HTTP on SOLARBOT_METRICS_PORT.
+"""Prometheus metrics (served with the health endpoints by ``bot.metrics_server``).
 
 ``Metrics`` owns a registry of its own (tests build as many as they like). The worker records what
 happens to each job (``job_started``, ``first_token``, ``job_done``, ``job_retried``, ``job_failed``,
 ``delivery_error``); the state of the world (queue depth, jobs by status, engine batch size, GPU
 memory) is read when Prometheus scrapes, from the database and the engine, so nothing has to keep it
-up to date. ``MetricsServer`` serves:
-
-- ``GET /metrics``: the Prometheus text format;
-- ``GET /healthz``: 200 while the process is alive and its event loop answers;
-- ``GET /readyz``: 200 when the model is loaded, the database answers and every adapter is
-  connected; otherwise 503. The body (JSON) says which check failed.
+up to date. It needs only prometheus_client (bench/gpu.py reads the gauges on a GPU box that has
+nothing else).
 
 See docs/operations.md for the list of metrics.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -34,19 +28,15 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from bot.errors import ConfigError
 from bot.gpu_memory import gpu_memory
 from bot.models import JobStatus
 
 if TYPE_CHECKING:
-    from aiohttp import web
-
     from bot.generation.engine import Engine
     from storage.repository import Repository
 
 log = logging.getLogger(__name__)
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Seconds: a reply from a queue that is empty takes well under a second to start on a GPU; a busy
 # queue or a cold CPU takes minutes.
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0)
@@ -205,82 +195,3 @@ class _StateCollector(Collector):
                 reserved.add_metric([device], use.reserved)
             yield allocated
             yield reserved
-
-
-# ---------------------------------------------------------------------------------------- HTTP
-
-
-@dataclass(frozen=True)
-class Readiness:
-    ready: bool
-    checks: Mapping[str, str]  # check name -> "ok" or why not
-
-
-ReadinessCheck = Callable[[], Awaitable[Readiness]]
-
-
-class MetricsServer:
-    """/metrics, /healthz and /readyz on ``host:port`` (port 0 = any free port; see ``port``)."""
-
-    def __init__(
-        self, metrics: Metrics, *, host: str, port: int, readiness: ReadinessCheck
-    ) -> None:
-        self._metrics = metrics
-        self._host = host
-        self._port = port
-        self._readiness = readiness
-        self._runner: web.AppRunner | None = None
-        self.port = port
-
-    async def start(self) -> None:
-        from aiohttp import web  # here, not at import: bench/gpu.py reads the gauges without it
-
-        app = web.Application()
-        app.router.add_get("/metrics", self._scrape)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, self._host, self._port)
-        try:
-            await site.start()
-        except OSError as exc:
-            await runner.cleanup()
-            raise ConfigError(
-                f"SOLARBOT_METRICS_PORT: cannot listen on {self._host}:{self._port} "
-                f"({exc.strerror or exc})"
-            ) from None
-        self._runner = runner
-        server = getattr(site, "_server", None)
-        sockets = getattr(server, "sockets", None) or []
-        if sockets:
-            self.port = int(sockets[0].getsockname()[1])
-        log.info("metrics and health endpoints on http://%s:%d/", self._host, self.port)
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def _scrape(self, _request: web.Request) -> web.Response:
-        from aiohttp import web
-
-        body = await asyncio.to_thread(self._metrics.render)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
-
-    async def _healthz(self, _request: web.Request) -> web.Response:
-        from aiohttp import web
-
-        return web.json_response({"status": "alive"})
-
-    async def _readyz(self, _request: web.Request) -> web.Response:
-        from aiohttp import web
-
-        try:
-            result = await self._readiness()
-        except Exception as exc:
-            result = Readiness(ready=False, checks={"readiness": f"check failed: {exc}"})
-        return web.json_response(
-            {"ready": result.ready, "checks": dict(result.checks)},
-            status=200 if result.ready else 503,
-        )

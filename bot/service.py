@@ -19,7 +19,8 @@ from bot.errors import ConfigError, SolarbotError
 from bot.generation.engine import Engine, SamplingParams
 from bot.intake import Intake
 from bot.limits import Limits, LimitSettings
-from bot.metrics import Metrics, MetricsServer, Readiness
+from bot.metrics import Metrics
+from bot.metrics_server import MetricsServer, Readiness
 from bot.settings import Settings
 from bot.worker import Worker, WorkerOptions
 from storage.repository import Repository

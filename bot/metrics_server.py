@@ -1,0 +1,91 @@
+"""The metrics and health endpoints, served over HTTP on SOLARBOT_METRICS_PORT:
+
+- ``GET /metrics``: the Prometheus text format (``bot.metrics.Metrics``);
+- ``GET /healthz``: 200 while the process is alive and its event loop answers;
+- ``GET /readyz``: 200 when the model is loaded, the database answers and every adapter is
+  connected; otherwise 503. The body (JSON) says which check failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from bot.errors import ConfigError
+from bot.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclass(frozen=True)
+class Readiness:
+    ready: bool
+    checks: Mapping[str, str]  # check name -> "ok" or why not
+
+
+ReadinessCheck = Callable[[], Awaitable[Readiness]]
+
+
+class MetricsServer:
+    """/metrics, /healthz and /readyz on ``host:port`` (port 0 = any free port; see ``port``)."""
+
+    def __init__(
+        self, metrics: Metrics, *, host: str, port: int, readiness: ReadinessCheck
+    ) -> None:
+        self._metrics = metrics
+        self._host = host
+        self._port = port
+        self._readiness = readiness
+        self._runner: web.AppRunner | None = None
+        self.port = port
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", self._scrape)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self._host, self._port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ConfigError(
+                f"SOLARBOT_METRICS_PORT: cannot listen on {self._host}:{self._port} "
+                f"({exc.strerror or exc})"
+            ) from None
+        self._runner = runner
+        server = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or []
+        if sockets:
+            self.port = int(sockets[0].getsockname()[1])
+        log.info("metrics and health endpoints on http://%s:%d/", self._host, self.port)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _scrape(self, _request: web.Request) -> web.Response:
+        body = await asyncio.to_thread(self._metrics.render)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+    async def _readyz(self, _request: web.Request) -> web.Response:
+        try:
+            result = await self._readiness()
+        except Exception as exc:
+            result = Readiness(ready=False, checks={"readiness": f"check failed: {exc}"})
+        return web.json_response(
+            {"ready": result.ready, "checks": dict(result.checks)},
+            status=200 if result.ready else 503,
+        )
