@@ -6,18 +6,16 @@ stays out of database errors too."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from bot.intake import Intake
 from bot.models import Incoming, JobStatus
 from storage.repository import Repository
+from tests.db_faults import REFUSAL, refusing_inserts
 from tests.test_cli import solarbot
 from tests.test_crash import start_worker, worker_env
 from tests.webhook_platform import WebhookPlatform
@@ -109,37 +107,6 @@ def test_platform_tokens_and_the_db_password_stay_out_of_errors(tmp_path: Path) 
         assert_no_secret(output)
 
 
-@contextlib.contextmanager
-def refusing_new_messages(repository: Repository) -> Iterator[None]:
-    """The real database refuses every new message (a trigger), as one that is full or broken."""
-    if repository.dialect == "postgresql":
-        create = [
-            "CREATE OR REPLACE FUNCTION solarbot_test_refuse() RETURNS trigger AS $$ "
-            "BEGIN RAISE EXCEPTION 'the database refuses writes'; END $$ LANGUAGE plpgsql",
-            "CREATE TRIGGER refuse_messages BEFORE INSERT ON messages "
-            "FOR EACH ROW EXECUTE FUNCTION solarbot_test_refuse()",
-        ]
-        drop = [
-            "DROP TRIGGER refuse_messages ON messages",
-            "DROP FUNCTION solarbot_test_refuse()",
-        ]
-    else:
-        create = [
-            "CREATE TRIGGER refuse_messages BEFORE INSERT ON messages "
-            "BEGIN SELECT RAISE(ABORT, 'the database refuses writes'); END"
-        ]
-        drop = ["DROP TRIGGER refuse_messages"]
-    with repository.engine.begin() as connection:
-        for statement in create:
-            connection.execute(text(statement))
-    try:
-        yield
-    finally:
-        with repository.engine.begin() as connection:
-            for statement in drop:
-                connection.execute(text(statement))
-
-
 def test_a_refused_write_keeps_what_people_wrote_out_of_the_error(
     repository: Repository,
 ) -> None:
@@ -154,10 +121,10 @@ def test_a_refused_write_keeps_what_people_wrote_out_of_the_error(
         text="my account number is 4711-0815, why was I charged twice?",
         message_id="1690000000.000001",
     )
-    with refusing_new_messages(repository), pytest.raises(DBAPIError) as caught:
+    with refusing_inserts(repository, "messages"), pytest.raises(DBAPIError) as caught:
         repository.enqueue(incoming)
     error = str(caught.value)
-    assert "refuses writes" in error and "INSERT INTO messages" in error  # still diagnosable
+    assert REFUSAL in error and "INSERT INTO messages" in error  # still diagnosable
     assert "4711-0815" not in error and "Quartermain" not in error
     assert repository.jobs() == []  # the transaction was rolled back: nothing half-stored
     assert repository.enqueue(incoming) is not None  # and it works again once the database does

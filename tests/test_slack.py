@@ -10,10 +10,9 @@ import logging
 import os
 import signal
 import socket
-import sqlite3
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from bot.service import Service, platform_adapters
 from bot.settings import load_settings
 from bot.splitting import truncate_at_word
 from storage.repository import Repository
+from tests.db_faults import refusing_inserts
 from tests.slack_fake import (
     APP_TOKEN,
     BOT_TOKEN,
@@ -693,29 +693,11 @@ async def test_a_question_that_cannot_be_stored_says_so_instead_of_thinking_fore
     await rig.until(lambda: placeholder.text.endswith(texts.FAILED_REPLY))
 
 
-@contextlib.contextmanager
-def database_refusing_writes(rig: Rig) -> Iterator[None]:
-    """The real SQLite file refuses every new job (a trigger, from another connection), as a
-    database that is down or full would; nothing of ours is patched."""
-    path = rig.repository.engine.url.database
-    assert path
-    with sqlite3.connect(path) as connection:
-        connection.execute(
-            "CREATE TRIGGER refuse_jobs BEFORE INSERT ON jobs "
-            "BEGIN SELECT RAISE(ABORT, 'the database refuses writes'); END"
-        )
-    try:
-        yield
-    finally:
-        with sqlite3.connect(path) as connection:
-            connection.execute("DROP TRIGGER refuse_jobs")
-
-
 async def test_an_event_that_cannot_be_stored_is_not_acknowledged_so_slack_sends_it_again(
     rig: Rig, caplog: pytest.LogCaptureFixture
 ) -> None:
     event = mention("are you there?", ts="1690000900.000001")
-    with database_refusing_writes(rig):
+    with refusing_inserts(rig.repository, "jobs"):
         # Not a 200: Slack keeps the event and retries it (instead of it being lost).
         assert await rig.event(event, event_id="Ev0DOWN") == 500
     assert rig.repository.jobs() == [] and rig.stored("C0GENERAL", "1690000900.000001") == []
@@ -740,7 +722,7 @@ async def test_socket_mode_leaves_an_event_it_cannot_store_unacknowledged(
         tmp_path, fake, mode="socket", signing_secret=None, app_token=APP_TOKEN
     ) as rig:
         payload = json.loads(event_body(mention("socket down?", ts="1690000950.000001")))
-        with database_refusing_writes(rig):
+        with refusing_inserts(rig.repository, "jobs"):
             refused = await fake.send_envelope("events_api", payload)
             await asyncio.sleep(1.0)
         assert not any(a.get("envelope_id") == refused for a in fake.acks)
