@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import secrets
 import time
 from collections.abc import Sequence
@@ -46,6 +45,7 @@ import aiohttp
 import discord
 from discord.http import handle_message_parameters
 
+from adapters.discord_format import content, is_my_role, render_text
 from adapters.streaming import MessageGone, StreamedReply
 from bot import texts
 from bot.commands import CommandContext, Commands, ParsedCommand, parse_prefixed
@@ -68,10 +68,6 @@ MESSAGE_LIMIT = 2000
 COMMAND_PREFIX = "!"  # @solarbot !status
 _NO_PINGS = discord.AllowedMentions.none()
 _FINISHED = (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED)
-_USER_MENTION = re.compile(r"<@!?(\d+)>")
-_ROLE_MENTION = re.compile(r"<@&(\d+)>")
-_CHANNEL_MENTION = re.compile(r"<#(\d+)>")
-_CUSTOM_EMOJI = re.compile(r"<a?:(\w+):\d+>")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -321,7 +317,7 @@ class DiscordAdapter:
                     addressed = await self._is_bot_thread(message.channel, parent_id, me.id)
             if not addressed or not self._allowed(guild.id, channel_id, author):
                 return
-        text = self._render_text(message, me.id)
+        text = render_text(message, me.id)
         parsed = parse_prefixed(text, prefix=COMMAND_PREFIX)
         if parsed is not None:
             await self._run_command(message, parsed, channel_id)
@@ -421,7 +417,7 @@ class DiscordAdapter:
     def _addressed(self, message: discord.Message, my_id: int) -> bool:
         if any(user.id == my_id for user in message.mentions):
             return True
-        if any(_is_my_role(role, my_id) for role in message.role_mentions):
+        if any(is_my_role(role, my_id) for role in message.role_mentions):
             return True
         reference = message.reference
         resolved = reference.resolved if reference is not None else None
@@ -468,43 +464,6 @@ class DiscordAdapter:
                 self._bot_threads.clear()
             self._bot_threads[thread.id] = owned
         return self._bot_threads[thread.id]
-
-    def _render_text(self, message: discord.Message, my_id: int) -> str:
-        guild = message.guild
-        users = {user.id: user.display_name for user in message.mentions}
-        roles = {role.id: role for role in message.role_mentions}
-
-        def user(match: re.Match[str]) -> str:
-            user_id = int(match.group(1))
-            if user_id == my_id:
-                return ""
-            return "@" + users.get(user_id, "user")
-
-        def role(match: re.Match[str]) -> str:
-            found = roles.get(int(match.group(1)))
-            if found is None and guild is not None:
-                found = guild.get_role(int(match.group(1)))
-            if found is not None and _is_my_role(found, my_id):
-                return ""
-            return "@" + (found.name if found is not None else "role")
-
-        def channel(match: re.Match[str]) -> str:
-            found = guild.get_channel_or_thread(int(match.group(1))) if guild else None
-            return "#" + (found.name if found is not None else "channel")
-
-        text = _USER_MENTION.sub(user, message.content)
-        text = _ROLE_MENTION.sub(role, text)
-        text = _CHANNEL_MENTION.sub(channel, text)
-        text = _CUSTOM_EMOJI.sub(r":\1:", text)
-        text = re.sub(r"[ \t]{2,}", " ", text).strip()
-        notes = [
-            texts.DISCORD_ATTACHMENT.format(
-                name=attachment.filename, kind=attachment.content_type or "unknown type"
-            )
-            for attachment in message.attachments
-        ]
-        notes += [texts.DISCORD_STICKER.format(name=sticker.name) for sticker in message.stickers]
-        return "\n".join(part for part in [text, *notes] if part)
 
     async def _while_queued(self, job_id: int, pending: _Pending) -> None:
         """Typing (and, after a while behind others, a queue-position placeholder) until a reply
@@ -720,14 +679,14 @@ class DiscordReply(StreamedReply):
         data = await self._http.send_message(
             self._channel_id,
             params=self._adapter._reply_params(
-                _content(text),
+                content(text),
                 self._channel_id,
                 self._reply_to if first else None,
                 job=self.target.job_id,
                 nonce=nonce,
             ),
         )
-        if data.get("content") not in (None, _content(text)):
+        if data.get("content") not in (None, content(text)):
             # The nonce matched a message an earlier attempt posted: bring it up to date.
             await self.edit(str(data["id"]), text)
         if self._typing is not None:
@@ -739,9 +698,7 @@ class DiscordReply(StreamedReply):
             await self._http.edit_message(
                 self._channel_id,
                 int(message_id),
-                params=handle_message_parameters(
-                    content=_content(text), allowed_mentions=_NO_PINGS
-                ),
+                params=handle_message_parameters(content=content(text), allowed_mentions=_NO_PINGS),
             )
         except discord.NotFound as exc:
             self._replacing = True  # its replacement must not reuse the deleted one's nonce
@@ -786,13 +743,3 @@ def _base36(number: int) -> str:
         out = digits[rest] + out
         if number == 0:
             return out
-
-
-def _content(text: str) -> str:
-    """Discord refuses empty messages."""
-    return text if text.strip() else texts.DISCORD_EMPTY_REPLY
-
-
-def _is_my_role(role: discord.Role, my_id: int) -> bool:
-    tags = role.tags
-    return tags is not None and tags.bot_id == my_id
