@@ -6,15 +6,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import discord
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from adapters.discord import DiscordAdapter, DiscordOptions
 from bot import texts
+from bot.conversation import neutralise
 from bot.errors import ConfigError
 from bot.generation.engine import SamplingParams
 from bot.generation.fake import FakeEngine
@@ -29,8 +34,10 @@ GUILD, OTHER_GUILD = 10, 30
 GENERAL, RANDOM, THREAD, ELSEWHERE = 100, 101, 102, 300
 DM = 700
 MEMBER_ROLE, ADMIN_ROLE = 20, 21
+BOT_ROLE = GUILD + 1  # the bot's managed role (tests/discord_fake.py)
 MANAGE_GUILD = 1 << 5  # the Manage Server permission
 MENTION = f"<@{BOT_ID}>"
+MARKUP = re.compile(r"<(@[!&]?|#)\d+>|<a?:\w+:\d+>")  # Discord's mentions and custom emoji
 FAST = {
     "edit_interval": 0.05,
     "typing_interval": 0.2,
@@ -215,6 +222,77 @@ async def test_mentions_become_names_and_attachments_and_stickers_are_noted(rig:
         "[attachment: trace.log (text/plain)]\n[attachment: shot.png (image/png)]\n"
         "[sticker: Wave]"
     )
+
+
+async def test_the_bots_own_mention_goes_with_its_whitespace_and_nothing_else_changes(
+    rig: Rig,
+) -> None:
+    sent_and_stored = [
+        (f"{MENTION}\n    def f():\n\treturn 1  \n", "    def f():\n\treturn 1  \n"),
+        (f"  {MENTION}   \t```py\nx  =  1\n```", "```py\nx  =  1\n```"),
+        (f"thanks  {MENTION}!  and  bye ", "thanks!  and  bye "),
+        (f"<@!{BOT_ID}>  <@&{BOT_ROLE}>\r\n\n\nthree\n\n\nbreaks", "\n\nthree\n\n\nbreaks"),
+        (f"{MENTION} a  <@501>   b", "a  @User501   b"),
+    ]
+    for sent, _ in sent_and_stored:
+        await rig.fake.user_message(
+            GENERAL, sent, mentions=(BOT_ID, 501), mention_roles=(BOT_ROLE,)
+        )
+    await rig.until(lambda: rig.jobs_done(len(sent_and_stored)))
+    stored = [text for role, text in rig.stored(GENERAL) if role == "user"]
+    assert stored == [text for _, text in sent_and_stored]
+    # The model reads the same text (after the author's name).
+    assert "Ana:     def f():\n\treturn 1  \n" in rig.engine.prompts[0]
+
+
+# Text as users paste it: whitespace of every kind, code fences, any script; no Discord markup.
+PLAIN_TEXT = (
+    st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=300)
+    | st.text(alphabet=" \t\n\r`{}()<>=@#:!*_~-abc\u00a0\u3000é👍", max_size=300)
+).filter(
+    lambda text: text.strip() != "" and not text.strip().startswith("!") and not MARKUP.search(text)
+)
+
+
+@settings(
+    max_examples=10,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+@given(texts=st.lists(PLAIN_TEXT, min_size=1, max_size=12))
+def test_what_users_write_is_stored_and_read_by_the_model_byte_for_byte(texts: list[str]) -> None:
+    """Through the real discord.py client: after the bot's mention (and its line break, when it
+    stands on its own line), everything a user writes is stored and prompted exactly as sent."""
+
+    async def scenario(url: str) -> None:
+        fake = FakeDiscord()
+        fake.add_guild(GUILD, "home")
+        fake.add_channel(GUILD, GENERAL, "general")
+        await fake.start()
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            fake.point_discord_py_here(monkeypatch)
+            rig = await start_rig(fake, url)
+            try:
+                for index, text in enumerate(texts):
+                    # Mention on its own line, or leading the first line of a text that starts
+                    # with no whitespace of its own.
+                    own_line = index % 2 == 0 or text[0].isspace()
+                    sent = f"{MENTION}\n{text}" if own_line else f"{MENTION} {text}"
+                    await fake.user_message(GENERAL, sent, mentions=(BOT_ID,))
+                await rig.until(lambda: rig.jobs_done(len(texts)), within=60)
+                stored = [text for role, text in rig.stored(GENERAL) if role == "user"]
+                assert stored == texts
+                # The model reads it too (role headers defused, as for every platform).
+                for text in texts:
+                    assert any(f"Ana: {neutralise(text)}" in p for p in rig.engine.prompts)
+            finally:
+                await rig.stop()
+                rig.repository.close()
+                await fake.close()
+
+    with tempfile.TemporaryDirectory() as folder:
+        asyncio.run(scenario(f"sqlite:///{folder}/solarbot.db"))
 
 
 # ---------------------------------------------------------------------------- long replies
@@ -790,7 +868,7 @@ async def test_asking_for_a_human_pings_the_support_role_and_silences_the_thread
         await rig.until(lambda: rig.jobs_done(1))  # the channel itself is not handed off
         assert rig.replies(GENERAL) == ["You said: Ana: still there?"]
         assert rig.replies(THREAD) == [notice["content"]]
-        assert rig.stored(GENERAL, thread=THREAD) == [("user", "I want to TALK to a human!")]
+        assert rig.stored(GENERAL, thread=THREAD) == [("user", "I want to TALK to a  human!")]
         status = await command(rig, GENERAL, "!status")
         assert "**Waiting for a human:** 1 conversation(s)" in status
 
