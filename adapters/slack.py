@@ -55,6 +55,7 @@ from bot import texts
 from bot.commands import CommandContext, CommandName, Commands, parse_command
 from bot.delivery import ReplyTarget
 from bot.errors import ConfigError, DeliveryError
+from bot.http_listener import Listener, start_listener
 from bot.hygiene import clean_outgoing
 from bot.intake import Intake
 from bot.models import EnqueueResult, Incoming
@@ -264,7 +265,7 @@ class SlackAdapter:
         self._commands: Commands | None = None
         self._bot_user_id = ""
         self._names: dict[str, str] = {}
-        self._runner: web.AppRunner | None = None
+        self._listener: Listener | None = None
         self._socket: AsyncSocketModeHandler | None = None
         self._background: set[asyncio.Task[None]] = set()  # slash commands after their ack
         self.http_port: int | None = None
@@ -334,19 +335,10 @@ class SlackAdapter:
     async def _start_http(self) -> None:
         web_app = web.Application()
         web_app.router.add_post(self._path, self._handle_http)
-        self._runner = web.AppRunner(web_app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port)
-        try:
-            await site.start()
-        except OSError as exc:
-            await self._runner.cleanup()
-            self._runner = None
-            raise ConfigError(
-                f"SOLARBOT_SLACK_PORT: cannot listen on {self._host}:{self._port} ({exc.strerror})"
-            ) from None
-        address = self._runner.addresses[0]
-        self.http_port = int(address[1])
+        self._listener = await start_listener(
+            web_app, host=self._host, port=self._port, setting="SOLARBOT_SLACK_PORT"
+        )
+        self.http_port = self._listener.port
         log.info("Slack HTTP endpoint listening on %s:%s%s", self._host, self.http_port, self._path)
 
     async def _handle_http(self, request: web.Request) -> web.Response:
@@ -374,9 +366,9 @@ class SlackAdapter:
         if self._socket is not None:
             await self._socket.close_async()  # type: ignore[no-untyped-call]
             self._socket = None
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._listener is not None:
+            await self._listener.close()
+            self._listener = None
         if self._background:  # commands acked but still being stored/answered: let them finish
             _, late = await asyncio.wait(self._background, timeout=COMMAND_DRAIN_SECONDS)
             for task in late:

@@ -45,6 +45,7 @@ from aiohttp import web
 from adapters.streaming import MessageGone, StreamedReply
 from bot.delivery import ReplyTarget
 from bot.errors import ConfigError, DeliveryError, InvalidIncomingError
+from bot.http_listener import Listener, start_listener
 from bot.hygiene import clean_outgoing
 from bot.intake import Intake
 from bot.models import Incoming
@@ -100,7 +101,7 @@ class WebhookAdapter:
         self._session: aiohttp.ClientSession | None = None
         self.intake: Intake | None = None
         self._listen = (host, port) if port is not None else None
-        self._runner: web.AppRunner | None = None
+        self._listener: Listener | None = None
         self.port: int | None = None  # where ingress listens, once started
 
     def __repr__(self) -> str:  # never show the URL or the secret
@@ -135,20 +136,11 @@ class WebhookAdapter:
             return
         app = web.Application(client_max_size=MAX_INCOMING_BYTES)
         app.router.add_post(INCOMING_PATH, self._incoming)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
         host, port = self._listen
-        site = web.TCPSite(self._runner, host, port)
-        try:
-            await site.start()
-        except OSError as exc:
-            await self._runner.cleanup()
-            raise ConfigError(
-                f"SOLARBOT_WEBHOOK_PORT: cannot listen on {host}:{port}: {exc.strerror}"
-            ) from None
-        server = site._server
-        sockets = getattr(server, "sockets", None) or ()
-        self.port = sockets[0].getsockname()[1] if sockets else port
+        self._listener = await start_listener(
+            app, host=host, port=port, setting="SOLARBOT_WEBHOOK_PORT"
+        )
+        self.port = self._listener.port
         log.info("webhook: listening on %s:%s%s", host, self.port, INCOMING_PATH)
 
     async def _incoming(self, request: web.Request) -> web.Response:
@@ -188,9 +180,9 @@ class WebhookAdapter:
         return web.json_response({"status": status, "job_id": result.job_id}, status=202)
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._listener is not None:
+            await self._listener.close()
+            self._listener = None
         if self._session is not None:
             await self._session.close()
             self._session = None

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from bot.errors import ConfigError
+from bot.http_listener import Listener, start_listener
 from bot.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class MetricsServer:
         self._host = host
         self._port = port
         self._readiness = readiness
-        self._runner: web.AppRunner | None = None
+        self._listener: Listener | None = None
         self.port = port
 
     async def start(self) -> None:
@@ -50,28 +50,16 @@ class MetricsServer:
         app.router.add_get("/metrics", self._scrape)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, self._host, self._port)
-        try:
-            await site.start()
-        except OSError as exc:
-            await runner.cleanup()
-            raise ConfigError(
-                f"SOLARBOT_METRICS_PORT: cannot listen on {self._host}:{self._port} "
-                f"({exc.strerror or exc})"
-            ) from None
-        self._runner = runner
-        server = getattr(site, "_server", None)
-        sockets = getattr(server, "sockets", None) or []
-        if sockets:
-            self.port = int(sockets[0].getsockname()[1])
+        self._listener = await start_listener(
+            app, host=self._host, port=self._port, setting="SOLARBOT_METRICS_PORT"
+        )
+        self.port = self._listener.port
         log.info("metrics and health endpoints on http://%s:%d/", self._host, self.port)
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._listener is not None:
+            await self._listener.close()
+            self._listener = None
 
     async def _scrape(self, _request: web.Request) -> web.Response:
         body = await asyncio.to_thread(self._metrics.render)

@@ -112,9 +112,7 @@ class FakeDiscord:
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
-        server = site._server
-        assert server is not None and server.sockets  # type: ignore[attr-defined]
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self.port = self._runner.addresses[0][1]
 
     def point_discord_py_here(self, monkeypatch: Any) -> None:
         monkeypatch.setattr(Route, "BASE", f"http://127.0.0.1:{self.port}/api/v10")
