@@ -18,10 +18,9 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from bot import texts
-from bot.delivery import ReplyTarget
+from bot.delivery import IntakePort, ReplyTarget
 from bot.errors import InvalidIncomingError
 from bot.hygiene import clean_outgoing
-from bot.intake import Intake
 from bot.models import Incoming
 
 PLATFORM = "console"
@@ -138,7 +137,7 @@ class ConsoleAdapter:
                 self.write(block)
             self._deferred.clear()
 
-    async def start(self, intake: Intake) -> None:
+    async def start(self, intake: IntakePort) -> None:
         loop = asyncio.get_running_loop()
 
         def read_lines() -> None:  # a daemon thread: a blocked read never holds up the exit
@@ -154,7 +153,7 @@ class ConsoleAdapter:
             self.prompt()
         self._reader = asyncio.create_task(self._consume(intake), name="console-ingress")
 
-    async def _consume(self, intake: Intake) -> None:
+    async def _consume(self, intake: IntakePort) -> None:
         while True:
             line = await self._lines.get()
             if line is None:

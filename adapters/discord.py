@@ -49,9 +49,8 @@ from adapters.discord_format import content, is_my_role, render_text
 from adapters.streaming import MessageGone, StreamedReply
 from bot import texts
 from bot.commands import CommandContext, Commands, ParsedCommand, parse_prefixed
-from bot.delivery import ReplyTarget
+from bot.delivery import IntakePort, ReplyTarget
 from bot.errors import ConfigError, DeliveryError, InvalidIncomingError, SolarbotError
-from bot.intake import Intake
 from bot.models import Incoming, JobStatus
 from bot.splitting import split_message
 
@@ -158,7 +157,7 @@ class DiscordAdapter:
         self.options = options or DiscordOptions()
         self.client: discord.Client = _GatewayClient(self)
         self.ready = asyncio.Event()
-        self._intake: Intake | None = None
+        self._intake: IntakePort | None = None
         self._commands: Commands | None = None
         self._gateway: asyncio.Task[None] | None = None
         self._pending: dict[int, _Pending] = {}
@@ -205,7 +204,7 @@ class DiscordAdapter:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def start(self, intake: Intake) -> None:
+    async def start(self, intake: IntakePort) -> None:
         self._intake = intake
         try:
             await self.client.login(self._token)
@@ -469,7 +468,6 @@ class DiscordAdapter:
         """Typing (and, after a while behind others, a queue-position placeholder) until a reply
         stream takes over; a placeholder nobody took over is removed once the job is over."""
         assert self._intake is not None
-        repository = self._intake.repository
         options = self.options
         started = time.monotonic()
         next_typing = 0.0
@@ -482,13 +480,10 @@ class DiscordAdapter:
                     if now >= next_typing:
                         await self._typing(pending.channel_id)
                         next_typing = now + options.typing_interval
-                    record = await asyncio.to_thread(repository.job, job_id)
-                    if record is None or record.status in _FINISHED:
+                    status = await self._intake.job_status(job_id)
+                    if status is None or status in _FINISHED:
                         break
-                    if (
-                        record.status is JobStatus.QUEUED
-                        and now - started >= options.queue_notice_after
-                    ):
+                    if status is JobStatus.QUEUED and now - started >= options.queue_notice_after:
                         position = await self._intake.queue_position(job_id)
                         if position > 0:
                             await self._show_position(pending, position)

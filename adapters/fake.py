@@ -10,9 +10,8 @@ import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from bot.delivery import ReplyTarget
+from bot.delivery import IntakePort, ReplyTarget
 from bot.errors import DeliveryError
-from bot.intake import Intake
 from bot.models import ConversationKey, EnqueueResult, Incoming
 
 
@@ -56,7 +55,7 @@ class FakeAdapter:
         self._platform = platform
         self._ids = itertools.count(1)
         self._faults: list[DeliveryError] = []
-        self.intake: Intake | None = None
+        self.intake: IntakePort | None = None
         self.messages: dict[str, PostedMessage] = {}
         self.notices: list[tuple[ConversationKey, str]] = []
         self.posts = 0
@@ -66,7 +65,7 @@ class FakeAdapter:
     def platform(self) -> str:
         return self._platform
 
-    async def start(self, intake: Intake) -> None:
+    async def start(self, intake: IntakePort) -> None:
         self.intake = intake
         self.started = True
 

@@ -53,11 +53,10 @@ from adapters.slack_format import from_slack, to_mrkdwn
 from adapters.streaming import StreamedReply
 from bot import texts
 from bot.commands import CommandContext, CommandName, Commands, parse_command
-from bot.delivery import ReplyTarget
+from bot.delivery import IntakePort, ReplyTarget
 from bot.errors import ConfigError, DeliveryError
 from bot.http_listener import Listener, start_listener
 from bot.hygiene import clean_outgoing
-from bot.intake import Intake
 from bot.models import EnqueueResult, Incoming
 from bot.settings import Settings
 from bot.splitting import split_message
@@ -261,7 +260,7 @@ class SlackAdapter:
         self.app.event("message")(self._on_message)
         self.app.event("reaction_added")(self._on_reaction)
         self.app.event("reaction_removed")(self._on_reaction)
-        self._intake: Intake | None = None
+        self._intake: IntakePort | None = None
         self._commands: Commands | None = None
         self._bot_user_id = ""
         self._names: dict[str, str] = {}
@@ -304,7 +303,7 @@ class SlackAdapter:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def start(self, intake: Intake) -> None:
+    async def start(self, intake: IntakePort) -> None:
         self._intake = intake
         self._commands = Commands(
             intake.repository,

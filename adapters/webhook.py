@@ -43,11 +43,10 @@ import aiohttp
 from aiohttp import web
 
 from adapters.streaming import MessageGone, StreamedReply
-from bot.delivery import ReplyTarget
+from bot.delivery import IntakePort, ReplyTarget
 from bot.errors import ConfigError, DeliveryError, InvalidIncomingError
 from bot.http_listener import Listener, start_listener
 from bot.hygiene import clean_outgoing
-from bot.intake import Intake
 from bot.models import Incoming
 from bot.splitting import split_message
 
@@ -99,7 +98,7 @@ class WebhookAdapter:
         self.edit_interval = edit_interval
         self.limit = limit
         self._session: aiohttp.ClientSession | None = None
-        self.intake: Intake | None = None
+        self.intake: IntakePort | None = None
         self._listen = (host, port) if port is not None else None
         self._listener: Listener | None = None
         self.port: int | None = None  # where ingress listens, once started
@@ -129,7 +128,7 @@ class WebhookAdapter:
     def platform(self) -> str:
         return PLATFORM
 
-    async def start(self, intake: Intake) -> None:
+    async def start(self, intake: IntakePort) -> None:
         self.intake = intake
         self._client()
         if self._listen is None:

@@ -1,21 +1,43 @@
-"""The ChatAdapter seam: how the core hears from a platform and answers on it.
+"""The ChatAdapter seam: everything a platform adapter implements and everything it may call.
 
 Adapters translate; the core decides. Ingress turns platform events into ``Incoming`` and hands them
-to ``Intake``; egress (``open_reply``/``post_notice``) posts a reply so a worker can deliver with the
-platform's REST API alone. Implementations: ``adapters.console.ConsoleAdapter`` and the shipped fake
-``adapters.fake.FakeAdapter`` (records posts, injects delivery faults).
+to the core through ``IntakePort`` (what ``bot.intake.Intake`` offers adapters, and nothing more);
+egress (``open_reply``/``post_notice``) posts a reply so a worker can deliver with the platform's REST
+API alone. Failures to deliver are ``DeliveryError`` (``bot.errors``; its optional ``kind`` labels the
+delivery-error metric).
+
+What an adapter implements:
+
+- ``ChatAdapter`` (required): ``platform``, ``start(intake)``, ``stop()``, ``open_reply`` returning a
+  ``ReplyStream``, ``post_notice``;
+- ``ReportsConnection`` (optional): a ``connected`` property, read by ``/readyz``;
+- ``HandoffNotifier`` (optional): ``post_handoff``, announcing that someone asked for a human.
+  Only platforms whose adapter has it hand conversations to humans.
+
+Implementations: ``adapters.discord``, ``adapters.slack``, ``adapters.webhook``,
+``adapters.console`` and the shipped fake ``adapters.fake.FakeAdapter`` (records posts, injects
+delivery faults). This module imports no adapter and not ``bot.intake``: both depend on it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-from bot.models import ConversationKey
+from bot.errors import DeliveryError
+from bot.models import ConversationKey, EnqueueResult, Incoming, JobStatus
+from storage.repository import Repository
 
-if TYPE_CHECKING:
-    from bot.intake import Intake
+__all__ = [
+    "ChatAdapter",
+    "DeliveryError",
+    "HandoffNotifier",
+    "IntakePort",
+    "ReplyStream",
+    "ReplyTarget",
+    "ReportsConnection",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,12 +69,52 @@ class ReplyStream(Protocol):
         ...
 
 
+class IntakePort(Protocol):
+    """What an adapter may call on the core (``bot.intake.Intake`` implements it)."""
+
+    async def submit(self, incoming: Incoming) -> EnqueueResult | None:
+        """Store and enqueue a user message (a redelivered one is a no-op returning the same
+        job). None when its channel is switched off; ``refused`` set when a limit refused it."""
+        ...
+
+    async def reaction(
+        self,
+        *,
+        platform: str,
+        workspace: str,
+        message_id: str,
+        user_id: str,
+        emoji: str,
+        added: bool,
+        channel: str | None = None,
+    ) -> int | None:
+        """A reaction added to or removed from ``message_id`` (👍/👎 on a reply is feedback)."""
+        ...
+
+    async def queue_position(self, job_id: int) -> int:
+        """How many jobs are ahead of ``job_id`` in the queue (0: it is next or running)."""
+        ...
+
+    async def job_status(self, job_id: int) -> JobStatus | None:
+        """Where ``job_id`` stands (None: no such job)."""
+        ...
+
+    def ingress_failed(self, platform: str, reason: str) -> None:
+        """The adapter can no longer receive messages, for good: the service stops with an error."""
+        ...
+
+    @property
+    def repository(self) -> Repository:
+        """The store, for the chat sub-commands (``bot.commands.Commands``) only."""
+        ...
+
+
 @runtime_checkable
 class ChatAdapter(Protocol):
     @property
     def platform(self) -> str: ...
 
-    async def start(self, intake: Intake) -> None:
+    async def start(self, intake: IntakePort) -> None:
         """Connect and begin delivering incoming messages to ``intake`` (returns once running)."""
         ...
 
@@ -63,3 +125,18 @@ class ChatAdapter(Protocol):
     async def post_notice(self, target: ReplyTarget, text: str) -> None:
         """A short standalone message in the conversation (apologies, limits)."""
         ...
+
+
+@runtime_checkable
+class ReportsConnection(Protocol):
+    """An adapter that can tell whether its platform connection is up (``/readyz``)."""
+
+    @property
+    def connected(self) -> bool: ...
+
+
+@runtime_checkable
+class HandoffNotifier(Protocol):
+    """An adapter that announces a handoff itself (pinging its platform's support group/role)."""
+
+    async def post_handoff(self, target: ReplyTarget) -> None: ...

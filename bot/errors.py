@@ -32,11 +32,17 @@ class PromptTooLongError(SolarbotError):
 
 
 class DeliveryError(SolarbotError):
-    """Posting or editing a reply on a platform failed. Retried with backoff by the worker."""
+    """Posting or editing a reply on a platform failed. Retried with backoff by the worker.
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    ``kind`` labels the ``solarbot_delivery_errors_total`` metric; without one it is
+    ``rate_limited`` when the platform asked to wait (``retry_after``), else ``failed``."""
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, kind: str | None = None
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.kind = kind
 
 
 class InvalidIncomingError(SolarbotError):

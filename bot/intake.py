@@ -21,12 +21,11 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import Protocol, runtime_checkable
 
 from bot import logs
-from bot.delivery import ChatAdapter, ReplyTarget
+from bot.delivery import ChatAdapter, HandoffNotifier, ReplyTarget
 from bot.limits import Admission, Limits, Refusal
-from bot.models import EnqueueResult, Incoming, Rating
+from bot.models import EnqueueResult, Incoming, JobStatus, Rating
 from storage.repository import Repository
 
 log = logging.getLogger(__name__)
@@ -48,14 +47,9 @@ def rating_of(emoji: str) -> Rating | None:
     return None
 
 
-@runtime_checkable
-class HandoffNotifier(Protocol):
-    """An adapter that announces a handoff itself (pinging its platform's support group/role)."""
-
-    async def post_handoff(self, target: ReplyTarget) -> None: ...
-
-
 class Intake:
+    """Implements ``bot.delivery.IntakePort``, the door adapters use."""
+
     def __init__(
         self,
         repository: Repository,
@@ -258,6 +252,10 @@ class Intake:
 
     async def queue_position(self, job_id: int) -> int:
         return await asyncio.to_thread(self._repository.queue_position, job_id)
+
+    async def job_status(self, job_id: int) -> JobStatus | None:
+        record = await asyncio.to_thread(self._repository.job, job_id)
+        return record.status if record is not None else None
 
     @property
     def repository(self) -> Repository:

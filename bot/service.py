@@ -14,7 +14,7 @@ from sqlalchemy.engine import make_url
 
 from adapters.console import PLATFORM as CONSOLE
 from adapters.console import ConsoleAdapter
-from bot.delivery import ChatAdapter
+from bot.delivery import ChatAdapter, ReportsConnection
 from bot.errors import ConfigError, SolarbotError
 from bot.generation.engine import Engine, SamplingParams
 from bot.intake import Intake
@@ -267,10 +267,9 @@ class Service:
         except Exception as exc:
             checks["database"] = f"unreachable ({type(exc).__name__})"
         for adapter in self.adapters:
-            connected = getattr(adapter, "connected", None)
             if adapter.platform not in self._started_adapters:
                 checks[f"adapter:{adapter.platform}"] = "not started"
-            elif connected is False:
+            elif isinstance(adapter, ReportsConnection) and not adapter.connected:
                 checks[f"adapter:{adapter.platform}"] = "disconnected"
             else:
                 checks[f"adapter:{adapter.platform}"] = "ok"

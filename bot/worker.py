@@ -50,9 +50,8 @@ def default_worker_id() -> str:
 
 def delivery_error_kind(error: DeliveryError) -> str:
     """The ``kind`` label of a delivery error metric."""
-    kind = getattr(error, "kind", None)
-    if isinstance(kind, str) and kind:
-        return kind
+    if error.kind:
+        return error.kind
     return "rate_limited" if error.retry_after is not None else "failed"
 
 
