@@ -15,6 +15,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TextIO
 
 from bot import texts
@@ -68,25 +69,31 @@ class ConsoleReplyStream:
         return (self._id,)
 
 
+@dataclass(frozen=True, kw_only=True)
+class ConsoleOptions:
+    """The terminal chat's streams and identity. ``wait_for_model``: say that the model is loading,
+    and show the prompt only when ``model_ready`` is called (the service does that once the worker
+    runs). ``interactive``: None = whether the input is a terminal."""
+
+    input_stream: TextIO | None = None  # default: stdin
+    output_stream: TextIO | None = None  # default: stdout
+    channel: str = "general"
+    author: str | None = None  # default: the login name
+    interactive: bool | None = None
+    wait_for_model: bool = False
+
+
 class ConsoleAdapter:
-    def __init__(
-        self,
-        *,
-        input_stream: TextIO | None = None,
-        output_stream: TextIO | None = None,
-        channel: str = "general",
-        author: str | None = None,
-        interactive: bool | None = None,
-        wait_for_model: bool = False,
-    ) -> None:
-        """``wait_for_model``: say that the model is loading, and show the prompt only when
-        ``model_ready`` is called (the service does that once the worker runs)."""
-        self._input = input_stream if input_stream is not None else sys.stdin
-        self._waiting_for_model = wait_for_model
-        self._output = output_stream if output_stream is not None else sys.stdout
-        self._interactive = self._input.isatty() if interactive is None else interactive
-        self.channel = channel
-        self._author = author or _login_name()
+    def __init__(self, options: ConsoleOptions | None = None) -> None:
+        self.options = options = options or ConsoleOptions()
+        self._input = options.input_stream if options.input_stream is not None else sys.stdin
+        self._waiting_for_model = options.wait_for_model
+        self._output = options.output_stream if options.output_stream is not None else sys.stdout
+        self._interactive = (
+            self._input.isatty() if options.interactive is None else options.interactive
+        )
+        self.channel = options.channel
+        self._author = options.author or _login_name()
         self._session = uuid.uuid4().hex[:12]
         self._counter = itertools.count(1)
         self._live: ConsoleReplyStream | None = None

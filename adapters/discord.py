@@ -58,8 +58,6 @@ if TYPE_CHECKING:
     from discord.http import MultipartParameters
     from discord.types.message import MessageReference as MessageReferencePayload
 
-    from bot.settings import Settings
-
 log = logging.getLogger(__name__)
 
 PLATFORM = "discord"
@@ -71,8 +69,11 @@ _FINISHED = (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED)
 
 @dataclass(frozen=True, kw_only=True)
 class DiscordOptions:
-    """Who may talk to the bot, and the pacing of what it shows. Empty id sets = no restriction."""
+    """Everything the Discord adapter needs (``bot.service`` builds it from the settings): the bot
+    token (never in a repr), who may talk to the bot, and the pacing of what it shows. Empty id
+    sets = no restriction."""
 
+    token: str = field(repr=False)
     allowed_guilds: frozenset[int] = frozenset()
     allowed_channels: frozenset[int] = frozenset()  # a thread is allowed when its parent is
     allowed_roles: frozenset[int] = frozenset()
@@ -150,11 +151,11 @@ class _Pending:
 
 
 class DiscordAdapter:
-    def __init__(self, token: str, options: DiscordOptions | None = None) -> None:
-        if not token.strip():
+    def __init__(self, options: DiscordOptions) -> None:
+        if not options.token.strip():
             raise ConfigError(texts.DISCORD_NO_TOKEN)
-        self._token = token.strip()
-        self.options = options or DiscordOptions()
+        self._token = options.token.strip()
+        self.options = options
         self.client: discord.Client = _GatewayClient(self)
         self.ready = asyncio.Event()
         self._intake: IntakePort | None = None
@@ -170,26 +171,6 @@ class DiscordAdapter:
 
     def __repr__(self) -> str:  # never show the token
         return f"DiscordAdapter(ingress={self.options.ingress})"
-
-    @classmethod
-    def from_settings(cls, settings: Settings, *, ingress: bool = True) -> DiscordAdapter:
-        if settings.discord_token is None:
-            raise ConfigError(texts.DISCORD_NO_TOKEN)
-        return cls(
-            settings.discord_token.get_secret_value(),
-            DiscordOptions(
-                allowed_guilds=settings.discord_allowed_guilds,
-                allowed_channels=settings.discord_allowed_channels,
-                allowed_roles=settings.discord_allowed_roles,
-                admin_roles=settings.discord_admin_roles,
-                dms=settings.discord_dms,
-                ingress=ingress,
-                edit_interval=settings.edit_interval_seconds,
-                support_role=settings.discord_support_role,
-                model_id=settings.model if settings.engine == "local" else settings.engine,
-                default_system_prompt=settings.system_prompt,
-            ),
-        )
 
     @property
     def platform(self) -> str:

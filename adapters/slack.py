@@ -58,7 +58,6 @@ from bot.errors import ConfigError, DeliveryError
 from bot.http_listener import Listener, start_listener
 from bot.hygiene import clean_outgoing
 from bot.models import EnqueueResult, Incoming
-from bot.settings import Settings
 from bot.splitting import split_message
 
 log = logging.getLogger(__name__)
@@ -197,65 +196,70 @@ async def send_ephemeral(webhook: AsyncWebhookClient, text: str) -> None:
         raise DeliveryError(f"Slack response_url answered {response.status_code}: {response.body}")
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SlackOptions:
+    """Everything the Slack adapter needs (``bot.service`` builds it from the settings). Tokens and
+    the signing secret never appear in a repr. Empty id sets = no restriction."""
+
+    bot_token: str = dataclasses.field(repr=False)
+    signing_secret: str | None = dataclasses.field(default=None, repr=False)  # mode="http"
+    app_token: str | None = dataclasses.field(default=None, repr=False)  # mode="socket"
+    mode: Mode = "http"
+    host: str = "0.0.0.0"
+    port: int = 3000  # 0: any free port (``SlackAdapter.http_port`` says which)
+    path: str = "/slack/events"
+    command: str = "/solar"
+    allowed_workspaces: frozenset[str] = frozenset()
+    allowed_channels: frozenset[str] = frozenset()
+    admin_users: frozenset[str] = frozenset()
+    support_group: str | None = None  # pinged when someone asks for a human
+    api_url: str = DEFAULT_API_URL
+    model_id: str = ""  # shown by ``status``
+    default_system_prompt: str = ""  # shown by ``prompt`` in a channel without its own
+    edit_interval: float = 1.0
+    message_limit: int = MESSAGE_LIMIT
+    ingress: bool = True  # False: Web API only (a worker process delivering replies)
+
+
 class SlackAdapter:
-    def __init__(
-        self,
-        *,
-        bot_token: str,
-        signing_secret: str | None = None,
-        app_token: str | None = None,
-        mode: Mode = "http",
-        host: str = "0.0.0.0",
-        port: int = 3000,
-        path: str = "/slack/events",
-        command: str = "/solar",
-        allowed_workspaces: Sequence[str] = (),
-        allowed_channels: Sequence[str] = (),
-        admin_users: Sequence[str] = (),
-        support_group: str | None = None,
-        api_url: str = DEFAULT_API_URL,
-        model_id: str = "",
-        default_system_prompt: str = "",
-        edit_interval: float = 1.0,
-        message_limit: int = MESSAGE_LIMIT,
-        ingress: bool = True,
-    ) -> None:
-        if ingress and mode == "http" and not signing_secret:
+    def __init__(self, options: SlackOptions) -> None:
+        self.options = options
+        if options.ingress and options.mode == "http" and not options.signing_secret:
             raise ConfigError(
                 "SOLARBOT_SLACK_SIGNING_SECRET: required when SOLARBOT_SLACK_MODE=http "
                 "(Slack app > Basic Information > App Credentials)"
             )
-        if ingress and mode == "socket" and not app_token:
+        if options.ingress and options.mode == "socket" and not options.app_token:
             raise ConfigError(
                 "SOLARBOT_SLACK_APP_TOKEN: required when SOLARBOT_SLACK_MODE=socket "
                 "(an xapp- token with the connections:write scope)"
             )
-        self._mode = mode
-        self._ingress = ingress
-        self._host = host
-        self._port = port
-        self._path = path
-        self._command = command
-        self._allowed_workspaces = frozenset(allowed_workspaces)
-        self._allowed_channels = frozenset(allowed_channels)
-        self._admins = frozenset(admin_users)
-        self._support_group = support_group
-        self._model_id = model_id
-        self._default_prompt = default_system_prompt
-        self._edit_interval = edit_interval
-        self._limit = message_limit
-        self._api_url = api_url
-        self._app_token = app_token
-        self.client = _rate_limited_client(bot_token, base_url=api_url)
+        self._mode = options.mode
+        self._ingress = options.ingress
+        self._host = options.host
+        self._port = options.port
+        self._path = options.path
+        self._command = options.command
+        self._allowed_workspaces = options.allowed_workspaces
+        self._allowed_channels = options.allowed_channels
+        self._admins = options.admin_users
+        self._support_group = options.support_group
+        self._model_id = options.model_id
+        self._default_prompt = options.default_system_prompt
+        self._edit_interval = options.edit_interval
+        self._limit = options.message_limit
+        self._api_url = options.api_url
+        self._app_token = options.app_token
+        self.client = _rate_limited_client(options.bot_token, base_url=options.api_url)
         self.app = AsyncApp(
             client=self.client,
-            signing_secret=signing_secret or "",
-            request_verification_enabled=mode == "http",
+            signing_secret=options.signing_secret or "",
+            request_verification_enabled=options.mode == "http",
             # Listeners run before Slack is answered: an event not stored is not acknowledged.
             process_before_response=True,
             logger=logging.getLogger("slack_bolt"),
         )
-        self.app.command(command)(self._on_command)
+        self.app.command(options.command)(self._on_command)
         self.app.event("app_mention")(self._on_mention)
         self.app.event("message")(self._on_message)
         self.app.event("reaction_added")(self._on_reaction)
@@ -268,34 +272,6 @@ class SlackAdapter:
         self._socket: AsyncSocketModeHandler | None = None
         self._background: set[asyncio.Task[None]] = set()  # slash commands after their ack
         self.http_port: int | None = None
-
-    @classmethod
-    def from_settings(cls, settings: Settings, *, ingress: bool = True) -> SlackAdapter:
-        """``ingress=False`` (``solarbot worker``): deliver replies over the Web API only; no HTTP
-        endpoint, no Socket Mode connection, so no signing secret or app token needed."""
-        if settings.slack_bot_token is None:
-            raise ConfigError("SOLARBOT_SLACK_BOT_TOKEN: not set")
-        secret = settings.slack_signing_secret
-        app_token = settings.slack_app_token
-        return cls(
-            bot_token=settings.slack_bot_token.get_secret_value(),
-            signing_secret=secret.get_secret_value() if secret is not None else None,
-            app_token=app_token.get_secret_value() if app_token is not None else None,
-            mode=settings.slack_mode,
-            host=settings.slack_host,
-            port=settings.slack_port,
-            path=settings.slack_path,
-            command=settings.slack_command,
-            allowed_workspaces=settings.slack_allowed_workspaces,
-            allowed_channels=settings.slack_allowed_channels,
-            admin_users=settings.slack_admin_users,
-            support_group=settings.slack_support_group,
-            api_url=settings.slack_api_url,
-            model_id=settings.model if settings.engine == "local" else settings.engine,
-            default_system_prompt=settings.system_prompt,
-            edit_interval=settings.edit_interval_seconds,
-            ingress=ingress,
-        )
 
     @property
     def platform(self) -> str:

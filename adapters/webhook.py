@@ -37,7 +37,8 @@ import json
 import logging
 import secrets
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -49,9 +50,6 @@ from bot.http_listener import Listener, start_listener
 from bot.hygiene import clean_outgoing
 from bot.models import Incoming
 from bot.splitting import split_message
-
-if TYPE_CHECKING:
-    from bot.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -78,51 +76,41 @@ def delivery_error(exc: BaseException) -> DeliveryError:
     return DeliveryError(f"webhook unreachable ({type(exc).__name__})")
 
 
+@dataclass(frozen=True, kw_only=True)
+class WebhookOptions:
+    """Everything the webhook adapter needs (``bot.service`` builds it from the settings). The URL
+    (it may carry a token) and the secret never appear in a repr."""
+
+    url: str = field(repr=False)
+    secret: str | None = field(default=None, repr=False)
+    timeout: float = 10.0
+    edit_interval: float = 1.0
+    limit: int = MESSAGE_LIMIT
+    port: int | None = None  # ingress: listen on this port (0: any free one); None: no ingress
+    host: str = "127.0.0.1"
+    ingress: bool = True  # False: deliver only, whatever ``port`` says (``solarbot worker``)
+
+
 class WebhookAdapter:
-    def __init__(
-        self,
-        url: str,
-        *,
-        secret: str | None = None,
-        timeout: float = 10.0,
-        edit_interval: float = 1.0,
-        limit: int = MESSAGE_LIMIT,
-        port: int | None = None,
-        host: str = "127.0.0.1",
-    ) -> None:
-        if not url.startswith(("http://", "https://")):
+    def __init__(self, options: WebhookOptions) -> None:
+        if not options.url.startswith(("http://", "https://")):
             raise ConfigError("SOLARBOT_WEBHOOK_URL: must be an http(s) URL")
-        self._url = url.rstrip("/")
-        self._secret = secret
-        self._timeout = timeout
-        self.edit_interval = edit_interval
-        self.limit = limit
+        self.options = options
+        self._url = options.url.rstrip("/")
+        self._secret = options.secret
+        self._timeout = options.timeout
+        self.edit_interval = options.edit_interval
+        self.limit = options.limit
         self._session: aiohttp.ClientSession | None = None
         self.intake: IntakePort | None = None
-        self._listen = (host, port) if port is not None else None
+        self._listen = (
+            (options.host, options.port) if options.ingress and options.port is not None else None
+        )
         self._listener: Listener | None = None
         self.port: int | None = None  # where ingress listens, once started
 
     def __repr__(self) -> str:  # never show the URL or the secret
         return "WebhookAdapter()"
-
-    @classmethod
-    def from_settings(cls, settings: Settings, *, ingress: bool = True) -> WebhookAdapter:
-        if settings.webhook_url is None:
-            raise ConfigError("SOLARBOT_WEBHOOK_URL is not set")
-        return cls(
-            settings.webhook_url,
-            secret=(
-                settings.webhook_secret.get_secret_value()
-                if settings.webhook_secret is not None
-                else None
-            ),
-            timeout=settings.webhook_timeout_seconds,
-            edit_interval=settings.edit_interval_seconds,
-            limit=settings.webhook_message_limit,
-            port=settings.webhook_port if ingress else None,
-            host=settings.webhook_host,
-        )
 
     @property
     def platform(self) -> str:

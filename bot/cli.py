@@ -162,7 +162,7 @@ def _db(settings: Settings, action: str) -> int:
 
 
 async def _serve(settings: Settings, *, mode: str, channel: str | None) -> int:
-    from adapters.console import ConsoleAdapter
+    from adapters.console import ConsoleAdapter, ConsoleOptions
     from bot.delivery import ChatAdapter
     from bot.logs import configure_progress_bars
     from bot.service import Service, build_engine, platform_adapters, redacted_url
@@ -189,7 +189,7 @@ async def _serve(settings: Settings, *, mode: str, channel: str | None) -> int:
             redacted_url(url),
         )
     if not adapters:
-        console = ConsoleAdapter(channel=channel or "general", wait_for_model=True)
+        console = ConsoleAdapter(ConsoleOptions(channel=channel or "general", wait_for_model=True))
         adapters = [console]
     service = Service(
         settings=settings,

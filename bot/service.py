@@ -9,11 +9,13 @@ import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import make_url
 
 from adapters.console import PLATFORM as CONSOLE
 from adapters.console import ConsoleAdapter
+from bot import texts
 from bot.delivery import ChatAdapter, ReportsConnection
 from bot.errors import ConfigError, SolarbotError
 from bot.generation.engine import Engine, SamplingParams
@@ -24,6 +26,11 @@ from bot.metrics_server import MetricsServer, Readiness
 from bot.settings import Settings
 from bot.worker import Worker, WorkerOptions
 from storage.repository import Repository
+
+if TYPE_CHECKING:  # the platforms' libraries load only when a platform is configured
+    from adapters.discord import DiscordOptions
+    from adapters.slack import SlackOptions
+    from adapters.webhook import WebhookOptions
 
 log = logging.getLogger(__name__)
 
@@ -97,23 +104,102 @@ def platform_configured(settings: Settings) -> bool:
     )
 
 
+def served_model(settings: Settings) -> str:
+    """The model the engine serves, as chat ``status`` commands show it: the OpenAI-compatible
+    server's model name, or the model loaded locally (the fake engine says it is the fake)."""
+    if settings.engine == "openai":
+        return settings.openai_model or settings.model
+    if settings.engine == "fake":
+        return "fake"
+    return settings.model
+
+
 def platform_adapters(settings: Settings, *, ingress: bool = True) -> list[ChatAdapter]:
-    """Adapters whose credentials are configured. ``ingress=False`` (``solarbot worker``): the
-    Discord adapter delivers replies over REST only and opens no gateway connection."""
+    """Adapters whose credentials are configured, each built from its options object.
+    ``ingress=False`` (``solarbot worker``): replies are delivered over the platforms' REST APIs
+    only; no gateway connection, no listener."""
     adapters: list[ChatAdapter] = []
     if settings.discord_token is not None:
         from adapters.discord import DiscordAdapter
 
-        adapters.append(DiscordAdapter.from_settings(settings, ingress=ingress))
+        adapters.append(DiscordAdapter(discord_options(settings, ingress=ingress)))
     if settings.slack_bot_token is not None:
         from adapters.slack import SlackAdapter
 
-        adapters.append(SlackAdapter.from_settings(settings, ingress=ingress))
+        adapters.append(SlackAdapter(slack_options(settings, ingress=ingress)))
     if settings.webhook_url is not None:
         from adapters.webhook import WebhookAdapter
 
-        adapters.append(WebhookAdapter.from_settings(settings, ingress=ingress))
+        adapters.append(WebhookAdapter(webhook_options(settings, ingress=ingress)))
     return adapters
+
+
+def discord_options(settings: Settings, *, ingress: bool) -> DiscordOptions:
+    from adapters.discord import DiscordOptions
+
+    if settings.discord_token is None:
+        raise ConfigError(texts.DISCORD_NO_TOKEN)
+    return DiscordOptions(
+        token=settings.discord_token.get_secret_value(),
+        allowed_guilds=settings.discord_allowed_guilds,
+        allowed_channels=settings.discord_allowed_channels,
+        allowed_roles=settings.discord_allowed_roles,
+        admin_roles=settings.discord_admin_roles,
+        dms=settings.discord_dms,
+        ingress=ingress,
+        edit_interval=settings.edit_interval_seconds,
+        support_role=settings.discord_support_role,
+        model_id=served_model(settings),
+        default_system_prompt=settings.system_prompt,
+    )
+
+
+def slack_options(settings: Settings, *, ingress: bool) -> SlackOptions:
+    """``ingress=False``: no HTTP endpoint, no Socket Mode connection, so no signing secret or app
+    token needed."""
+    from adapters.slack import SlackOptions
+
+    if settings.slack_bot_token is None:
+        raise ConfigError("SOLARBOT_SLACK_BOT_TOKEN: not set")
+    secret = settings.slack_signing_secret
+    app_token = settings.slack_app_token
+    return SlackOptions(
+        bot_token=settings.slack_bot_token.get_secret_value(),
+        signing_secret=secret.get_secret_value() if secret is not None else None,
+        app_token=app_token.get_secret_value() if app_token is not None else None,
+        mode=settings.slack_mode,
+        host=settings.slack_host,
+        port=settings.slack_port,
+        path=settings.slack_path,
+        command=settings.slack_command,
+        allowed_workspaces=frozenset(settings.slack_allowed_workspaces),
+        allowed_channels=frozenset(settings.slack_allowed_channels),
+        admin_users=frozenset(settings.slack_admin_users),
+        support_group=settings.slack_support_group,
+        api_url=settings.slack_api_url,
+        model_id=served_model(settings),
+        default_system_prompt=settings.system_prompt,
+        edit_interval=settings.edit_interval_seconds,
+        ingress=ingress,
+    )
+
+
+def webhook_options(settings: Settings, *, ingress: bool) -> WebhookOptions:
+    from adapters.webhook import WebhookOptions
+
+    if settings.webhook_url is None:
+        raise ConfigError("SOLARBOT_WEBHOOK_URL is not set")
+    secret = settings.webhook_secret
+    return WebhookOptions(
+        url=settings.webhook_url,
+        secret=secret.get_secret_value() if secret is not None else None,
+        timeout=settings.webhook_timeout_seconds,
+        edit_interval=settings.edit_interval_seconds,
+        limit=settings.webhook_message_limit,
+        port=settings.webhook_port,
+        host=settings.webhook_host,
+        ingress=ingress,
+    )
 
 
 def limit_settings(settings: Settings) -> LimitSettings:

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import TextIO
 
-from adapters.console import ConsoleAdapter
+from adapters.console import ConsoleAdapter, ConsoleOptions
 from bot import texts
 from bot.generation.fake import FakeEngine
 from bot.models import ConversationKey
@@ -39,10 +39,12 @@ async def chat(
     engine = engine or FakeEngine(delay_per_chunk=0.001)
     output = output if output is not None else io.StringIO()
     console = ConsoleAdapter(
-        input_stream=io.StringIO(lines) if isinstance(lines, str) else lines,
-        output_stream=output,
-        interactive=interactive,
-        wait_for_model=wait_for_model,
+        ConsoleOptions(
+            input_stream=io.StringIO(lines) if isinstance(lines, str) else lines,
+            output_stream=output,
+            interactive=interactive,
+            wait_for_model=wait_for_model,
+        )
     )
     service = Service(settings=settings, repository=repository, engine=engine, adapters=[console])
     session = asyncio.create_task(service.console_session(console))

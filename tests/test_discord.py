@@ -116,7 +116,7 @@ async def start_rig(
     repository = Repository.open(url)
     engine = engine or FakeEngine(delay_per_chunk=0.002)
     await engine.start()
-    adapter = DiscordAdapter(fake.token, DiscordOptions(**{**FAST, **adapter_options}))
+    adapter = DiscordAdapter(DiscordOptions(token=fake.token, **{**FAST, **adapter_options}))
     intake = Intake(repository, handoff_keywords=handoff_keywords)
     intake.register(adapter)
     await adapter.start(intake)
@@ -579,7 +579,7 @@ async def test_a_waiting_job_shows_its_queue_position_then_becomes_the_reply(
 async def test_egress_needs_no_gateway(fake: FakeDiscord, sqlite_url: str) -> None:
     """A worker process delivers with REST only: no websocket is opened."""
     repository = Repository.open(sqlite_url)
-    ingress = DiscordAdapter(fake.token, DiscordOptions(**FAST))
+    ingress = DiscordAdapter(DiscordOptions(token=fake.token, **FAST))
     await ingress.start(Intake(repository))
     await fake.user_message(GENERAL, f"{MENTION} from the gateway", mentions=(BOT_ID,))
     async with asyncio.timeout(10):
@@ -603,7 +603,7 @@ async def test_a_queue_notice_is_removed_when_another_process_answers(
     fake: FakeDiscord, sqlite_url: str
 ) -> None:
     repository = Repository.open(sqlite_url)
-    ingress = DiscordAdapter(fake.token, DiscordOptions(**FAST))  # no worker in this process
+    ingress = DiscordAdapter(DiscordOptions(token=fake.token, **FAST))  # no worker in this process
     await ingress.start(Intake(repository))
     try:
         await fake.user_message(GENERAL, f"{MENTION} first", mentions=(BOT_ID,))
@@ -632,7 +632,7 @@ async def test_missing_message_content_intent_is_a_clear_start_up_error(
 ) -> None:
     fake.message_content_enabled = False
     repository = Repository.open(sqlite_url)
-    adapter = DiscordAdapter(fake.token, DiscordOptions(**FAST))
+    adapter = DiscordAdapter(DiscordOptions(token=fake.token, **FAST))
     try:
         with pytest.raises(ConfigError) as caught:
             await adapter.start(Intake(repository))
@@ -648,9 +648,9 @@ async def test_a_bad_or_missing_token_is_a_clear_error_and_never_logged(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     with pytest.raises(ConfigError, match="SOLARBOT_DISCORD_TOKEN is not set"):
-        DiscordAdapter("  ")
+        DiscordAdapter(DiscordOptions(token="  "))
     repository = Repository.open(sqlite_url)
-    adapter = DiscordAdapter("wrong-secret-token", DiscordOptions(**FAST))
+    adapter = DiscordAdapter(DiscordOptions(token="wrong-secret-token", **FAST))
     try:
         with pytest.raises(ConfigError, match="SOLARBOT_DISCORD_TOKEN: Discord rejected the token"):
             await adapter.start(Intake(repository))

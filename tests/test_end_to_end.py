@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from adapters.console import ConsoleAdapter
+from adapters.console import ConsoleAdapter, ConsoleOptions
 from bot.conversation import PromptBuilder, Turn
 from bot.generation.local import HFTokenizer, TransformersEngine
 from bot.models import ConversationKey, JobStatus
@@ -54,7 +54,7 @@ async def run_console(settings: Settings, lines: str) -> str:
     repository = Repository.open(settings.resolved_database_url())
     output = io.StringIO()
     console = ConsoleAdapter(
-        input_stream=io.StringIO(lines), output_stream=output, interactive=False
+        ConsoleOptions(input_stream=io.StringIO(lines), output_stream=output, interactive=False)
     )
     service = Service(
         settings=settings, repository=repository, engine=build_engine(settings), adapters=[console]

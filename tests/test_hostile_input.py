@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from adapters.console import ConsoleAdapter
+from adapters.console import ConsoleAdapter, ConsoleOptions
 from adapters.fake import FakeAdapter
 from adapters.streaming import StreamedReply
 from bot import texts
@@ -234,7 +234,9 @@ async def test_streamed_replies_post_clean_text() -> None:
 
 async def test_the_console_prints_clean_text() -> None:
     out = io.StringIO()
-    console = ConsoleAdapter(input_stream=io.StringIO(""), output_stream=out, interactive=False)
+    console = ConsoleAdapter(
+        ConsoleOptions(input_stream=io.StringIO(""), output_stream=out, interactive=False)
+    )
     target = ReplyTarget(
         job_id=1,
         conversation=ConversationKey(platform="console", channel="general"),

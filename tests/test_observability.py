@@ -325,7 +325,7 @@ async def test_readiness_reports_the_discord_gateway_connection(
         environ={"SOLARBOT_DATA_DIR": str(tmp_path), "SOLARBOT_METRICS_PORT": "0"}
     )
     repository = Repository.open(settings.resolved_database_url())
-    adapter = DiscordAdapter(fake.token, DiscordOptions(guild_ready_timeout=0.01))
+    adapter = DiscordAdapter(DiscordOptions(token=fake.token, guild_ready_timeout=0.01))
     service = Service(
         settings=settings, repository=repository, engine=FakeEngine(), adapters=[adapter]
     )

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.console import ConsoleAdapter
+from adapters.console import ConsoleAdapter, ConsoleOptions
 from bot.conversation import PromptBuilder, Turn
 from bot.errors import GenerationError
 from bot.generation.engine import GenerationRequest, SamplingParams
@@ -246,7 +246,11 @@ async def test_the_service_answers_through_the_server_and_records_the_trace(
     repository = Repository.open(settings.resolved_database_url())
     output = io.StringIO()
     console = ConsoleAdapter(
-        input_stream=io.StringIO("Hello, who are you?\n"), output_stream=output, interactive=False
+        ConsoleOptions(
+            input_stream=io.StringIO("Hello, who are you?\n"),
+            output_stream=output,
+            interactive=False,
+        )
     )
     service = Service(settings=settings, repository=repository, engine=engine, adapters=[console])
     watcher = asyncio.create_task(service.stop_when_console_done(console))

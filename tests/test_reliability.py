@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from adapters.discord import DiscordAdapter, DiscordOptions
-from adapters.webhook import WebhookAdapter
+from adapters.webhook import WebhookAdapter, WebhookOptions
 from bot import texts
 from bot.delivery import ReplyTarget
 from bot.generation.engine import SamplingParams
@@ -63,7 +63,7 @@ async def web(sqlite_url: str, request: pytest.FixtureRequest) -> AsyncIterator[
     repository = Repository.open(sqlite_url)
     engine = FakeEngine()
     await engine.start()
-    adapter = WebhookAdapter(url, timeout=0.3, edit_interval=0.0)
+    adapter = WebhookAdapter(WebhookOptions(url=url, timeout=0.3, edit_interval=0.0))
     intake = Intake(repository)
     await adapter.start(intake)
     values: dict[str, object] = {
@@ -189,7 +189,7 @@ async def test_a_discord_reply_whose_post_was_never_recorded_is_not_posted_twice
     await fake.start()
     fake.point_discord_py_here(monkeypatch)
     repository = Repository.open(sqlite_url)
-    adapter = DiscordAdapter(fake.token, DiscordOptions(ingress=False, edit_interval=0.0))
+    adapter = DiscordAdapter(DiscordOptions(token=fake.token, ingress=False, edit_interval=0.0))
     await adapter.start(Intake(repository))
     try:
         target = ReplyTarget(
@@ -235,7 +235,7 @@ async def test_webhook_ingress_queues_dedupes_refuses_and_checks_the_secret(
     repository = Repository.open(sqlite_url)
     engine = FakeEngine()
     await engine.start()
-    adapter = WebhookAdapter(url, secret="s3cret", port=0, edit_interval=0.0)
+    adapter = WebhookAdapter(WebhookOptions(url=url, secret="s3cret", port=0, edit_interval=0.0))
     intake = Intake(repository, limits=Limits(LimitSettings(max_message_chars=20)))
     intake.register(adapter)
     await adapter.start(intake)

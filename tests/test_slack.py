@@ -22,7 +22,7 @@ import aiohttp
 import pytest
 import yaml
 
-from adapters.slack import SlackAdapter
+from adapters.slack import SlackAdapter, SlackOptions
 from bot import texts
 from bot.delivery import ReplyTarget
 from bot.errors import ConfigError, StorageError
@@ -116,13 +116,13 @@ async def start_rig(
         "host": "127.0.0.1",
         "port": 0,
         "api_url": fake.api_url,
-        "admin_users": (ADMIN,),
+        "admin_users": frozenset({ADMIN}),
         "model_id": "fake-solar",
         "default_system_prompt": settings.system_prompt,
         "edit_interval": 0.02,
     }
     options.update(adapter)
-    slack = SlackAdapter(**options)
+    slack = SlackAdapter(SlackOptions(**options))
     service = Service(
         settings=settings, repository=repository, engine=engine, adapters=[slack], drain_seconds=2
     )
@@ -316,7 +316,10 @@ async def test_url_verification_is_answered(rig: Rig) -> None:
 
 async def test_workspace_and_channel_allowlists(tmp_path: Path, fake: FakeSlack) -> None:
     async with start_rig(
-        tmp_path, fake, allowed_workspaces=(TEAM,), allowed_channels=("C0ALLOWED",)
+        tmp_path,
+        fake,
+        allowed_workspaces=frozenset({TEAM}),
+        allowed_channels=frozenset({"C0ALLOWED"}),
     ) as rig:
         await rig.event(mention("not here", ts="1690000400.000001", channel="C0GENERAL"))
         status, body, _ = await rig.command("nor here", channel="C0GENERAL")
@@ -514,11 +517,13 @@ async def test_a_rejected_token_stops_start_up_with_one_clear_line(
     tmp_path: Path, fake: FakeSlack
 ) -> None:
     adapter = SlackAdapter(
-        bot_token="xoxb-wrong",
-        signing_secret=SIGNING_SECRET,
-        host="127.0.0.1",
-        port=0,
-        api_url=fake.api_url,
+        SlackOptions(
+            bot_token="xoxb-wrong",
+            signing_secret=SIGNING_SECRET,
+            host="127.0.0.1",
+            port=0,
+            api_url=fake.api_url,
+        )
     )
     repository = Repository.open(f"sqlite:///{tmp_path / 'db.sqlite'}")
     try:
