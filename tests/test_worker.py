@@ -433,3 +433,33 @@ def test_every_engine_says_how_many_requests_it_runs_at_once(engine: str) -> Non
     assert build_engine(load_settings(environ=environ)).max_concurrent_requests >= 16
     environ["SOLARBOT_MAX_ACTIVE_REQUESTS"] = "12"
     assert build_engine(load_settings(environ=environ)).max_concurrent_requests == 12
+
+
+@pytest.mark.parametrize("kind", ["local", "static"])
+async def test_started_local_engines_report_what_they_admit(
+    kind: str, tiny_model_dir: Path
+) -> None:
+    """Once started, the local engines answer from the batch they really built (the admission
+    limit / the static cache's slots), and a worker on them runs that many jobs."""
+    from bot.generation.local import TransformersEngine
+    from bot.generation.static import StaticCacheEngine
+
+    engine: TransformersEngine | StaticCacheEngine = (
+        TransformersEngine(model=str(tiny_model_dir), device="cpu", max_active_requests=3)
+        if kind == "local"
+        else StaticCacheEngine(model=str(tiny_model_dir), device="cpu", max_active_requests=3)
+    )
+    await engine.start()
+    try:
+        assert engine.max_concurrent_requests == 3
+        if isinstance(engine, StaticCacheEngine):
+            assert engine.slots == 3
+        worker = Worker(
+            repository=None,  # type: ignore[arg-type]  # not touched before run()
+            engine=engine,
+            adapters={},
+            options=options(concurrency=None),
+        )
+        assert worker.concurrency == 3
+    finally:
+        await engine.close()
