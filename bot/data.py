@@ -12,7 +12,9 @@
   replies there) and the ``N`` worst-rated answers with their question and job id.
 
 Both work on the configured database (``SOLARBOT_DATABASE_URL`` / ``SOLARBOT_DATA_DIR``) while the
-service runs: each deletion is one transaction.
+service runs: each deletion is one transaction. ``forget`` then erases what it deleted from the
+database files (SQLite: the freed space is zeroed and the write-ahead log checkpointed and truncated;
+PostgreSQL: the tables are vacuumed; see docs/operations-reliability.md).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from bot import texts
 from bot.settings import Settings
+from storage import database
 
 if TYPE_CHECKING:
     from bot.models import FeedbackReport
@@ -105,19 +108,46 @@ def run_data_command(settings: Settings, args: argparse.Namespace) -> int:
                     count = export_channel(repository, args, out)
             print(f"exported {count} message(s)", file=sys.stderr)
             return 0
+        count, erased = forget(
+            repository,
+            platform=args.platform,
+            workspace=args.workspace,
+            user=args.user,
+            channel=args.channel,
+        )
         if args.user is not None:
-            count = repository.forget_user(
-                platform=args.platform, workspace=args.workspace, author_id=args.user
-            )
             print(f"deleted {count} message(s) by user {args.user} and the replies to them")
         else:
-            count = repository.forget_channel(
-                platform=args.platform, workspace=args.workspace or "", channel=args.channel
-            )
             print(f"deleted {count} message(s) of channel {args.channel}")
+        if not erased:
+            print(texts.FORGET_NOT_ERASED, file=sys.stderr)
         return 0
     finally:
         repository.close()
+
+
+def forget(
+    repository: Repository,
+    *,
+    platform: str,
+    workspace: str | None,
+    user: str | None = None,
+    channel: str | None = None,
+    patience_seconds: float = database.CHECKPOINT_PATIENCE_SECONDS,
+) -> tuple[int, bool]:
+    """Delete what ``user`` said (in ``workspace``, or every workspace when None) or a whole
+    ``channel``, then erase the deleted text from the database files. Returns the number of
+    messages deleted and whether the erasing finished (see ``storage.database.erase_deleted``)."""
+    if (user is None) == (channel is None):
+        raise ValueError("forget: give exactly one of user and channel")
+    if user is not None:
+        count = repository.forget_user(platform=platform, workspace=workspace, author_id=user)
+    else:
+        assert channel is not None
+        count = repository.forget_channel(
+            platform=platform, workspace=workspace or "", channel=channel
+        )
+    return count, database.erase_deleted(repository.engine, patience_seconds=patience_seconds)
 
 
 def export_channel(repository: Repository, args: argparse.Namespace, out: TextIO) -> int:

@@ -37,14 +37,15 @@ log = logging.getLogger(__name__)
 
 def build_engine(settings: Settings) -> Engine:
     if settings.engine == "fake":
-        from bot.generation.fake import FakeEngine
+        from bot.generation.fake import DEFAULT_BATCH_CAPACITY, FakeEngine
 
         return FakeEngine(
             context_window=settings.context_window or 4096,
             delay_per_chunk=settings.fake_delay_seconds,
+            batch_capacity=settings.max_active_requests or DEFAULT_BATCH_CAPACITY,
         )
     if settings.engine == "openai":
-        from bot.generation.openai import OpenAIEngine
+        from bot.generation.openai import DEFAULT_MAX_CONCURRENT_REQUESTS, OpenAIEngine
 
         if settings.openai_base_url is None:
             raise ConfigError(
@@ -63,6 +64,7 @@ def build_engine(settings: Settings) -> Engine:
             offline=settings.offline,
             context_window=settings.context_window,
             timeout_seconds=settings.openai_timeout_seconds,
+            max_concurrent_requests=settings.max_active_requests or DEFAULT_MAX_CONCURRENT_REQUESTS,
         )
     if settings.engine == "static":
         from bot.generation.static import StaticCacheEngine
@@ -218,7 +220,7 @@ def worker_options(settings: Settings) -> WorkerOptions:
         system_prompt=settings.system_prompt,
         max_new_tokens=settings.max_new_tokens,
         sampling=SamplingParams(temperature=settings.temperature, top_p=settings.top_p),
-        concurrency=settings.worker_concurrency,
+        concurrency=settings.worker_concurrency or None,  # unset or 0: the engine's capacity
         lease_seconds=settings.lease_seconds,
         max_attempts=settings.max_attempts,
         retry_base_seconds=settings.retry_base_seconds,

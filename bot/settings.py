@@ -61,7 +61,8 @@ class Settings(BaseSettings):
     compile_level: int | None = Field(default=None, ge=0, le=3)
     async_batching: bool | None = None
     kv_memory_fraction: float | None = Field(default=None, gt=0.0, lt=1.0)  # of free GPU memory
-    max_active_requests: int | None = Field(default=None, gt=0)  # more wait in the engine
+    # Requests generating at once (more wait in the engine); openai: streams open to the server.
+    max_active_requests: int | None = Field(default=None, gt=0)
 
     # SOLARBOT_ENGINE=openai: an OpenAI-compatible server (vLLM, TGI, `transformers serve`) does the
     # generating; SOLARBOT_MODEL still names the tokenizer used to count prompt tokens.
@@ -82,7 +83,9 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = None
 
     # The worker.
-    worker_concurrency: int = Field(default=8, gt=0, le=1024)
+    # Jobs one worker generates at once; unset or 0: as many as the engine runs at once
+    # (Engine.max_concurrent_requests); a larger value is capped to that, with a warning.
+    worker_concurrency: int | None = Field(default=None, ge=0, le=1024)
     lease_seconds: float = Field(default=60.0, ge=1.0)
     max_attempts: int = Field(default=5, gt=0, le=100)
     retry_base_seconds: float = Field(default=2.0, gt=0.0)

@@ -186,3 +186,9 @@ HANDOFF_RESUME_HINT = " (`{command}` brings me back)"
 HANDOFF_WAITING = (
     "This conversation is waiting for a human, so I'm staying quiet (`{command}` brings me back)."
 )
+
+# `solarbot forget` when the write-ahead log could not be emptied (the service held a read open).
+FORGET_NOT_ERASED = (
+    "warning: deleted, but older copies may stay in the SQLite write-ahead log (the -wal file) "
+    "until the service's next checkpoint; run forget again when it is idle, or stop it first"
+)

@@ -66,7 +66,8 @@ class WorkerOptions:
     system_prompt: str
     max_new_tokens: int
     sampling: SamplingParams = field(default_factory=SamplingParams)
-    concurrency: int = 8
+    # Jobs generated at once; None: as many as the engine runs at once (a larger value is capped).
+    concurrency: int | None = None
     lease_seconds: float = 60.0
     max_attempts: int = 5
     retry_base_seconds: float = 2.0
@@ -74,6 +75,23 @@ class WorkerOptions:
     poll_seconds: float = 0.5
     history_limit: int = 400
     worker_id: str = field(default_factory=default_worker_id)
+
+
+def effective_concurrency(wanted: int | None, *, capacity: int) -> int:
+    """How many jobs a worker runs at once: ``wanted``, or the engine's ``capacity`` when unset,
+    never more than ``capacity`` (further jobs would only wait inside the engine while their
+    leases run, instead of waiting in the queue for any worker)."""
+    if not wanted:
+        return capacity
+    if wanted > capacity:
+        log.warning(
+            "SOLARBOT_WORKER_CONCURRENCY=%d is more than the engine runs at once (%d): using %d",
+            wanted,
+            capacity,
+            capacity,
+        )
+        return capacity
+    return wanted
 
 
 class Worker:
@@ -91,6 +109,9 @@ class Worker:
         self._engine = engine
         self._adapters = dict(adapters)
         self._options = options
+        self._concurrency = effective_concurrency(
+            options.concurrency, capacity=engine.max_concurrent_requests
+        )
         self._builder = PromptBuilder(
             engine.tokenizer,
             context_window=engine.context_window,
@@ -109,6 +130,11 @@ class Worker:
         return self._options.worker_id
 
     @property
+    def concurrency(self) -> int:
+        """Jobs this worker runs at once."""
+        return self._concurrency
+
+    @property
     def active_jobs(self) -> int:
         return len(self._active)
 
@@ -121,10 +147,10 @@ class Worker:
         requeued = await asyncio.to_thread(self._repository.requeue_expired)
         if requeued:
             log.warning("requeued %d job(s) whose worker died", requeued)
-        log.info("worker %s started (concurrency %d)", self.worker_id, self._options.concurrency)
+        log.info("worker %s started (concurrency %d)", self.worker_id, self._concurrency)
         while not self._stopping.is_set():
             self._wake.clear()
-            free = self._options.concurrency - len(self._active)
+            free = self._concurrency - len(self._active)
             if free > 0:
                 try:
                     jobs = await asyncio.to_thread(

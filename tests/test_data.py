@@ -4,16 +4,22 @@ the repository methods behind them (SQLite and PostgreSQL), and the documented o
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
+import stat
 import subprocess
 import sys
 import threading
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from bot import data
 from bot.models import ConversationKey, Incoming, Role
+from storage import database
 from storage.repository import Repository
 from tests.test_cli import solarbot
 
@@ -201,3 +207,182 @@ def test_the_documented_online_backup_is_consistent_while_the_service_writes(
     restored = Repository.open(f"sqlite:///{tmp_path / 'backup-2.db'}")
     assert len(restored.jobs()) == counts[-1]
     restored.close()
+
+
+# ---------------------------------------------------------------- forget leaves no readable trace
+
+
+def _secrets(tag: str) -> list[str]:
+    """Distinct texts made of words unique to this run: one short, one over a page (it spills
+    into overflow pages), one outside ASCII."""
+    token = uuid.uuid4().hex
+    return [
+        f"ana-secret-{tag}-{token}-short",
+        f"ana-secret-{tag}-{token}-long " + " ".join(uuid.uuid4().hex for _ in range(200)),
+        f"ana-secret-{tag}-{token}-ünïcødé-東京-{uuid.uuid4().hex}",
+    ]
+
+
+def _fragments(text: str) -> list[bytes]:
+    """What to look for in raw bytes: every word of ``text`` (each unique to this run). A long
+    text is split across pages, so the words, not the whole text, must each be absent."""
+    words = [word.encode() for word in text.split() if len(word) >= 20]
+    assert words
+    return words
+
+
+def _seed_secrets(repository: Repository) -> list[tuple[str, str]]:
+    """Ana's messages and the replies to them in C1, in a thread of C1 and in C2; Bob's in C3.
+    Returns (channel, text) for every stored text."""
+    stored = []
+    for n, text in enumerate(_secrets("msg")):
+        channel = "C1" if n < 2 else "C2"
+        reply = f"reply-to-ana-{uuid.uuid4().hex}-{n}"
+        thread = "9.1" if n == 1 else ""
+        say(repository, channel=channel, thread=thread, author="ana", text=text,
+            message_id=f"a{n}", reply=reply)  # fmt: skip
+        stored += [(channel, text), (channel, reply)]
+    bob = [f"bob-keeps-{uuid.uuid4().hex}", f"reply-to-bob-{uuid.uuid4().hex}"]
+    say(repository, channel="C3", author="bob", text=bob[0], message_id="b0", reply=bob[1])
+    return stored + [("C3", text) for text in bob]
+
+
+def _database_files(db: Path) -> dict[str, bytes]:
+    return {
+        path.name: path.read_bytes()
+        for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm"))
+        if path.exists()
+    }
+
+
+def _assert_owner_only(data_dir: Path, db: Path) -> None:
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+    for name in _database_files(db):
+        assert stat.S_IMODE((data_dir / name).stat().st_mode) == 0o600, name
+
+
+@pytest.fixture
+def loose_umask() -> Iterator[None]:
+    """The common default umask (files 0644): what solarbot must not rely on."""
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+@pytest.mark.parametrize("what", ["user", "channel"])
+@pytest.mark.parametrize("via", ["cli", "in-process"])
+def test_forget_leaves_no_readable_trace_in_the_sqlite_files(
+    tmp_path: Path, via: str, what: str, loose_umask: None
+) -> None:
+    """The forgotten text is in none of the database's files afterwards (main file, write-ahead
+    log, shared memory), while the service keeps the database open; what others said stays."""
+    data_dir = tmp_path / "data"
+    db = data_dir / "solarbot.db"
+    service = Repository.open(f"sqlite:///{db}")  # the running service, holding the file open
+    try:
+        stored = _seed_secrets(service)
+        gone = {"user": ("C1", "C2"), "channel": ("C1",)}[what]
+        forgotten = [text for channel, text in stored if channel in gone]
+        kept = [text for channel, text in stored if channel not in gone]
+        raw = b"".join(_database_files(db).values())
+        # The check can see them (a word split across two pages is not seen, the others are).
+        assert all(any(f in raw for f in _fragments(text)) for text in forgotten)
+        args = ["--user", "ana"] if what == "user" else ["--workspace", "T1", "--channel", "C1"]
+        if via == "cli":
+            result = solarbot(
+                "forget", "--platform", "slack", *args, env={"SOLARBOT_DATA_DIR": str(data_dir)}
+            )
+            assert result.returncode == 0, result.stderr
+        else:
+            cli = Repository.open(f"sqlite:///{db}")
+            try:
+                data.forget(
+                    cli,
+                    platform="slack",
+                    workspace="T1" if what == "channel" else None,
+                    user="ana" if what == "user" else None,
+                    channel="C1" if what == "channel" else None,
+                )
+            finally:
+                cli.close()
+        raw = b"".join(_database_files(db).values())
+        left = [f for text in forgotten for f in _fragments(text) if f in raw]
+        assert left == []
+        assert all(any(f in raw for f in _fragments(text)) for text in kept)
+        assert texts_of(service, "C3")[0].startswith("bob-keeps-")  # the service still works
+        _assert_owner_only(data_dir, db)
+    finally:
+        service.close()
+
+
+def test_forget_says_so_when_a_reader_keeps_the_log_and_erases_once_it_is_gone(
+    tmp_path: Path,
+) -> None:
+    """A read held open across the forget (a service's long query) keeps the old copies in the
+    write-ahead log: forget reports that instead of claiming success; the next try erases."""
+    db = tmp_path / "solarbot.db"
+    repository = Repository.open(f"sqlite:///{db}")
+    reader = sqlite3.connect(db)
+    try:
+        stored = _seed_secrets(repository)
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM messages").fetchone()
+        count, erased = data.forget(
+            repository, platform="slack", workspace="T1", channel="C1", patience_seconds=0.5
+        )
+        assert count == 4 and not erased
+        reader.rollback()
+        assert database.erase_deleted(repository.engine)
+        raw = b"".join(_database_files(db).values())
+        gone = [text for channel, text in stored if channel == "C1"]
+        assert [f for text in gone for f in _fragments(text) if f in raw] == []
+    finally:
+        reader.close()
+        repository.close()
+
+
+def test_files_left_readable_by_an_older_version_are_made_owner_only(
+    tmp_path: Path, loose_umask: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(mode=0o755)
+    db = data_dir / "solarbot.db"
+    old = sqlite3.connect(db)  # as before: 0644 files, the log and shared memory kept open
+    old.execute("PRAGMA journal_mode=WAL")
+    old.execute("CREATE TABLE t (x)")
+    old.commit()
+    try:
+        assert {stat.S_IMODE(p.stat().st_mode) for p in data_dir.iterdir()} == {0o644}
+        Repository.open(f"sqlite:///{db}").close()
+        assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in data_dir.iterdir()} == {
+            name: 0o600 for name in ("solarbot.db", "solarbot.db-wal", "solarbot.db-shm")
+        }
+        # The folder is not ours to change (it may be shared): a warning names it.
+        assert stat.S_IMODE(data_dir.stat().st_mode) == 0o755
+        assert any(str(data_dir) in r.getMessage() for r in caplog.records)
+    finally:
+        old.close()
+
+
+@pytest.mark.postgres
+def test_forget_vacuums_the_tables_it_deleted_from_on_postgresql(postgres_url: str) -> None:
+    """PostgreSQL keeps deleted rows' bytes until VACUUM: forget runs it on its tables."""
+    repository = Repository.open(postgres_url)
+    try:
+        _seed_secrets(repository)
+        count, erased = data.forget(repository, platform="slack", workspace=None, user="ana")
+        assert count == 3 and erased
+        with repository.engine.connect() as connection:
+            vacuumed = dict(
+                connection.exec_driver_sql(
+                    "SELECT relname, vacuum_count FROM pg_stat_user_tables "
+                    "WHERE relname IN ('messages', 'jobs', 'feedback', 'conversations')"
+                ).all()
+            )
+            dead = connection.exec_driver_sql(
+                "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'messages'"
+            ).scalar_one()
+        assert vacuumed == {"messages": 1, "jobs": 1, "feedback": 1, "conversations": 1}
+        assert dead == 0
+    finally:
+        repository.close()

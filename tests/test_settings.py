@@ -26,7 +26,7 @@ def test_defaults_are_the_embedded_setup(tmp_path: Path) -> None:
         ("SOLARBOT_DEVICE", "tpu"),
         ("SOLARBOT_TEMPERATURE", "-1"),
         ("SOLARBOT_TOP_P", "0"),
-        ("SOLARBOT_WORKER_CONCURRENCY", "0"),
+        ("SOLARBOT_WORKER_CONCURRENCY", "-1"),
         ("SOLARBOT_LEASE_SECONDS", "0.1"),
         ("SOLARBOT_CONTEXT_WINDOW", "-5"),
         ("SOLARBOT_ENGINE", "gpt"),

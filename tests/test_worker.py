@@ -6,15 +6,18 @@ import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
 from adapters.fake import FakeAdapter
 from bot import texts
 from bot.generation.engine import GenerationRequest, SamplingParams
-from bot.generation.fake import FakeEngine
+from bot.generation.fake import FakeEngine, echo_reply
 from bot.intake import Intake
 from bot.models import ChannelConfig, ConversationKey, JobStatus
+from bot.service import Service, build_engine, worker_options
+from bot.settings import load_settings
 from bot.splitting import truncate_at_word
 from bot.worker import Worker, WorkerOptions
 from storage.repository import Repository
@@ -345,3 +348,118 @@ async def test_a_channels_reply_length_stops_generation_and_cuts_at_a_word(
         await rig.worker.stop(drain_seconds=1)
         await rig.task
         rig.repository.close()
+
+
+# ---------------------------------------------------------------- concurrency follows the engine
+
+
+def long_reply(prompt: str) -> str:
+    """30 words, the question's words among them, so each reply is known to be its own."""
+    return echo_reply(prompt) + " " + " ".join(f"w{n}" for n in range(27))
+
+
+async def test_questions_arriving_together_all_start_in_the_engines_batch_by_default(
+    tmp_path: Path,
+) -> None:
+    """With SOLARBOT_WORKER_CONCURRENCY unset the worker takes as many jobs as the engine batches:
+    32 questions waiting at once all get their first token before any reply is complete (in
+    decode steps of a batched fake GPU, not in seconds). The old fixed default of 8 ran them in
+    four waves, each waiting a whole reply for its first token."""
+    questions = 32
+    settings = load_settings(environ={"SOLARBOT_DATA_DIR": str(tmp_path)})
+    assert settings.worker_concurrency is None
+    repository = Repository.open(settings.resolved_database_url())
+    engine = FakeEngine(script=long_reply, token_delay=0.05, batch_capacity=48)
+    adapter = FakeAdapter()
+    service = Service(settings=settings, repository=repository, engine=engine, adapters=[adapter])
+    await adapter.start(service.intake)
+    for n in range(questions):  # all waiting in the queue when the worker starts
+        queued = await adapter.receive(
+            channel=f"c{n}", text=f"question {n}", message_id=str(n), author_id=f"u{n}"
+        )
+        assert queued is not None
+    task = asyncio.create_task(service.run())
+    try:
+        async with asyncio.timeout(120):
+            while repository.count_jobs() > 0:
+                await asyncio.sleep(0.05)
+        assert service.worker is not None and service.worker.concurrency == 48
+        first, last = engine.first_token_step, engine.last_token_step
+        assert len(first) == questions and engine.peak_active == questions
+        assert max(first.values()) < min(last.values()), (
+            sorted(first.values()),
+            min(last.values()),
+        )
+        replies = {m.conversation.channel: m.text for m in adapter.messages.values()}
+        assert replies == {
+            f"c{n}": long_reply(f"### User:\nquestion {n}\n\n### Assistant:\n")
+            for n in range(questions)
+        }
+    finally:
+        service.stopping.set()
+        async with asyncio.timeout(30):
+            await task
+        repository.close()
+
+
+@pytest.mark.parametrize(
+    ("setting", "capacity", "expected"),
+    [(None, 48, 48), (0, 48, 48), (8, 48, 8), (48, 48, 48), (200, 48, 48), (3, 1, 1)],
+)
+def test_worker_concurrency_follows_the_engine_and_is_capped_by_it(
+    setting: int | None, capacity: int, expected: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    options = worker_options(
+        load_settings(
+            environ={} if setting is None else {"SOLARBOT_WORKER_CONCURRENCY": str(setting)}
+        )
+    )
+    worker = Worker(
+        repository=None,  # type: ignore[arg-type]  # not touched before run()
+        engine=FakeEngine(batch_capacity=capacity),
+        adapters={},
+        options=options,
+    )
+    assert worker.concurrency == expected
+    capped = [r for r in caplog.records if "SOLARBOT_WORKER_CONCURRENCY" in r.getMessage()]
+    assert bool(capped) == (setting is not None and setting > capacity)
+
+
+@pytest.mark.parametrize("engine", ["fake", "openai", "local", "static"])
+def test_every_engine_says_how_many_requests_it_runs_at_once(engine: str) -> None:
+    """What the worker's default concurrency asks; SOLARBOT_MAX_ACTIVE_REQUESTS sets it (before
+    start: the configured value; the local engines then report what they really admitted)."""
+    environ = {"SOLARBOT_ENGINE": engine, "SOLARBOT_OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}
+    assert build_engine(load_settings(environ=environ)).max_concurrent_requests >= 16
+    environ["SOLARBOT_MAX_ACTIVE_REQUESTS"] = "12"
+    assert build_engine(load_settings(environ=environ)).max_concurrent_requests == 12
+
+
+@pytest.mark.parametrize("kind", ["local", "static"])
+async def test_started_local_engines_report_what_they_admit(
+    kind: str, tiny_model_dir: Path
+) -> None:
+    """Once started, the local engines answer from the batch they really built (the admission
+    limit / the static cache's slots), and a worker on them runs that many jobs."""
+    from bot.generation.local import TransformersEngine
+    from bot.generation.static import StaticCacheEngine
+
+    engine: TransformersEngine | StaticCacheEngine = (
+        TransformersEngine(model=str(tiny_model_dir), device="cpu", max_active_requests=3)
+        if kind == "local"
+        else StaticCacheEngine(model=str(tiny_model_dir), device="cpu", max_active_requests=3)
+    )
+    await engine.start()
+    try:
+        assert engine.max_concurrent_requests == 3
+        if isinstance(engine, StaticCacheEngine):
+            assert engine.slots == 3
+        worker = Worker(
+            repository=None,  # type: ignore[arg-type]  # not touched before run()
+            engine=engine,
+            adapters={},
+            options=options(concurrency=None),
+        )
+        assert worker.concurrency == 3
+    finally:
+        await engine.close()

@@ -79,6 +79,12 @@ class Engine(Protocol):
     @property
     def context_window(self) -> int: ...
 
+    @property
+    def max_concurrent_requests(self) -> int:
+        """How many requests the engine generates at once (its batch / admission limit); more
+        wait inside it. Exact once started. A worker runs this many jobs at once by default."""
+        ...
+
     async def start(self) -> None:
         """Load the model and warm up. Idempotent."""
         ...

@@ -2,6 +2,12 @@
 
 Used by tests (assert on ``requests`` / ``prompts``) and by ``solarbot run --engine fake`` demos.
 Its tokenizer is character-level and renders SOLAR's template, so prompt budgeting still applies.
+
+With ``token_delay`` it models a batched GPU: up to ``batch_capacity`` requests generate together,
+one decode step gives every one of them its next word, and a step takes ``token_delay`` seconds
+however many share it; further requests wait (FIFO) for a free place, as in the real engines.
+``steps`` counts the decode steps, ``first_token_step`` / ``last_token_step`` say in which step
+each request got its first and last word (scheduling rounds, for tests that must not time).
 """
 
 from __future__ import annotations
@@ -15,6 +21,9 @@ from bot.generation.engine import EngineHealth, GenerationRequest
 from bot.generation.solar import render_solar_chat
 
 ReplyScript = Callable[[str], str]
+
+# Requests generating at once unless batch_capacity says otherwise (as the GPU engines' default).
+DEFAULT_BATCH_CAPACITY = 128
 
 _USER_HEADER = "### User:\n"
 _ASSISTANT_TAIL = "\n\n### Assistant:\n"
@@ -57,8 +66,15 @@ class FakeEngine:
         start_delay: float = 0.0,
         context_window: int = 4096,
         model_id: str = "fake",
+        token_delay: float = 0.0,
+        batch_capacity: int = DEFAULT_BATCH_CAPACITY,
     ) -> None:
-        """``start_delay``: seconds ``start()`` takes, like a model loading."""
+        """``start_delay``: seconds ``start()`` takes, like a model loading. ``delay_per_chunk``:
+        each request sleeps on its own between words; ``token_delay``: the batched model above."""
+        if batch_capacity < 1:
+            raise ValueError("batch_capacity must be >= 1")
+        if token_delay and delay_per_chunk:
+            raise ValueError("give token_delay (batched) or delay_per_chunk, not both")
         self._script = script
         self._start_delay = start_delay
         self._replies = list(replies) if replies is not None else None
@@ -71,6 +87,15 @@ class FakeEngine:
         self._started = False
         self._closed = False
         self.requests: list[GenerationRequest] = []
+        self._capacity = batch_capacity
+        self._token_delay = token_delay
+        self._admission = asyncio.Semaphore(batch_capacity)
+        self._next_step: asyncio.Future[int] | None = None
+        self._clock: asyncio.Task[None] | None = None
+        self.steps = 0
+        self.first_token_step: dict[str, int] = {}
+        self.last_token_step: dict[str, int] = {}
+        self.peak_active = 0
 
     @property
     def model_id(self) -> str:
@@ -83,6 +108,10 @@ class FakeEngine:
     @property
     def context_window(self) -> int:
         return self._context_window
+
+    @property
+    def max_concurrent_requests(self) -> int:
+        return self._capacity
 
     @property
     def prompts(self) -> list[str]:
@@ -110,20 +139,46 @@ class FakeEngine:
         if self._failures:
             raise self._failures.pop(0)
         reply = self._reply_for(self._tokenizer.decode(request.prompt_ids))
-        cancelled = asyncio.Event()
-        self._active[request.request_id] = cancelled
-        try:
-            # Each chunk is a word with its trailing space: ~1 "token"; max_new_tokens counts chunks.
-            for count, chunk in enumerate(re.findall(r"\S*\s*", reply)):
-                if not chunk or cancelled.is_set() or count >= request.max_new_tokens:
-                    break
-                if self._delay:
-                    await asyncio.sleep(self._delay)
-                else:
-                    await asyncio.sleep(0)
-                yield chunk
-        finally:
-            self._active.pop(request.request_id, None)
+        async with self._admission:  # at most batch_capacity generate at once; the rest wait
+            cancelled = asyncio.Event()
+            self._active[request.request_id] = cancelled
+            self.peak_active = max(self.peak_active, len(self._active))
+            try:
+                # Each chunk is a word with its trailing space: ~1 "token"; max_new_tokens counts
+                # chunks.
+                for count, chunk in enumerate(re.findall(r"\S*\s*", reply)):
+                    if not chunk or cancelled.is_set() or count >= request.max_new_tokens:
+                        break
+                    if self._token_delay:
+                        step = await self._step()
+                        self.first_token_step.setdefault(request.request_id, step)
+                        self.last_token_step[request.request_id] = step
+                    elif self._delay:
+                        await asyncio.sleep(self._delay)
+                    else:
+                        await asyncio.sleep(0)
+                    yield chunk
+            finally:
+                self._active.pop(request.request_id, None)
+
+    async def _step(self) -> int:
+        """Wait for the batch's next decode step; returns its number."""
+        if self._next_step is None or self._next_step.done():
+            self._next_step = asyncio.get_running_loop().create_future()
+        if self._clock is None or self._clock.done():
+            self._clock = asyncio.create_task(self._run_clock())
+        return await asyncio.shield(self._next_step)
+
+    async def _run_clock(self) -> None:
+        """One step per ``token_delay`` while requests are generating; it then stops."""
+        while self._next_step is not None and not self._next_step.done():
+            await asyncio.sleep(self._token_delay)
+            self.steps += 1
+            self._next_step.set_result(self.steps)
+            # Requests woken now ask for the next step before this task runs again.
+            await asyncio.sleep(0)
+            if self._active and (self._next_step is None or self._next_step.done()):
+                self._next_step = asyncio.get_running_loop().create_future()
 
     async def cancel(self, request_id: str) -> None:
         event = self._active.get(request_id)

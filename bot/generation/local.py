@@ -478,6 +478,15 @@ class TransformersEngine(StartedState):
         return _Admission(max_requests=limit, pages=pages, page_size=int(page_size))
 
     @property
+    def max_concurrent_requests(self) -> int:
+        if self._admission is not None:
+            return self._admission.max_requests
+        on_gpu = self._device.startswith("cuda")
+        return self._max_active_requests or (
+            DEFAULT_MAX_ACTIVE_GPU if on_gpu else DEFAULT_MAX_ACTIVE_CPU
+        )
+
+    @property
     def cache_tokens(self) -> int | None:
         """How many tokens the KV cache holds for admitted requests (None before start)."""
         admission = self._admission

@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from bot.errors import EngineClosedError, GenerationError, ModelNotFoundError
+from bot.errors import ConfigError, EngineClosedError, GenerationError, ModelNotFoundError
 from bot.generation.decoding import StopMatcher
 from bot.generation.engine import NOT_STARTED, EngineHealth, GenerationRequest, StartedState
 from bot.generation.local import HFTokenizer
@@ -37,6 +37,9 @@ DEFAULT_CONTEXT_WINDOW = 4096
 CONNECT_TIMEOUT_S = 10.0
 # While the server is unreachable, ask it this often whether it is back (health/readiness).
 PROBE_INTERVAL_S = 5.0
+# Streams open to the server at once (SOLARBOT_MAX_ACTIVE_REQUESTS): the default of TGI's
+# --max-concurrent-requests; vLLM batches up to 256 (--max-num-seqs) and queues the rest itself.
+DEFAULT_MAX_CONCURRENT_REQUESTS = 128
 
 
 class OpenAIEngine(StartedState):
@@ -52,7 +55,11 @@ class OpenAIEngine(StartedState):
         timeout_seconds: float = 300.0,
         stop_strings: Sequence[str] = STOP_HEADERS,
         probe_interval: float = PROBE_INTERVAL_S,
+        max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS,
     ) -> None:
+        if max_concurrent_requests < 1:
+            raise ConfigError("SOLARBOT_MAX_ACTIVE_REQUESTS: must be >= 1")
+        self._max_concurrent_requests = max_concurrent_requests
         self._base_url = base_url.rstrip("/")
         # For logs, errors and health: without any user:password@ in the URL.
         self._shown_url = str(URL(self._base_url).with_user(None))
@@ -77,6 +84,11 @@ class OpenAIEngine(StartedState):
     @property
     def model_id(self) -> str:
         return self._model
+
+    @property
+    def max_concurrent_requests(self) -> int:
+        """The server batches; this many streams are kept open to it at once."""
+        return self._max_concurrent_requests
 
     @property
     def base_url(self) -> str:

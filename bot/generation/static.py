@@ -548,6 +548,13 @@ class StaticCacheEngine(StartedState):
         return None if self._runner is None else self._runner.slots
 
     @property
+    def max_concurrent_requests(self) -> int:
+        if self._runner is not None:
+            return self._runner.slots
+        on_gpu = self._device.startswith("cuda")
+        return self._max_active or (MAX_GPU_SLOTS if on_gpu else CPU_SLOTS)
+
+    @property
     def graph_count(self) -> int:
         """CUDA graphs captured for the decode step (0 on CPU or when capture failed)."""
         return 0 if self._runner is None else len(self._runner.graphs)
