@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 from adapters.console import PLATFORM as CONSOLE
 from adapters.console import ConsoleAdapter
 from bot.delivery import ChatAdapter
-from bot.errors import ConfigError, SolarbotError
+from bot.errors import ConfigError, ContextWindowError, SolarbotError
 from bot.generation.engine import Engine, SamplingParams
 from bot.intake import Intake
 from bot.limits import Limits, LimitSettings
@@ -57,36 +57,31 @@ def build_engine(settings: Settings) -> Engine:
             context_window=settings.context_window,
             timeout_seconds=settings.openai_timeout_seconds,
         )
-    if settings.engine == "static":
-        from bot.generation.static import StaticCacheEngine
+    from bot.generation.options import LocalEngineOptions
 
-        return StaticCacheEngine(
-            model=settings.model,
-            dtype=settings.dtype,
-            device=settings.device,
-            offline=settings.offline,
-            context_window=settings.context_window,
-            cuda_graphs=settings.cuda_graphs,
-            compile_decode=(settings.compile_level or 0) >= 1,
-            kv_memory_fraction=settings.kv_memory_fraction,
-            max_active_requests=settings.max_active_requests,
-        )
-    from bot.generation.local import TransformersEngine
-
-    return TransformersEngine(
+    options = LocalEngineOptions(
         model=settings.model,
         dtype=settings.dtype,
         device=settings.device,
         offline=settings.offline,
         context_window=settings.context_window,
-        cache_blocks=settings.cache_blocks,
-        max_batch_tokens=settings.max_batch_tokens,
+        max_new_tokens=settings.max_new_tokens,
         cuda_graphs=settings.cuda_graphs,
-        compile_level=settings.compile_level,
-        async_batching=settings.async_batching,
         kv_memory_fraction=settings.kv_memory_fraction,
         max_active_requests=settings.max_active_requests,
+        cache_blocks=settings.cache_blocks,
+        max_batch_tokens=settings.max_batch_tokens,
+        compile_level=settings.compile_level,
+        async_batching=settings.async_batching,
+        compile_decode=(settings.compile_level or 0) >= 1,
     )
+    if settings.engine == "static":
+        from bot.generation.static import StaticCacheEngine
+
+        return StaticCacheEngine(options)
+    from bot.generation.local import TransformersEngine
+
+    return TransformersEngine(options)
 
 
 def platform_configured(settings: Settings) -> bool:
@@ -212,6 +207,13 @@ class Service:
                     self._model_loading = False
                 self.model_load_seconds = time.monotonic() - began
                 log.info("model %s ready in %.1f s", self.engine.model_id, self.model_load_seconds)
+                window = self.engine.context_window
+                if window <= self.settings.max_new_tokens:  # e.g. what an OpenAI server serves
+                    raise ContextWindowError(
+                        f"{self.engine.model_id!r} has a context window of {window} tokens, not "
+                        f"larger than SOLARBOT_MAX_NEW_TOKENS={self.settings.max_new_tokens}: "
+                        "lower SOLARBOT_MAX_NEW_TOKENS (or set SOLARBOT_CONTEXT_WINDOW)"
+                    )
                 self.worker = Worker(
                     repository=self.repository,
                     engine=self.engine,

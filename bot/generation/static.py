@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import logging
 import math
@@ -44,7 +45,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot.errors import ConfigError, EngineClosedError, GenerationError
-from bot.generation.decoding import IncrementalDecoder, StopMatcher
 from bot.generation.engine import (
     NOT_STARTED,
     EngineHealth,
@@ -53,24 +53,19 @@ from bot.generation.engine import (
     Tokenizer,
     checked_max_new_tokens,
 )
-from bot.generation.local import (
+from bot.generation.loading import load, loaded_identity
+from bot.generation.options import (
     DEFAULT_KV_MEMORY_FRACTION,
     MIN_TEMPERATURE,
-    DType,
-    HFTokenizer,
-    TransformersEngine,
-    _resolve_device,
-    loaded_identity,
+    LocalEngineOptions,
 )
-from bot.generation.solar import DEFAULT_MODEL_ID, STOP_HEADERS
+from bot.generation.streaming import TokenChunk, stream_text
 from bot.generation.warmup import WarmupProgress
 
 logger = logging.getLogger(__name__)
 
 CPU_SLOTS = 16
 MAX_GPU_SLOTS = 128
-# Prompt tokens prefilled together in one forward pass (at least one request per step).
-PREFILL_TOKENS = 8192
 # Attention length buckets (the step reads the first L cache positions).
 LENGTH_BUCKET = 256
 # Bytes kept free besides the cache: prefill activations, logits, graphs, allocator slack.
@@ -457,50 +452,16 @@ class _Runner:
 class StaticCacheEngine(StartedState):
     """SOLAR (any Llama-shaped causal LM) served by our own batched decode loop; see the module doc."""
 
-    def __init__(
-        self,
-        *,
-        model: str = DEFAULT_MODEL_ID,
-        dtype: DType = "auto",
-        device: str = "auto",
-        offline: bool = False,
-        context_window: int | None = None,
-        cuda_graphs: bool | None = None,
-        kv_memory_fraction: float | None = None,
-        max_active_requests: int | None = None,
-        prefill_tokens: int = PREFILL_TOKENS,
-        compile_decode: bool = False,
-        ignore_eos: bool = False,
-        stop_strings: Sequence[str] = STOP_HEADERS,
-    ) -> None:
-        """``compile_decode``: torch.compile the per-layer parts of the decode step (fuses the
-        small element-wise kernels; compiles at start-up, before the graphs are captured)."""
-        # The loader validates model/dtype/device/offline/context_window the same way.
-        self._loader = TransformersEngine(
-            model=model,
-            dtype=dtype,
-            device=device,
-            offline=offline,
-            context_window=context_window,
-            max_active_requests=max_active_requests,
-            kv_memory_fraction=kv_memory_fraction,
-        )
-        if prefill_tokens <= 0:
-            raise ConfigError("prefill_tokens must be > 0")
-        self._model_name = model
-        self._device_setting = device
-        self._dtype_setting: DType = dtype
-        self._context_window_setting = context_window
-        self._cuda_graphs = True if cuda_graphs is None else cuda_graphs
-        self._kv_memory_fraction = kv_memory_fraction or DEFAULT_KV_MEMORY_FRACTION
-        self._max_active = max_active_requests
-        self._prefill_tokens = prefill_tokens
-        self._compile_decode = compile_decode
-        self._ignore_eos = ignore_eos
-        self._stop_strings = tuple(stop_strings)
+    def __init__(self, options: LocalEngineOptions | None = None) -> None:
+        """``options``: what to load and how to serve it (checked when it was built)."""
+        self.options = options or LocalEngineOptions()
+        self._model_name = self.options.model
+        self._context_window_setting = self.options.context_window
+        self._cuda_graphs = True if self.options.cuda_graphs is None else self.options.cuda_graphs
+        self._kv_memory_fraction = self.options.kv_memory_fraction or DEFAULT_KV_MEMORY_FRACTION
         self._preloaded: tuple[Any, Any] | None = None
 
-        self._device = device
+        self._device = self.options.device
         self._tokenizer: Tokenizer | None = None
         self._runner: _Runner | None = None
         self._context_window: int | None = None
@@ -520,11 +481,18 @@ class StaticCacheEngine(StartedState):
 
     @classmethod
     def from_loaded(
-        cls, model: Any, tokenizer: Any, *, model_id: str | None = None, **kwargs: Any
+        cls,
+        model: Any,
+        tokenizer: Any,
+        *,
+        model_id: str | None = None,
+        options: LocalEngineOptions | None = None,
     ) -> StaticCacheEngine:
         """An engine over a model already in memory; see ``TransformersEngine.from_loaded``."""
         name, device = loaded_identity(model, model_id)
-        engine = cls(model=name, device=device, **kwargs)
+        engine = cls(
+            dataclasses.replace(options or LocalEngineOptions(), model=name, device=device)
+        )
         engine._preloaded = (model, tokenizer)
         return engine
 
@@ -600,17 +568,9 @@ class StaticCacheEngine(StartedState):
             )
 
     def _load(self) -> tuple[Any, Tokenizer, str]:
-        device = _resolve_device(self._device_setting)
-        if self._preloaded is not None:
-            model, raw = self._preloaded
-            self._preloaded = None
-            tokenizer: Any = HFTokenizer(raw) if hasattr(raw, "apply_chat_template") else raw
-        else:
-            from bot.generation.local import _resolve_dtype
-
-            on_gpu = device.startswith("cuda")
-            dtype = _resolve_dtype(self._dtype_setting, on_gpu=on_gpu)
-            model, tokenizer = self._loader._load(dtype, device=device, on_gpu=on_gpu)
+        preloaded, self._preloaded = self._preloaded, None
+        loaded = load(self.options, preloaded=preloaded)
+        model, tokenizer, device = loaded.model, loaded.tokenizer, loaded.device
         config = model.config
         if not all(hasattr(model, name) for name in ("model", "lm_head")) or not hasattr(
             model.model, "rotary_emb"
@@ -620,9 +580,7 @@ class StaticCacheEngine(StartedState):
                 "is not one: use SOLARBOT_ENGINE=local"
             )
         self._vocab_size = int(config.vocab_size)
-        max_positions = int(getattr(config, "max_position_embeddings", 4096) or 4096)
-        window = min(self._context_window_setting or max_positions, max_positions)
-        self._context_window = window
+        self._context_window = loaded.context_window
         self._device = device
         eos = model.generation_config.eos_token_id
         if eos is None:
@@ -644,12 +602,12 @@ class StaticCacheEngine(StartedState):
         per_slot = 2 * config.num_hidden_layers * kv_heads * head_dim * max_len
         per_slot *= model.dtype.itemsize
         if not device.startswith("cuda"):
-            return self._max_active or CPU_SLOTS
+            return self.options.max_active_requests or CPU_SLOTS
         torch.cuda.empty_cache()  # blocks cached by earlier work are free memory too
         free, _total = torch.cuda.mem_get_info(torch.device(device))
         budget = int((free - GPU_HEADROOM_BYTES) * self._kv_memory_fraction)
         fits = max(budget // per_slot, 0)
-        wanted = self._max_active or MAX_GPU_SLOTS
+        wanted = self.options.max_active_requests or MAX_GPU_SLOTS
         if fits < 1:
             raise GenerationError(
                 f"no GPU memory for even one {max_len}-token KV cache slot "
@@ -710,10 +668,9 @@ class StaticCacheEngine(StartedState):
         )
         self._active[request.request_id] = state
         finished = False
-        try:
-            self._inbox.put(("add", state))
-            decoder = IncrementalDecoder(self.tokenizer)
-            matcher = StopMatcher(self._stop_strings)
+
+        async def chunks() -> AsyncGenerator[TokenChunk, None]:
+            nonlocal finished
             while True:
                 item = await state.deliver.get()
                 if item is _CANCELLED:
@@ -725,20 +682,18 @@ class StaticCacheEngine(StartedState):
                     finished = True
                     raise GenerationError(f"generation failed: {item}") from item
                 ids, done = item
-                text = decoder.feed(ids)
-                if done:
-                    finished = True
-                    text += decoder.finish()
-                result = matcher.feed(text)
-                if result.text:
-                    yield result.text
-                if result.stopped:
-                    return
-                if done:
-                    rest = matcher.flush()
-                    if rest:
-                        yield rest
-                    return
+                finished = finished or done
+                yield TokenChunk(ids=ids, done=done)
+
+        try:
+            self._inbox.put(("add", state))
+            async with contextlib.aclosing(
+                stream_text(
+                    chunks(), tokenizer=self.tokenizer, stop_strings=self.options.stop_strings
+                )
+            ) as texts:
+                async for text in texts:
+                    yield text
         finally:
             self._active.pop(request.request_id, None)
             if not finished:
@@ -789,9 +744,9 @@ class StaticCacheEngine(StartedState):
                     max_len=max_len,
                     device=device,
                     cuda_graphs=self._cuda_graphs,
-                    eos=set() if self._ignore_eos else self._eos,
-                    prefill_tokens=self._prefill_tokens,
-                    compile_decode=self._compile_decode,
+                    eos=set() if self.options.ignore_eos else self._eos,
+                    prefill_tokens=self.options.prefill_tokens,
+                    compile_decode=self.options.compile_decode,
                 )
                 runner.capture()
                 self._runner = runner
