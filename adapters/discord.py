@@ -177,7 +177,9 @@ class DiscordAdapter:
         return f"DiscordAdapter(ingress={self.options.ingress})"
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, ingress: bool = True) -> DiscordAdapter:
+    def from_settings(
+        cls, settings: Settings, *, ingress: bool = True, model_id: str = ""
+    ) -> DiscordAdapter:
         if settings.discord_token is None:
             raise ConfigError(texts.DISCORD_NO_TOKEN)
         return cls(
@@ -191,7 +193,7 @@ class DiscordAdapter:
                 ingress=ingress,
                 edit_interval=settings.edit_interval_seconds,
                 support_role=settings.discord_support_role,
-                model_id=settings.model if settings.engine == "local" else settings.engine,
+                model_id=model_id,
                 default_system_prompt=settings.system_prompt,
             ),
         )

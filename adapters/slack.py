@@ -270,7 +270,9 @@ class SlackAdapter:
         self.http_port: int | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, ingress: bool = True) -> SlackAdapter:
+    def from_settings(
+        cls, settings: Settings, *, ingress: bool = True, model_id: str = ""
+    ) -> SlackAdapter:
         """``ingress=False`` (``solarbot worker``): deliver replies over the Web API only; no HTTP
         endpoint, no Socket Mode connection, so no signing secret or app token needed."""
         if settings.slack_bot_token is None:
@@ -291,7 +293,7 @@ class SlackAdapter:
             admin_users=settings.slack_admin_users,
             support_group=settings.slack_support_group,
             api_url=settings.slack_api_url,
-            model_id=settings.model if settings.engine == "local" else settings.engine,
+            model_id=model_id,
             default_system_prompt=settings.system_prompt,
             edit_interval=settings.edit_interval_seconds,
             ingress=ingress,

@@ -92,18 +92,24 @@ def platform_configured(settings: Settings) -> bool:
     )
 
 
-def platform_adapters(settings: Settings, *, ingress: bool = True) -> list[ChatAdapter]:
+def platform_adapters(
+    settings: Settings, *, ingress: bool = True, model_id: str | None = None
+) -> list[ChatAdapter]:
     """Adapters whose credentials are configured. ``ingress=False`` (``solarbot worker``): the
-    Discord adapter delivers replies over REST only and opens no gateway connection."""
+    Discord adapter delivers replies over REST only and opens no gateway connection.
+    ``model_id``: the model that ``status`` names, the engine's ``model_id`` (default: that of the
+    engine ``build_engine`` makes of ``settings``)."""
+    if model_id is None:
+        model_id = build_engine(settings).model_id
     adapters: list[ChatAdapter] = []
     if settings.discord_token is not None:
         from adapters.discord import DiscordAdapter
 
-        adapters.append(DiscordAdapter.from_settings(settings, ingress=ingress))
+        adapters.append(DiscordAdapter.from_settings(settings, ingress=ingress, model_id=model_id))
     if settings.slack_bot_token is not None:
         from adapters.slack import SlackAdapter
 
-        adapters.append(SlackAdapter.from_settings(settings, ingress=ingress))
+        adapters.append(SlackAdapter.from_settings(settings, ingress=ingress, model_id=model_id))
     if settings.webhook_url is not None:
         from adapters.webhook import WebhookAdapter
 
