@@ -6,7 +6,7 @@ tokenizer file: prompts are random token ids), then measures in the same process
 
 - seed: `model.generate`, eager, batch 1 (the tutorial's way), plus one static padded batch;
 - hf-static (optional): `generate` with a static cache (transformers compiles it on first use);
-- engines (``--engines``): ``static`` (ours: bot/generation/static.py, CUDA graphs),
+- engines (``--engines``): ``static`` (ours: bot/generation/static/, CUDA graphs),
   ``static-compiled`` (the same with torch.compile) and ``cb`` (transformers' continuous batching
   manager, bot/generation/local.py), each with 1, 8 and 64 concurrent channels, every prompt
   64-512 tokens, 256 new tokens, EOS ignored, measured through the engine's streaming API;
@@ -549,7 +549,7 @@ ENGINES = ("static", "static-compiled", "cb")
 
 
 def make_engine(kind: str, args: argparse.Namespace, model: Any, slots: int) -> Any:
-    """``static``: our decode loop (bot/generation/static.py); ``static-compiled``: the same with
+    """``static``: our decode loop (bot/generation/static/); ``static-compiled``: the same with
     torch.compile on the decode step's layer parts; ``cb``: transformers' continuous batching
     manager (bot/generation/local.py)."""
     common: dict[str, Any] = {

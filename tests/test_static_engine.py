@@ -238,7 +238,7 @@ def test_decode_through_captured_graphs_matches_generate(
     sampled, and capturing leaves no trace in the KV cache."""
     import torch
 
-    from bot.generation import static
+    from bot.generation.static.runner import DecodeRunner
 
     holder: dict[str, Any] = {}
 
@@ -272,14 +272,14 @@ def test_decode_through_captured_graphs_matches_generate(
     monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
     monkeypatch.setattr(torch.cuda, "graph", FakeCapture)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
-    original = static._Runner.capture
+    original = DecodeRunner.capture
 
     def capture(self: Any) -> None:
         holder["runner"] = self
         self.use_graphs = True
         original(self)
 
-    monkeypatch.setattr(static._Runner, "capture", capture)
+    monkeypatch.setattr(DecodeRunner, "capture", capture)
 
     async def run() -> tuple[list[str], int]:
         eng = StaticCacheEngine(
