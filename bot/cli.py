@@ -21,7 +21,7 @@ Configuration comes from SOLARBOT_* environment variables (or a .env file); see 
 """
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="solarbot",
         description=DESCRIPTION,
@@ -102,7 +102,7 @@ def _with_engine(settings: Settings, engine: str | None) -> Settings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.command == "upscale":
         from bot.upscale import run_upscale
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.cli import _parser
+from bot.cli import build_parser
 from bot.models import ConversationKey, JobStatus
 from storage import database
 from storage.repository import Repository
@@ -93,7 +93,7 @@ def test_the_console_logs_info_when_asked(
 
 
 def test_the_static_engine_can_be_chosen_on_the_command_line() -> None:
-    args = _parser().parse_args(["run", "--engine", "static"])
+    args = build_parser().parse_args(["run", "--engine", "static"])
     assert args.engine == "static"
 
 

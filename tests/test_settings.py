@@ -92,14 +92,14 @@ def test_a_context_window_must_leave_room_for_a_reply(window: int, reply: int) -
 def test_engine_names_are_listed_in_one_place(capsys: pytest.CaptureFixture[str]) -> None:
     from typing import get_args
 
-    from bot.cli import _parser
+    from bot.cli import build_parser
     from bot.settings import ENGINE_DESCRIPTIONS, ENGINE_NAMES, Settings
 
     assert set(ENGINE_DESCRIPTIONS) == set(ENGINE_NAMES)
     assert get_args(Settings.model_fields["engine"].annotation) == ENGINE_NAMES
     for command in ("run", "chat", "worker"):
         with pytest.raises(SystemExit):
-            _parser().parse_args([command, "--help"])
+            build_parser().parse_args([command, "--help"])
         shown = " ".join(capsys.readouterr().out.split())
         for name in ENGINE_NAMES:
             assert f"'{name}' ({ENGINE_DESCRIPTIONS[name]})" in shown
