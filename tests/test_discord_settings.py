@@ -149,11 +149,12 @@ async def test_a_gateway_refused_for_good_after_start_up_stops_the_service(
     assert fake.connections == 0
 
 
-@pytest.mark.parametrize("engine", ["fake", "local"])
+@pytest.mark.parametrize("engine", ["fake", "local", "static"])
 async def test_status_names_the_model_the_engine_serves(
     engine: str, fake: FakeDiscord, tmp_path: Path, tiny_model_dir: Path
 ) -> None:
-    """`!status` shows the engine's model (its ``model_id``), not the engine's kind."""
+    """`!status` shows the engine's model (its ``model_id``), not the engine's kind (it showed
+    "static" for the static engine)."""
     settings = load_settings(
         environ={
             "SOLARBOT_DISCORD_TOKEN": fake.token,
@@ -165,7 +166,7 @@ async def test_status_names_the_model_the_engine_serves(
         }
     )
     built = build_engine(settings)
-    expected = {"fake": "fake", "local": str(tiny_model_dir)}[engine]
+    expected = "fake" if engine == "fake" else str(tiny_model_dir)
     assert built.model_id == expected
     repository = Repository.open(settings.resolved_database_url())
     service = Service(
