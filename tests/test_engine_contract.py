@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
-from bot.errors import ContextWindowError, GenerationError, SolarbotError
+from bot.errors import ConfigError, ContextWindowError, GenerationError, SolarbotError
 from bot.generation.loading import HFTokenizer
 from bot.generation.local import TransformersEngine
 from bot.generation.options import LocalEngineOptions
@@ -100,3 +101,33 @@ async def test_a_window_without_room_for_a_reply_fails_before_the_weights_load(
         assert ("allows only 256 positions" in message) == (window is None or window > reply)
     else:
         assert not isinstance(caught.value, ContextWindowError)
+
+
+@pytest.mark.parametrize(
+    ("key", "option", "value"),
+    [
+        ("SOLARBOT_DTYPE", "dtype", "fp8"),
+        ("SOLARBOT_DEVICE", "device", "tpu"),
+        ("SOLARBOT_CONTEXT_WINDOW", "context_window", 0),
+        ("SOLARBOT_MAX_NEW_TOKENS", "max_new_tokens", -1),
+        ("SOLARBOT_CACHE_BLOCKS", "cache_blocks", 0),
+        ("SOLARBOT_MAX_BATCH_TOKENS", "max_batch_tokens", -3),
+        ("SOLARBOT_MAX_ACTIVE_REQUESTS", "max_active_requests", 0),
+        ("SOLARBOT_COMPILE_LEVEL", "compile_level", 4),
+        ("SOLARBOT_KV_MEMORY_FRACTION", "kv_memory_fraction", 1.0),
+        ("prefill_tokens", "prefill_tokens", 0),
+    ],
+)
+def test_bad_options_fail_on_creation_naming_the_setting(
+    key: str, option: str, value: object
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        LocalEngineOptions(**{option: value})  # type: ignore[arg-type]
+    assert str(caught.value).startswith(key) and "\n" not in str(caught.value)
+
+
+def test_options_are_frozen_and_hold_a_tuple_of_stop_strings() -> None:
+    options = LocalEngineOptions(stop_strings=["### User:"])  # type: ignore[arg-type]
+    assert options.stop_strings == ("### User:",) and hash(options) == hash(options)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.model = "other"  # type: ignore[misc]
