@@ -6,7 +6,7 @@ tokenizer file: prompts are random token ids), then measures in the same process
 
 - seed: `model.generate`, eager, batch 1 (the tutorial's way), plus one static padded batch;
 - hf-static (optional): `generate` with a static cache (transformers compiles it on first use);
-- engines (``--engines``): ``static`` (ours: bot/generation/static.py, CUDA graphs),
+- engines (``--engines``): ``static`` (ours: bot/generation/static/, CUDA graphs),
   ``static-compiled`` (the same with torch.compile) and ``cb`` (transformers' continuous batching
   manager, bot/generation/local.py), each with 1, 8 and 64 concurrent channels, every prompt
   64-512 tokens, 256 new tokens, EOS ignored, measured through the engine's streaming API;
@@ -52,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bot.generation.engine import GenerationRequest, SamplingParams
 from bot.generation.local import TransformersEngine
+from bot.generation.options import LocalEngineOptions
 from bot.generation.static import StaticCacheEngine
 
 SOLAR_SHAPE: dict[str, Any] = {
@@ -548,35 +549,39 @@ ENGINES = ("static", "static-compiled", "cb")
 
 
 def make_engine(kind: str, args: argparse.Namespace, model: Any, slots: int) -> Any:
-    """``static``: our decode loop (bot/generation/static.py); ``static-compiled``: the same with
+    """``static``: our decode loop (bot/generation/static/); ``static-compiled``: the same with
     torch.compile on the decode step's layer parts; ``cb``: transformers' continuous batching
     manager (bot/generation/local.py)."""
     common: dict[str, Any] = {
-        "model_id": "random-solar-shape",
         "context_window": args.context_window,
         "ignore_eos": True,
         "stop_strings": (),
         "kv_memory_fraction": args.kv_memory_fraction,
         "max_active_requests": args.max_active or slots,
+        "cuda_graphs": tri(args.cuda_graphs),
     }
     if kind in ("static", "static-compiled"):
         return StaticCacheEngine.from_loaded(
             model,
             CharTokenizer(),
-            cuda_graphs=tri(args.cuda_graphs),
-            prefill_tokens=args.prefill_tokens,
-            compile_decode=kind == "static-compiled",
-            **common,
+            model_id="random-solar-shape",
+            options=LocalEngineOptions(
+                prefill_tokens=args.prefill_tokens,
+                compile_decode=kind == "static-compiled",
+                **common,
+            ),
         )
     return TransformersEngine.from_loaded(
         model,
         CharTokenizer(),
-        cuda_graphs=tri(args.cuda_graphs),
-        compile_level=args.compile_level,
-        async_batching=tri(args.async_batching),
-        cache_blocks=args.cache_blocks,
-        max_batch_tokens=args.max_batch_tokens,
-        **common,
+        model_id="random-solar-shape",
+        options=LocalEngineOptions(
+            compile_level=args.compile_level,
+            async_batching=tri(args.async_batching),
+            cache_blocks=args.cache_blocks,
+            max_batch_tokens=args.max_batch_tokens,
+            **common,
+        ),
     )
 
 

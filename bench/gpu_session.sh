@@ -15,7 +15,7 @@
 # Needs only torch (CUDA) and transformers (>= 5.17): no network, no model download, no tokenizer
 # file. Sweep of the run:
 #   seed:   generate, eager, batch 1 and a static batch of 32 (the tutorial's way)
-#   static: our engine (bot/generation/static.py, CUDA graphs) with 1, 8, 64 channels, then 256
+#   static: our engine (bot/generation/static/, CUDA graphs) with 1, 8, 64 channels, then 256
 #           channels with 512-2048-token prompts at once (admission control: must all complete)
 #   static-compiled: the same with torch.compile on the decode step's layer parts (compiles at
 #           start-up: its warm-up time is part of the result)

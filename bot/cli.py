@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from bot import __version__, texts
 from bot.errors import ModelNotFoundError, SolarbotError
-from bot.settings import Settings, load_settings
+from bot.settings import ENGINE_DESCRIPTIONS, ENGINE_NAMES, Settings, load_settings
 
 log = logging.getLogger("solarbot")
 
@@ -21,7 +21,7 @@ Configuration comes from SOLARBOT_* environment variables (or a .env file); see 
 """
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="solarbot",
         description=DESCRIPTION,
@@ -30,11 +30,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"solarbot {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    engine_help = (
-        "text generation engine: 'local' (the model, default), 'openai' (an OpenAI-compatible "
-        "server at SOLARBOT_OPENAI_BASE_URL) or 'fake' (scripted demo)"
+    engines = list(ENGINE_NAMES)
+    engine_help = "text generation engine: " + ", ".join(
+        f"'{name}' ({ENGINE_DESCRIPTIONS[name]})" for name in engines
     )
-    engines = ["local", "static", "openai", "fake"]
     verbose_help = (
         "in the terminal chat: log INFO messages to stderr too (default: warnings and errors "
         "only, unless SOLARBOT_LOG_LEVEL is set)"
@@ -103,7 +102,7 @@ def _with_engine(settings: Settings, engine: str | None) -> Settings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.command == "upscale":
         from bot.upscale import run_upscale
 
@@ -174,8 +173,11 @@ async def _serve(settings: Settings, *, mode: str, channel: str | None) -> int:
     url = settings.resolved_database_url()
     repository = await asyncio.to_thread(Repository.open, url)
     log.info("database %s ready", redacted_url(url))
+    engine = build_engine(settings)
     adapters: list[ChatAdapter] = (
-        [] if mode == "chat" else platform_adapters(settings, ingress=mode != "worker")
+        []
+        if mode == "chat"
+        else platform_adapters(settings, ingress=mode != "worker", model_id=engine.model_id)
     )
     console: ConsoleAdapter | None = None
     if mode in ("worker", "adapters") and not adapters:
@@ -194,7 +196,7 @@ async def _serve(settings: Settings, *, mode: str, channel: str | None) -> int:
     service = Service(
         settings=settings,
         repository=repository,
-        engine=None if mode == "adapters" else build_engine(settings),
+        engine=None if mode == "adapters" else engine,
         adapters=adapters,
         run_worker=mode != "adapters",
     )

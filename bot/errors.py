@@ -11,6 +11,11 @@ class ConfigError(SolarbotError):
     """A setting is missing or invalid. The message names the environment key."""
 
 
+class ContextWindowError(ConfigError):
+    """The context window leaves no room for a reply of SOLARBOT_MAX_NEW_TOKENS tokens (the setting,
+    or the positions the model's config allows). The message names the settings."""
+
+
 class StorageError(SolarbotError):
     """The database could not be reached or migrated."""
 

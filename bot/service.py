@@ -17,7 +17,7 @@ from adapters.console import PLATFORM as CONSOLE
 from adapters.console import ConsoleAdapter
 from bot import texts
 from bot.delivery import ChatAdapter, ReportsConnection
-from bot.errors import ConfigError, SolarbotError
+from bot.errors import ConfigError, ContextWindowError, SolarbotError
 from bot.generation.engine import Engine, SamplingParams
 from bot.intake import Intake
 from bot.limits import Limits, LimitSettings
@@ -66,36 +66,31 @@ def build_engine(settings: Settings) -> Engine:
             timeout_seconds=settings.openai_timeout_seconds,
             max_concurrent_requests=settings.max_active_requests or DEFAULT_MAX_CONCURRENT_REQUESTS,
         )
-    if settings.engine == "static":
-        from bot.generation.static import StaticCacheEngine
+    from bot.generation.options import LocalEngineOptions
 
-        return StaticCacheEngine(
-            model=settings.model,
-            dtype=settings.dtype,
-            device=settings.device,
-            offline=settings.offline,
-            context_window=settings.context_window,
-            cuda_graphs=settings.cuda_graphs,
-            compile_decode=(settings.compile_level or 0) >= 1,
-            kv_memory_fraction=settings.kv_memory_fraction,
-            max_active_requests=settings.max_active_requests,
-        )
-    from bot.generation.local import TransformersEngine
-
-    return TransformersEngine(
+    options = LocalEngineOptions(
         model=settings.model,
         dtype=settings.dtype,
         device=settings.device,
         offline=settings.offline,
         context_window=settings.context_window,
-        cache_blocks=settings.cache_blocks,
-        max_batch_tokens=settings.max_batch_tokens,
+        max_new_tokens=settings.max_new_tokens,
         cuda_graphs=settings.cuda_graphs,
-        compile_level=settings.compile_level,
-        async_batching=settings.async_batching,
         kv_memory_fraction=settings.kv_memory_fraction,
         max_active_requests=settings.max_active_requests,
+        cache_blocks=settings.cache_blocks,
+        max_batch_tokens=settings.max_batch_tokens,
+        compile_level=settings.compile_level,
+        async_batching=settings.async_batching,
+        compile_decode=(settings.compile_level or 0) >= 1,
     )
+    if settings.engine == "static":
+        from bot.generation.static import StaticCacheEngine
+
+        return StaticCacheEngine(options)
+    from bot.generation.local import TransformersEngine
+
+    return TransformersEngine(options)
 
 
 def platform_configured(settings: Settings) -> bool:
@@ -107,28 +102,28 @@ def platform_configured(settings: Settings) -> bool:
 
 
 def served_model(settings: Settings) -> str:
-    """The model the engine serves, as chat ``status`` commands show it: the OpenAI-compatible
-    server's model name, or the model loaded locally (the fake engine says it is the fake)."""
-    if settings.engine == "openai":
-        return settings.openai_model or settings.model
-    if settings.engine == "fake":
-        return "fake"
-    return settings.model
+    """The model the engine serves, as chat ``status`` commands show it: the engine's own
+    ``model_id`` (an engine object is built, nothing is loaded or connected)."""
+    return build_engine(settings).model_id
 
 
-def platform_adapters(settings: Settings, *, ingress: bool = True) -> list[ChatAdapter]:
+def platform_adapters(
+    settings: Settings, *, ingress: bool = True, model_id: str | None = None
+) -> list[ChatAdapter]:
     """Adapters whose credentials are configured, each built from its options object.
     ``ingress=False`` (``solarbot worker``): replies are delivered over the platforms' REST APIs
-    only; no gateway connection, no listener."""
+    only; no gateway connection, no listener. ``model_id``: what ``status`` names (default: the
+    ``model_id`` of the engine ``build_engine`` makes of ``settings``)."""
+    shown = model_id if model_id is not None else served_model(settings)
     adapters: list[ChatAdapter] = []
     if settings.discord_token is not None:
         from adapters.discord import DiscordAdapter
 
-        adapters.append(DiscordAdapter(discord_options(settings, ingress=ingress)))
+        adapters.append(DiscordAdapter(discord_options(settings, ingress=ingress, model_id=shown)))
     if settings.slack_bot_token is not None:
         from adapters.slack import SlackAdapter
 
-        adapters.append(SlackAdapter(slack_options(settings, ingress=ingress)))
+        adapters.append(SlackAdapter(slack_options(settings, ingress=ingress, model_id=shown)))
     if settings.webhook_url is not None:
         from adapters.webhook import WebhookAdapter
 
@@ -136,7 +131,7 @@ def platform_adapters(settings: Settings, *, ingress: bool = True) -> list[ChatA
     return adapters
 
 
-def discord_options(settings: Settings, *, ingress: bool) -> DiscordOptions:
+def discord_options(settings: Settings, *, ingress: bool, model_id: str) -> DiscordOptions:
     from adapters.discord import DiscordOptions
 
     if settings.discord_token is None:
@@ -151,12 +146,12 @@ def discord_options(settings: Settings, *, ingress: bool) -> DiscordOptions:
         ingress=ingress,
         edit_interval=settings.edit_interval_seconds,
         support_role=settings.discord_support_role,
-        model_id=served_model(settings),
+        model_id=model_id,
         default_system_prompt=settings.system_prompt,
     )
 
 
-def slack_options(settings: Settings, *, ingress: bool) -> SlackOptions:
+def slack_options(settings: Settings, *, ingress: bool, model_id: str) -> SlackOptions:
     """``ingress=False``: no HTTP endpoint, no Socket Mode connection, so no signing secret or app
     token needed."""
     from adapters.slack import SlackOptions
@@ -179,7 +174,7 @@ def slack_options(settings: Settings, *, ingress: bool) -> SlackOptions:
         admin_users=frozenset(settings.slack_admin_users),
         support_group=settings.slack_support_group,
         api_url=settings.slack_api_url,
-        model_id=served_model(settings),
+        model_id=model_id,
         default_system_prompt=settings.system_prompt,
         edit_interval=settings.edit_interval_seconds,
         ingress=ingress,
@@ -300,6 +295,13 @@ class Service:
                     self._model_loading = False
                 self.model_load_seconds = time.monotonic() - began
                 log.info("model %s ready in %.1f s", self.engine.model_id, self.model_load_seconds)
+                window = self.engine.context_window
+                if window <= self.settings.max_new_tokens:  # e.g. what an OpenAI server serves
+                    raise ContextWindowError(
+                        f"{self.engine.model_id!r} has a context window of {window} tokens, not "
+                        f"larger than SOLARBOT_MAX_NEW_TOKENS={self.settings.max_new_tokens}: "
+                        "lower SOLARBOT_MAX_NEW_TOKENS (or set SOLARBOT_CONTEXT_WINDOW)"
+                    )
                 self.worker = Worker(
                     repository=self.repository,
                     engine=self.engine,

@@ -10,13 +10,13 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from bot.errors import ConfigError
+from bot.errors import ConfigError, ContextWindowError
 from bot.generation.solar import DEFAULT_MODEL_ID
 
 ENV_PREFIX = "SOLARBOT_"
@@ -25,6 +25,17 @@ IGNORED_PREFIXES = ("SOLARBOT_TEST_",)
 
 # Slack ids: workspaces T..., enterprise E..., channels C/G/D..., users U/W...
 _SLACK_ID = re.compile(r"[TECGDUWB][A-Z0-9]{2,}")
+
+# SOLARBOT_ENGINE and `solarbot --engine` (bot/service.py builds each): the names and what they
+# are, for the settings and for `solarbot --help`.
+EngineName = Literal["local", "static", "openai", "fake"]
+ENGINE_NAMES: tuple[EngineName, ...] = get_args(EngineName)
+ENGINE_DESCRIPTIONS: dict[EngineName, str] = {
+    "local": "the model here with transformers' continuous batching, default",
+    "static": "the model here with solarbot's own batched decode loop and CUDA graphs",
+    "openai": "an OpenAI-compatible server at SOLARBOT_OPENAI_BASE_URL",
+    "fake": "scripted demo",
+}
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are solarbot, a helpful assistant in a team chat. Answer clearly and concisely; "
@@ -42,8 +53,8 @@ class Settings(BaseSettings):
     )
 
     # The model and where it runs.
-    # local: transformers' continuous batching; static: our decode loop (bot/generation/static.py)
-    engine: Literal["local", "static", "fake", "openai"] = "local"
+    # local: transformers' continuous batching; static: our decode loop (bot/generation/static/)
+    engine: EngineName = "local"
     model: str = Field(default=DEFAULT_MODEL_ID, min_length=1)
     # auto: float16 (SOLAR's own) on a GPU, float32 on a CPU
     dtype: Literal["float16", "bfloat16", "float32", "auto"] = "auto"
@@ -70,6 +81,18 @@ class Settings(BaseSettings):
     openai_model: str | None = None  # the served model's name; default: SOLARBOT_MODEL
     openai_api_key: SecretStr | None = None  # sent as "Authorization: Bearer ..."
     openai_timeout_seconds: float = Field(default=300.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _room_for_a_reply(self) -> Settings:
+        window = self.context_window
+        if window is not None and window <= self.max_new_tokens:
+            # Not a ValueError: pydantic lets it through as it is, naming both settings.
+            raise ContextWindowError(
+                f"SOLARBOT_CONTEXT_WINDOW={window} not larger than SOLARBOT_MAX_NEW_TOKENS="
+                f"{self.max_new_tokens}: lower SOLARBOT_MAX_NEW_TOKENS (or raise "
+                "SOLARBOT_CONTEXT_WINDOW) so that prompts have room"
+            )
+        return self
 
     @field_validator("openai_base_url")
     @classmethod

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from bot.generation.local import HFTokenizer
+from bot.generation.loading import HFTokenizer
 from storage import database
 from storage.repository import Repository
-from tests.tiny_model import build_tiny_solar
+from tests.tiny_model import build_tiny_solar, config_only_copy
 
 POSTGRES_ENV = "SOLARBOT_TEST_POSTGRES_URL"
 REQUIRE_POSTGRES_ENV = "SOLARBOT_TEST_REQUIRE_POSTGRES"
@@ -22,6 +22,14 @@ REQUIRE_POSTGRES_ENV = "SOLARBOT_TEST_REQUIRE_POSTGRES"
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_solar(tmp_path_factory.mktemp("tiny-solar"))
+
+
+@pytest.fixture(scope="session")
+def few_positions_model(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model's config, allowing only 256 positions (no tokenizer, no weights)."""
+    return config_only_copy(
+        tiny_model_dir, tmp_path_factory.mktemp("few-positions"), max_positions=256
+    )
 
 
 @pytest.fixture(scope="session")

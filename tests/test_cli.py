@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.cli import _parser
+from bot.cli import build_parser
 from bot.models import ConversationKey, JobStatus
 from storage import database
 from storage.repository import Repository
@@ -93,7 +93,7 @@ def test_the_console_logs_info_when_asked(
 
 
 def test_the_static_engine_can_be_chosen_on_the_command_line() -> None:
-    args = _parser().parse_args(["run", "--engine", "static"])
+    args = build_parser().parse_args(["run", "--engine", "static"])
     assert args.engine == "static"
 
 
@@ -159,3 +159,41 @@ def test_sigterm_drains_the_running_reply_and_leaves_nothing_running(tmp_path: P
     repository = Repository.open(url)
     assert [job.status for job in repository.jobs()] == [JobStatus.DONE]
     repository.close()
+
+
+def test_a_context_window_without_room_for_a_reply_ends_start_up_with_one_line(
+    tmp_path: Path,
+) -> None:
+    env = {
+        "SOLARBOT_DATA_DIR": str(tmp_path),
+        "SOLARBOT_CONTEXT_WINDOW": "512",
+        "SOLARBOT_MAX_NEW_TOKENS": "512",
+    }
+    result = solarbot("chat", "--engine", "fake", env=env, stdin="hi\n")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("solarbot: error: SOLARBOT_CONTEXT_WINDOW=512 not larger than ")
+    assert "SOLARBOT_MAX_NEW_TOKENS=512" in lines[0]
+    assert not (tmp_path / "solarbot.db").exists()  # failed before touching anything
+
+
+@pytest.mark.parametrize("engine", ["local", "static"])
+def test_a_model_with_too_few_positions_ends_start_up_with_one_line(
+    tmp_path: Path, few_positions_model: Path, engine: str
+) -> None:
+    """The model's config allows 256 positions; replies may be 512 tokens: one line naming the
+    settings, before the weights are read (the folder has none)."""
+    env = {
+        "SOLARBOT_DATA_DIR": str(tmp_path),
+        "SOLARBOT_MODEL": str(few_positions_model),
+        "SOLARBOT_DEVICE": "cpu",
+        "SOLARBOT_MAX_NEW_TOKENS": "512",
+    }
+    result = solarbot("chat", "--engine", engine, env=env, stdin="hi\n", timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "allows only 256 positions" in lines[0]
+    assert "SOLARBOT_MAX_NEW_TOKENS=512" in lines[0] and "SOLARBOT_CONTEXT_WINDOW" in lines[0]

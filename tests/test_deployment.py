@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from bot.cli import _parser
+from bot.cli import build_parser
 from bot.settings import ENV_PREFIX, Settings, load_settings
 
 ROOT = Path(__file__).parents[1]
@@ -81,9 +81,9 @@ def test_compose_runs_solarbot_next_to_a_healthy_postgres() -> None:
         assert f"http://127.0.0.1:{port}/healthz" in check
         assert {volume.split(":")[1] for volume in service["volumes"]} == {"/models", "/data"}
         # Every command is one the real CLI accepts.
-        args = _parser().parse_args(service["command"])
+        args = build_parser().parse_args(service["command"])
         assert args.command in ("run", "worker")
-    assert _parser().parse_args(services["adapters"]["command"]).role == "adapters"
+    assert build_parser().parse_args(services["adapters"]["command"]).role == "adapters"
     for gpu in ("solarbot", "worker"):
         devices = services[gpu]["deploy"]["resources"]["reservations"]["devices"]
         assert devices[0]["capabilities"] == ["gpu"]

@@ -147,3 +147,44 @@ async def test_a_gateway_refused_for_good_after_start_up_stops_the_service(
             service.stopping.set()
             await running
     assert fake.connections == 0
+
+
+@pytest.mark.parametrize("engine", ["fake", "local", "static"])
+async def test_status_names_the_model_the_engine_serves(
+    engine: str, fake: FakeDiscord, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """`!status` shows the engine's model (its ``model_id``), not the engine's kind (it showed
+    "static" for the static engine)."""
+    settings = load_settings(
+        environ={
+            "SOLARBOT_DISCORD_TOKEN": fake.token,
+            "SOLARBOT_ENGINE": engine,
+            "SOLARBOT_MODEL": str(tiny_model_dir),
+            "SOLARBOT_DEVICE": "cpu",
+            "SOLARBOT_DATA_DIR": str(tmp_path),
+            "SOLARBOT_POLL_SECONDS": "0.05",
+        }
+    )
+    built = build_engine(settings)
+    expected = "fake" if engine == "fake" else str(tiny_model_dir)
+    assert built.model_id == expected
+    repository = Repository.open(settings.resolved_database_url())
+    service = Service(
+        settings=settings,
+        repository=repository,
+        engine=built,
+        adapters=platform_adapters(settings, model_id=built.model_id),
+        drain_seconds=2,
+    )
+    running = asyncio.create_task(service.run())
+    try:
+        async with asyncio.timeout(60):
+            await started(service, fake)
+            await fake.user_message(100, f"<@{BOT_ID}> !status", mentions=(BOT_ID,))
+            while not (replies := [m["content"] for m in fake.bot_messages(100)]):
+                await asyncio.sleep(0.02)
+        assert f"**Model:** {expected}\n" in replies[0]
+    finally:
+        service.stopping.set()
+        await running
+        repository.close()

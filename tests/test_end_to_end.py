@@ -13,7 +13,8 @@ import pytest
 
 from adapters.console import ConsoleAdapter, ConsoleOptions
 from bot.conversation import PromptBuilder, Turn
-from bot.generation.local import HFTokenizer, TransformersEngine
+from bot.generation.loading import HFTokenizer
+from bot.generation.local import TransformersEngine
 from bot.models import ConversationKey, JobStatus
 from bot.service import Service, build_engine
 from bot.settings import Settings, load_settings

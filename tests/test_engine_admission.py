@@ -15,6 +15,7 @@ import pytest_asyncio
 from bot.errors import EngineClosedError, GenerationError
 from bot.generation.engine import GenerationRequest, SamplingParams
 from bot.generation.local import TransformersEngine
+from bot.generation.options import LocalEngineOptions
 
 module_loop = pytest.mark.asyncio(loop_scope="module")
 GREEDY = SamplingParams(temperature=0.0)
@@ -42,7 +43,13 @@ async def text(engine: TransformersEngine, req: GenerationRequest) -> str:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def engine(tiny_model_dir: Path) -> AsyncIterator[TransformersEngine]:
     eng = TransformersEngine(
-        model=str(tiny_model_dir), device="cpu", cache_blocks=4, stop_strings=(), ignore_eos=True
+        LocalEngineOptions(
+            model=str(tiny_model_dir),
+            device="cpu",
+            cache_blocks=4,
+            stop_strings=(),
+            ignore_eos=True,
+        )
     )
     await eng.start()
     yield eng
@@ -111,7 +118,9 @@ async def test_cancelling_a_queued_request_lets_the_others_through(
 
 async def test_closing_fails_queued_requests(tiny_model_dir: Path) -> None:
     eng = TransformersEngine(
-        model=str(tiny_model_dir), device="cpu", max_active_requests=1, ignore_eos=True
+        LocalEngineOptions(
+            model=str(tiny_model_dir), device="cpu", max_active_requests=1, ignore_eos=True
+        )
     )
     await eng.start()
     try:
@@ -144,5 +153,6 @@ def test_settings_reach_the_local_engine() -> None:
     )
     engine = build_engine(settings)
     assert isinstance(engine, TransformersEngine)
-    assert (engine._cuda_graphs, engine._compile_level, engine._async_batching) == (True, 2, False)
-    assert engine._kv_memory_fraction == 0.7 and engine._max_active_requests == 64
+    options = engine.options
+    assert (options.cuda_graphs, options.compile_level, options.async_batching) == (True, 2, False)
+    assert options.kv_memory_fraction == 0.7 and options.max_active_requests == 64

@@ -19,13 +19,14 @@ import pytest_asyncio
 
 from bot.errors import (
     EngineClosedError,
-    GenerationError,
     ModelNotFoundError,
     SolarbotError,
 )
 from bot.generation.decoding import REPLACEMENT_CHAR, IncrementalDecoder, StopMatcher
 from bot.generation.engine import Engine, SamplingParams, Tokenizer
-from bot.generation.local import HFTokenizer, TransformersEngine
+from bot.generation.loading import HFTokenizer
+from bot.generation.local import TransformersEngine
+from bot.generation.options import LocalEngineOptions
 from bot.generation.solar import SOLAR_CHAT_TEMPLATE, STOP_HEADERS
 from tests.engine_support import collect, make_request, prompt_ids
 
@@ -39,7 +40,9 @@ MULTIBYTE = "héllo wörld 你好 🙂 — code 🦜 🤖 ꙮ ǅ ∮\n\n```py\nx
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def engine(tiny_model_dir: Path) -> AsyncIterator[TransformersEngine]:
-    eng = TransformersEngine(model=str(tiny_model_dir), device="cpu", dtype="float32")
+    eng = TransformersEngine(
+        LocalEngineOptions(model=str(tiny_model_dir), device="cpu", dtype="float32")
+    )
     await eng.start()
     yield eng
     await eng.close()
@@ -319,24 +322,6 @@ async def test_engine_cancel_ends_the_stream(
 
 
 @module_loop
-async def test_request_validation(engine: TransformersEngine, tiny_tokenizer: HFTokenizer) -> None:
-    prompt = prompt_ids(tiny_tokenizer, "hi")
-    with pytest.raises(GenerationError, match="context window"):
-        await collect(engine, make_request(prompt * 400, 10))
-    with pytest.raises(GenerationError, match="empty"):
-        await collect(engine, make_request([], 10))
-    with pytest.raises(GenerationError, match="vocabulary"):
-        await collect(engine, make_request([1, 99999], 10))
-
-    request = make_request(prompt, 2000)
-    async with contextlib.aclosing(engine.stream(request)) as stream:
-        await anext(stream)
-        with pytest.raises(GenerationError, match="already generating"):
-            await collect(engine, request)
-    await wait_idle(engine)
-
-
-@module_loop
 async def test_stop_string_mid_generation_ends_and_cancels(
     tiny_model_dir: Path, tiny_tokenizer: HFTokenizer, greedy_text: Callable[[list[int], int], str]
 ) -> None:
@@ -351,7 +336,9 @@ async def test_stop_string_mid_generation_ends_and_cancels(
     expected = full[:cut].rstrip()
     assert 0 < len(expected) < len(full)
 
-    eng = TransformersEngine(model=str(tiny_model_dir), device="cpu", stop_strings=(stop,))
+    eng = TransformersEngine(
+        LocalEngineOptions(model=str(tiny_model_dir), device="cpu", stop_strings=(stop,))
+    )
     await eng.start()
     try:
         deltas = await collect(eng, make_request(prompt, 40))
@@ -378,7 +365,7 @@ async def test_stop_string_mid_generation_ends_and_cancels(
 
 
 async def test_stream_before_start_raises() -> None:
-    eng = TransformersEngine(model="/nonexistent/never-started", device="cpu")
+    eng = TransformersEngine(LocalEngineOptions(model="/nonexistent/never-started", device="cpu"))
     assert eng.health().detail == "not started"
     with pytest.raises(EngineClosedError):
         await collect(eng, make_request([1, 2, 3], 5))
@@ -393,7 +380,9 @@ def assert_actionable(error: SolarbotError) -> None:
 
 
 async def test_missing_local_folder_fails_fast(tmp_path: Path) -> None:
-    eng = TransformersEngine(model=str(tmp_path / "no-such-model"), device="cpu")
+    eng = TransformersEngine(
+        LocalEngineOptions(model=str(tmp_path / "no-such-model"), device="cpu")
+    )
     began = time.monotonic()
     with pytest.raises(ModelNotFoundError) as info:
         await eng.start()
@@ -403,14 +392,16 @@ async def test_missing_local_folder_fails_fast(tmp_path: Path) -> None:
 
 
 async def test_empty_local_folder_is_not_a_model(tmp_path: Path) -> None:
-    eng = TransformersEngine(model=str(tmp_path), device="cpu")
+    eng = TransformersEngine(LocalEngineOptions(model=str(tmp_path), device="cpu"))
     with pytest.raises(ModelNotFoundError) as info:
         await eng.start()
     assert_actionable(info.value)
 
 
 async def test_hub_id_offline_fails_fast() -> None:
-    eng = TransformersEngine(model="solarbot-test/not-a-real-model", device="cpu", offline=True)
+    eng = TransformersEngine(
+        LocalEngineOptions(model="solarbot-test/not-a-real-model", device="cpu", offline=True)
+    )
     began = time.monotonic()
     with pytest.raises(ModelNotFoundError) as info:
         await eng.start()
@@ -424,7 +415,9 @@ async def test_hub_id_with_unreachable_hub_fails_fast(monkeypatch: pytest.Monkey
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
-    eng = TransformersEngine(model="solarbot-test/not-a-real-model", device="cpu", offline=False)
+    eng = TransformersEngine(
+        LocalEngineOptions(model="solarbot-test/not-a-real-model", device="cpu", offline=False)
+    )
     began = time.monotonic()
     with pytest.raises(ModelNotFoundError) as info:
         await eng.start()

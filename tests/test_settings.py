@@ -3,8 +3,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from bot.errors import ConfigError
+from bot.errors import ConfigError, ContextWindowError
 from bot.generation.solar import DEFAULT_MODEL_ID
 from bot.settings import load_settings
 
@@ -70,3 +72,34 @@ def test_an_invalid_database_url_names_the_key(tmp_path: Path) -> None:
         Repository.open("not a url")
     with pytest.raises(ConfigError, match="SOLARBOT_DATABASE_URL: unsupported database 'mysql'"):
         Repository.open("mysql://root@localhost/x")
+
+
+@given(window=st.integers(1, 20_000), reply=st.integers(1, 8192))
+def test_a_context_window_must_leave_room_for_a_reply(window: int, reply: int) -> None:
+    environ = {"SOLARBOT_CONTEXT_WINDOW": str(window), "SOLARBOT_MAX_NEW_TOKENS": str(reply)}
+    if window > reply:
+        settings = load_settings(environ=environ)
+        assert (settings.context_window, settings.max_new_tokens) == (window, reply)
+        return
+    with pytest.raises(ContextWindowError) as caught:
+        load_settings(environ=environ)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"SOLARBOT_CONTEXT_WINDOW={window} not larger than ")
+    assert f"SOLARBOT_MAX_NEW_TOKENS={reply}" in message
+
+
+def test_engine_names_are_listed_in_one_place(capsys: pytest.CaptureFixture[str]) -> None:
+    from typing import get_args
+
+    from bot.cli import build_parser
+    from bot.settings import ENGINE_DESCRIPTIONS, ENGINE_NAMES, Settings
+
+    assert set(ENGINE_DESCRIPTIONS) == set(ENGINE_NAMES)
+    assert get_args(Settings.model_fields["engine"].annotation) == ENGINE_NAMES
+    for command in ("run", "chat", "worker"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([command, "--help"])
+        shown = " ".join(capsys.readouterr().out.split())
+        for name in ENGINE_NAMES:
+            assert f"'{name}' ({ENGINE_DESCRIPTIONS[name]})" in shown

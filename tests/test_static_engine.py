@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from bot.errors import ConfigError, EngineClosedError, GenerationError
+from bot.errors import ConfigError, EngineClosedError
 from bot.generation.engine import Engine, SamplingParams
-from bot.generation.local import HFTokenizer
+from bot.generation.loading import HFTokenizer
+from bot.generation.options import LocalEngineOptions
 from bot.generation.static import StaticCacheEngine
 from tests.engine_support import collect, make_request, prompt_ids
 
@@ -28,7 +29,9 @@ module_loop = pytest.mark.asyncio(loop_scope="module")
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def engine(tiny_model_dir: Path) -> AsyncIterator[StaticCacheEngine]:
     # Two slots: a third concurrent request must wait for one to free.
-    eng = StaticCacheEngine(model=str(tiny_model_dir), device="cpu", max_active_requests=2)
+    eng = StaticCacheEngine(
+        LocalEngineOptions(model=str(tiny_model_dir), device="cpu", max_active_requests=2)
+    )
     await eng.start()
     yield eng
     await eng.close()
@@ -137,23 +140,6 @@ async def test_cancelling_a_queued_request_lets_the_next_one_through(
     assert engine.peak_queued_requests >= 2
 
 
-@module_loop
-async def test_request_validation(engine: StaticCacheEngine, tiny_tokenizer: HFTokenizer) -> None:
-    prompt = prompt_ids(tiny_tokenizer, "hi")
-    with pytest.raises(GenerationError, match="context window"):
-        await collect(engine, make_request(prompt * 400, 10))
-    with pytest.raises(GenerationError, match="empty"):
-        await collect(engine, make_request([], 10))
-    with pytest.raises(GenerationError, match="vocabulary"):
-        await collect(engine, make_request([1, 99999], 10))
-    request = make_request(prompt, 2000)
-    async with contextlib.aclosing(engine.stream(request)) as stream:
-        await anext(stream)
-        with pytest.raises(GenerationError, match="already generating"):
-            await collect(engine, request)
-    await wait_idle(engine)
-
-
 async def test_stop_string_and_close(
     tiny_model_dir: Path, tiny_tokenizer: HFTokenizer, greedy_text: Callable[[list[int], int], str]
 ) -> None:
@@ -162,7 +148,9 @@ async def test_stop_string_and_close(
     stop = " " + full.split(" ")[4][:4]
     expected = full[: full.index(stop)].rstrip()
     eng = StaticCacheEngine(
-        model=str(tiny_model_dir), device="cpu", stop_strings=(stop,), max_active_requests=1
+        LocalEngineOptions(
+            model=str(tiny_model_dir), device="cpu", stop_strings=(stop,), max_active_requests=1
+        )
     )
     await eng.start()
     try:
@@ -193,7 +181,9 @@ def test_from_loaded_accepts_a_minimal_tokenizer(tiny_model_dir: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
 
     async def run() -> list[int]:
-        eng = StaticCacheEngine.from_loaded(model, Chars(), ignore_eos=True, stop_strings=())
+        eng = StaticCacheEngine.from_loaded(
+            model, Chars(), options=LocalEngineOptions(ignore_eos=True, stop_strings=())
+        )
         await eng.start()
         try:
             text = "".join(await collect(eng, make_request([1, 22557, 1526], 7)))
@@ -229,8 +219,9 @@ def test_settings_select_the_static_engine() -> None:
     )
     engine = build_engine(settings)
     assert isinstance(engine, StaticCacheEngine)
-    assert engine._max_active == 3 and engine._cuda_graphs is False and engine._compile_decode
-    assert engine._kv_memory_fraction == 0.5
+    options = engine.options
+    assert options.max_active_requests == 3 and options.cuda_graphs is False
+    assert options.compile_decode and options.kv_memory_fraction == 0.5
     with pytest.raises(ConfigError, match="SOLARBOT_COMPILE_LEVEL"):
         load_settings(environ={"SOLARBOT_COMPILE_LEVEL": "7"})
 
@@ -247,7 +238,7 @@ def test_decode_through_captured_graphs_matches_generate(
     sampled, and capturing leaves no trace in the KV cache."""
     import torch
 
-    from bot.generation import static
+    from bot.generation.static.runner import DecodeRunner
 
     holder: dict[str, Any] = {}
 
@@ -281,18 +272,20 @@ def test_decode_through_captured_graphs_matches_generate(
     monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
     monkeypatch.setattr(torch.cuda, "graph", FakeCapture)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
-    original = static._Runner.capture
+    original = DecodeRunner.capture
 
     def capture(self: Any) -> None:
         holder["runner"] = self
         self.use_graphs = True
         original(self)
 
-    monkeypatch.setattr(static._Runner, "capture", capture)
+    monkeypatch.setattr(DecodeRunner, "capture", capture)
 
     async def run() -> tuple[list[str], int]:
         eng = StaticCacheEngine(
-            model=str(tiny_model_dir), device="cpu", context_window=1024, max_active_requests=3
+            LocalEngineOptions(
+                model=str(tiny_model_dir), device="cpu", context_window=1024, max_active_requests=3
+            )
         )
         await eng.start()
         try:

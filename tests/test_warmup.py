@@ -28,7 +28,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.generation.local import HFTokenizer
+from bot.generation.loading import HFTokenizer
+from bot.generation.options import LocalEngineOptions
 from bot.generation.static import StaticCacheEngine
 from bot.generation.warmup import WarmupProgress
 from bot.logs import configure_progress_bars, progress_bars_enabled
@@ -141,7 +142,9 @@ async def test_compiled_decode_step_warms_up_with_progress_and_still_equals_gene
 ) -> None:
     caplog.set_level(logging.INFO, logger=LOGGER)
     engine = StaticCacheEngine(
-        model=str(tiny_model_dir), device="cpu", max_active_requests=4, compile_decode=True
+        LocalEngineOptions(
+            model=str(tiny_model_dir), device="cpu", max_active_requests=4, compile_decode=True
+        )
     )
     await engine.start()
     try:

@@ -57,3 +57,15 @@ def build_tiny_solar(out: Path, *, seed: int = 0, layers: int = 2) -> Path:
     model.save_pretrained(out)
     GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=2).save_pretrained(out)
     return out
+
+
+def config_only_copy(model_dir: Path, out: Path, *, max_positions: int) -> Path:
+    """A folder holding only ``model_dir``'s config.json, allowing ``max_positions`` positions: no
+    tokenizer, no weights, so anything that reads more than the config fails on it."""
+    import json
+
+    config = json.loads((model_dir / "config.json").read_text())
+    config["max_position_embeddings"] = max_positions
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(config))
+    return out

@@ -35,17 +35,12 @@ import dataclasses
 import itertools
 import logging
 import math
-import os
-import socket
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
-from urllib.parse import urlsplit
+from typing import Any
 
-from bot.errors import ConfigError, EngineClosedError, GenerationError, ModelNotFoundError
-from bot.generation.decoding import IncrementalDecoder, StopMatcher
+from bot.errors import EngineClosedError, GenerationError
 from bot.generation.engine import (
     NOT_STARTED,
     EngineHealth,
@@ -55,69 +50,26 @@ from bot.generation.engine import (
     Tokenizer,
     checked_max_new_tokens,
 )
-from bot.generation.solar import DEFAULT_MODEL_ID, SOLAR_CHAT_TEMPLATE, STOP_HEADERS
+from bot.generation.loading import LoadedModel, load, loaded_identity
+from bot.generation.options import (
+    DEFAULT_KV_MEMORY_FRACTION,
+    MIN_TEMPERATURE,
+    LocalEngineOptions,
+)
+from bot.generation.streaming import TokenChunk, stream_text
 from bot.generation.warmup import WarmupProgress
 
 logger = logging.getLogger(__name__)
 
-DType = Literal["float16", "bfloat16", "float32", "auto"]
-
 # On CPU the default cache is sized from free RAM (~14 GB); these keep it small.
 CPU_CACHE_BLOCKS = 64
 CPU_MAX_BATCH_TOKENS = 256
-# Temperatures below this are clamped: dividing logits by ~0 gives inf and NaN probabilities,
-# which would kill the generation thread for every request.
-MIN_TEMPERATURE = 0.01
-# How long a quick check of the hub may take before we call it unreachable.
-HUB_PROBE_TIMEOUT_S = 3.0
 STOP_TIMEOUT_S = 10.0
 # Requests admitted to the batch at once unless SOLARBOT_MAX_ACTIVE_REQUESTS says otherwise.
 DEFAULT_MAX_ACTIVE_GPU = 128
 DEFAULT_MAX_ACTIVE_CPU = 32
-# Share of free GPU memory (after the weights) given to the KV cache: the rest is headroom for
-# activations, logits, CUDA graphs and the allocator.
-DEFAULT_KV_MEMORY_FRACTION = 0.8
 # Pages kept free for the scheduler's own safety margin.
 RESERVED_CACHE_PAGES = 1
-
-
-class HFTokenizer:
-    """The ``Tokenizer`` protocol over a Hugging Face tokenizer."""
-
-    def __init__(self, hf_tokenizer: Any) -> None:
-        if not getattr(hf_tokenizer, "chat_template", None):
-            hf_tokenizer.chat_template = SOLAR_CHAT_TEMPLATE
-        self.hf: Any = hf_tokenizer
-
-    @property
-    def bos_token_id(self) -> int | None:
-        value = self.hf.bos_token_id
-        return None if value is None else int(value)
-
-    @property
-    def eos_token_id(self) -> int | None:
-        value = self.hf.eos_token_id
-        return None if value is None else int(value)
-
-    def render_chat(
-        self, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool
-    ) -> str:
-        text = self.hf.apply_chat_template(
-            list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
-        )
-        return str(text)
-
-    def encode(self, text: str, *, add_bos: bool) -> list[int]:
-        # SOLAR's template has no BOS, so the tokenizer adds it; we add it ourselves so the result
-        # does not depend on how the tokenizer's add_bos_token was saved.
-        ids = [int(i) for i in self.hf(text, add_special_tokens=False).input_ids]
-        bos = self.bos_token_id
-        if add_bos and bos is not None:
-            ids.insert(0, bos)
-        return ids
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return str(self.hf.decode(list(ids), skip_special_tokens=True))
 
 
 @dataclass
@@ -211,63 +163,14 @@ class _Admission:
 class TransformersEngine(StartedState):
     """SOLAR (or any causal LM with a chat template) served locally with continuous batching."""
 
-    def __init__(
-        self,
-        *,
-        model: str = DEFAULT_MODEL_ID,
-        dtype: DType = "auto",
-        device: str = "auto",
-        offline: bool = False,
-        context_window: int | None = None,
-        cache_blocks: int | None = None,
-        max_batch_tokens: int | None = None,
-        cuda_graphs: bool | None = None,
-        compile_level: int | None = None,
-        async_batching: bool | None = None,
-        kv_memory_fraction: float | None = None,
-        max_active_requests: int | None = None,
-        ignore_eos: bool = False,
-        stop_strings: Sequence[str] = STOP_HEADERS,
-    ) -> None:
-        """``cuda_graphs``/``compile_level``/``async_batching`` go to transformers'
-        ``ContinuousBatchingConfig`` (None = its default); ``kv_memory_fraction`` is the share of
-        free GPU memory for the KV cache when ``cache_blocks`` is not set; ``ignore_eos`` makes
-        every request run to max_new_tokens (benchmarks)."""
-        if dtype not in ("float16", "bfloat16", "float32", "auto"):
-            raise ConfigError(
-                f"SOLARBOT_DTYPE: must be float16, bfloat16, float32 or auto, not {dtype!r}"
-            )
-        if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
-            raise ConfigError(f"SOLARBOT_DEVICE: must be auto, cpu, cuda or cuda:N, not {device!r}")
-        for name, value in (
-            ("SOLARBOT_CONTEXT_WINDOW", context_window),
-            ("SOLARBOT_CACHE_BLOCKS", cache_blocks),
-            ("SOLARBOT_MAX_BATCH_TOKENS", max_batch_tokens),
-            ("SOLARBOT_MAX_ACTIVE_REQUESTS", max_active_requests),
-        ):
-            if value is not None and value <= 0:
-                raise ConfigError(f"{name}: must be > 0")
-        if compile_level is not None and not 0 <= compile_level <= 3:
-            raise ConfigError("SOLARBOT_COMPILE_LEVEL: must be 0, 1, 2 or 3")
-        if kv_memory_fraction is not None and not 0.0 < kv_memory_fraction < 1.0:
-            raise ConfigError("SOLARBOT_KV_MEMORY_FRACTION: must be between 0 and 1")
-        self._model_name = model
-        self._dtype_setting: DType = dtype
-        self._device_setting = device
-        self._offline = offline
-        self._context_window_setting = context_window
-        self._cache_blocks = cache_blocks
-        self._max_batch_tokens = max_batch_tokens
-        self._cuda_graphs = cuda_graphs
-        self._compile_level = compile_level
-        self._async_batching = async_batching
-        self._kv_memory_fraction = kv_memory_fraction
-        self._max_active_requests = max_active_requests
-        self._ignore_eos = ignore_eos
-        self._stop_strings = tuple(stop_strings)
+    def __init__(self, options: LocalEngineOptions | None = None) -> None:
+        """``options``: what to load and how to serve it (checked when it was built)."""
+        self.options = options or LocalEngineOptions()
+        self._model_name = self.options.model
+        self._context_window_setting = self.options.context_window
         self._preloaded: tuple[Any, Any] | None = None
 
-        self._device = device
+        self._device = self.options.device
         self._tokenizer: Tokenizer | None = None
         self._admission: _Admission | None = None
         self.warmup_seconds: float | None = None
@@ -290,13 +193,21 @@ class TransformersEngine(StartedState):
 
     @classmethod
     def from_loaded(
-        cls, model: Any, tokenizer: Any, *, model_id: str | None = None, **kwargs: Any
+        cls,
+        model: Any,
+        tokenizer: Any,
+        *,
+        model_id: str | None = None,
+        options: LocalEngineOptions | None = None,
     ) -> TransformersEngine:
         """An engine over a model already in memory (on its device, in its dtype). ``tokenizer``
         is a Hugging Face tokenizer or any object with ``decode`` (and ``encode``/``render_chat``
-        if the conversation builder uses it); ``bos_token_id``/``eos_token_id`` are optional."""
+        if the conversation builder uses it); ``bos_token_id``/``eos_token_id`` are optional.
+        ``options.model`` and ``options.device`` are replaced by the model's own."""
         name, device = loaded_identity(model, model_id)
-        engine = cls(model=name, device=device, **kwargs)
+        engine = cls(
+            dataclasses.replace(options or LocalEngineOptions(), model=name, device=device)
+        )
         engine._preloaded = (model, tokenizer)
         return engine
 
@@ -318,64 +229,24 @@ class TransformersEngine(StartedState):
 
     def _load_and_start(self) -> None:
         """Blocking: load the tokenizer and the model, start the continuous batching thread."""
-        device = _resolve_device(self._device_setting)
-        on_gpu = device.startswith("cuda")
-        if self._preloaded is not None:
-            model, raw_tokenizer = self._preloaded
-            self._preloaded = None
-            tokenizer: Any = (
-                HFTokenizer(raw_tokenizer)
-                if hasattr(raw_tokenizer, "apply_chat_template")
-                else raw_tokenizer
-            )
-            dtype = model.dtype
-        else:
-            dtype = _resolve_dtype(self._dtype_setting, on_gpu=on_gpu)
-            model, tokenizer = self._load(dtype, device=device, on_gpu=on_gpu)
-        self._start_manager(model, tokenizer, device=device, on_gpu=on_gpu, dtype=dtype)
+        preloaded, self._preloaded = self._preloaded, None
+        loaded = load(self.options, preloaded=preloaded)
+        self._start_manager(loaded)
 
-    def _load(self, dtype: Any, *, device: str, on_gpu: bool) -> tuple[Any, HFTokenizer]:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        source, local_only = self._locate_model()
-
-        def load(loader: Callable[..., Any], **kwargs: Any) -> Any:
-            try:
-                return loader(source, local_files_only=local_only, **kwargs)
-            except OSError as exc:
-                raise ModelNotFoundError(self._not_found_message(str(exc).strip())) from exc
-            except Exception as exc:
-                raise GenerationError(f"could not load {self._model_name!r}: {exc}") from exc
-
-        hf_tokenizer = load(AutoTokenizer.from_pretrained)
-        model_kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": "sdpa"}
-        if on_gpu:
-            model_kwargs["device_map"] = {"": device}
-        model = load(AutoModelForCausalLM.from_pretrained, **model_kwargs)
-        return model, HFTokenizer(hf_tokenizer)
-
-    def _start_manager(
-        self, model: Any, tokenizer: Any, *, device: str, on_gpu: bool, dtype: Any
-    ) -> None:
+    def _start_manager(self, loaded: LoadedModel) -> None:
         import time
 
         import torch
         from transformers import GenerationConfig
         from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
+        model, tokenizer, device = loaded.model, loaded.tokenizer, loaded.device
+        on_gpu = device.startswith("cuda")
+        options = self.options
         bos_id = getattr(tokenizer, "bos_token_id", None)
         config = model.config
         self._vocab_size = int(config.vocab_size)
-        max_positions = getattr(config, "max_position_embeddings", None)
-        context_window = self._context_window_setting or max_positions or 4096
-        if max_positions is not None and context_window > max_positions:
-            logger.warning(
-                "SOLARBOT_CONTEXT_WINDOW=%s exceeds the model's %s positions; using %s",
-                context_window,
-                max_positions,
-                max_positions,
-            )
-            context_window = int(max_positions)
+        context_window = loaded.context_window
 
         eos = model.generation_config.eos_token_id
         if eos is None:
@@ -399,23 +270,23 @@ class TransformersEngine(StartedState):
         )
         cb_kwargs: dict[str, Any] = {"per_request_processors": True}
         if on_gpu:
-            if self._cache_blocks is not None:
-                cb_kwargs["num_blocks"] = self._cache_blocks
+            if options.cache_blocks is not None:
+                cb_kwargs["num_blocks"] = options.cache_blocks
             else:
                 cb_kwargs["max_memory_percent"] = (
-                    self._kv_memory_fraction or DEFAULT_KV_MEMORY_FRACTION
+                    options.kv_memory_fraction or DEFAULT_KV_MEMORY_FRACTION
                 )
-            if self._max_batch_tokens is not None:
-                cb_kwargs["max_batch_tokens"] = self._max_batch_tokens
-            if self._cuda_graphs is not None:
-                cb_kwargs["use_cuda_graph"] = self._cuda_graphs
-            if self._compile_level is not None:
-                cb_kwargs["default_compile_level"] = self._compile_level
-            if self._async_batching is not None:
-                cb_kwargs["use_async_batching"] = self._async_batching
+            if options.max_batch_tokens is not None:
+                cb_kwargs["max_batch_tokens"] = options.max_batch_tokens
+            if options.cuda_graphs is not None:
+                cb_kwargs["use_cuda_graph"] = options.cuda_graphs
+            if options.compile_level is not None:
+                cb_kwargs["default_compile_level"] = options.compile_level
+            if options.async_batching is not None:
+                cb_kwargs["use_async_batching"] = options.async_batching
         else:
-            cb_kwargs["num_blocks"] = self._cache_blocks or CPU_CACHE_BLOCKS
-            cb_kwargs["max_batch_tokens"] = self._max_batch_tokens or CPU_MAX_BATCH_TOKENS
+            cb_kwargs["num_blocks"] = options.cache_blocks or CPU_CACHE_BLOCKS
+            cb_kwargs["max_batch_tokens"] = options.max_batch_tokens or CPU_MAX_BATCH_TOKENS
         cb_config = ContinuousBatchingConfig(**_supported(ContinuousBatchingConfig, cb_kwargs))
         began = time.perf_counter()
         try:
@@ -447,7 +318,7 @@ class TransformersEngine(StartedState):
             "loaded %s on %s (%s), context window %s, warm-up %.1f s",
             self._model_name,
             device,
-            str(dtype).removeprefix("torch."),
+            str(loaded.dtype).removeprefix("torch."),
             context_window,
             self.warmup_seconds,
         )
@@ -464,11 +335,10 @@ class TransformersEngine(StartedState):
             logger.warning("KV cache size unknown: admission limits the request count only")
             page_size = 1
         on_gpu = self._device.startswith("cuda")
-        limit = self._max_active_requests or (
-            DEFAULT_MAX_ACTIVE_GPU if on_gpu else DEFAULT_MAX_ACTIVE_CPU
-        )
+        max_active = self.options.max_active_requests
+        limit = max_active or (DEFAULT_MAX_ACTIVE_GPU if on_gpu else DEFAULT_MAX_ACTIVE_CPU)
         per_batch = getattr(config, "max_requests_per_batch", None)
-        if self._max_active_requests is None and isinstance(per_batch, int) and per_batch > 0:
+        if max_active is None and isinstance(per_batch, int) and per_batch > 0:
             limit = min(limit, per_batch)
         logger.info(
             "admission: %s requests at once, KV cache %s tokens",
@@ -482,7 +352,7 @@ class TransformersEngine(StartedState):
         if self._admission is not None:
             return self._admission.max_requests
         on_gpu = self._device.startswith("cuda")
-        return self._max_active_requests or (
+        return self.options.max_active_requests or (
             DEFAULT_MAX_ACTIVE_GPU if on_gpu else DEFAULT_MAX_ACTIVE_CPU
         )
 
@@ -493,43 +363,6 @@ class TransformersEngine(StartedState):
         if admission is None or admission.pages is None:
             return None
         return admission.pages * admission.page_size
-
-    def _locate_model(self) -> tuple[str, bool]:
-        """Where to load from, and whether to stay off the network. Fails fast when it cannot work."""
-        name = self._model_name
-        path = Path(name).expanduser()
-        if path.exists():
-            if not path.is_dir():
-                raise ModelNotFoundError(self._not_found_message(f"{path} is a file, not a folder"))
-            if not (path / "config.json").is_file():
-                raise ModelNotFoundError(self._not_found_message(f"{path} has no config.json"))
-            return str(path), True
-        if _looks_like_path(name):
-            raise ModelNotFoundError(self._not_found_message(f"there is no folder {path}"))
-        if self._offline or _env_flag("HF_HUB_OFFLINE"):
-            return name, True
-        reason = _hub_unreachable()
-        if reason is None:
-            return name, False
-        if _in_hub_cache(name):
-            logger.warning(
-                "the hub is unreachable (%s); loading %s from the local cache", reason, name
-            )
-            return name, True
-        raise ModelNotFoundError(
-            self._not_found_message(
-                f"it is not in the local Hugging Face cache and the hub is unreachable ({reason})"
-            )
-        )
-
-    def _not_found_message(self, reason: str) -> str:
-        offline = "SOLARBOT_OFFLINE=true, so only local files are used. " if self._offline else ""
-        return (
-            f"Model {self._model_name!r} not found: {reason}. {offline}"
-            "Set SOLARBOT_MODEL to a local folder holding the model (config.json, tokenizer files, "
-            "weights), or a Hugging Face hub id with the hub reachable and SOLARBOT_OFFLINE=false "
-            "(the first download of SOLAR is ~21 GB)."
-        )
 
     async def close(self) -> None:
         async with self._start_lock:
@@ -600,25 +433,10 @@ class TransformersEngine(StartedState):
         )
         self._active[request.request_id] = active
         finished = False
-        try:
-            # Register before add_request, or the first outputs go to the manager's shared queue.
-            manager.register_result_handler(active.manager_id, lambda out: _post(active, out))
-            added = manager.add_request(
-                prompt,
-                request_id=active.manager_id,
-                max_new_tokens=max_new_tokens,
-                streaming=True,
-                eos_token_id=-1 if self._ignore_eos else self._eos_token_id,
-                **self._sampling_kwargs(request.sampling),
-            )
-            if added is None:
-                finished = True
-                raise GenerationError(
-                    "the generation thread is not accepting requests (stopping or dead)"
-                )
 
-            decoder = IncrementalDecoder(tokenizer)
-            matcher = StopMatcher(self._stop_strings)
+        async def chunks() -> AsyncGenerator[TokenChunk, None]:
+            nonlocal finished
+            fed = 0
             while True:
                 item = await active.queue.get()
                 if item is _CANCELLED:
@@ -630,20 +448,35 @@ class TransformersEngine(StartedState):
                     finished = True
                     raise GenerationError(f"generation failed: {item.error or 'unknown error'}")
                 done = bool(item.is_finished())
-                text = decoder.feed_cumulative(item.generated_tokens)
-                if done:
-                    text += decoder.finish()
-                result = matcher.feed(text)
-                if result.text:
-                    yield result.text
-                if result.stopped:
-                    return  # the finally block cancels it unless it had finished anyway
-                if done:
-                    finished = True
-                    rest = matcher.flush()
-                    if rest:
-                        yield rest
-                    return
+                tokens = item.generated_tokens
+                if len(tokens) < fed:
+                    raise GenerationError("the generated tokens shrank between two outputs")
+                finished = finished or done
+                yield TokenChunk(ids=tokens[fed:], done=done)
+                fed = len(tokens)
+
+        try:
+            # Register before add_request, or the first outputs go to the manager's shared queue.
+            manager.register_result_handler(active.manager_id, lambda out: _post(active, out))
+            added = manager.add_request(
+                prompt,
+                request_id=active.manager_id,
+                max_new_tokens=max_new_tokens,
+                streaming=True,
+                eos_token_id=-1 if self.options.ignore_eos else self._eos_token_id,
+                **self._sampling_kwargs(request.sampling),
+            )
+            if added is None:
+                finished = True
+                raise GenerationError(
+                    "the generation thread is not accepting requests (stopping or dead)"
+                )
+
+            async with contextlib.aclosing(
+                stream_text(chunks(), tokenizer=tokenizer, stop_strings=self.options.stop_strings)
+            ) as texts:
+                async for text in texts:
+                    yield text
         finally:
             self._active.pop(request.request_id, None)
             if not finished:
@@ -764,96 +597,3 @@ def _drop_handler(manager: Any, manager_id: str) -> None:
     if isinstance(handlers, dict) and lock is not None:
         with lock:
             handlers.pop(manager_id, None)
-
-
-def _resolve_device(setting: str) -> str:
-    import torch
-
-    if setting == "cpu":
-        return "cpu"
-    cuda = torch.cuda.is_available()
-    if setting == "auto":
-        return "cuda:0" if cuda else "cpu"
-    if not cuda:
-        raise ConfigError(f"SOLARBOT_DEVICE: {setting} asked for, but CUDA is not available here")
-    index = 0 if setting == "cuda" else _cuda_index(setting)
-    if index >= torch.cuda.device_count():
-        raise ConfigError(
-            f"SOLARBOT_DEVICE: {setting} does not exist ({torch.cuda.device_count()} GPUs)"
-        )
-    return f"cuda:{index}"
-
-
-def loaded_identity(model: Any, model_id: str | None) -> tuple[str, str]:
-    """(model id, device) of a model already in memory: ``model_id``, else its ``name_or_path``."""
-    name = model_id or str(getattr(model.config, "name_or_path", "") or "in-memory-model")
-    return name, str(getattr(model, "device", "cpu"))
-
-
-def _cuda_index(setting: str) -> int:
-    try:
-        return int(setting.removeprefix("cuda:"))
-    except ValueError:
-        raise ConfigError(f"SOLARBOT_DEVICE: bad GPU index in {setting!r}") from None
-
-
-def _resolve_dtype(setting: DType, *, on_gpu: bool) -> Any:
-    import torch
-
-    if not on_gpu:
-        if setting not in ("float32", "auto"):
-            logger.warning("SOLARBOT_DTYPE=%s ignored on CPU: using float32", setting)
-        return torch.float32
-    return {
-        "auto": torch.float16,
-        "float16": torch.float16,
-        "bfloat16": torch.bfloat16,
-        "float32": torch.float32,
-    }[setting]
-
-
-def _looks_like_path(name: str) -> bool:
-    """A hub id is ``name`` or ``owner/name``; anything else must be a local folder."""
-    return (
-        os.path.isabs(name)
-        or name.startswith(("./", "../", "~", ".\\", "..\\"))
-        or name in (".", "..")
-        or "\\" in name
-        or name.count("/") > 1
-    )
-
-
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def _in_hub_cache(repo_id: str) -> bool:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # pragma: no cover - transformers depends on huggingface_hub
-        return False
-    try:
-        found = try_to_load_from_cache(repo_id, "config.json")
-    except Exception:
-        return False
-    return isinstance(found, str)
-
-
-def _hub_unreachable() -> str | None:
-    """None if the hub answers a TCP connection quickly, else why not (instead of ~25 s of retries)."""
-    try:
-        from huggingface_hub import constants
-
-        endpoint = str(constants.ENDPOINT)
-    except Exception:
-        endpoint = "https://huggingface.co"
-    parts = urlsplit(endpoint)
-    host = parts.hostname or "huggingface.co"
-    port = parts.port or (80 if parts.scheme == "http" else 443)
-    try:
-        with contextlib.closing(
-            socket.create_connection((host, port), timeout=HUB_PROBE_TIMEOUT_S)
-        ):
-            return None
-    except OSError as exc:
-        return f"{host}:{port}: {exc.strerror or exc}"

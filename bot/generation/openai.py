@@ -18,17 +18,16 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 import aiohttp
 from yarl import URL
 
-from bot.errors import ConfigError, EngineClosedError, GenerationError, ModelNotFoundError
+from bot.errors import ConfigError, EngineClosedError, GenerationError
 from bot.generation.decoding import StopMatcher
 from bot.generation.engine import NOT_STARTED, EngineHealth, GenerationRequest, StartedState
-from bot.generation.local import HFTokenizer
+from bot.generation.loading import HFTokenizer, load_tokenizer
 from bot.generation.solar import STOP_HEADERS
 
 logger = logging.getLogger(__name__)
@@ -106,7 +105,9 @@ class OpenAIEngine(StartedState):
                 raise EngineClosedError("the engine was closed; create a new one")
             if self._session is not None:
                 return
-            self._tokenizer = await asyncio.to_thread(self._load_tokenizer)
+            self._tokenizer = await asyncio.to_thread(
+                load_tokenizer, self._tokenizer_source, offline=self._offline
+            )
             headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
             self._session = aiohttp.ClientSession(
                 headers=headers,
@@ -128,21 +129,6 @@ class OpenAIEngine(StartedState):
                 self._shown_url,
                 self._context_window,
             )
-
-    def _load_tokenizer(self) -> HFTokenizer:
-        from transformers import AutoTokenizer
-
-        offline = self._offline or os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true", "yes")
-        try:
-            hf = AutoTokenizer.from_pretrained(self._tokenizer_source, local_files_only=offline)
-        except OSError as exc:
-            raise ModelNotFoundError(
-                f"the tokenizer of {self._tokenizer_source!r} (SOLARBOT_MODEL) was not found: "
-                f"{str(exc).strip().splitlines()[0]}. The OpenAI engine counts prompt tokens "
-                "with it: set SOLARBOT_MODEL to a folder holding the model's tokenizer files or "
-                "to its hub id."
-            ) from exc
-        return HFTokenizer(hf)
 
     async def _probe(self) -> int | None:
         """GET /models: is the server there, and does it say how long its context is (vLLM)?"""
