@@ -679,7 +679,6 @@ class DiscordReply(StreamedReply):
         self._reply_to = int(target.reply_target.get("message_id") or 0) or None
         self._typing: asyncio.Task[None] | None = None
         self._last_activity = time.monotonic()
-        self._trigger = int(target.reply_target.get("message_id") or 0) or target.job_id
         self._replacing = False
 
     def start_typing(self) -> None:
@@ -715,7 +714,7 @@ class DiscordReply(StreamedReply):
 
     async def post(self, text: str) -> str:
         first = not self.message_ids
-        nonce = None if self._replacing else reply_nonce(self._trigger, len(self.message_ids))
+        nonce = None if self._replacing else reply_nonce(self.target, len(self.message_ids))
         self._replacing = False
         data = await self._http.send_message(
             self._channel_id,
@@ -770,22 +769,16 @@ def delivery_error(exc: BaseException) -> DeliveryError:
     return DeliveryError(f"Discord unreachable: {type(exc).__name__}: {exc}")
 
 
-def reply_nonce(trigger: int, part: int) -> str:
-    """The nonce of part ``part`` of the reply to message ``trigger``: the same in every attempt,
-    so a POST whose answer was lost (the worker died, the connection broke) and is sent again by a
-    later attempt returns the message Discord already created instead of posting a second one
-    (Discord enforces nonces for a few minutes). At most 25 characters, as Discord requires."""
-    return f"r{_base36(trigger)}p{part}"[:25]
-
-
-def _base36(number: int) -> str:
-    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
-    out = ""
-    while True:
-        number, rest = divmod(number, 36)
-        out = digits[rest] + out
-        if number == 0:
-            return out
+def reply_nonce(target: ReplyTarget, part: int) -> str | None:
+    """The nonce of part ``part`` of a job's reply: the same in every attempt, so a POST whose
+    answer was lost (the worker died, the connection broke) and is sent again by a later attempt
+    returns the message Discord already created instead of posting a second one (Discord enforces
+    nonces for a few minutes), and never the same for two jobs (the job key is unique forever).
+    At most 25 characters, as Discord requires (16 + 1 + the part number). None (a one-off random
+    nonce) for a target outside any job."""
+    if not target.job_key:
+        return None
+    return f"{target.job_key}p{part}"
 
 
 def _content(text: str) -> str:

@@ -127,6 +127,9 @@ class ClaimedJob:
     language: str | None = None  # the channel's reply language (None = not set)
     history: tuple[StoredMessage, ...] = ()  # newest turns up to the trigger, when asked for
     enqueued_at: datetime | None = None  # when the job was enqueued (latency metrics)
+    # Unique to this job forever and the same in every attempt: what idempotency keys and nonces
+    # sent to a platform are made of (see ``storage.repository.jobs.job_key``).
+    job_key: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -106,6 +106,8 @@ class Job(Base):
     __table_args__ = (
         Index("ix_jobs_status_available_at", "status", "available_at"),
         Index("ix_jobs_conversation_id_status", "conversation_id", "status"),
+        # Migration 0006_s: ids are never handed out twice (they reach the platforms).
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

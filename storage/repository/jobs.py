@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -198,6 +199,7 @@ class JobQueue(RepositoryBase):
                     jobs.c.reply_target,
                     jobs.c.reply_text,
                     jobs.c.reply_message_ids,
+                    jobs.c.dedupe_key,
                     jobs.c.created_at,
                     conversations.c.platform,
                     conversations.c.workspace,
@@ -249,6 +251,7 @@ class JobQueue(RepositoryBase):
                         language=row.language,
                         history=history,
                         enqueued_at=row.created_at,
+                        job_key=job_key(row.id, row.dedupe_key, row.created_at),
                     )
                 )
         return claimed
@@ -444,6 +447,16 @@ class JobQueue(RepositoryBase):
         )
         with self._transaction() as connection:
             return int(connection.scalar(query) or 0)
+
+
+def job_key(job_id: int, dedupe_key: str, created_at: datetime) -> str:
+    """The key idempotency keys and nonces sent to a platform are made of: the same in every
+    attempt of a job (all three are stored with it) and different for every job ever. Job ids
+    are never reused (migration 0006_s), and the event's dedupe key and the enqueue time make the
+    key differ even where an id was reused before that migration, or a forgotten event comes
+    again. 16 hex digits (64 bits), short enough for Discord's 25-character nonce."""
+    material = f"{job_id}\x00{dedupe_key}\x00{created_at.isoformat()}"
+    return hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
 def _update_owned(connection: Connection, job: ClaimedJob, values: dict[str, Any]) -> bool:
