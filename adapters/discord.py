@@ -49,6 +49,7 @@ from discord.http import handle_message_parameters
 from adapters.streaming import MessageGone, StreamedReply
 from bot import texts
 from bot.commands import CommandContext, Commands, ParsedCommand, parse_prefixed
+from bot.dedupe import dedupe_key
 from bot.delivery import ReplyTarget
 from bot.errors import ConfigError, DeliveryError, InvalidIncomingError, SolarbotError
 from bot.intake import Intake
@@ -339,7 +340,7 @@ class DiscordAdapter:
                 author_name=author.display_name,
                 text=text,
                 message_id=str(message.id),
-                dedupe_key=f"discord:{message.id}",
+                dedupe_key=dedupe_key(PLATFORM, str(message.id)),
                 reply_target={
                     "channel_id": str(message.channel.id),
                     "message_id": str(message.id),
