@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from bot.dedupe import dedupe_key
 from bot.models import (
     ClaimedJob,
     ConversationKey,
@@ -44,16 +45,28 @@ from storage.repository.tables import (
 from storage.schema import utcnow
 
 HANDOFF_ERROR = "handed to a human (no reply)"
+QUEUE_FULL = "queue_full"  # EnqueueResult.refused: the channel's queue limit (bot.limits)
 
 
 class JobQueue(RepositoryBase):
     def enqueue(
-        self, incoming: Incoming, *, handoff: bool = False, now: datetime | None = None
+        self,
+        incoming: Incoming,
+        *,
+        handoff: bool = False,
+        channel_queue_limit: int = 0,
+        now: datetime | None = None,
     ) -> EnqueueResult | None:
         """Append the user turn and enqueue its job in one transaction.
 
         Idempotent per dedupe key: an event seen before returns its job with ``created=False`` and
         stores nothing. Returns None (and stores nothing) when the channel is switched off.
+
+        ``channel_queue_limit`` (0: none): with that many jobs already queued or running in the
+        channel (threads included) nothing is stored and the result says ``refused=QUEUE_FULL``.
+        The count and the insert are one transaction that no other enqueue into the channel can
+        interleave with: on SQLite every transaction here holds the write lock from its BEGIN
+        IMMEDIATE; on PostgreSQL the transaction first takes the channel's advisory lock.
 
         Human handoff: in a conversation handed to a human nothing is stored (``handoff`` set,
         ``created`` False). ``handoff=True`` (the message asks for a human) stores the turn with a
@@ -68,6 +81,16 @@ class JobQueue(RepositoryBase):
                     connection, incoming.platform, incoming.workspace, incoming.channel
                 ):
                     return None
+                if channel_queue_limit > 0 and not _room_in_channel(
+                    connection, incoming, channel_queue_limit
+                ):
+                    return EnqueueResult(
+                        job_id=0,
+                        conversation_id=0,
+                        message_id=0,
+                        created=False,
+                        refused=QUEUE_FULL,
+                    )
                 conversation_id = conversation_id_for(connection, incoming.conversation, moment)
                 if handed_off(connection, conversation_id):
                     return EnqueueResult(
@@ -436,17 +459,36 @@ class JobQueue(RepositoryBase):
             return _job_by_dedupe_key(connection, dedupe_key)
 
     def pending_in_channel(self, *, platform: str, workspace: str, channel: str) -> int:
-        """Jobs queued or running in a channel and its threads (the per-channel queue limit)."""
-        query = (
-            select(func.count(jobs.c.id))
-            .join(conversations, conversations.c.id == jobs.c.conversation_id)
-            .where(
-                jobs.c.status.in_(PENDING),
-                *in_channel(platform, workspace, channel),
-            )
-        )
+        """Jobs queued or running in a channel and its threads (what the queue limit counts)."""
         with self._transaction() as connection:
-            return int(connection.scalar(query) or 0)
+            return _pending_in_channel(connection, platform, workspace, channel)
+
+
+def _pending_in_channel(connection: Connection, platform: str, workspace: str, channel: str) -> int:
+    query = (
+        select(func.count(jobs.c.id))
+        .join(conversations, conversations.c.id == jobs.c.conversation_id)
+        .where(jobs.c.status.in_(PENDING), *in_channel(platform, workspace, channel))
+    )
+    return int(connection.scalar(query) or 0)
+
+
+def _room_in_channel(connection: Connection, incoming: Incoming, limit: int) -> bool:
+    """Whether the channel has fewer than ``limit`` pending jobs, the channel held for the rest of
+    the transaction (on PostgreSQL by an advisory lock keyed by the channel; SQLite's write lock
+    is held from BEGIN IMMEDIATE)."""
+    if connection.dialect.name == "postgresql":
+        channel = dedupe_key("queue", incoming.platform, incoming.workspace, incoming.channel)
+        lock = int.from_bytes(
+            hashlib.sha256(channel.encode("utf-8", "surrogatepass")).digest()[:8],
+            "big",
+            signed=True,
+        )
+        connection.execute(select(func.pg_advisory_xact_lock(lock)))
+    pending = _pending_in_channel(
+        connection, incoming.platform, incoming.workspace, incoming.channel
+    )
+    return pending < limit
 
 
 def job_key(job_id: int, dedupe_key: str, created_at: datetime) -> str:
@@ -456,7 +498,7 @@ def job_key(job_id: int, dedupe_key: str, created_at: datetime) -> str:
     key differ even where an id was reused before that migration, or a forgotten event comes
     again. 16 hex digits (64 bits), short enough for Discord's 25-character nonce."""
     material = f"{job_id}\x00{dedupe_key}\x00{created_at.isoformat()}"
-    return hashlib.sha256(material.encode()).hexdigest()[:16]
+    return hashlib.sha256(material.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 def _update_owned(connection: Connection, job: ClaimedJob, values: dict[str, Any]) -> bool:
