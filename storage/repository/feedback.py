@@ -37,22 +37,30 @@ class FeedbackStore(RepositoryBase):
     ) -> int | None:
         """Store a person's 👍/👎 on the bot reply posted as ``message_id`` (any part of it).
         Returns the reply's job id, or None when ``message_id`` is not a bot reply (nothing
-        stored). Idempotent: the same person's same rating on the same reply is stored once.
+        stored). One rating per person and reply: a different rating replaces theirs (the latest
+        wins); the same one again changes nothing (a redelivered event).
         ``channel`` narrows the search where message ids are unique only per channel (Slack)."""
         with self._transaction() as connection:
             job_id = reply_job(connection, platform, workspace, channel, message_id)
             if job_id is None:
                 return None
+            statement = upsert(connection, feedback).values(
+                job_id=job_id,
+                user_id=user_id,
+                rating=rating,
+                platform_message_id=message_id,
+                created_at=now or utcnow(),
+            )
             connection.execute(
-                upsert(connection, feedback)
-                .values(
-                    job_id=job_id,
-                    user_id=user_id,
-                    rating=rating,
-                    platform_message_id=message_id,
-                    created_at=now or utcnow(),
+                statement.on_conflict_do_update(
+                    index_elements=["job_id", "user_id"],
+                    set_={
+                        "rating": statement.excluded.rating,
+                        "platform_message_id": statement.excluded.platform_message_id,
+                        "created_at": statement.excluded.created_at,
+                    },
+                    where=feedback.c.rating != statement.excluded.rating,
                 )
-                .on_conflict_do_nothing()
             )
             return job_id
 
@@ -66,7 +74,8 @@ class FeedbackStore(RepositoryBase):
         rating: Rating,
         channel: str | None = None,
     ) -> int | None:
-        """Delete what ``add_feedback`` stored (the reaction was removed); the job id or None."""
+        """The person took their ``rating`` reaction back: delete their rating if it is that one
+        (a 👍 removed after a 👎 replaced it leaves the 👎). The job id, or None."""
         with self._transaction() as connection:
             job_id = reply_job(connection, platform, workspace, channel, message_id)
             if job_id is None:
