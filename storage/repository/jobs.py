@@ -1,13 +1,18 @@
 """The job queue: its rules in one place.
 
-- ``enqueue`` appends the user turn and its job in one transaction, idempotent per dedupe key.
-- ``claim`` leases, for each conversation, only its oldest unfinished job (replies stay in order,
-  a conversation never has two jobs running); a job whose lease expired is claimable again.
-- A lease is fenced by (worker_id, attempts): a worker whose lease expired and whose job was
-  reclaimed can no longer change that job (``renew_lease``, ``record_reply_progress``,
+- Enqueue: ``enqueue`` appends the user turn and its job in one transaction, idempotent per
+  dedupe key (``bot.dedupe``); nothing in a switched-off channel or a conversation handed to a
+  human; nothing past the channel's queue limit, counted in the same transaction.
+- Identity: a job id is never handed out twice (AUTOINCREMENT on SQLite, a sequence on
+  PostgreSQL), and ``job_key`` gives every job a key of its own, the same in every attempt, that
+  idempotency keys and nonces sent to platforms are made of.
+- Claim: ``claim`` leases, for each conversation, only its oldest unfinished job (replies stay in
+  order, a conversation never has two jobs running); a job whose lease expired is claimable again.
+- Fencing: a lease belongs to (worker_id, attempts); a worker whose lease expired and whose job
+  was reclaimed can no longer change that job (``renew_lease``, ``record_reply_progress``,
   ``complete``, ``retry_later``, ``fail``, ``release`` all return False then).
-- ``requeue_expired`` is start-up recovery; the reads (``job``, ``jobs``, counts, positions)
-  serve commands and metrics.
+- Recovery: ``requeue_expired`` at start-up. Reads (``job``, ``jobs``, counts, positions) serve
+  commands and metrics.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from bot.dedupe import dedupe_key
+from bot import dedupe
 from bot.models import (
     ClaimedJob,
     ConversationKey,
@@ -49,6 +54,8 @@ QUEUE_FULL = "queue_full"  # EnqueueResult.refused: the channel's queue limit (b
 
 
 class JobQueue(RepositoryBase):
+    # ------------------------------------------------------------------ enqueue
+
     def enqueue(
         self,
         incoming: Incoming,
@@ -148,7 +155,7 @@ class JobQueue(RepositoryBase):
                 raise
             return raced
 
-    # ------------------------------------------------------------------ worker
+    # ------------------------------------------------------------------ claim and lease
 
     def claim(
         self,
@@ -310,6 +317,8 @@ class JobQueue(RepositoryBase):
         values.update(_trace_values(trace))
         return self._update_owned(job, **values)
 
+    # ------------------------------------------------------------------ finish
+
     def complete(
         self,
         job: ClaimedJob,
@@ -397,6 +406,8 @@ class JobQueue(RepositoryBase):
             updated_at=moment,
         )
 
+    # ------------------------------------------------------------------ recovery
+
     def requeue_expired(self, *, now: datetime | None = None) -> int:
         """Start-up recovery: jobs left running by a dead process go back to the queue."""
         moment = now or utcnow()
@@ -478,7 +489,9 @@ def _room_in_channel(connection: Connection, incoming: Incoming, limit: int) -> 
     the transaction (on PostgreSQL by an advisory lock keyed by the channel; SQLite's write lock
     is held from BEGIN IMMEDIATE)."""
     if connection.dialect.name == "postgresql":
-        channel = dedupe_key("queue", incoming.platform, incoming.workspace, incoming.channel)
+        channel = dedupe.dedupe_key(
+            "queue", incoming.platform, incoming.workspace, incoming.channel
+        )
         lock = int.from_bytes(
             hashlib.sha256(channel.encode("utf-8", "surrogatepass")).digest()[:8],
             "big",
