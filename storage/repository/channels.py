@@ -22,22 +22,7 @@ class ChannelStore(RepositoryBase):
 
     def channel_config(self, *, platform: str, workspace: str, channel: str) -> ChannelConfig:
         with self._transaction() as connection:
-            row = connection.execute(
-                select(
-                    channel_settings.c.system_prompt,
-                    channel_settings.c.enabled,
-                    channel_settings.c.max_reply_chars,
-                    channel_settings.c.language,
-                ).where(*settings_filter(platform, workspace, channel))
-            ).first()
-        if row is None:
-            return ChannelConfig()
-        return ChannelConfig(
-            system_prompt=row.system_prompt,
-            enabled=row.enabled,
-            max_reply_chars=row.max_reply_chars,
-            language=row.language,
-        )
+            return _read_config(connection, platform, workspace, channel)
 
     def update_channel_config(
         self, *, platform: str, workspace: str, channel: str, changes: Mapping[str, Any]
@@ -65,7 +50,7 @@ class ChannelStore(RepositoryBase):
                     set_={**changes, "updated_at": moment},
                 )
             )
-        return self.channel_config(platform=platform, workspace=workspace, channel=channel)
+            return _read_config(connection, platform, workspace, channel)
 
     def set_channel_config(
         self, *, platform: str, workspace: str, channel: str, config: ChannelConfig
@@ -115,6 +100,27 @@ class ChannelStore(RepositoryBase):
                 )
                 or 0
             )
+
+
+def _read_config(
+    connection: Connection, platform: str, workspace: str, channel: str
+) -> ChannelConfig:
+    row = connection.execute(
+        select(
+            channel_settings.c.system_prompt,
+            channel_settings.c.enabled,
+            channel_settings.c.max_reply_chars,
+            channel_settings.c.language,
+        ).where(*settings_filter(platform, workspace, channel))
+    ).first()
+    if row is None:
+        return ChannelConfig()
+    return ChannelConfig(
+        system_prompt=row.system_prompt,
+        enabled=row.enabled,
+        max_reply_chars=row.max_reply_chars,
+        language=row.language,
+    )
 
 
 def channel_enabled(connection: Connection, platform: str, workspace: str, channel: str) -> bool:
