@@ -9,6 +9,7 @@ SQLite and PostgreSQL; then as a property over many forget/enqueue sequences."""
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -113,6 +114,10 @@ async def test_after_forget_a_new_job_never_gets_an_old_id_nor_an_old_message(ri
     (bob_reply,) = rig.platform.replies()[bob]
     assert bob_reply.id != alice_reply.id and bob_reply.channel == "cb"
     assert bob_reply.text == "You said: hello"
+    # Every key the worker sent carries its job's key, and no two jobs share one.
+    shapes = [re.fullmatch(r"job-(\d+)-([0-9a-f]{16})-part-0", key) for key in rig.platform.keys]
+    assert all(shapes) and len(shapes) == 3
+    assert len({m.group(2) for m in shapes if m}) == 3
 
 
 async def test_forgetting_a_channel_then_asking_again_gets_new_ids_and_new_messages(
