@@ -49,6 +49,7 @@ from adapters.discord_format import content, is_my_role, render_text
 from adapters.streaming import MessageGone, StreamedReply
 from bot import texts
 from bot.commands import CommandContext, Commands, ParsedCommand, parse_prefixed
+from bot.dedupe import dedupe_key
 from bot.delivery import IntakePort, ReplyTarget
 from bot.errors import ConfigError, DeliveryError, InvalidIncomingError, SolarbotError
 from bot.models import Incoming, JobStatus
@@ -315,7 +316,7 @@ class DiscordAdapter:
                 author_name=author.display_name,
                 text=text,
                 message_id=str(message.id),
-                dedupe_key=f"discord:{message.id}",
+                dedupe_key=dedupe_key(PLATFORM, str(message.id)),
                 reply_target={
                     "channel_id": str(message.channel.id),
                     "message_id": str(message.id),
@@ -614,7 +615,6 @@ class DiscordReply(StreamedReply):
         self._reply_to = int(target.reply_target.get("message_id") or 0) or None
         self._typing: asyncio.Task[None] | None = None
         self._last_activity = time.monotonic()
-        self._trigger = int(target.reply_target.get("message_id") or 0) or target.job_id
         self._replacing = False
 
     def start_typing(self) -> None:
@@ -650,7 +650,7 @@ class DiscordReply(StreamedReply):
 
     async def post(self, text: str) -> str:
         first = not self.message_ids
-        nonce = None if self._replacing else reply_nonce(self._trigger, len(self.message_ids))
+        nonce = None if self._replacing else reply_nonce(self.target, len(self.message_ids))
         self._replacing = False
         data = await self._http.send_message(
             self._channel_id,
@@ -703,19 +703,14 @@ def delivery_error(exc: BaseException) -> DeliveryError:
     return DeliveryError(f"Discord unreachable: {type(exc).__name__}: {exc}")
 
 
-def reply_nonce(trigger: int, part: int) -> str:
-    """The nonce of part ``part`` of the reply to message ``trigger``: the same in every attempt,
-    so a POST whose answer was lost (the worker died, the connection broke) and is sent again by a
-    later attempt returns the message Discord already created instead of posting a second one
-    (Discord enforces nonces for a few minutes). At most 25 characters, as Discord requires."""
-    return f"r{_base36(trigger)}p{part}"[:25]
+def reply_nonce(target: ReplyTarget, part: int) -> str | None:
+    """The nonce of part ``part`` of a job's reply: the same in every attempt, so a POST whose
+    answer was lost (the worker died, the connection broke) and is sent again by a later attempt
+    returns the message Discord already created instead of posting a second one (Discord enforces
+    nonces for a few minutes), and never the same for two jobs (the job key is unique forever).
+    At most 25 characters, as Discord requires (16 + 1 + the part number). None (a one-off random
+    nonce) for a target outside any job."""
+    if not target.job_key:
+        return None
+    return f"{target.job_key}p{part}"
 
-
-def _base36(number: int) -> str:
-    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
-    out = ""
-    while True:
-        number, rest = divmod(number, 36)
-        out = digits[rest] + out
-        if number == 0:
-            return out

@@ -53,6 +53,7 @@ from adapters.slack_format import from_slack, to_mrkdwn
 from adapters.streaming import StreamedReply
 from bot import texts
 from bot.commands import CommandContext, CommandName, Commands, parse_command
+from bot.dedupe import dedupe_key
 from bot.delivery import IntakePort, ReplyTarget
 from bot.errors import ConfigError, DeliveryError
 from bot.http_listener import Listener, start_listener
@@ -452,7 +453,7 @@ class SlackAdapter:
                     author_name=await self._author_name(user, str(command.get("user_name", ""))),
                     text=parsed.argument,
                     message_id=trigger,
-                    dedupe_key=f"{PLATFORM}:{workspace}:command:{trigger}",
+                    dedupe_key=dedupe_key(PLATFORM, workspace, "command", trigger),
                     reply_target=where,
                 )
             )

@@ -22,9 +22,10 @@ The receiver implements four calls under the base URL (JSON bodies, ``Authorizat
 - ``PATCH /messages/{id}`` with ``{"text"}``: replace a message's text (404 if it is gone);
 - ``DELETE /messages/{id}``: a message the final reply no longer needs.
 
-Idempotency keys are ``job-<job id>-part-<n>`` for the n-th message of a reply and
-``job-<job id>-notice`` for a job's apology, so every attempt of a job (in any worker process)
-uses the same keys. A 429 (honouring ``Retry-After``), any 5xx, a timeout or a refused connection
+Idempotency keys are ``job-<job id>-<job key>-part-<n>`` for the n-th message of a reply and
+``job-<job id>-<job key>-notice-<n>`` for a job's apology, so every attempt of a job (in any worker
+process) uses the same keys, and no other job ever does (the job key is unique forever, even where
+a job id came back after ``forget``; see ``storage.repository.jobs.job_key``). A 429 (honouring ``Retry-After``), any 5xx, a timeout or a refused connection
 becomes a ``DeliveryError``: the worker backs off and retries. Error messages never contain the
 URL (it may carry a token) or the secret.
 """
@@ -226,8 +227,8 @@ class WebhookAdapter:
         return WebhookReply(self, target)
 
     async def post_notice(self, target: ReplyTarget, text: str) -> None:
-        # A job's apology has a fixed key; a refusal at intake (job 0) is a one-off.
-        key = f"job-{target.job_id}-notice" if target.job_id else f"notice-{secrets.token_hex(8)}"
+        # A job's apology has a fixed key; a refusal at intake (no job) is a one-off.
+        key = f"{job_prefix(target)}-notice" if target.job_key else f"notice-{secrets.token_hex(8)}"
         chunks = split_message(clean_outgoing(text), limit=self.limit) or [text]
         try:
             for part, chunk in enumerate(chunks):
@@ -241,6 +242,11 @@ class WebhookAdapter:
             raise delivery_error(exc) from exc
 
 
+def job_prefix(target: ReplyTarget) -> str:
+    """``job-<id>-<job key>``, or with a one-off random key for a target outside any job."""
+    return f"job-{target.job_id}-{target.job_key or secrets.token_hex(8)}"
+
+
 class WebhookReply(StreamedReply):
     def __init__(self, adapter: WebhookAdapter, target: ReplyTarget) -> None:
         super().__init__(target, limit=adapter.limit, min_interval=adapter.edit_interval)
@@ -249,7 +255,7 @@ class WebhookReply(StreamedReply):
 
     async def post(self, text: str) -> str:
         part = len(self.message_ids)
-        key = f"job-{self.target.job_id}-part-{part}"
+        key = f"{job_prefix(self.target)}-part-{part}"
         if self._replacing:  # a fresh message in place of a deleted one: a new key
             key += f"-{secrets.token_hex(4)}"
             self._replacing = False

@@ -49,6 +49,10 @@ class ReplyTarget:
     conversation: ConversationKey
     reply_target: Mapping[str, str]
     existing_message_ids: tuple[str, ...] = ()
+    # The job's key (``ClaimedJob.job_key``): unique forever, the same in every attempt. Adapters
+    # build idempotency keys and nonces from it; without one (a notice outside any job) they use
+    # a one-off random key.
+    job_key: str = ""
 
 
 @runtime_checkable

@@ -101,9 +101,14 @@ class Intake:
             if isinstance(checked, EnqueueResult):
                 return checked
             admission = checked
+        # The queue limit is checked by the enqueue itself, in its transaction (atomic).
+        queue_limit = self._limits.settings.channel_queue_limit if self._limits is not None else 0
         try:
             result = await asyncio.to_thread(
-                self._repository.enqueue, incoming, handoff=self._hands_off(incoming)
+                self._repository.enqueue,
+                incoming,
+                handoff=self._hands_off(incoming),
+                channel_queue_limit=queue_limit,
             )
         except BaseException:
             if admission is not None:
@@ -111,6 +116,8 @@ class Intake:
             raise
         if admission is not None and (result is None or not result.created):
             admission.refund()  # nothing new was accepted
+        if result is not None and result.refused is not None and self._limits is not None:
+            return await self._refuse(incoming, self._limits.queue_full())
         if result is None:
             log.info("ignored a message in disabled channel %s", incoming.channel)
         elif result.handoff:
@@ -139,14 +146,6 @@ class Intake:
                 refusal = admitted
             else:
                 admission = admitted
-        if refusal is None and limits.settings.channel_queue_limit > 0:
-            pending = await asyncio.to_thread(
-                self._repository.pending_in_channel,
-                platform=incoming.platform,
-                workspace=incoming.workspace,
-                channel=incoming.channel,
-            )
-            refusal = limits.check_queue(pending)
         if refusal is None:
             return admission
         if admission is not None:
@@ -154,6 +153,10 @@ class Intake:
         seen = await asyncio.to_thread(self._repository.job_for_event, incoming.dedupe_key)
         if seen is not None:
             return seen  # a redelivery of a message we accepted: not a new message to refuse
+        return await self._refuse(incoming, refusal)
+
+    async def _refuse(self, incoming: Incoming, refusal: Refusal) -> EnqueueResult:
+        """Tell the user why (once per event: a redelivery is not told again)."""
         if incoming.dedupe_key in self._refused:
             reason = self._refused[incoming.dedupe_key]
             return EnqueueResult(

@@ -135,10 +135,10 @@ class Limits:
             notice=texts.LIMIT_TOO_LONG.format(length=len(incoming.text), limit=limit),
         )
 
-    def check_queue(self, pending_in_channel: int) -> Refusal | None:
+    def queue_full(self) -> Refusal:
+        """The refusal when the channel already has ``channel_queue_limit`` pending jobs (the
+        repository counts them in the enqueue's own transaction)."""
         limit = self.settings.channel_queue_limit
-        if limit <= 0 or pending_in_channel < limit:
-            return None
         return Refusal(reason="queue_full", notice=texts.LIMIT_QUEUE_FULL.format(limit=limit))
 
     def admit(self, incoming: Incoming) -> Admission | Refusal:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
 
+from bot import dedupe
 from bot.errors import InvalidIncomingError
 
 
@@ -68,7 +69,7 @@ class Incoming:
         if not self.text.strip():
             raise InvalidIncomingError("incoming message has no text")
         if not self.dedupe_key:
-            key = f"{self.platform}:{self.workspace}:{self.channel}:{self.message_id}"
+            key = dedupe.dedupe_key(self.platform, self.workspace, self.channel, self.message_id)
             object.__setattr__(self, "dedupe_key", key)
         object.__setattr__(self, "reply_target", _frozen(self.reply_target))
 
@@ -127,6 +128,9 @@ class ClaimedJob:
     language: str | None = None  # the channel's reply language (None = not set)
     history: tuple[StoredMessage, ...] = ()  # newest turns up to the trigger, when asked for
     enqueued_at: datetime | None = None  # when the job was enqueued (latency metrics)
+    # Unique to this job forever and the same in every attempt: what idempotency keys and nonces
+    # sent to a platform are made of (see ``storage.repository.jobs.job_key``).
+    job_key: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)

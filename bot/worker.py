@@ -254,6 +254,7 @@ class Worker:
             conversation=job.conversation,
             reply_target=job.reply_target,
             existing_message_ids=job.reply_message_ids,
+            job_key=job.job_key,
         )
         if job.attempt > self._options.max_attempts:  # given up: only the apology is owed
             record = await asyncio.to_thread(self._repository.job, job.id)
@@ -459,6 +460,7 @@ class Worker:
                 conversation=job.conversation,
                 reply_target=job.reply_target,
                 existing_message_ids=job.reply_message_ids,
+                job_key=job.job_key,
             )
             await self._give_up(job, target, error=error, apology=texts.FAILED_REPLY)
             return
@@ -511,6 +513,7 @@ class Worker:
             conversation=job.conversation,
             reply_target=job.reply_target,
             existing_message_ids=job.reply_message_ids,
+            job_key=job.job_key,
         )
         try:
             await adapter.post_notice(target, apology)

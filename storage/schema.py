@@ -106,6 +106,8 @@ class Job(Base):
     __table_args__ = (
         Index("ix_jobs_status_available_at", "status", "available_at"),
         Index("ix_jobs_conversation_id_status", "conversation_id", "status"),
+        # Migration 0006_s: ids are never handed out twice (they reach the platforms).
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -155,10 +157,11 @@ class ChannelSettings(Base):
 
 class Feedback(Base):
     """A 👍/👎 reaction on a bot reply (migration 0004): who, when, which reply (its job). Removing
-    the reaction deletes the row; one row per person, reply and rating."""
+    the reaction deletes the row. One row per person and reply (migration 0008_s): their latest
+    rating."""
 
     __tablename__ = "feedback"
-    __table_args__ = (UniqueConstraint("job_id", "user_id", "rating", name="uq_feedback_vote"),)
+    __table_args__ = (UniqueConstraint("job_id", "user_id", name="uq_feedback_rater"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))

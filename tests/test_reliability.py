@@ -196,6 +196,7 @@ async def test_a_discord_reply_whose_post_was_never_recorded_is_not_posted_twice
             job_id=7,
             conversation=ConversationKey(platform="discord", workspace="10", channel="100"),
             reply_target={"channel_id": "100", "message_id": "555"},
+            job_key="0123456789abcdef",  # what the worker passes: the nonces are made from it
         )
         first = await adapter.open_reply(target)
         await first.update("a partial answer")

@@ -1,0 +1,37 @@
+"""The repository: the only code that issues queries, one module per topic.
+
+- ``jobs``: the job queue and its rules (enqueue, claim, fenced leases, completion).
+- ``conversations``: conversations, their turns and history, transcripts, ``forget``.
+- ``feedback``: 👍/👎 on replies and the feedback report.
+- ``channels``: per-channel settings and human handoff.
+
+``Repository`` is all of them on one engine. Its methods are synchronous and short (the asyncio
+side calls them through ``asyncio.to_thread``), and every public method is one transaction.
+"""
+
+from __future__ import annotations
+
+from storage import database
+from storage.repository.channels import ChannelStore
+from storage.repository.conversations import ConversationStore
+from storage.repository.feedback import FeedbackStore
+from storage.repository.jobs import JobQueue
+
+__all__ = ["Repository"]
+
+
+class Repository(JobQueue, ConversationStore, FeedbackStore, ChannelStore):
+    @classmethod
+    def open(cls, url: str, *, migrate: bool = True) -> Repository:
+        engine = database.create_db_engine(url)
+        if migrate:
+            database.upgrade(engine)
+        return cls(engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def ping(self) -> None:
+        """Raise unless the database answers (readiness checks)."""
+        with self._transaction() as connection:
+            connection.exec_driver_sql("SELECT 1")

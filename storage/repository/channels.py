@@ -1,0 +1,148 @@
+"""Per-channel settings (system prompt, on/off, reply length, language) and human handoff."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, delete, func, insert, select, update
+
+from bot.models import ChannelConfig
+from storage.repository.base import RepositoryBase, upsert
+from storage.repository.tables import channel_settings, conversations, in_channel, settings_filter
+from storage.schema import utcnow
+
+CHANNEL_CONFIG_FIELDS = frozenset(field.name for field in dataclasses.fields(ChannelConfig))
+
+
+class ChannelStore(RepositoryBase):
+    # ------------------------------------------------------------------ channel settings
+
+    def channel_config(self, *, platform: str, workspace: str, channel: str) -> ChannelConfig:
+        with self._transaction() as connection:
+            return _read_config(connection, platform, workspace, channel)
+
+    def update_channel_config(
+        self, *, platform: str, workspace: str, channel: str, changes: Mapping[str, Any]
+    ) -> ChannelConfig:
+        """Change some of a channel's settings (``changes``: ChannelConfig field -> value), leaving
+        the others as they are, in one statement (an upsert: two admins changing different
+        settings at once both win). Returns the channel's settings afterwards."""
+        unknown = set(changes) - CHANNEL_CONFIG_FIELDS
+        if unknown:
+            raise ValueError(f"not a channel setting: {', '.join(sorted(unknown))}")
+        moment = utcnow()
+        defaults = dataclasses.asdict(ChannelConfig())
+        with self._transaction() as connection:
+            connection.execute(
+                upsert(connection, channel_settings)
+                .values(
+                    platform=platform,
+                    workspace=workspace,
+                    channel=channel,
+                    **{**defaults, **changes},
+                    updated_at=moment,
+                )
+                .on_conflict_do_update(
+                    index_elements=["platform", "workspace", "channel"],
+                    set_={**changes, "updated_at": moment},
+                )
+            )
+            return _read_config(connection, platform, workspace, channel)
+
+    def set_channel_config(
+        self, *, platform: str, workspace: str, channel: str, config: ChannelConfig
+    ) -> None:
+        with self._transaction() as connection:
+            connection.execute(
+                delete(channel_settings).where(*settings_filter(platform, workspace, channel))
+            )
+            connection.execute(
+                insert(channel_settings).values(
+                    platform=platform,
+                    workspace=workspace,
+                    channel=channel,
+                    system_prompt=config.system_prompt,
+                    enabled=config.enabled,
+                    max_reply_chars=config.max_reply_chars,
+                    language=config.language,
+                    updated_at=utcnow(),
+                )
+            )
+
+    # ------------------------------------------------------------------ human handoff
+
+    def resume_channel(self, *, platform: str, workspace: str, channel: str) -> int:
+        """End the handoff of every conversation of a channel (its threads included); returns
+        how many were handed to a human."""
+        with self._transaction() as connection:
+            result = connection.execute(
+                update(conversations)
+                .where(
+                    *in_channel(platform, workspace, channel),
+                    conversations.c.handoff_at.is_not(None),
+                )
+                .values(handoff_at=None)
+            )
+            return int(result.rowcount)
+
+    def handoffs_in_channel(self, *, platform: str, workspace: str, channel: str) -> int:
+        """Conversations of a channel (threads included) now handed to a human."""
+        with self._transaction() as connection:
+            return int(
+                connection.scalar(
+                    select(func.count(conversations.c.id)).where(
+                        *in_channel(platform, workspace, channel),
+                        conversations.c.handoff_at.is_not(None),
+                    )
+                )
+                or 0
+            )
+
+
+def _read_config(
+    connection: Connection, platform: str, workspace: str, channel: str
+) -> ChannelConfig:
+    row = connection.execute(
+        select(
+            channel_settings.c.system_prompt,
+            channel_settings.c.enabled,
+            channel_settings.c.max_reply_chars,
+            channel_settings.c.language,
+        ).where(*settings_filter(platform, workspace, channel))
+    ).first()
+    if row is None:
+        return ChannelConfig()
+    return ChannelConfig(
+        system_prompt=row.system_prompt,
+        enabled=row.enabled,
+        max_reply_chars=row.max_reply_chars,
+        language=row.language,
+    )
+
+
+def channel_enabled(connection: Connection, platform: str, workspace: str, channel: str) -> bool:
+    """False only when the channel was switched off (no settings row: on)."""
+    enabled = connection.scalar(
+        select(channel_settings.c.enabled).where(*settings_filter(platform, workspace, channel))
+    )
+    return enabled is not False
+
+
+def handed_off(connection: Connection, conversation_id: int) -> bool:
+    """Whether the conversation is now with a human (the bot stays quiet there)."""
+    return (
+        connection.scalar(
+            select(conversations.c.handoff_at).where(conversations.c.id == conversation_id)
+        )
+        is not None
+    )
+
+
+def hand_off(connection: Connection, conversation_id: int, moment: datetime) -> None:
+    """Hand the conversation to a human from ``moment`` on."""
+    connection.execute(
+        update(conversations).where(conversations.c.id == conversation_id).values(handoff_at=moment)
+    )
