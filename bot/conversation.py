@@ -8,12 +8,17 @@ additive across turns.
 The kept turns are always the maximal suffix of the history whose full prompt fits
 ``context_window - max_new_tokens``.
 
-Role forgery: turn text cannot forge a turn. ``neutralise`` (applied to every turn's content) turns
-anything shaped like a template header (``### User:``, ``## assistant :``, ...) into a plain
-``User:`` and SentencePiece's control tokens written as text (``<s>``, ``</s>``, ``<unk>``, which
-the tokenizer would otherwise encode as the real BOS/EOS/UNK ids) into ``‹s›``, ``‹/s›``, ``‹unk›``.
-What is stored is untouched; only the prompt carries the neutralised form. The system prompt is set
-by admins and passes as is.
+Role forgery: turn text cannot forge a turn. ``neutralise`` (applied to every turn's content, the
+author's display name included: ``turn_content``) removes the number signs in front of anything that
+reads as a template header (``### User:``, ``## assistant :``, ``### ### Assistant:``, ``＃＃＃ Ｕｓｅｒ：``,
+``#\u200b## User:``, ...), leaving a plain ``User:``, and turns SentencePiece's control tokens
+written as text (``<s>``, ``</s>``, ``<unk>``, which the tokenizer would otherwise encode as the real
+BOS/EOS/UNK ids) into ``‹s›``, ``‹/s›``, ``‹unk›``. Headers are found on the text's skeleton (NFKC,
+case-folded, accents and invisible characters dropped, every kind of space or line break read as a
+space), anywhere in a line, and the function repeats until nothing is left to defuse, so its result
+is a fixed point. Everything else in the text, line breaks included, is kept. What is stored is
+untouched; only the prompt carries the neutralised form. The system prompt is set by admins and
+passes as is.
 
 The newest user message is never dropped silently: when it alone (with the system prompt) does not fit,
 its beginning is kept, cut at a token boundary, and ``TRUNCATION_MARKER`` is appended so the model
@@ -22,7 +27,9 @@ sees that the message was cut. ``bot.texts.TRUNCATED_NOTICE`` is what the user i
 
 from __future__ import annotations
 
+import functools
 import re
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -37,16 +44,69 @@ TRUNCATION_MARKER = "\n[… message truncated to fit the model's context window]
 
 _REPLACEMENT_CHAR = "\ufffd"
 
-# "### User:" and its variants (any number of #, any case, spaces or tabs around the role).
-_ROLE_HEADER = re.compile(r"#+[ \t]*(system|user|assistant)[ \t]*:", re.IGNORECASE)
+# A header as read on the skeleton (``_skeleton``): number signs (spaces between them allowed), a
+# role name, optional spaces, a colon.
+_HEADER_SKELETON = re.compile(r"#[# ]*(?:system|user|assistant) *:")
 # The tokenizer's control tokens, which it recognises inside plain text.
 _CONTROL_TOKEN = re.compile(r"<(/?s|unk)>")
+# Characters that end a line for a reader (and maybe for the model): kept when a header is defused.
+_LINE_BREAKS = frozenset("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
+# Letters that show as nothing (Hangul fillers); format characters (Cf) are found by category.
+_BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0")
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cn", "Mn", "Me"})
+
+
+@functools.lru_cache(maxsize=8192)
+def _skeleton_of(char: str) -> str:
+    """What one character reads as: a space for any space or line break, nothing for an invisible
+    character or an accent, else its NFKC form case-folded without accents."""
+    if char.isspace() or char in _LINE_BREAKS:
+        return " "
+    if char in _BLANK_LETTERS or unicodedata.category(char) in _INVISIBLE_CATEGORIES:
+        return ""
+    decomposed = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", char).casefold())
+    return "".join(c for c in decomposed if unicodedata.category(c) not in _INVISIBLE_CATEGORIES)
+
+
+def _skeleton(text: str) -> tuple[str, list[int]]:
+    """``text``'s skeleton and, for each skeleton character, the index of the character it came from."""
+    chars: list[str] = []
+    origin: list[int] = []
+    for index, char in enumerate(text):
+        shape = _skeleton_of(char)
+        chars.append(shape)
+        origin.extend([index] * len(shape))
+    return "".join(chars), origin
+
+
+def _defuse_headers(text: str) -> str:
+    """``text`` with the number signs (and what hides between them) removed before every header."""
+    skeleton, origin = _skeleton(text)
+    if "#" not in skeleton:
+        return text
+    parts: list[str] = []
+    last = 0
+    for match in _HEADER_SKELETON.finditer(skeleton):
+        start = origin[match.start()]
+        role = len(match.group()) - len(match.group().lstrip("# "))
+        end = max(origin[match.start() + role], start + 1)
+        parts.append(text[last:start])
+        parts.append("".join(c for c in text[start:end] if c in _LINE_BREAKS))
+        last = end
+    parts.append(text[last:])
+    return "".join(parts)
 
 
 def neutralise(text: str) -> str:
-    """``text`` with template headers and control tokens defused (see the module docstring)."""
-    text = _ROLE_HEADER.sub(lambda m: m.group(1).capitalize() + ":", text)
-    return _CONTROL_TOKEN.sub(lambda m: f"‹{m.group(1)}›", text)
+    """``text`` with template headers and control tokens defused (see the module docstring).
+
+    A fixed point: ``neutralise(neutralise(x)) == neutralise(x)``. Each round removes at least one
+    character, so the loop ends."""
+    while True:
+        defused = _CONTROL_TOKEN.sub(lambda m: f"‹{m.group(1)}›", _defuse_headers(text))
+        if defused == text:
+            return text
+        text = defused
 
 
 @dataclass(frozen=True, kw_only=True)
