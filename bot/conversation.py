@@ -21,7 +21,7 @@ untouched; only the prompt carries the neutralised form. The system prompt is se
 passes as is.
 
 The newest user message is never dropped silently: when it alone (with the system prompt) does not fit,
-its beginning is kept, cut at a token boundary, and ``TRUNCATION_MARKER`` is appended so the model
+its longest beginning that fits is kept (cut between characters, never inside one), and ``TRUNCATION_MARKER`` is appended so the model
 sees that the message was cut. ``bot.texts.TRUNCATED_NOTICE`` is what the user is told.
 """
 
@@ -43,6 +43,8 @@ Role = Literal["user", "assistant"]
 TRUNCATION_MARKER = "\n[… message truncated to fit the model's context window]"
 
 _REPLACEMENT_CHAR = "\ufffd"
+# How far past the searched cut a longer fitting prefix is looked for (see _build_truncated).
+_LOOKAHEAD_CHARS = 8
 
 # A header as read on the skeleton (``_skeleton``): number signs (spaces between them allowed), a
 # role name, optional spaces, a colon.
@@ -279,15 +281,22 @@ class PromptBuilder:
         history_len: int,
         text_ids: list[int],
     ) -> BuiltPrompt:
-        """System + the beginning of the newest message (``text_ids``) + ``TRUNCATION_MARKER``."""
+        """System + the longest beginning of the newest message that fits + ``TRUNCATION_MARKER``.
+
+        The cut is searched in characters of the message itself, never in decoded token ids: a
+        character written as several byte tokens (emoji, rare CJK) is either kept whole or left
+        out, and whatever is kept is a true prefix of what the user wrote. ``text_ids`` (the ids
+        of the message or of a prefix holding more than the budget) only bound and guide the
+        search.
+        """
         rendered: dict[int, tuple[str, list[int]]] = {}
+        # Every id in text_ids decodes to a prefix of the text: no more characters than that fit.
+        decoded = self._tokenizer.decode(text_ids).rstrip(_REPLACEMENT_CHAR)
+        upper = min(len(newest.text), len(decoded) + 1)
 
         def render(length: int) -> tuple[str, list[int]]:
             if length not in rendered:
-                kept_text = self._tokenizer.decode(text_ids[:length]) if length else ""
-                if length < len(text_ids):  # a cut inside a multi-byte character decodes to U+FFFD
-                    kept_text = kept_text.rstrip(_REPLACEMENT_CHAR)
-                content = turn_content(newest, kept_text) + TRUNCATION_MARKER
+                content = turn_content(newest, newest.text[:length]) + TRUNCATION_MARKER
                 text = self._tokenizer.render_chat(
                     [*head, {"role": "user", "content": content}], add_generation_prompt=True
                 )
@@ -304,8 +313,15 @@ class PromptBuilder:
                 f"{self.budget} tokens (context window {self.context_window} minus "
                 f"{self.max_new_tokens} reserved for the reply); shorten the system prompt"
             )
-        guess = self.budget - len(render(0)[1])
-        length = _largest_fitting(fits, ok=0, bad=len(text_ids), guess=guess)
+        room = self.budget - len(render(0)[1])
+        guess = len(self._tokenizer.decode(text_ids[:room]))
+        length = _largest_fitting(fits, ok=0, bad=upper, guess=guess)
+        # Token counts are not monotone in the prefix length (a longer prefix can merge into fewer
+        # tokens), so the search may stop just short of a longer prefix that fits: look a few
+        # characters further.
+        for longer in range(length + 2, min(length + _LOOKAHEAD_CHARS, upper - 1) + 1):
+            if fits(longer):
+                length = longer
         text, ids = render(length)
         return BuiltPrompt(
             prompt_ids=ids,
