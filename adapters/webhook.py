@@ -45,7 +45,6 @@ from aiohttp import web
 from adapters.streaming import MessageGone, StreamedReply
 from bot.delivery import ReplyTarget
 from bot.errors import ConfigError, DeliveryError, InvalidIncomingError
-from bot.hygiene import clean_outgoing
 from bot.intake import Intake
 from bot.models import Incoming
 from bot.splitting import split_message
@@ -249,7 +248,7 @@ class WebhookAdapter:
     async def post_notice(self, target: ReplyTarget, text: str) -> None:
         # A job's apology has a fixed key; a refusal at intake (job 0) is a one-off.
         key = f"job-{target.job_id}-notice" if target.job_id else f"notice-{secrets.token_hex(8)}"
-        chunks = split_message(clean_outgoing(text), limit=self.limit) or [text]
+        chunks = split_message(text, limit=self.limit) or [text]
         try:
             for part, chunk in enumerate(chunks):
                 await self.request(

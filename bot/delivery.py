@@ -4,6 +4,12 @@ Adapters translate; the core decides. Ingress turns platform events into ``Incom
 to ``Intake``; egress (``open_reply``/``post_notice``) posts a reply so a worker can deliver with the
 platform's REST API alone. Implementations: ``adapters.console.ConsoleAdapter`` and the shipped fake
 ``adapters.fake.FakeAdapter`` (records posts, injects delivery faults).
+
+Outgoing text hygiene happens here, once, for every platform: the core reaches an adapter's egress
+only through ``open_clean_reply`` and ``post_clean_notice``, which pass every text through
+``bot.hygiene.clean_outgoing`` before the adapter sees it. Replies (streamed, split, ephemeral,
+posted through a response_url or a webhook) and notices therefore get the same cleaning whatever
+path the adapter then takes, and no adapter has to remember it.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from bot.hygiene import clean_outgoing
 from bot.models import ConversationKey
 
 if TYPE_CHECKING:
@@ -63,3 +70,32 @@ class ChatAdapter(Protocol):
     async def post_notice(self, target: ReplyTarget, text: str) -> None:
         """A short standalone message in the conversation (apologies, limits)."""
         ...
+
+
+class CleanReply:
+    """A ``ReplyStream`` that hands the adapter's stream only cleaned text (``clean_outgoing``).
+
+    Cleaning is character by character, so a growing reply stays a growing cleaned reply."""
+
+    def __init__(self, inner: ReplyStream) -> None:
+        self.inner = inner
+
+    @property
+    def message_ids(self) -> Sequence[str]:
+        return self.inner.message_ids
+
+    async def update(self, text: str) -> None:
+        await self.inner.update(clean_outgoing(text))
+
+    async def finish(self, text: str) -> Sequence[str]:
+        return await self.inner.finish(clean_outgoing(text))
+
+
+async def open_clean_reply(adapter: ChatAdapter, target: ReplyTarget) -> CleanReply:
+    """``adapter.open_reply(target)``, wrapped so that only cleaned text reaches the platform."""
+    return CleanReply(await adapter.open_reply(target))
+
+
+async def post_clean_notice(adapter: ChatAdapter, target: ReplyTarget, text: str) -> None:
+    """``adapter.post_notice`` with the text cleaned (``clean_outgoing``)."""
+    await adapter.post_notice(target, clean_outgoing(text))
