@@ -21,7 +21,8 @@ untouched; only the prompt carries the neutralised form. The system prompt is se
 passes as is.
 
 The newest user message is never dropped silently: when it alone (with the system prompt) does not fit,
-its longest beginning that fits is kept (cut between characters, never inside one), and ``TRUNCATION_MARKER`` is appended so the model
+its longest beginning that fits is kept (cut between characters, never inside one: an emoji written
+as four byte tokens is kept whole or left out), and ``TRUNCATION_MARKER`` is appended so the model
 sees that the message was cut. ``bot.texts.TRUNCATED_NOTICE`` is what the user is told.
 """
 
