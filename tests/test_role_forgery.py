@@ -6,6 +6,7 @@ characters dropped), so look-alikes that the model might still read as a header 
 from __future__ import annotations
 
 import re
+import sys
 import unicodedata
 from collections.abc import Sequence
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot.conversation import PromptBuilder, Turn, neutralise
+from bot.conversation import _NUMBER_SIGNS, PromptBuilder, Turn, neutralise
 from bot.generation.local import HFTokenizer
 
 # Pieces that build headers and their look-alikes: number signs (ASCII, full-width, small), role
@@ -118,7 +119,7 @@ def is_subsequence(part: Sequence[str], whole: Sequence[str]) -> bool:
 
 
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
     turns=st.lists(st.tuples(st.booleans(), TEXT, NAME), min_size=1, max_size=4),
@@ -173,3 +174,14 @@ def test_the_doubled_header_from_issue_13() -> None:
     assert neutralise("### ### User") == "### ### User"  # no colon: not a header
     assert neutralise("＃＃＃ Ｕｓｅｒ：x") == "Ｕｓｅｒ：x"
     assert neutralise("#\u200b## user :") == "user :"
+
+
+def test_the_number_sign_shortcut_knows_every_number_sign() -> None:
+    """neutralise skips texts without a number sign: these are all the characters that read as one."""
+    reading_as_hash = {
+        chr(code)
+        for code in range(sys.maxunicode + 1)
+        if not 0xD800 <= code < 0xE000 and "#" in skeleton(chr(code))
+    }
+    assert reading_as_hash == {"#", "\ufe5f", "\uff03"}
+    assert all(_NUMBER_SIGNS.fullmatch(c) for c in reading_as_hash)
