@@ -324,3 +324,22 @@ async def test_intake_alone_decides_refusals_without_a_notifier(sqlite_url: str)
     assert repository.jobs() == []
     await asyncio.sleep(0)
     repository.close()
+
+
+def test_the_core_reaches_egress_only_through_the_cleaning_seam() -> None:
+    """Every reply and notice the core sends passes bot.delivery's cleaning step: no module of the
+    core calls an adapter's ``open_reply`` or ``post_notice`` itself (a new path that did would
+    skip the hygiene, as Slack ``--private`` replies once did)."""
+    import ast
+    from pathlib import Path
+
+    import bot
+
+    offenders = []
+    for path in Path(bot.__file__).parent.rglob("*.py"):
+        if path.name == "delivery.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and node.attr in ("open_reply", "post_notice"):
+                offenders.append(f"{path.name}:{node.lineno}")
+    assert offenders == []
