@@ -21,7 +21,6 @@ from typing import TextIO
 from bot import texts
 from bot.delivery import IntakePort, ReplyTarget
 from bot.errors import InvalidIncomingError
-from bot.hygiene import clean_outgoing
 from bot.models import Incoming
 
 PLATFORM = "console"
@@ -46,7 +45,6 @@ class ConsoleReplyStream:
     async def update(self, text: str) -> None:
         if not self._live:
             return
-        text = clean_outgoing(text)
         if not self._started:
             self._adapter.write(self._header())
             self._started = True
@@ -57,7 +55,6 @@ class ConsoleReplyStream:
         self._shown = text
 
     async def finish(self, text: str) -> Sequence[str]:
-        text = clean_outgoing(text)
         if self._live:
             await self.update(text)
             self._adapter.write("\n")
@@ -217,9 +214,7 @@ class ConsoleAdapter:
         return stream
 
     async def post_notice(self, target: ReplyTarget, text: str) -> None:
-        self.write_block(
-            f"{texts.CONSOLE_BOT_NAME} [#{target.conversation.channel}]: {clean_outgoing(text)}\n"
-        )
+        self.write_block(f"{texts.CONSOLE_BOT_NAME} [#{target.conversation.channel}]: {text}\n")
         self.prompt()
 
 

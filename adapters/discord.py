@@ -713,4 +713,3 @@ def reply_nonce(target: ReplyTarget, part: int) -> str | None:
     if not target.job_key:
         return None
     return f"{target.job_key}p{part}"
-

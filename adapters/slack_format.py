@@ -7,7 +7,12 @@
   would show it as the first code line);
 - ``&``, ``<`` and ``>`` are escaped everywhere, code included: Slack stores message text escaped
   and unescapes it for display, and an unescaped ``<!channel>`` would ping the whole channel even
-  inside a code block. A ``>`` that starts a line (a quote) is kept.
+  inside a code block. A ``>`` that starts a line (a quote) is kept. Every character is escaped
+  exactly once (a link that is not a web or mail link is shown as ``label (target)``).
+
+No marker travels inside the text: links and bold spans are kept aside as atoms, each stood for by a
+character chosen, per conversion, among those the text does not contain (``_Atoms``), so nothing a
+model writes can be mistaken for one. Any text converts without an error.
 """
 
 from __future__ import annotations
@@ -24,7 +29,47 @@ _STRIKE = re.compile(r"~~(?=\S)(.+?)(?<=\S)~~")
 _HEADING = re.compile(r"^ {0,3}#{1,6}\s+(.+?)\s*#*\s*$")
 _BULLET = re.compile(r"^(\s*)[-*+]\s+")
 _SAFE_URL = re.compile(r"(https?://|mailto:)[^\s<>|]+$", re.IGNORECASE)
-_BOLD_OPEN, _BOLD_CLOSE = "\x01", "\x02"  # placeholders: bold markers must survive the italic pass
+# Where stand-in characters are looked for: the private use areas first, then everything else.
+_STAND_IN_RANGES = (
+    range(0xE000, 0xF900),
+    range(0xF0000, 0x110000),
+    range(0x2000, 0xD800),
+    range(0xF900, 0xF0000),
+)
+
+
+def _absent_characters(text: str, count: int) -> list[str]:
+    """``count`` characters that do not occur in ``text`` (there are always enough: a text holds
+    fewer distinct characters than the ranges searched unless it is over a million long)."""
+    present = set(text)
+    found: list[str] = []
+    for block in _STAND_IN_RANGES:
+        for code in block:
+            if chr(code) not in present:
+                found.append(chr(code))
+                if len(found) == count:
+                    return found
+    raise ValueError("text too large to convert: no stand-in character left")
+
+
+class _Atoms:
+    """Finished mrkdwn pieces kept out of the text being converted. ``keep`` returns the stand-in
+    character (absent from the original text) that marks the piece's place; ``restore`` puts the
+    pieces back in order of appearance. Bold markers get stand-ins of their own, so the italic pass
+    cannot take them for italics."""
+
+    def __init__(self, text: str) -> None:
+        self.mark, self.bold_open, self.bold_close = _absent_characters(text, 3)
+        self._pieces: list[str] = []
+
+    def keep(self, piece: str) -> str:
+        self._pieces.append(piece)
+        return self.mark
+
+    def restore(self, text: str) -> str:
+        pieces = iter(self._pieces)
+        text = "".join(next(pieces) if c == self.mark else c for c in text)
+        return text.replace(self.bold_open, "*").replace(self.bold_close, "*")
 
 
 def escape(text: str) -> str:
@@ -71,16 +116,15 @@ def _prose(text: str) -> str:
 
 
 def _inline(text: str) -> str:
-    links: list[str] = []
+    atoms = _Atoms(text)
 
     def keep_link(match: re.Match[str]) -> str:
-        label = _emphasis(escape(match.group(1).replace("|", "/")))
+        label = _emphasis(escape(match.group(1).replace("|", "/")), atoms)
+        target = escape(match.group(2))
         if not _SAFE_URL.match(match.group(2)):
             # "<!channel|x>" or "<@U123|x>" would ping: only web and mail links become links.
-            return label + " (" + escape(match.group(2)) + ")" if label else escape(match.group(2))
-        url = escape(match.group(2))
-        links.append(f"<{url}|{label}>" if label else f"<{url}>")
-        return f"\x03{len(links) - 1}\x04"
+            return atoms.keep(f"{label} ({target})" if label else target)
+        return atoms.keep(f"<{target}|{label}>" if label else f"<{target}>")
 
     text = _LINK.sub(keep_link, text)
     lines = []
@@ -88,12 +132,11 @@ def _inline(text: str) -> str:
         heading = _HEADING.match(line)
         if heading is not None:
             title = heading.group(1).replace("**", "").replace("__", "")
-            lines.append(_BOLD_OPEN + _emphasis(_escape_line(title)) + _BOLD_CLOSE)
+            lines.append(atoms.bold_open + _emphasis(_escape_line(title), atoms) + atoms.bold_close)
             continue
         line = _BULLET.sub(lambda m: m.group(1) + "• ", line)
-        lines.append(_emphasis(_escape_line(line)))
-    text = "\n".join(lines).replace(_BOLD_OPEN, "*").replace(_BOLD_CLOSE, "*")
-    return re.sub("\x03(\\d+)\x04", lambda m: links[int(m.group(1))], text)
+        lines.append(_emphasis(_escape_line(line), atoms))
+    return atoms.restore("\n".join(lines))
 
 
 def _escape_line(line: str) -> str:
@@ -103,12 +146,12 @@ def _escape_line(line: str) -> str:
     return quote.group(1) + escape(line[quote.end() :])
 
 
-def _emphasis(text: str) -> str:
-    text = _BOLD_ITALIC.sub(lambda m: _BOLD_OPEN + "_" + m.group(1) + "_" + _BOLD_CLOSE, text)
-    text = _BOLD.sub(lambda m: _BOLD_OPEN + m.group(2) + _BOLD_CLOSE, text)
+def _emphasis(text: str, atoms: _Atoms) -> str:
+    bold_open, bold_close = atoms.bold_open, atoms.bold_close
+    text = _BOLD_ITALIC.sub(lambda m: bold_open + "_" + m.group(1) + "_" + bold_close, text)
+    text = _BOLD.sub(lambda m: bold_open + m.group(2) + bold_close, text)
     text = _ITALIC_STAR.sub(lambda m: "_" + m.group(1) + "_", text)
-    text = _STRIKE.sub(lambda m: "~" + m.group(1) + "~", text)
-    return text.replace(_BOLD_OPEN, "*").replace(_BOLD_CLOSE, "*")
+    return _STRIKE.sub(lambda m: "~" + m.group(1) + "~", text)
 
 
 _CONTROL = re.compile(r"<([^<>]*)>")

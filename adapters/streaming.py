@@ -11,9 +11,10 @@ and ``edit(id, text)`` (optionally ``discard(id)`` and ``delivery_error(exc)``);
   the last one is edited to its final text once, later chunks are posted as follow-up messages;
 - continues an earlier attempt of the same job: ``existing_message_ids`` are edited, never reposted,
   and ids the new reply does not need are discarded at ``finish``;
-- converts anything the primitives raise into ``DeliveryError`` (the worker retries it);
-- cleans what it posts with ``bot.hygiene.clean_outgoing`` (no control characters, hidden
-  zero-width characters or bidi overrides).
+- converts anything the primitives raise into ``DeliveryError`` (the worker retries it).
+
+Text hygiene is not done here: the worker opens replies through ``bot.delivery.open_clean_reply``,
+which cleans every text for every platform before any adapter sees it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from typing import TypeVar
 
 from bot.delivery import ReplyTarget
 from bot.errors import DeliveryError
-from bot.hygiene import clean_outgoing
 from bot.splitting import split_message
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,6 @@ class StreamedReply:
             raise error from exc
 
     async def _render(self, text: str, *, final: bool) -> None:
-        text = clean_outgoing(text)
         chunks = split_message(text, limit=self._limit) or [text]
         self._text_started = True
         try:

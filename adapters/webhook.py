@@ -48,7 +48,6 @@ from adapters.streaming import MessageGone, StreamedReply
 from bot.delivery import IntakePort, ReplyTarget
 from bot.errors import ConfigError, DeliveryError, InvalidIncomingError
 from bot.http_listener import Listener, start_listener
-from bot.hygiene import clean_outgoing
 from bot.models import Incoming
 from bot.splitting import split_message
 
@@ -229,7 +228,7 @@ class WebhookAdapter:
     async def post_notice(self, target: ReplyTarget, text: str) -> None:
         # A job's apology has a fixed key; a refusal at intake (no job) is a one-off.
         key = f"{job_prefix(target)}-notice" if target.job_key else f"notice-{secrets.token_hex(8)}"
-        chunks = split_message(clean_outgoing(text), limit=self.limit) or [text]
+        chunks = split_message(text, limit=self.limit) or [text]
         try:
             for part, chunk in enumerate(chunks):
                 await self.request(

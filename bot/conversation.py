@@ -8,21 +8,29 @@ additive across turns.
 The kept turns are always the maximal suffix of the history whose full prompt fits
 ``context_window - max_new_tokens``.
 
-Role forgery: turn text cannot forge a turn. ``neutralise`` (applied to every turn's content) turns
-anything shaped like a template header (``### User:``, ``## assistant :``, ...) into a plain
-``User:`` and SentencePiece's control tokens written as text (``<s>``, ``</s>``, ``<unk>``, which
-the tokenizer would otherwise encode as the real BOS/EOS/UNK ids) into ``‹s›``, ``‹/s›``, ``‹unk›``.
-What is stored is untouched; only the prompt carries the neutralised form. The system prompt is set
-by admins and passes as is.
+Role forgery: turn text cannot forge a turn. ``neutralise`` (applied to every turn's content, the
+author's display name included: ``turn_content``) removes the number signs in front of anything that
+reads as a template header (``### User:``, ``## assistant :``, ``### ### Assistant:``, ``＃＃＃ Ｕｓｅｒ：``,
+``#\u200b## User:``, ...), leaving a plain ``User:``, and turns SentencePiece's control tokens
+written as text (``<s>``, ``</s>``, ``<unk>``, which the tokenizer would otherwise encode as the real
+BOS/EOS/UNK ids) into ``‹s›``, ``‹/s›``, ``‹unk›``. Headers are found on the text's skeleton (NFKC,
+case-folded, accents and invisible characters dropped, every kind of space or line break read as a
+space), anywhere in a line, and the function repeats until nothing is left to defuse, so its result
+is a fixed point. Everything else in the text, line breaks included, is kept. What is stored is
+untouched; only the prompt carries the neutralised form. The system prompt is set by admins and
+passes as is.
 
 The newest user message is never dropped silently: when it alone (with the system prompt) does not fit,
-its beginning is kept, cut at a token boundary, and ``TRUNCATION_MARKER`` is appended so the model
+its longest beginning that fits is kept (cut between characters, never inside one: an emoji written
+as four byte tokens is kept whole or left out), and ``TRUNCATION_MARKER`` is appended so the model
 sees that the message was cut. ``bot.texts.TRUNCATED_NOTICE`` is what the user is told.
 """
 
 from __future__ import annotations
 
+import functools
 import re
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -36,17 +44,76 @@ Role = Literal["user", "assistant"]
 TRUNCATION_MARKER = "\n[… message truncated to fit the model's context window]"
 
 _REPLACEMENT_CHAR = "\ufffd"
+# How far past the searched cut a longer fitting prefix is looked for (see _build_truncated).
+_LOOKAHEAD_CHARS = 8
 
-# "### User:" and its variants (any number of #, any case, spaces or tabs around the role).
-_ROLE_HEADER = re.compile(r"#+[ \t]*(system|user|assistant)[ \t]*:", re.IGNORECASE)
+# A header as read on the skeleton (``_skeleton``): number signs (spaces between them allowed), a
+# role name, optional spaces, a colon.
+_HEADER_SKELETON = re.compile(r"#[# ]*(?:system|user|assistant) *:")
 # The tokenizer's control tokens, which it recognises inside plain text.
 _CONTROL_TOKEN = re.compile(r"<(/?s|unk)>")
+# Characters that end a line for a reader (and maybe for the model): kept when a header is defused.
+_LINE_BREAKS = frozenset("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
+# Letters that show as nothing (Hangul fillers); format characters (Cf) are found by category.
+_BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0")
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cn", "Mn", "Me"})
+# Every character whose skeleton holds "#" (a test checks the whole of Unicode).
+_NUMBER_SIGNS = re.compile("[#\ufe5f\uff03]")
+
+
+@functools.lru_cache(maxsize=8192)
+def _skeleton_of(char: str) -> str:
+    """What one character reads as: a space for any space or line break, nothing for an invisible
+    character or an accent, else its NFKC form case-folded without accents."""
+    if char.isspace() or char in _LINE_BREAKS:
+        return " "
+    if char in _BLANK_LETTERS or unicodedata.category(char) in _INVISIBLE_CATEGORIES:
+        return ""
+    decomposed = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", char).casefold())
+    return "".join(c for c in decomposed if unicodedata.category(c) not in _INVISIBLE_CATEGORIES)
+
+
+def _skeleton(text: str) -> tuple[str, list[int]]:
+    """``text``'s skeleton and, for each skeleton character, the index of the character it came from."""
+    chars: list[str] = []
+    origin: list[int] = []
+    for index, char in enumerate(text):
+        shape = _skeleton_of(char)
+        chars.append(shape)
+        origin.extend([index] * len(shape))
+    return "".join(chars), origin
+
+
+def _defuse_headers(text: str) -> str:
+    """``text`` with the number signs (and what hides between them) removed before every header."""
+    if _NUMBER_SIGNS.search(text) is None:
+        return text  # no header without a number sign: skip building the skeleton
+    skeleton, origin = _skeleton(text)
+    if "#" not in skeleton:
+        return text
+    parts: list[str] = []
+    last = 0
+    for match in _HEADER_SKELETON.finditer(skeleton):
+        start = origin[match.start()]
+        role = len(match.group()) - len(match.group().lstrip("# "))
+        end = max(origin[match.start() + role], start + 1)
+        parts.append(text[last:start])
+        parts.append("".join(c for c in text[start:end] if c in _LINE_BREAKS))
+        last = end
+    parts.append(text[last:])
+    return "".join(parts)
 
 
 def neutralise(text: str) -> str:
-    """``text`` with template headers and control tokens defused (see the module docstring)."""
-    text = _ROLE_HEADER.sub(lambda m: m.group(1).capitalize() + ":", text)
-    return _CONTROL_TOKEN.sub(lambda m: f"‹{m.group(1)}›", text)
+    """``text`` with template headers and control tokens defused (see the module docstring).
+
+    A fixed point: ``neutralise(neutralise(x)) == neutralise(x)``. Each round removes at least one
+    character, so the loop ends."""
+    while True:
+        defused = _CONTROL_TOKEN.sub(lambda m: f"‹{m.group(1)}›", _defuse_headers(text))
+        if defused == text:
+            return text
+        text = defused
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -219,15 +286,22 @@ class PromptBuilder:
         history_len: int,
         text_ids: list[int],
     ) -> BuiltPrompt:
-        """System + the beginning of the newest message (``text_ids``) + ``TRUNCATION_MARKER``."""
+        """System + the longest beginning of the newest message that fits + ``TRUNCATION_MARKER``.
+
+        The cut is searched in characters of the message itself, never in decoded token ids: a
+        character written as several byte tokens (emoji, rare CJK) is either kept whole or left
+        out, and whatever is kept is a true prefix of what the user wrote. ``text_ids`` (the ids
+        of the message or of a prefix holding more than the budget) only bound and guide the
+        search.
+        """
         rendered: dict[int, tuple[str, list[int]]] = {}
+        # Every id in text_ids decodes to a prefix of the text: no more characters than that fit.
+        decoded = self._tokenizer.decode(text_ids).rstrip(_REPLACEMENT_CHAR)
+        upper = min(len(newest.text), len(decoded) + 1)
 
         def render(length: int) -> tuple[str, list[int]]:
             if length not in rendered:
-                kept_text = self._tokenizer.decode(text_ids[:length]) if length else ""
-                if length < len(text_ids):  # a cut inside a multi-byte character decodes to U+FFFD
-                    kept_text = kept_text.rstrip(_REPLACEMENT_CHAR)
-                content = turn_content(newest, kept_text) + TRUNCATION_MARKER
+                content = turn_content(newest, newest.text[:length]) + TRUNCATION_MARKER
                 text = self._tokenizer.render_chat(
                     [*head, {"role": "user", "content": content}], add_generation_prompt=True
                 )
@@ -244,8 +318,15 @@ class PromptBuilder:
                 f"{self.budget} tokens (context window {self.context_window} minus "
                 f"{self.max_new_tokens} reserved for the reply); shorten the system prompt"
             )
-        guess = self.budget - len(render(0)[1])
-        length = _largest_fitting(fits, ok=0, bad=len(text_ids), guess=guess)
+        room = self.budget - len(render(0)[1])
+        guess = len(self._tokenizer.decode(text_ids[:room]))
+        length = _largest_fitting(fits, ok=0, bad=upper, guess=guess)
+        # Token counts are not monotone in the prefix length (a longer prefix can merge into fewer
+        # tokens), so the search may stop just short of a longer prefix that fits: look a few
+        # characters further.
+        for longer in range(length + 2, min(length + _LOOKAHEAD_CHARS, upper - 1) + 1):
+            if fits(longer):
+                length = longer
         text, ids = render(length)
         return BuiltPrompt(
             prompt_ids=ids,

@@ -2,7 +2,10 @@
 
 - ``solarbot export --platform slack --workspace T0123 --channel C0456 [--output FILE]`` writes the
   channel's stored conversation (the channel and its threads) as JSONL, one message a line, UTF-8
-  (any Unicode as sent), oldest first within each conversation;
+  (any Unicode as sent), oldest first within each conversation. Without ``--workspace`` (Slack team
+  id / Discord guild id: conversations are keyed by it) the channel is looked up in every
+  workspace of the platform: found under one, that one is used; under several, the command names
+  them and stops; under none, it says so (``forget --channel`` resolves the workspace the same way);
 - ``solarbot forget --platform slack [--workspace T0123] --user U0789`` deletes everything a person
   said (and the bot's replies to it, and their pending jobs, so no reply lands afterwards);
   without ``--workspace`` in every workspace of that platform;
@@ -87,7 +90,8 @@ def _where(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--workspace",
-        help="Slack team id / Discord guild id (default: none; forget --user: every workspace)",
+        help="Slack team id / Discord guild id (default: with --channel, the one workspace the "
+        "channel is stored under; forget --user: every workspace)",
     )
 
 
@@ -100,13 +104,18 @@ def run_data_command(settings: Settings, args: argparse.Namespace) -> int:
             report = repository.feedback_report(platform=args.platform, limit=args.limit)
             sys.stdout.write(format_report(report))
             return 0
+        if getattr(args, "channel", None) is not None:
+            workspace = channel_workspace(repository, args)
+            if workspace is None:
+                return 1
+            args.workspace = workspace
         if args.command == "export":
             if args.output is None:
                 count = export_channel(repository, args, sys.stdout)
             else:
                 with args.output.open("w", encoding="utf-8") as out:
                     count = export_channel(repository, args, out)
-            print(f"exported {count} message(s)", file=sys.stderr)
+            print(texts.DATA_EXPORTED.format(count=count), file=sys.stderr)
             return 0
         count, erased = forget(
             repository,
@@ -148,6 +157,37 @@ def forget(
             platform=platform, workspace=workspace or "", channel=channel
         )
     return count, database.erase_deleted(repository.engine, patience_seconds=patience_seconds)
+
+
+def channel_workspace(repository: Repository, args: argparse.Namespace) -> str | None:
+    """The workspace of ``args.channel``: ``--workspace`` when given, else the one workspace the
+    channel is stored under (Discord conversations are keyed by guild id, Slack ones by team id,
+    and a channel id belongs to one of them). None, after saying why on standard error, when the
+    channel is stored under several. Saying where else a channel is stored when it is not found
+    under the given one."""
+    found = repository.workspaces_of_channel(platform=args.platform, channel=args.channel)
+    where = {"channel": args.channel, "platform": args.platform}
+    if args.workspace is not None:
+        if args.workspace not in found and found:
+            print(
+                texts.DATA_CHANNEL_ELSEWHERE.format(
+                    **where, workspace=args.workspace, workspaces=", ".join(map(repr, found))
+                ),
+                file=sys.stderr,
+            )
+        return str(args.workspace)
+    if not found:
+        print(texts.DATA_CHANNEL_UNKNOWN.format(**where), file=sys.stderr)
+        return ""
+    if len(found) > 1:
+        print(
+            texts.DATA_CHANNEL_AMBIGUOUS.format(**where, workspaces=", ".join(map(repr, found))),
+            file=sys.stderr,
+        )
+        return None
+    if found[0]:
+        print(texts.DATA_CHANNEL_FOUND_IN.format(**where, workspace=found[0]), file=sys.stderr)
+    return found[0]
 
 
 def export_channel(repository: Repository, args: argparse.Namespace, out: TextIO) -> int:

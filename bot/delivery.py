@@ -17,6 +17,12 @@ What an adapter implements:
 Implementations: ``adapters.discord``, ``adapters.slack``, ``adapters.webhook``,
 ``adapters.console`` and the shipped fake ``adapters.fake.FakeAdapter`` (records posts, injects
 delivery faults). This module imports no adapter and not ``bot.intake``: both depend on it.
+
+Outgoing text hygiene happens here, once, for every platform: the core reaches an adapter's egress
+only through ``open_clean_reply`` and ``post_clean_notice``, which pass every text through
+``bot.hygiene.clean_outgoing`` before the adapter sees it. Replies (streamed, split, ephemeral,
+posted through a response_url or a webhook) and notices therefore get the same cleaning whatever
+path the adapter then takes, and no adapter has to remember it.
 """
 
 from __future__ import annotations
@@ -26,17 +32,21 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from bot.errors import DeliveryError
+from bot.hygiene import clean_outgoing
 from bot.models import ConversationKey, EnqueueResult, Incoming, JobStatus
 from storage.repository import Repository
 
 __all__ = [
     "ChatAdapter",
+    "CleanReply",
     "DeliveryError",
     "HandoffNotifier",
     "IntakePort",
     "ReplyStream",
     "ReplyTarget",
     "ReportsConnection",
+    "open_clean_reply",
+    "post_clean_notice",
 ]
 
 
@@ -144,3 +154,32 @@ class HandoffNotifier(Protocol):
     """An adapter that announces a handoff itself (pinging its platform's support group/role)."""
 
     async def post_handoff(self, target: ReplyTarget) -> None: ...
+
+
+class CleanReply:
+    """A ``ReplyStream`` that hands the adapter's stream only cleaned text (``clean_outgoing``).
+
+    Cleaning is character by character, so a growing reply stays a growing cleaned reply."""
+
+    def __init__(self, inner: ReplyStream) -> None:
+        self.inner = inner
+
+    @property
+    def message_ids(self) -> Sequence[str]:
+        return self.inner.message_ids
+
+    async def update(self, text: str) -> None:
+        await self.inner.update(clean_outgoing(text))
+
+    async def finish(self, text: str) -> Sequence[str]:
+        return await self.inner.finish(clean_outgoing(text))
+
+
+async def open_clean_reply(adapter: ChatAdapter, target: ReplyTarget) -> CleanReply:
+    """``adapter.open_reply(target)``, wrapped so that only cleaned text reaches the platform."""
+    return CleanReply(await adapter.open_reply(target))
+
+
+async def post_clean_notice(adapter: ChatAdapter, target: ReplyTarget, text: str) -> None:
+    """``adapter.post_notice`` with the text cleaned (``clean_outgoing``)."""
+    await adapter.post_notice(target, clean_outgoing(text))

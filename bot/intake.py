@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from bot import logs
-from bot.delivery import ChatAdapter, HandoffNotifier, ReplyTarget
+from bot.delivery import ChatAdapter, HandoffNotifier, ReplyTarget, post_clean_notice
 from bot.limits import Admission, Limits, Refusal
 from bot.models import EnqueueResult, Incoming, JobStatus, Rating
 from storage.repository import Repository
@@ -212,7 +212,7 @@ class Intake:
             job_id=0, conversation=incoming.conversation, reply_target=incoming.reply_target
         )
         try:
-            await adapter.post_notice(target, text)
+            await post_clean_notice(adapter, target, text)
         except Exception as exc:  # the refusal stands; the platform is having a bad moment
             log.warning("could not tell %s why a message was refused: %s", incoming.platform, exc)
 

@@ -9,6 +9,14 @@ the input exactly (see ``split_pieces``, which reports what was added where).
 
 A text that ends inside an unclosed fence (a model cut off mid-code) gets a closing fence on its last
 chunk too, so a half-written code block never swallows the rest of the channel's formatting.
+
+Fences: a fence line (up to 3 spaces, then 3+ backticks and an info string) opens a block that only
+a fence line of at least as many backticks and no info closes (CommonMark). As Discord and Slack
+render it, 3+ backticks in the middle of a line outside a block open one too (``Here: ```python``);
+runs on that same line pair up (``run ```ls``` now`` opens nothing), and a block still open at the
+end of that line is closed, like any other, by a fence line. A reply that opens its code block
+mid-line therefore gets no stray closing fence. (A block closed in the middle of a later line,
+``x = 1```, is not seen as closed: such a reply gets one closing fence too many at its end.)
 (A fence line that is itself longer than about half the limit cannot be kept whole; it is cut like
 any other over-long line and balance is not guaranteed for such a text.)
 """
@@ -21,6 +29,10 @@ from dataclasses import dataclass
 
 # An opening or closing fence: up to 3 spaces, then 3+ backticks, then an optional info string.
 _FENCE = re.compile(r"^ {0,3}(`{3,})([^`]*)$")
+_TICK_RUN = re.compile(r"`{3,}")
+_LANGUAGE = re.compile(
+    r"[\w+#.-]{1,20}"
+)  # an info string kept when a block opened mid-line reopens
 _MIN_LIMIT = 16  # room for a fence line, its close and some text
 
 
@@ -40,7 +52,10 @@ class _Line:
     start: int
     end: int  # exclusive, includes the trailing "\n" if any
     fence_before: str | None  # the opening fence line in force when this line starts
-    is_fence: bool
+    is_fence: bool  # a fence line (line start): never cut inside it if avoidable
+    # Backtick runs in a line outside a block that open or close one: (start, end, the fence in
+    # force from ``end`` on). Cuts inside a run are avoided; a cut after one sees the new state.
+    runs: tuple[tuple[int, int, str | None], ...] = ()
 
 
 def _scan(text: str) -> list[_Line]:
@@ -53,6 +68,7 @@ def _scan(text: str) -> list[_Line]:
         match = _FENCE.match(body)
         is_fence = False
         before = open_line
+        runs: list[tuple[int, int, str | None]] = []
         if match is not None:
             ticks = len(match.group(1))
             info = match.group(2).strip()
@@ -60,7 +76,21 @@ def _scan(text: str) -> list[_Line]:
                 open_line, open_ticks, is_fence = body, ticks, True
             elif ticks >= open_ticks and not info:
                 open_line, open_ticks, is_fence = None, 0, True
-        lines.append(_Line(pos, pos + len(raw), before, is_fence))
+        elif open_line is None:
+            # Chat platforms (Discord, Slack) open a code block at ``` in the middle of a line
+            # too; runs on that line pair up (```ls``` is inline code). A block left open at the
+            # end of the line is then closed like any other: by a fence line.
+            for run in _TICK_RUN.finditer(body):
+                if open_line is None:
+                    info = body[run.end() :].strip()
+                    language = info if _LANGUAGE.fullmatch(info) else ""
+                    open_line, open_ticks = run.group() + language, len(run.group())
+                elif len(run.group()) >= open_ticks:
+                    open_line, open_ticks = None, 0
+                else:
+                    continue
+                runs.append((pos + run.start(), pos + run.end(), open_line))
+        lines.append(_Line(pos, pos + len(raw), before, is_fence, tuple(runs)))
         pos += len(raw)
     return lines
 
@@ -81,15 +111,22 @@ class _Text:
         if pos >= len(self.text):
             return self.fence_at_end
         index = bisect.bisect_right(self.starts, pos) - 1
-        return self.lines[index].fence_before
+        fence = self.lines[index].fence_before
+        for _, end, after in self.lines[index].runs:
+            if end <= pos:
+                fence = after
+        return fence
 
     def inside_fence_line(self, pos: int) -> bool:
-        """True when ``pos`` falls strictly inside a fence marker line (never cut there if avoidable)."""
+        """True when ``pos`` falls strictly inside a fence marker line or a mid-line run of
+        backticks that opens or closes a block (never cut there if avoidable)."""
         if pos >= len(self.text):
             return False
         index = bisect.bisect_right(self.starts, pos) - 1
         line = self.lines[index]
-        return line.is_fence and line.start < pos
+        return (line.is_fence and line.start < pos) or any(
+            start < pos < end for start, end, _ in line.runs
+        )
 
 
 def _ticks(fence_line: str) -> str:
@@ -172,7 +209,12 @@ def _choose_end(source: _Text, pos: int, room: int, *, fences: bool) -> int:
             ):
                 best += 1
             return best
-    return max(furthest, pos + 1)  # one word longer than the room: cut it hard
+    # One word longer than the room: cut it hard, but not inside a fence marker or a run of
+    # backticks (half a run would open a block of its own) unless the marker fills the chunk.
+    end = max(furthest, pos + 1)
+    while end > pos + 1 and source.inside_fence_line(end):
+        end -= 1
+    return end if not source.inside_fence_line(end) else max(furthest, pos + 1)
 
 
 def truncate_at_word(text: str, limit: int, *, ellipsis: str = "…") -> str:

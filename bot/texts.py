@@ -176,6 +176,19 @@ REPORT_WORST_LINE = "job {job} in {where}: 👎 {down}, 👍 {up}"
 REPORT_QUESTION = "  Q: {text}"
 REPORT_ANSWER = "  A: {text}"
 
+# solarbot export / forget --channel without --workspace (bot/data.py).
+DATA_EXPORTED = "exported {count} message(s)"
+DATA_CHANNEL_FOUND_IN = "channel {channel} is stored under workspace {workspace}: using it"
+DATA_CHANNEL_AMBIGUOUS = (
+    "channel {channel} of {platform} is stored under several workspaces ({workspaces}); "
+    "say which with --workspace (Slack team id / Discord guild id)"
+)
+DATA_CHANNEL_UNKNOWN = "nothing is stored for channel {channel} of {platform} in any workspace"
+DATA_CHANNEL_ELSEWHERE = (
+    "nothing is stored for channel {channel} of {platform} under workspace {workspace!r}; "
+    "it is stored under: {workspaces}"
+)
+
 # Human handoff (bot/intake.py; SOLARBOT_HANDOFF_KEYWORDS). {support} is the platform's ping of the
 # support group/role followed by a space, or "" when none is configured; {resume} how to resume.
 HANDOFF_NOTICE = (

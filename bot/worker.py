@@ -28,7 +28,13 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from bot import logs, texts
 from bot.conversation import BuiltPrompt, PromptBuilder, Turn
-from bot.delivery import ChatAdapter, ReplyStream, ReplyTarget
+from bot.delivery import (
+    ChatAdapter,
+    ReplyStream,
+    ReplyTarget,
+    open_clean_reply,
+    post_clean_notice,
+)
 from bot.errors import DeliveryError, PromptTooLongError, SolarbotError
 from bot.generation.engine import Engine, GenerationRequest, SamplingParams
 from bot.models import ClaimedJob, JobTrace, Role
@@ -275,7 +281,7 @@ class Worker:
         stream: ReplyStream | None = None
         generated: _Generated | None = None
         try:
-            stream = await adapter.open_reply(target)
+            stream = await open_clean_reply(adapter, target)
             # A placeholder posted by open_reply is remembered at once, so a crash before the
             # first token still continues that message instead of posting a second reply.
             await self._record_new_ids(job, stream)
@@ -516,7 +522,7 @@ class Worker:
             job_key=job.job_key,
         )
         try:
-            await adapter.post_notice(target, apology)
+            await post_clean_notice(adapter, target, apology)
             return False
         except DeliveryError as exc:
             if self._metrics is not None:

@@ -386,3 +386,66 @@ def test_forget_vacuums_the_tables_it_deleted_from_on_postgresql(postgres_url: s
         assert dead == 0
     finally:
         repository.close()
+
+
+def test_export_without_workspace_finds_the_channel_or_says_why(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 13.13: Discord conversations are keyed by guild id; exporting a channel without
+    --workspace used to say "exported 0 message(s)". A channel id stored under one workspace is
+    found there; one stored under several, or nowhere, is explained."""
+    import argparse
+
+    from bot.data import run_data_command
+    from bot.settings import load_settings
+
+    repository = Repository.open(f"sqlite:///{tmp_path / 'solarbot.db'}")
+    guild, channel = "111111111111111111", "222222222222222222"
+    say(repository, channel=channel, author="ana", text="hi", message_id="1", reply="hello",
+        platform="discord", workspace=guild)  # fmt: skip
+    seed(repository)  # Slack C1 is stored under T1 and T2
+    repository.close()
+    settings = load_settings(environ={"SOLARBOT_DATA_DIR": str(tmp_path)}, env_file=None)
+
+    def run(command: str, platform: str, channel: str, workspace: str | None = None) -> int:
+        out = tmp_path / "out.jsonl"
+        out.unlink(missing_ok=True)
+        args = argparse.Namespace(
+            command=command, platform=platform, workspace=workspace, channel=channel,
+            output=out, user=None,
+        )  # fmt: skip
+        return run_data_command(settings, args)
+
+    assert run("export", "discord", channel) == 0
+    lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [(r["workspace"], r["text"]) for r in lines] == [(guild, "hi"), (guild, "hello")]
+    err = capsys.readouterr().err
+    assert f"stored under workspace {guild}" in err and "exported 2 message(s)" in err
+
+    assert run("export", "slack", "C1") == 1
+    err = capsys.readouterr().err
+    assert "several workspaces ('T1', 'T2')" in err and "--workspace" in err
+    assert not (tmp_path / "out.jsonl").exists()
+
+    assert run("export", "discord", "333") == 0
+    assert (
+        "nothing is stored for channel 333 of discord in any workspace" in capsys.readouterr().err
+    )
+
+    assert run("export", "discord", channel, workspace="999") == 0
+    err = capsys.readouterr().err
+    assert f"under workspace '999'; it is stored under: '{guild}'" in err
+
+    assert run("forget", "slack", "C1") == 1  # ambiguous: nothing deleted
+    assert run("forget", "discord", channel) == 0
+    repository = Repository.open(f"sqlite:///{tmp_path / 'solarbot.db'}")
+    assert repository.transcript(platform="discord", workspace=guild, channel=channel) == []
+    assert texts_of(repository, "C1") != [] and texts_of(repository, "C1", workspace="T2") != []
+    repository.close()
+
+
+def test_workspaces_of_channel(repository: Repository) -> None:
+    seed(repository)
+    assert repository.workspaces_of_channel(platform="slack", channel="C1") == ["T1", "T2"]
+    assert repository.workspaces_of_channel(platform="slack", channel="C2") == ["T1"]
+    assert repository.workspaces_of_channel(platform="discord", channel="C1") == []

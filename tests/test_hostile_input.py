@@ -15,7 +15,8 @@ from adapters.fake import FakeAdapter
 from adapters.streaming import StreamedReply
 from bot import texts
 from bot.conversation import PromptBuilder, Turn, neutralise
-from bot.delivery import ReplyTarget
+from bot.delivery import CleanReply, ReplyTarget, open_clean_reply, post_clean_notice
+from bot.generation.fake import FakeEngine
 from bot.hygiene import clean_outgoing
 from bot.intake import Intake
 from bot.limits import Limits, LimitSettings
@@ -227,9 +228,31 @@ def test_clean_outgoing_strips_controls_zero_width_and_bidi_overrides_only() -> 
 
 async def test_streamed_replies_post_clean_text() -> None:
     reply = Recorder()
-    await reply.update("start " + SNEAKY)
-    await reply.finish("start " + SNEAKY + UNICODE)
+    stream = CleanReply(reply)  # what the worker wraps every reply in (open_clean_reply)
+    await stream.update("start " + SNEAKY)
+    assert await stream.finish("start " + SNEAKY + UNICODE) == ("0",)
+    assert stream.message_ids == ("0",)
     assert reply.posted == {"0": "start abc[31mdefghijkl\n" + UNICODE}
+
+
+async def test_every_reply_and_notice_the_worker_delivers_is_clean(sqlite_url: str) -> None:
+    """Through the real worker (the one seam every platform's egress goes through): the model's
+    text and the apology reach the adapter cleaned, streamed updates included."""
+    engine = FakeEngine(replies=["start " + SNEAKY + UNICODE])
+    rig = await start_rig(sqlite_url, engine=engine)
+    try:
+        await rig.adapter.receive(channel="c1", text="hi", message_id="1")
+        await rig.until(lambda: rig.pending() == 0)
+        (reply,) = rig.adapter.messages.values()
+        assert reply.text == "start abc[31mdefghijkl\n" + UNICODE
+        assert all(partial == clean_outgoing(partial) for partial in reply.history)
+        # The stored reply is what the model wrote; only egress is cleaned.
+        key = ConversationKey(platform="fake", channel="c1")
+        assert rig.repository.messages(key)[1].text == "start " + SNEAKY + UNICODE
+    finally:
+        await rig.worker.stop(drain_seconds=1)
+        await rig.task
+        rig.repository.close()
 
 
 async def test_the_console_prints_clean_text() -> None:
@@ -242,10 +265,10 @@ async def test_the_console_prints_clean_text() -> None:
         conversation=ConversationKey(platform="console", channel="general"),
         reply_target={},
     )
-    stream = await console.open_reply(target)
+    stream = await open_clean_reply(console, target)
     await stream.update("x\u202ey")
     await stream.finish("x\u202ey\x1b[2J" + UNICODE)
-    await console.post_notice(target, "n\x07otice")
+    await post_clean_notice(console, target, "n\x07otice")
     assert out.getvalue() == f"solarbot [#general]: xy[2J{UNICODE}\nsolarbot [#general]: notice\n"
 
 
@@ -303,3 +326,22 @@ async def test_intake_alone_decides_refusals_without_a_notifier(sqlite_url: str)
     assert repository.jobs() == []
     await asyncio.sleep(0)
     repository.close()
+
+
+def test_the_core_reaches_egress_only_through_the_cleaning_seam() -> None:
+    """Every reply and notice the core sends passes bot.delivery's cleaning step: no module of the
+    core calls an adapter's ``open_reply`` or ``post_notice`` itself (a new path that did would
+    skip the hygiene, as Slack ``--private`` replies once did)."""
+    import ast
+    from pathlib import Path
+
+    import bot
+
+    offenders = []
+    for path in Path(bot.__file__).parent.rglob("*.py"):
+        if path.name == "delivery.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and node.attr in ("open_reply", "post_notice"):
+                offenders.append(f"{path.name}:{node.lineno}")
+    assert offenders == []

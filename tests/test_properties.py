@@ -21,6 +21,7 @@ from bot.intake import Intake
 from bot.models import Incoming
 from bot.splitting import split_message, split_pieces
 from storage.repository import Repository
+from tests.test_splitting import open_fence_after
 
 # No example database in the working tree: failures print their reproducing example instead.
 settings.register_profile("solarbot", database=None)
@@ -34,23 +35,16 @@ PROSE = st.lists(WORD, min_size=0, max_size=15).map(" ".join)
 LINE = st.one_of(
     PROSE,
     PROSE,
-    st.sampled_from(["```", "```python", "```js", "", "    indented()", "> quote", "- item"]),
+    st.sampled_from(
+        ["```", "```python", "```js", "", "    indented()", "> quote", "- item", "See ```sh"]
+    ),
     st.integers(20, 120).map(lambda n: "x" * n),
 )
 MARKDOWN = st.lists(LINE, min_size=0, max_size=40).map("\n".join)
 
-_OPEN = re.compile(r"^ {0,3}```[^`]*$")
-_CLOSE = re.compile(r"^ {0,3}```\s*$")
-
 
 def ends_outside_fence(chunk: str) -> bool:
-    inside = False
-    for line in chunk.split("\n"):
-        if not inside and _OPEN.match(line):
-            inside = True
-        elif inside and _CLOSE.match(line):
-            inside = False
-    return not inside
+    return open_fence_after(chunk) is None
 
 
 @settings(max_examples=200, deadline=None)

@@ -217,6 +217,24 @@ async def test_private_question_is_answered_only_to_the_asker(rig: Rig) -> None:
     assert answers[0]["response_type"] == "ephemeral"
 
 
+async def test_a_private_answer_is_cleaned_like_every_other_reply(
+    tmp_path: Path, fake: FakeSlack
+) -> None:
+    """Issue 13.5: the ``--private`` path (response_url, not the streamed reply) gets the same
+    hygiene; model text that looks like the converter's old in-band markers converts cleanly."""
+    sneaky = "ok\u202e gnp.exe\u202c \x1b\x00 [a](https://x.io/?a&b) \x030\x04 \ue000 👩\u200d💻"
+    engine = FakeEngine(replies=[sneaky, sneaky])
+    async with start_rig(tmp_path, fake, engine=engine) as rig:
+        await rig.command("--private show me", name="private")
+        await rig.command("in public", name="public")
+        await rig.until(lambda: rig.jobs_done(2))
+        (private,) = [r for r in rig.fake.responses if r["_name"] == "private"]
+        clean = "ok gnp.exe  <https://x.io/?a&amp;b|a> 0 \ue000 👩\u200d💻"
+        assert private["text"] == clean and private["response_type"] == "ephemeral"
+        public = [m.text for m in rig.fake.thread("C0GENERAL", None)]
+        assert any(text.endswith(clean) for text in public), public
+
+
 async def test_a_channel_the_bot_is_not_in_gets_a_private_answer(rig: Rig) -> None:
     rig.fake.fail("chat.postMessage", "not_in_channel")
     await rig.command("hello?", channel="C0PRIVATE", name="outside")

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from adapters.slack_format import from_slack, to_mrkdwn
+from adapters.slack_format import escape, from_slack, to_mrkdwn
+from bot.hygiene import clean_outgoing
 from bot.splitting import split_message
 
 
@@ -58,3 +61,83 @@ def test_slack_text_becomes_plain_text_for_the_model() -> None:
         "hi @bob, see docs (https://a.io/?x=1&y=2) and https://b.io in #general: "
         "a < b && c > d @here"
     )
+
+
+# Characters to_mrkdwn may add of its own: markup, entities, bullets and link brackets.
+MARKUP = set("*_~`<>|&;amptlg•() /")  # "/": a "|" in a link label
+NASTY = st.sampled_from(
+    [
+        "\x03",
+        "\x04",
+        "\x030\x04",
+        "\x0399\x04",
+        "\x01",
+        "\x02",
+        "\ue000",
+        "\ue001",
+        "\u202e",
+        "\u2066",
+        "\x1b[2J",
+        "\x00",
+        "\x85",
+        "[x](https://a.io/?a=1&b=<2>)",
+        "[**y**](mailto:a@b.c)",
+        "[z](javascript:alert&1)",
+        "[](https://e.io)",
+        "**b**",
+        "# h",
+        "- i",
+        "`c`",
+        "```\n",
+        "\n",
+        " ",
+        "<!channel>",
+        "&lt;",
+        "9",
+    ]
+)
+ANY_TEXT = st.lists(NASTY | st.text(max_size=8), max_size=25).map("".join) | st.text()
+
+
+@settings(max_examples=400, deadline=None)
+@given(text=ANY_TEXT)
+def test_any_text_converts_without_error_or_forged_markers(text: str) -> None:
+    out = to_mrkdwn(text)  # never raises, whatever the text holds (\x03N\x04 included)
+    assert set(out) - set(text) <= MARKUP  # nothing of its own but markup: no stand-in leaks
+    cleaned = to_mrkdwn(clean_outgoing(text))  # what every delivery path hands it
+    assert clean_outgoing(cleaned) == cleaned  # so no control or bidi character reaches Slack
+
+
+TARGET = st.text(
+    alphabet=st.characters(exclude_categories=("Cs", "Cc", "Z")).filter(
+        lambda c: c not in '()[]`"' and not c.isspace()
+    ),
+    min_size=1,
+    max_size=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(path=TARGET)
+def test_link_targets_are_escaped_exactly_once(path: str) -> None:
+    web = "https://x.io/" + path
+    out = to_mrkdwn(f"[label]({web})")
+    if any(c in path for c in "<>|"):  # not a plain web link: shown as text, escaped once
+        assert out == f"label ({escape(web)})"
+    else:
+        assert out == f"<{escape(web)}|label>"
+    assert to_mrkdwn(f"[label]({path})") in (f"label ({escape(path)})", f"<{escape(path)}|label>")
+
+
+@pytest.mark.parametrize(
+    ("markdown", "mrkdwn"),
+    [
+        ("[x](javascript:a&b)", "x (javascript:a&amp;b)"),
+        ("[x](http://a.io/?q=<b>)", "x (http://a.io/?q=&lt;b&gt;)"),
+        ("[**x**](https://a.io/?a&b)", "<https://a.io/?a&amp;b|*x*>"),
+        ("**see [x](https://a.io)**", "*see <https://a.io|x>*"),
+        ("a \x031\x04 b", "a \x031\x04 b"),
+    ],
+)
+def test_link_targets_are_escaped_once(markdown: str, mrkdwn: str) -> None:
+    assert to_mrkdwn(markdown) == mrkdwn

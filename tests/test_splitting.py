@@ -6,6 +6,8 @@ import random
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bot.splitting import split_message, split_pieces
 
@@ -13,17 +15,34 @@ FENCE_LINE = re.compile(r"^ {0,3}(`{3,})([^`]*)$")
 
 
 def open_fence_after(chunk: str) -> str | None:
-    """An independent fence tracker: the opening line still open at the end of ``chunk``."""
+    """An independent fence tracker: the opening fence still open at the end of ``chunk``.
+
+    A fence line opens a block that only a bare fence line of at least as many backticks closes;
+    outside a block, 3+ backticks in the middle of a line open one as well (reported as its
+    backticks), and runs on that line pair up."""
     opened: str | None = None
     ticks = 0
     for line in chunk.split("\n"):
-        match = FENCE_LINE.match(line.rstrip("\r"))
-        if match is None:
+        line = line.rstrip("\r")
+        match = FENCE_LINE.match(line)
+        if match is not None:
+            if opened is None:
+                opened, ticks = line, len(match.group(1))
+            elif len(match.group(1)) >= ticks and not match.group(2).strip():
+                opened = None
             continue
-        if opened is None:
-            opened, ticks = line, len(match.group(1))
-        elif len(match.group(1)) >= ticks and not match.group(2).strip():
-            opened = None
+        if opened is not None:
+            continue  # backticks inside a block are code
+        at = 0
+        while (start := line.find("```", at)) >= 0:
+            end = start
+            while end < len(line) and line[end] == "`":
+                end += 1
+            if opened is None:
+                opened, ticks = line[start:end], end - start
+            elif end - start >= ticks:
+                opened = None
+            at = end
     return opened
 
 
@@ -46,7 +65,12 @@ def check(text: str, limit: int) -> list[str]:
         if piece.reopen:
             assert previous is not None and previous.close  # reopened only what was closed
             assert FENCE_LINE.match(piece.reopen.rstrip("\n"))
-            assert piece.reopen.rstrip("\n") == open_fence_after(text[: piece.start])
+            opener = open_fence_after(text[: piece.start])
+            assert opener is not None
+            if opener.startswith(" ") or opener == piece.reopen.rstrip("\n"):
+                assert piece.reopen.rstrip("\n") == opener  # a fence line: reopened as written
+            else:  # opened mid-line: reopened with as many backticks
+                assert re.match("`+", piece.reopen)[0] == re.match("`+", opener)[0]  # type: ignore[index]
     return chunks
 
 
@@ -137,3 +161,42 @@ def test_random_texts_keep_every_invariant(seed: int) -> None:
         text = _random_text(rng)
         limit = rng.choice([16, 40, 100, 500, 2000])
         check(text, limit)
+
+
+# Lines with fences in every position a model writes them, mid-line openers included.
+FENCY_LINE = st.sampled_from(
+    [
+        "Here: ```python",
+        "```",
+        "```js",
+        "````",
+        "x = 1 ``` y",
+        "run ```ls``` now",
+        "   ```",
+        "    ```not a fence",
+        "text",
+        "",
+        "a longer line of prose with words in it",
+        "print('```')",
+        "done ``` and ```` more",
+    ]
+) | st.text(alphabet="`ab \n", max_size=12)
+
+
+@settings(max_examples=400, deadline=None)
+@given(lines=st.lists(FENCY_LINE, max_size=30), limit=st.integers(40, 300))
+def test_fences_opened_anywhere_stay_balanced_and_nothing_is_added_but_fences(
+    lines: list[str], limit: int
+) -> None:
+    text = "\n".join(lines)
+    chunks = check(text, limit)  # every chunk balanced; chunks minus added fences == text
+    if len(text) <= limit and open_fence_after(text) is None:
+        assert chunks == ([text] if text else [])  # balanced text that fits: untouched
+
+
+def test_a_fence_opened_mid_line_gets_no_stray_closing_fence() -> None:
+    reply = "Here: ```python\nprint(1)\n```\nThat prints 1."
+    assert split_message(reply, limit=2000) == [reply]
+    assert split_message("Run ```ls``` first.\n```\ncode", limit=2000) == [
+        "Run ```ls``` first.\n```\ncode\n```"
+    ]

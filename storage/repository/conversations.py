@@ -43,6 +43,18 @@ class ConversationStore(RepositoryBase):
             ).all()
         return [stored_message(row) for row in rows]
 
+    def workspaces_of_channel(self, *, platform: str, channel: str) -> list[str]:
+        """The workspaces in which ``channel`` of ``platform`` has stored conversations, sorted
+        (channel ids are unique per platform on Discord and Slack, so normally one)."""
+        with self._transaction() as connection:
+            rows = connection.execute(
+                select(conversations.c.workspace)
+                .where(conversations.c.platform == platform, conversations.c.channel == channel)
+                .distinct()
+                .order_by(conversations.c.workspace)
+            ).all()
+        return [str(row.workspace) for row in rows]
+
     def transcript(
         self, *, platform: str, workspace: str, channel: str
     ) -> list[tuple[ConversationKey, StoredMessage]]:
