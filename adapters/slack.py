@@ -37,7 +37,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from aiohttp import web
-from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 from slack_sdk.errors import SlackApiError
@@ -50,14 +50,15 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from adapters.slack_format import from_slack, to_mrkdwn
+from adapters.slack_request import Refused, bolt_request, verified
 from adapters.streaming import StreamedReply
 from bot import texts
 from bot.commands import CommandContext, CommandName, Commands, parse_command
 from bot.delivery import ReplyTarget
-from bot.errors import ConfigError, DeliveryError
+from bot.errors import ConfigError, DeliveryError, InvalidIncomingError
 from bot.hygiene import clean_outgoing
 from bot.intake import Intake
-from bot.models import EnqueueResult, Incoming
+from bot.models import ConversationKey, EnqueueResult, Incoming
 from bot.settings import Settings
 from bot.splitting import split_message
 
@@ -232,6 +233,7 @@ class SlackAdapter:
             )
         self._mode = mode
         self._ingress = ingress
+        self._signing_secret = signing_secret or ""
         self._host = host
         self._port = port
         self._path = path
@@ -350,8 +352,15 @@ class SlackAdapter:
         log.info("Slack HTTP endpoint listening on %s:%s%s", self._host, self.http_port, self._path)
 
     async def _handle_http(self, request: web.Request) -> web.Response:
-        bolt_request = await to_bolt_request(request)
-        bolt_response = await self.app.async_dispatch(bolt_request)
+        body = await request.read()
+        refused = verified(body, request.headers, secret=self._signing_secret)
+        checked = refused or bolt_request(body, query=request.query_string, headers=request.headers)
+        if isinstance(checked, Refused):
+            log.debug("refused a Slack request: %s %s", checked.status, checked.error)
+            return web.Response(
+                status=checked.status, text=checked.body(), content_type="application/json"
+            )
+        bolt_response = await self.app.async_dispatch(checked)
         return await to_aiohttp_response(bolt_response)
 
     async def _start_socket_mode(self) -> None:
@@ -452,7 +461,32 @@ class SlackAdapter:
         await ack(text=texts.SLACK_THINKING)
         response_url = str(command.get("response_url", ""))
         where = {"channel": channel, "thread_ts": "", "response_url": response_url}
+        trigger = str(command.get("trigger_id", "")) or response_url
+        try:
+            incoming = Incoming(
+                platform=PLATFORM,
+                workspace=workspace,
+                channel=channel,
+                author_id=user,
+                author_name=await self._author_name(user, str(command.get("user_name", ""))),
+                text=parsed.argument,
+                message_id=trigger,
+                dedupe_key=f"{PLATFORM}:{workspace}:command:{trigger}",
+                reply_target=where,
+            )
+        except InvalidIncomingError as exc:
+            log.info("refused a /%s question: %s", self._command.lstrip("/"), exc)
+            await self._quietly(
+                respond(
+                    text=texts.MESSAGE_UNREADABLE.format(reason=exc), response_type="ephemeral"
+                ),
+                "response_url",
+            )
+            return
         private = parsed.private
+        if not private and await self._stays_silent(incoming.conversation):
+            # Switched off, or waiting for a human: nothing in the channel, not even the question.
+            private = True
         if not private:
             question = parsed.argument
             if len(question) > QUESTION_PREVIEW:
@@ -474,21 +508,8 @@ class SlackAdapter:
                     log.warning("could not post the placeholder: %s", delivery_error(exc))
         if private:
             where["ephemeral"] = "1"
-        trigger = str(command.get("trigger_id", "")) or response_url
         try:
-            result = await self._submit(
-                Incoming(
-                    platform=PLATFORM,
-                    workspace=workspace,
-                    channel=channel,
-                    author_id=user,
-                    author_name=await self._author_name(user, str(command.get("user_name", ""))),
-                    text=parsed.argument,
-                    message_id=trigger,
-                    dedupe_key=f"{PLATFORM}:{workspace}:command:{trigger}",
-                    reply_target=where,
-                )
-            )
+            result = await self._submit(dataclasses.replace(incoming, reply_target=where))
         except Exception:
             # Not stored (the database is down?): say so rather than leave "Thinking…" forever.
             log.exception("could not store a /%s question", self._command.lstrip("/"))
@@ -516,6 +537,15 @@ class SlackAdapter:
                     self.client.chat_delete(channel=channel, ts=where["ts"]), "placeholder"
                 )
 
+    async def _stays_silent(self, conversation: ConversationKey) -> bool:
+        """The channel is switched off or the conversation waits for a human: post nothing."""
+        assert self._intake is not None, "start() the adapter first"
+        try:
+            return await asyncio.to_thread(self._intake.repository.stays_silent, conversation)
+        except Exception as exc:  # storing it will fail the same way and say so
+            log.warning("could not read the channel's state: %s", type(exc).__name__)
+            return False
+
     async def _on_mention(self, event: dict[str, Any], body: dict[str, Any]) -> None:
         await self._on_user_message(event, body, in_thread=True)
 
@@ -527,9 +557,14 @@ class SlackAdapter:
     async def _on_reaction(self, event: dict[str, Any], body: dict[str, Any]) -> None:
         """A 👍/👎 (``+1``/``-1``, any skin tone) added to or removed from one of our replies is
         feedback on it; other reactions and reactions on other messages are ignored."""
-        item = event.get("item") or {}
+        item = event.get("item")
         user = str(event.get("user") or "")
-        if item.get("type") != "message" or not user or user == self._bot_user_id:
+        if (
+            not isinstance(item, dict)
+            or item.get("type") != "message"
+            or not user
+            or user == self._bot_user_id
+        ):
             return
         if event.get("item_user") and event.get("item_user") != self._bot_user_id:
             return
@@ -562,6 +597,11 @@ class SlackAdapter:
         thread = str(event.get("thread_ts") or (ts if in_thread else ""))
         text = from_slack(str(event.get("text", "")), bot_user_id=self._bot_user_id)
         if not text:
+            here = ConversationKey(
+                platform=PLATFORM, workspace=workspace, channel=channel, thread=thread
+            )
+            if await self._stays_silent(here):
+                return
             await self._quietly(
                 self.client.chat_postMessage(
                     channel=channel, thread_ts=thread or None, text=texts.SLACK_EMPTY_MENTION
@@ -569,8 +609,8 @@ class SlackAdapter:
                 "empty-mention hint",
             )
             return
-        await self._submit(
-            Incoming(
+        try:
+            incoming = Incoming(
                 platform=PLATFORM,
                 workspace=workspace,
                 channel=channel,
@@ -581,7 +621,10 @@ class SlackAdapter:
                 message_id=ts,
                 reply_target={"channel": channel, "thread_ts": thread},
             )
-        )
+        except InvalidIncomingError as exc:  # acknowledged: Slack would send the same again
+            log.info("ignored a Slack message %s in %s: %s", ts[:40], channel[:40], exc)
+            return
+        await self._submit(incoming)
 
     async def _author_name(self, user: str, fallback: str = "") -> str:
         """The user's display name for the prompt (users.info, cached); ``fallback`` when the app

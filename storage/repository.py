@@ -837,6 +837,22 @@ class Repository:
             )
             return int(result.rowcount)
 
+    def stays_silent(self, key: ConversationKey) -> bool:
+        """Whether a message in ``key`` would get no answer: its channel is switched off or the
+        conversation is handed to a human (what ``enqueue`` decides, read without storing)."""
+        with self._transaction() as connection:
+            enabled = connection.scalar(
+                select(channel_settings.c.enabled).where(
+                    *_channel_filter(key.platform, key.workspace, key.channel)
+                )
+            )
+            if enabled is False:
+                return True
+            handed_off = connection.scalar(
+                select(conversations.c.handoff_at).where(*_key_filter(key))
+            )
+            return handed_off is not None
+
     def handoffs_in_channel(self, *, platform: str, workspace: str, channel: str) -> int:
         """Conversations of a channel (threads included) now handed to a human."""
         with self._transaction() as connection:

@@ -30,9 +30,6 @@ SPECIALS = (
     "0",
     "-1",
     "9" * 40,
-    "x" * 129,
-    "y" * 257,
-    "z" * 5000,
     "a:b",
     "::",
     "'; DROP TABLE jobs; --",
@@ -43,6 +40,7 @@ SPECIALS = (
 )
 hostile_text = st.one_of(
     st.sampled_from(SPECIALS),
+    st.sampled_from([128, 129, 255, 256, 257, 5000]).map(lambda n: "x" * n),
     st.text(max_size=40),
     st.text(alphabet=st.characters(codec=None, categories=["Cs", "Cc", "Cf"]), max_size=8),
     st.builds(lambda a, b: a + b, st.sampled_from(SPECIALS), st.text(max_size=10)),
