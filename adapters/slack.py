@@ -4,7 +4,8 @@ Ingress (HTTP with a verified signing secret, or Socket Mode with an app token):
 
 - ``/solar QUESTION`` (the command is configurable) is acked at once with a short "thinking"
   message; a placeholder quoting the question is posted in the channel and the answer replaces it,
-  streamed with ``chat.update``. ``/solar --private QUESTION`` answers only the asker, through the
+  streamed with ``chat.update`` (nothing is posted in a channel switched off or a conversation
+  waiting for a human: the asker is told privately). ``/solar --private QUESTION`` answers only the asker, through the
   command's response_url. Sub-commands (``help``, ``status``, ``forget``, ``prompt``) are
   ``bot.commands``; the answer is ephemeral.
 - ``app_mention`` answers in the thread of the mention (a mention at the top of a channel starts

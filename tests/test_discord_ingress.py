@@ -13,11 +13,22 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bot import texts
 from bot.models import ConversationKey
 from bot.storable import FIELD_LIMITS, text_problem
 from tests.discord_fake import BOT_ID, FakeDiscord
 from tests.ingress_fuzz import LoopThread, hostile_text, tracebacks_at_error
-from tests.test_discord import GENERAL, GUILD, MENTION, THREAD, Rig, start_rig
+from tests.test_discord import (
+    ADMIN_ROLE,
+    GENERAL,
+    GUILD,
+    MANAGE_GUILD,
+    MENTION,
+    THREAD,
+    Rig,
+    command,
+    start_rig,
+)
 
 UNKNOWN_CHANNEL = 555
 
@@ -131,3 +142,29 @@ def all_stored_text(rig: Rig) -> list[str]:
         texts += [m.text for m in rig.repository.messages(key)]
         texts += [m.author_name for m in rig.repository.messages(key)]
     return texts
+
+
+async def test_an_off_channel_gets_not_even_the_empty_mention_hint(
+    monkeypatch: pytest.MonkeyPatch, sqlite_url: str
+) -> None:
+    fake = FakeDiscord()
+    fake.add_guild(
+        GUILD, "home", roles={ADMIN_ROLE: "admins"}, permissions={ADMIN_ROLE: MANAGE_GUILD}
+    )
+    fake.add_channel(GUILD, GENERAL, "general")
+    await fake.start()
+    fake.point_discord_py_here(monkeypatch)
+    rig = await start_rig(fake, sqlite_url)
+    try:
+        assert texts.DISCORD_EMPTY_MENTION in await command(rig, GENERAL, "")  # on: the hint
+        assert "I'm off" in await command(rig, GENERAL, "!off", roles=(ADMIN_ROLE,))
+        replies = len(rig.replies(GENERAL))
+        await fake.user_message(GENERAL, MENTION, mentions=(BOT_ID,))
+        # An admin's status still answers (messages are handled in order: this is a barrier).
+        assert "replies off" in await command(rig, GENERAL, "!status", roles=(ADMIN_ROLE,))
+        assert len(rig.replies(GENERAL)) == replies + 1
+        assert texts.DISCORD_EMPTY_MENTION not in rig.replies(GENERAL)[replies:]
+    finally:
+        await rig.stop()
+        rig.repository.close()
+        await fake.close()
