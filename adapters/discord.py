@@ -52,7 +52,7 @@ from bot.commands import CommandContext, Commands, ParsedCommand, parse_prefixed
 from bot.dedupe import dedupe_key
 from bot.delivery import IntakePort, ReplyTarget
 from bot.errors import ConfigError, DeliveryError, InvalidIncomingError, SolarbotError
-from bot.models import Incoming, JobStatus
+from bot.models import ConversationKey, Incoming, JobStatus
 from bot.splitting import split_message
 
 if TYPE_CHECKING:
@@ -304,7 +304,15 @@ class DiscordAdapter:
             await self._run_command(message, parsed, channel_id)
             return
         if not text:
-            await self._send_plain(message.channel.id, message.id, texts.DISCORD_EMPTY_MENTION)
+            here = ConversationKey(
+                platform=PLATFORM,
+                workspace=str(guild.id) if guild is not None else "",
+                channel=str(channel_id),
+                thread=str(thread_id) if thread_id else "",
+            )
+            # Switched off or waiting for a human: not even the hint.
+            if not await asyncio.to_thread(intake.repository.stays_silent, here):
+                await self._send_plain(message.channel.id, message.id, texts.DISCORD_EMPTY_MENTION)
             return
         try:
             incoming = Incoming(

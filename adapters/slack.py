@@ -4,7 +4,8 @@ Ingress (HTTP with a verified signing secret, or Socket Mode with an app token):
 
 - ``/solar QUESTION`` (the command is configurable) is acked at once with a short "thinking"
   message; a placeholder quoting the question is posted in the channel and the answer replaces it,
-  streamed with ``chat.update``. ``/solar --private QUESTION`` answers only the asker, through the
+  streamed with ``chat.update`` (nothing is posted in a channel switched off or a conversation
+  waiting for a human: the asker is told privately). ``/solar --private QUESTION`` answers only the asker, through the
   command's response_url. Sub-commands (``help``, ``status``, ``forget``, ``prompt``) are
   ``bot.commands``; the answer is ephemeral.
 - ``app_mention`` answers in the thread of the mention (a mention at the top of a channel starts
@@ -37,7 +38,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from aiohttp import web
-from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 from slack_sdk.errors import SlackApiError
@@ -50,15 +51,16 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from adapters.slack_format import from_slack, to_mrkdwn
+from adapters.slack_request import Refused, bolt_request, verified
 from adapters.streaming import StreamedReply
 from bot import texts
 from bot.commands import CommandContext, CommandName, Commands, parse_command
 from bot.dedupe import dedupe_key
 from bot.delivery import IntakePort, ReplyTarget
-from bot.errors import ConfigError, DeliveryError
+from bot.errors import ConfigError, DeliveryError, InvalidIncomingError
 from bot.http_listener import Listener, start_listener
 from bot.hygiene import clean_outgoing
-from bot.models import EnqueueResult, Incoming
+from bot.models import ConversationKey, EnqueueResult, Incoming
 from bot.splitting import split_message
 
 log = logging.getLogger(__name__)
@@ -237,6 +239,7 @@ class SlackAdapter:
             )
         self._mode = options.mode
         self._ingress = options.ingress
+        self._signing_secret = options.signing_secret or ""
         self._host = options.host
         self._port = options.port
         self._path = options.path
@@ -318,8 +321,15 @@ class SlackAdapter:
         log.info("Slack HTTP endpoint listening on %s:%s%s", self._host, self.http_port, self._path)
 
     async def _handle_http(self, request: web.Request) -> web.Response:
-        bolt_request = await to_bolt_request(request)
-        bolt_response = await self.app.async_dispatch(bolt_request)
+        body = await request.read()
+        refused = verified(body, request.headers, secret=self._signing_secret)
+        checked = refused or bolt_request(body, query=request.query_string, headers=request.headers)
+        if isinstance(checked, Refused):
+            log.debug("refused a Slack request: %s %s", checked.status, checked.error)
+            return web.Response(
+                status=checked.status, text=checked.body(), content_type="application/json"
+            )
+        bolt_response = await self.app.async_dispatch(checked)
         return await to_aiohttp_response(bolt_response)
 
     async def _start_socket_mode(self) -> None:
@@ -420,7 +430,32 @@ class SlackAdapter:
         await ack(text=texts.SLACK_THINKING)
         response_url = str(command.get("response_url", ""))
         where = {"channel": channel, "thread_ts": "", "response_url": response_url}
+        trigger = str(command.get("trigger_id", "")) or response_url
+        try:
+            incoming = Incoming(
+                platform=PLATFORM,
+                workspace=workspace,
+                channel=channel,
+                author_id=user,
+                author_name=await self._author_name(user, str(command.get("user_name", ""))),
+                text=parsed.argument,
+                message_id=trigger,
+                dedupe_key=dedupe_key(PLATFORM, workspace, "command", trigger),
+                reply_target=where,
+            )
+        except InvalidIncomingError as exc:
+            log.info("refused a /%s question: %s", self._command.lstrip("/"), exc)
+            await self._quietly(
+                respond(
+                    text=texts.MESSAGE_UNREADABLE.format(reason=exc), response_type="ephemeral"
+                ),
+                "response_url",
+            )
+            return
         private = parsed.private
+        if not private and await self._stays_silent(incoming.conversation):
+            # Switched off, or waiting for a human: nothing in the channel, not even the question.
+            private = True
         if not private:
             question = parsed.argument
             if len(question) > QUESTION_PREVIEW:
@@ -442,21 +477,8 @@ class SlackAdapter:
                     log.warning("could not post the placeholder: %s", delivery_error(exc))
         if private:
             where["ephemeral"] = "1"
-        trigger = str(command.get("trigger_id", "")) or response_url
         try:
-            result = await self._submit(
-                Incoming(
-                    platform=PLATFORM,
-                    workspace=workspace,
-                    channel=channel,
-                    author_id=user,
-                    author_name=await self._author_name(user, str(command.get("user_name", ""))),
-                    text=parsed.argument,
-                    message_id=trigger,
-                    dedupe_key=dedupe_key(PLATFORM, workspace, "command", trigger),
-                    reply_target=where,
-                )
-            )
+            result = await self._submit(dataclasses.replace(incoming, reply_target=where))
         except Exception:
             # Not stored (the database is down?): say so rather than leave "Thinking…" forever.
             log.exception("could not store a /%s question", self._command.lstrip("/"))
@@ -484,6 +506,15 @@ class SlackAdapter:
                     self.client.chat_delete(channel=channel, ts=where["ts"]), "placeholder"
                 )
 
+    async def _stays_silent(self, conversation: ConversationKey) -> bool:
+        """The channel is switched off or the conversation waits for a human: post nothing."""
+        assert self._intake is not None, "start() the adapter first"
+        try:
+            return await asyncio.to_thread(self._intake.repository.stays_silent, conversation)
+        except Exception as exc:  # storing it will fail the same way and say so
+            log.warning("could not read the channel's state: %s", type(exc).__name__)
+            return False
+
     async def _on_mention(self, event: dict[str, Any], body: dict[str, Any]) -> None:
         await self._on_user_message(event, body, in_thread=True)
 
@@ -495,9 +526,14 @@ class SlackAdapter:
     async def _on_reaction(self, event: dict[str, Any], body: dict[str, Any]) -> None:
         """A 👍/👎 (``+1``/``-1``, any skin tone) added to or removed from one of our replies is
         feedback on it; other reactions and reactions on other messages are ignored."""
-        item = event.get("item") or {}
+        item = event.get("item")
         user = str(event.get("user") or "")
-        if item.get("type") != "message" or not user or user == self._bot_user_id:
+        if (
+            not isinstance(item, dict)
+            or item.get("type") != "message"
+            or not user
+            or user == self._bot_user_id
+        ):
             return
         if event.get("item_user") and event.get("item_user") != self._bot_user_id:
             return
@@ -530,6 +566,11 @@ class SlackAdapter:
         thread = str(event.get("thread_ts") or (ts if in_thread else ""))
         text = from_slack(str(event.get("text", "")), bot_user_id=self._bot_user_id)
         if not text:
+            here = ConversationKey(
+                platform=PLATFORM, workspace=workspace, channel=channel, thread=thread
+            )
+            if await self._stays_silent(here):
+                return
             await self._quietly(
                 self.client.chat_postMessage(
                     channel=channel, thread_ts=thread or None, text=texts.SLACK_EMPTY_MENTION
@@ -537,8 +578,8 @@ class SlackAdapter:
                 "empty-mention hint",
             )
             return
-        await self._submit(
-            Incoming(
+        try:
+            incoming = Incoming(
                 platform=PLATFORM,
                 workspace=workspace,
                 channel=channel,
@@ -549,7 +590,10 @@ class SlackAdapter:
                 message_id=ts,
                 reply_target={"channel": channel, "thread_ts": thread},
             )
-        )
+        except InvalidIncomingError as exc:  # acknowledged: Slack would send the same again
+            log.info("ignored a Slack message %s in %s: %s", ts[:40], channel[:40], exc)
+            return
+        await self._submit(incoming)
 
     async def _author_name(self, user: str, fallback: str = "") -> str:
         """The user's display name for the prompt (users.info, cached); ``fallback`` when the app

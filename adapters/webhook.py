@@ -6,7 +6,9 @@ custom chat, a test harness. The platform name is ``webhook``.
 Ingress (``SOLARBOT_WEBHOOK_PORT`` set, not in ``solarbot worker``): ``POST /incoming`` with
 ``{"channel", "author_id", "text", "message_id"}`` and optionally ``"workspace"``, ``"thread"``,
 ``"author_name"`` and ``"reply_target"`` (an object of strings passed back with each reply),
-authorised by the same bearer secret. Answers 202 ``{"status": "queued"|"duplicate", "job_id"}``
+authorised by the same bearer secret, which is then required (``SOLARBOT_WEBHOOK_SECRET``: no
+listener starts without it; a delivery-only adapter, ``solarbot worker`` or no port, needs none).
+Every field is a JSON string within its column's size (``adapters.webhook_request``). Answers 202 ``{"status": "queued"|"duplicate", "job_id"}``
 (a repeated ``message_id`` in a channel is not answered twice), 200 ``{"status": "disabled"}``,
 429 ``{"status": "refused", "reason"}`` (a limit; the user's notice is POSTed as a ``notice``),
 400 for a malformed message, 401 without the secret.
@@ -34,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import json
 import logging
 import secrets
 from collections.abc import Mapping
@@ -45,10 +46,10 @@ import aiohttp
 from aiohttp import web
 
 from adapters.streaming import MessageGone, StreamedReply
+from adapters.webhook_request import BadRequest, parse_incoming
 from bot.delivery import IntakePort, ReplyTarget
-from bot.errors import ConfigError, DeliveryError, InvalidIncomingError
+from bot.errors import ConfigError, DeliveryError
 from bot.http_listener import Listener, start_listener
-from bot.models import Incoming
 from bot.splitting import split_message
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,10 @@ PLATFORM = "webhook"
 MESSAGE_LIMIT = 4000
 INCOMING_PATH = "/incoming"
 MAX_INCOMING_BYTES = 1024 * 1024
+INGRESS_NEEDS_SECRET = (
+    "SOLARBOT_WEBHOOK_SECRET: required when SOLARBOT_WEBHOOK_PORT is set "
+    "(without it anyone who can reach the port could post messages as any user)"
+)
 
 
 class WebhookError(Exception):
@@ -95,6 +100,8 @@ class WebhookAdapter:
     def __init__(self, options: WebhookOptions) -> None:
         if not options.url.startswith(("http://", "https://")):
             raise ConfigError("SOLARBOT_WEBHOOK_URL: must be an http(s) URL")
+        if options.ingress and options.port is not None and not options.secret:
+            raise ConfigError(INGRESS_NEEDS_SECRET)
         self.options = options
         self._url = options.url.rstrip("/")
         self._secret = options.secret
@@ -131,31 +138,15 @@ class WebhookAdapter:
         log.info("webhook: listening on %s:%s%s", host, self.port, INCOMING_PATH)
 
     async def _incoming(self, request: web.Request) -> web.Response:
-        if self._secret is not None and not hmac.compare_digest(
-            request.headers.get("Authorization", "").encode(), f"Bearer {self._secret}".encode()
+        assert self._secret is not None  # no listener without one (see __init__)
+        if not hmac.compare_digest(
+            request.headers.get("Authorization", "").encode("utf-8", "replace"),
+            f"Bearer {self._secret}".encode(),
         ):
             return web.json_response({"error": "unauthorised"}, status=401)
         try:
-            body = await request.json()
-            if not isinstance(body, dict):
-                raise ValueError("not an object")
-            where = body.get("reply_target") or {}
-            if not isinstance(where, dict):
-                raise ValueError("reply_target must be an object")
-            incoming = Incoming(
-                platform=PLATFORM,
-                workspace=str(body.get("workspace", "")),
-                channel=str(body["channel"]),
-                thread=str(body.get("thread", "")),
-                author_id=str(body["author_id"]),
-                author_name=str(body.get("author_name", "")),
-                text=str(body["text"]),
-                message_id=str(body["message_id"]),
-                reply_target={str(key): str(value) for key, value in where.items()},
-            )
-        except KeyError as exc:
-            return web.json_response({"error": f"missing field {exc.args[0]}"}, status=400)
-        except (ValueError, InvalidIncomingError, json.JSONDecodeError) as exc:
+            incoming = parse_incoming(await request.read())
+        except BadRequest as exc:
             return web.json_response({"error": str(exc)}, status=400)
         assert self.intake is not None
         result = await self.intake.submit(incoming)

@@ -10,6 +10,7 @@ from types import MappingProxyType
 
 from bot import dedupe
 from bot.errors import InvalidIncomingError
+from bot.storable import check_storable
 
 
 class JobStatus(enum.StrEnum):
@@ -46,6 +47,18 @@ class ConversationKey:
     thread: str = ""
 
 
+_STORED_FIELDS = (
+    "platform",
+    "workspace",
+    "channel",
+    "thread",
+    "author_id",
+    "author_name",
+    "message_id",
+    "dedupe_key",
+)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Incoming:
     """One user message addressed to the bot, as every adapter reports it."""
@@ -72,6 +85,11 @@ class Incoming:
             key = dedupe.dedupe_key(self.platform, self.workspace, self.channel, self.message_id)
             object.__setattr__(self, "dedupe_key", key)
         object.__setattr__(self, "reply_target", _frozen(self.reply_target))
+        check_storable(
+            {name: getattr(self, name) for name in _STORED_FIELDS},
+            text=self.text,
+            reply_target=self.reply_target,
+        )
 
     @property
     def conversation(self) -> ConversationKey:

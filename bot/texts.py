@@ -125,6 +125,8 @@ COMMAND_STATUS_ADMINS = "configured"
 COMMAND_STATUS_NO_ADMINS = "none configured"
 COMMAND_UNKNOWN = "I don't know `{command} {p}{word}`. Here is what I know:\n{help}"
 CHANNEL_DISABLED = "I'm switched off in this channel."
+# A message the platform delivered but solarbot cannot store as it is (see bot/storable.py).
+MESSAGE_UNREADABLE = "Sorry, I can't take that message: {reason}."
 NOT_ALLOWED_HERE = "Sorry, I'm not enabled in this workspace or channel."
 
 # The Slack adapter.

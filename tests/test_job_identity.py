@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from sqlalchemy import inspect
 
 from adapters.discord import DiscordAdapter, DiscordOptions, reply_nonce
-from adapters.webhook import WebhookAdapter
+from adapters.webhook import WebhookAdapter, WebhookOptions
 from bot.delivery import ReplyTarget
 from bot.generation.engine import SamplingParams
 from bot.generation.fake import FakeEngine
@@ -66,7 +66,7 @@ async def rig(database_url: str) -> AsyncIterator[Rig]:
     repository = Repository.open(database_url)
     engine = FakeEngine()
     await engine.start()
-    adapter = WebhookAdapter(url, timeout=2.0, edit_interval=0.0)
+    adapter = WebhookAdapter(WebhookOptions(url=url, timeout=2.0, edit_interval=0.0))
     intake = Intake(repository)
     await adapter.start(intake)
     worker = Worker(
@@ -227,7 +227,7 @@ async def test_two_jobs_answering_the_same_discord_message_post_two_messages(
     await fake.start()
     fake.point_discord_py_here(monkeypatch)
     repository = Repository.open(sqlite_url)
-    adapter = DiscordAdapter(fake.token, DiscordOptions(ingress=False, edit_interval=0.0))
+    adapter = DiscordAdapter(DiscordOptions(token=fake.token, ingress=False, edit_interval=0.0))
     await adapter.start(Intake(repository))
     try:
         conversation = ConversationKey(platform="discord", workspace="10", channel="100")

@@ -9,9 +9,15 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, func, insert, select, update
 
-from bot.models import ChannelConfig
+from bot.models import ChannelConfig, ConversationKey
 from storage.repository.base import RepositoryBase, upsert
-from storage.repository.tables import channel_settings, conversations, in_channel, settings_filter
+from storage.repository.tables import (
+    channel_settings,
+    conversations,
+    in_channel,
+    key_filter,
+    settings_filter,
+)
 from storage.schema import utcnow
 
 CHANNEL_CONFIG_FIELDS = frozenset(field.name for field in dataclasses.fields(ChannelConfig))
@@ -87,6 +93,15 @@ class ChannelStore(RepositoryBase):
                 .values(handoff_at=None)
             )
             return int(result.rowcount)
+
+    def stays_silent(self, key: ConversationKey) -> bool:
+        """Whether a message in ``key`` would get no answer: its channel is switched off or the
+        conversation is handed to a human (what ``enqueue`` decides, read without storing)."""
+        with self._transaction() as connection:
+            if not channel_enabled(connection, key.platform, key.workspace, key.channel):
+                return True
+            handed = connection.scalar(select(conversations.c.handoff_at).where(*key_filter(key)))
+            return handed is not None
 
     def handoffs_in_channel(self, *, platform: str, workspace: str, channel: str) -> int:
         """Conversations of a channel (threads included) now handed to a human."""
