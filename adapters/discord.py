@@ -373,7 +373,20 @@ class DiscordAdapter:
         if await self._commands.switched_off_for(parsed, context):
             log.info("discord: ignored a command in switched-off channel %s", channel_id)
             return
-        reply = await self._commands.run(parsed, context)
+        assert self._intake is not None
+        refusal = await self._intake.admit_command(
+            platform=PLATFORM,
+            workspace=context.workspace,
+            channel=context.channel,
+            author_id=context.user_id,
+        )
+        if refusal is not None:
+            # Discord has no private replies to plain messages: one notice per window, no quote.
+            reply = "" if refusal.quiet else refusal.notice
+        else:
+            reply = await self._commands.run(parsed, context)
+        if not reply:
+            return
         try:
             for index, chunk in enumerate(split_message(reply, limit=MESSAGE_LIMIT)):
                 await self._send_plain(
@@ -406,9 +419,22 @@ class DiscordAdapter:
         guild_id = payload.guild_id
         if guild_id is None and not self.options.dms:
             return
-        allowed = self.options.allowed_guilds
-        if guild_id is not None and allowed and guild_id not in allowed:
-            return
+        member = payload.member  # sent with guild reaction adds, never with removals
+        if member is not None and member.bot:
+            return  # other bots' votes are not feedback (their messages are ignored too)
+        if guild_id is not None:
+            # The allow-lists of messages: guild, channel (a thread's parent) and, where Discord
+            # says who reacted (adds), their roles. A removal can only take back the remover's
+            # own vote, which was stored only if it passed these lists when it was added.
+            channel = self.client.get_channel(
+                payload.channel_id
+            ) or self.client.get_partial_messageable(payload.channel_id, guild_id=guild_id)
+            channel_id, _ = await self._parent_of(channel)
+            if member is not None:
+                if not self._allowed(guild_id, channel_id, member):
+                    return
+            elif not self._allowed_place(guild_id, channel_id):
+                return
         await intake.reaction(
             platform=PLATFORM,
             workspace=str(guild_id) if guild_id is not None else "",
@@ -429,14 +455,19 @@ class DiscordAdapter:
 
     def _allowed(self, guild_id: int, channel_id: int, author: discord.abc.User) -> bool:
         options = self.options
-        if options.allowed_guilds and guild_id not in options.allowed_guilds:
-            return False
-        if options.allowed_channels and channel_id not in options.allowed_channels:
+        if not self._allowed_place(guild_id, channel_id):
             return False
         if not options.allowed_roles:
             return True
         roles = {role.id for role in getattr(author, "roles", ())}
         return bool(roles & (options.allowed_roles | options.admin_roles))
+
+    def _allowed_place(self, guild_id: int, channel_id: int) -> bool:
+        """The guild and the channel (a thread's parent) are on the allow-lists."""
+        options = self.options
+        if options.allowed_guilds and guild_id not in options.allowed_guilds:
+            return False
+        return not options.allowed_channels or channel_id in options.allowed_channels
 
     async def _parent_of(self, channel: Any) -> tuple[int, bool]:
         """(parent channel id, is a thread) for a guild channel, fetching unknown channels once."""

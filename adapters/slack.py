@@ -56,7 +56,7 @@ from bot.commands import CommandContext, CommandName, Commands, parse_command
 from bot.delivery import ReplyTarget
 from bot.errors import ConfigError, DeliveryError
 from bot.hygiene import clean_outgoing
-from bot.intake import Intake
+from bot.intake import NOTICE_TO, Intake
 from bot.models import EnqueueResult, Incoming
 from bot.settings import Settings
 from bot.splitting import split_message
@@ -264,6 +264,7 @@ class SlackAdapter:
         self._commands: Commands | None = None
         self._bot_user_id = ""
         self._names: dict[str, str] = {}
+        self._bots: dict[str, bool] = {}  # user id -> is a bot (reactions)
         self._runner: web.AppRunner | None = None
         self._socket: AsyncSocketModeHandler | None = None
         self._background: set[asyncio.Task[None]] = set()  # slash commands after their ack
@@ -433,7 +434,13 @@ class SlackAdapter:
             return
         parsed = parse_command(from_slack(str(command.get("text", ""))))
         if parsed.name is not CommandName.ASK:
-            assert self._commands is not None
+            assert self._commands is not None and self._intake is not None
+            refusal = await self._intake.admit_command(
+                platform=PLATFORM, workspace=workspace, channel=channel, author_id=user
+            )
+            if refusal is not None:  # the ack is ephemeral: only the sender sees it
+                await (ack() if refusal.quiet else ack(text=to_mrkdwn(refusal.notice)))
+                return
             context = CommandContext(
                 platform=PLATFORM,
                 workspace=workspace,
@@ -508,7 +515,9 @@ class SlackAdapter:
         if result is not None and result.handoff and not result.created:
             waiting = texts.HANDOFF_WAITING.format(command=f"{self._command} resume")
             await respond(text=to_mrkdwn(waiting), response_type="ephemeral")
-        if result is None or (result.handoff and not result.created):
+        if result is None or result.refused or (result.handoff and not result.created):
+            # Nothing to answer here: the placeholder quoting the question goes (a refusal was
+            # told privately, or not at all when the user was told already).
             if result is None:
                 await respond(text=texts.CHANNEL_DISABLED, response_type="ephemeral")
             if "ts" in where:
@@ -537,6 +546,8 @@ class SlackAdapter:
         channel = str(item.get("channel") or "")
         if not self._allowed(workspace, channel):
             return
+        if await self._is_bot(user):
+            return  # other bots' votes are not feedback (their messages are ignored too)
         assert self._intake is not None, "start() the adapter first"
         await self._intake.reaction(
             platform=PLATFORM,
@@ -583,6 +594,23 @@ class SlackAdapter:
             )
         )
 
+    async def _is_bot(self, user: str) -> bool:
+        """``user`` is a bot or an app (users.info ``is_bot``, cached; Slackbot too). Reaction
+        events carry no ``bot_id`` as messages do. Without the users:read scope (or an answer)
+        the reaction is taken as a person's: feedback keeps working on apps without it."""
+        if user == "USLACKBOT":
+            return True
+        if user not in self._bots:
+            try:
+                info = await self.client.users_info(user=user)
+            except Exception as exc:
+                log.info("could not tell whether %s is a bot: %s", user, delivery_error(exc))
+                return False
+            if len(self._bots) > 10_000:
+                self._bots.clear()
+            self._bots[user] = bool(info["user"].get("is_bot"))
+        return self._bots[user]
+
     async def _author_name(self, user: str, fallback: str = "") -> str:
         """The user's display name for the prompt (users.info, cached); ``fallback`` when the app
         lacks the users:read scope or Slack does not answer."""
@@ -621,6 +649,9 @@ class SlackAdapter:
 
     async def post_notice(self, target: ReplyTarget, text: str) -> None:
         where: Mapping[str, str] = target.reply_target
+        if where.get(NOTICE_TO):
+            await self._tell_privately(where, to_mrkdwn(text))
+            return
         if where.get("ephemeral") == "1":
             await send_ephemeral(AsyncWebhookClient(where["response_url"]), to_mrkdwn(text))
             return
@@ -633,6 +664,22 @@ class SlackAdapter:
         resume = texts.HANDOFF_RESUME_HINT.format(command=f"{self._command} resume")
         body = to_mrkdwn(texts.HANDOFF_NOTICE.format(support="", resume=resume))
         await self._post_in_place(target, support + body)
+
+    async def _tell_privately(self, where: Mapping[str, str], body: str) -> None:
+        """A refusal, for its sender only: through the slash command's response_url, else
+        ``chat.postEphemeral`` in the channel (and thread)."""
+        try:
+            if where.get("response_url"):
+                await send_ephemeral(AsyncWebhookClient(where["response_url"]), body)
+            else:
+                await self.client.chat_postEphemeral(
+                    channel=where["channel"],
+                    user=where[NOTICE_TO],
+                    thread_ts=where.get("thread_ts") or None,
+                    text=body,
+                )
+        except Exception as exc:
+            raise delivery_error(exc) from exc
 
     async def _post_in_place(self, target: ReplyTarget, body: str) -> None:
         """Post mrkdwn ``body`` as the reply to ``target`` (into its placeholder, if any)."""

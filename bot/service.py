@@ -124,6 +124,10 @@ def limit_settings(settings: Settings) -> LimitSettings:
         channel_rate_per_minute=settings.channel_rate_per_minute,
         channel_burst=settings.channel_burst,
         channel_queue_limit=settings.channel_queue_limit,
+        refusal_notice_seconds=settings.refusal_notice_seconds,
+        handoff_ping_cooldown_seconds=settings.handoff_ping_cooldown_seconds,
+        handoff_workspace_pings=settings.handoff_workspace_pings,
+        handoff_workspace_window_seconds=settings.handoff_workspace_window_seconds,
     )
 
 

@@ -186,3 +186,10 @@ HANDOFF_RESUME_HINT = " (`{command}` brings me back)"
 HANDOFF_WAITING = (
     "This conversation is waiting for a human, so I'm staying quiet (`{command}` brings me back)."
 )
+# A handoff whose ping is held back (SOLARBOT_HANDOFF_PING_COOLDOWN_SECONDS, _WORKSPACE_PINGS): the
+# conversation is handed over all the same; nobody is pinged again.
+HANDOFF_ALREADY_NOTIFIED = (
+    "I'm handing this conversation over to a human and staying quiet in it. The support team was "
+    "notified a short while ago, so I haven't pinged them again; someone will look here as soon "
+    "as they can."
+)

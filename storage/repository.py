@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -59,7 +60,15 @@ from bot.models import (
     StoredMessage,
 )
 from storage import database
-from storage.schema import ChannelSettings, Conversation, Feedback, Job, Message, utcnow
+from storage.schema import (
+    ChannelSettings,
+    Conversation,
+    Feedback,
+    HandoffPing,
+    Job,
+    Message,
+    utcnow,
+)
 
 PENDING = (JobStatus.QUEUED, JobStatus.RUNNING)
 CHANNEL_CONFIG_FIELDS = frozenset(field.name for field in dataclasses.fields(ChannelConfig))
@@ -69,6 +78,7 @@ messages = cast(Table, Message.__table__)
 jobs = cast(Table, Job.__table__)
 channel_settings = cast(Table, ChannelSettings.__table__)
 feedback = cast(Table, Feedback.__table__)
+handoff_pings = cast(Table, HandoffPing.__table__)
 HANDOFF_ERROR = "handed to a human (no reply)"
 EXCERPT_CHARS = 120  # of a question and an answer in the feedback report
 
@@ -922,6 +932,80 @@ class Repository:
                     updated_at=utcnow(),
                 )
             )
+
+    # ------------------------------------------------------------------ handoff pings (issue 13)
+
+    def claim_handoff_ping(
+        self,
+        key: ConversationKey,
+        *,
+        requester: str,
+        cooldown_seconds: float,
+        workspace_cap: int,
+        window_seconds: float,
+        now: datetime | None = None,
+    ) -> str | None:
+        """May the support group/role be pinged for a handoff in ``key`` asked by ``requester``?
+        None = yes, and the ping is recorded; else why not: ``"recent"`` (this conversation or
+        this asker got a ping within ``cooldown_seconds``) or ``"capped"`` (the workspace had
+        ``workspace_cap`` pings within ``window_seconds``). 0 switches either rule off.
+
+        One transaction, serialised per workspace (SQLite: BEGIN IMMEDIATE; PostgreSQL: an
+        advisory transaction lock), so ingress processes sharing the database agree. The
+        requester is stored as a SHA-256 digest; rows older than both windows are deleted here."""
+        moment = now or utcnow()
+        who = hashlib.sha256(f"{key.platform}:{key.workspace}:{requester}".encode()).hexdigest()
+        where = (
+            handoff_pings.c.platform == key.platform,
+            handoff_pings.c.workspace == key.workspace,
+        )
+        with self._transaction() as connection:
+            if connection.dialect.name == "postgresql":
+                digest = hashlib.sha256(f"handoff:{key.platform}:{key.workspace}".encode()).digest()
+                lock = int.from_bytes(digest[:8], "big", signed=True)
+                connection.execute(select(func.pg_advisory_xact_lock(lock)))
+            keep = max(cooldown_seconds, window_seconds)
+            connection.execute(
+                delete(handoff_pings).where(
+                    handoff_pings.c.pinged_at < moment - timedelta(seconds=keep)
+                )
+            )
+            if cooldown_seconds > 0:
+                recent = connection.scalar(
+                    select(func.count(handoff_pings.c.id)).where(
+                        *where,
+                        handoff_pings.c.pinged_at > moment - timedelta(seconds=cooldown_seconds),
+                        or_(
+                            handoff_pings.c.requester == who,
+                            and_(
+                                handoff_pings.c.channel == key.channel,
+                                handoff_pings.c.thread == key.thread,
+                            ),
+                        ),
+                    )
+                )
+                if recent:
+                    return "recent"
+            if workspace_cap > 0 and window_seconds > 0:
+                in_window = connection.scalar(
+                    select(func.count(handoff_pings.c.id)).where(
+                        *where,
+                        handoff_pings.c.pinged_at > moment - timedelta(seconds=window_seconds),
+                    )
+                )
+                if int(in_window or 0) >= workspace_cap:
+                    return "capped"
+            connection.execute(
+                insert(handoff_pings).values(
+                    platform=key.platform,
+                    workspace=key.workspace,
+                    channel=key.channel,
+                    thread=key.thread,
+                    requester=who,
+                    pinged_at=moment,
+                )
+            )
+            return None
 
 
 def _reply_job(

@@ -1,0 +1,452 @@
+"""Abuse through the chat platforms (issue 13, items 15, 17, 18 and 19), through the real clients:
+discord.py against tests/discord_fake.py, signed requests to slack-bolt against tests/slack_fake.py,
+the real intake, limits and SQLite/PostgreSQL repository.
+
+- 15: the support group/role is pinged at most once per conversation and asker within a cooldown
+  and at most N times per workspace and window, across processes (the state is in the database);
+  a handoff over the limits still silences its conversation and says the team was notified.
+- 17: chat sub-commands pass the rate limits; a refused user is told once per window, privately
+  where the platform can (Slack: ephemeral), never quoting what they wrote.
+- 18: 👍/👎 from accounts the bot otherwise ignores (other bots, users outside the allowed
+  channels/roles) are not stored.
+- 19: an admin's channel prompt is measured in tokens of the model's tokenizer when it is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bot import texts
+from bot.limits import Limits, LimitSettings
+from bot.models import ConversationKey
+from storage.repository import Repository
+from tests.discord_fake import BOT_ID, FakeDiscord
+from tests.slack_fake import TEAM, FakeSlack
+from tests.test_discord import (
+    ADMIN_ROLE,
+    GENERAL,
+    GUILD,
+    MEMBER_ROLE,
+    MENTION,
+    OTHER_GUILD,
+    RANDOM,
+    THREAD,
+    command,
+    start_rig,
+)
+from tests.test_discord import Rig as DiscordRig
+from tests.test_slack import ack_text, mention
+from tests.test_slack import reaction as slack_reaction
+from tests.test_slack import start_rig as start_slack_rig
+
+START = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+async def discord_fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeDiscord]:
+    fake = FakeDiscord()
+    fake.add_guild(GUILD, "home", roles={MEMBER_ROLE: "members", ADMIN_ROLE: "admins"})
+    fake.add_channel(GUILD, GENERAL, "general")
+    fake.add_channel(GUILD, RANDOM, "random")
+    fake.add_thread(GUILD, GENERAL, THREAD, "a thread")
+    fake.add_guild(OTHER_GUILD, "elsewhere")
+    await fake.start()
+    fake.point_discord_py_here(monkeypatch)
+    yield fake
+    await fake.close()
+
+
+@pytest.fixture
+async def slack_fake() -> AsyncIterator[FakeSlack]:
+    slack = FakeSlack()
+    await slack.start()
+    yield slack
+    await slack.stop()
+
+
+# ------------------------------------------------------------- 15: handoff pings, the rule
+
+
+def expected_pings(
+    events: list[tuple[int, int, float]], *, cooldown: float, cap: int, window: float
+) -> list[bool]:
+    """The rule, written plainly: a ping unless this conversation or this asker had one within
+    the cooldown, or the workspace had ``cap`` within the window (0 = rule off)."""
+    pinged: list[tuple[int, int, float]] = []
+    verdicts = []
+    moment = 0.0
+    for conversation, asker, gap in events:
+        moment += gap
+        recent = cooldown > 0 and any(
+            (c == conversation or a == asker) and moment - t < cooldown for c, a, t in pinged
+        )
+        capped = (
+            cap > 0 and window > 0 and sum(1 for _, _, t in pinged if moment - t < window) >= cap
+        )
+        verdicts.append(not recent and not capped)
+        if verdicts[-1]:
+            pinged.append((conversation, asker, moment))
+    return verdicts
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    events=st.lists(
+        st.tuples(
+            st.integers(0, 3),
+            st.integers(0, 3),
+            st.sampled_from([0.0, 0.5, 30.0, 299.0, 301.0, 900.0]),
+        ),
+        max_size=20,
+    ),
+    cooldown=st.sampled_from([0.0, 300.0, 900.0]),
+    cap=st.integers(0, 4),
+    window=st.sampled_from([0.0, 600.0, 3600.0]),
+)
+def test_handoff_pings_follow_the_cooldown_and_the_workspace_cap(
+    repository: Repository,
+    events: list[tuple[int, int, float]],
+    cooldown: float,
+    cap: int,
+    window: float,
+) -> None:
+    workspace = uuid.uuid4().hex  # each example its own workspace in the shared database
+    moment = START
+    verdicts = []
+    for conversation, asker, gap in events:
+        moment += timedelta(seconds=gap)
+        key = ConversationKey(
+            platform="slack", workspace=workspace, channel="C1", thread=f"t{conversation}"
+        )
+        held_back = repository.claim_handoff_ping(
+            key,
+            requester=f"U{asker}",
+            cooldown_seconds=cooldown,
+            workspace_cap=cap,
+            window_seconds=window,
+            now=moment,
+        )
+        assert held_back in (None, "recent", "capped")
+        verdicts.append(held_back is None)
+    assert verdicts == expected_pings(events, cooldown=cooldown, cap=cap, window=window)
+
+
+def test_processes_sharing_a_database_share_the_ping_cap(database_url: str) -> None:
+    """Four repositories (as four ingress processes would have), 40 handoffs at the same moment in
+    40 conversations by 40 askers: exactly the cap of pings, never more."""
+    repositories = [Repository.open(database_url) for _ in range(4)]
+    granted: list[str | None] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(8)
+
+    def ask(worker: int) -> None:
+        barrier.wait()
+        for n in range(5):
+            key = ConversationKey(
+                platform="discord", workspace="G", channel=f"c{worker}", thread=str(n)
+            )
+            verdict = repositories[worker % 4].claim_handoff_ping(
+                key,
+                requester=f"u{worker}-{n}",
+                cooldown_seconds=900,
+                workspace_cap=3,
+                window_seconds=3600,
+            )
+            with lock:
+                granted.append(verdict)
+
+    threads = [threading.Thread(target=ask, args=(w,)) for w in range(8)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        for repository in repositories:
+            repository.close()
+    assert granted.count(None) == 3 and granted.count("capped") == 37
+
+
+# ---------------------------------------------------- 15: handoff pings, through the platforms
+
+
+def role_pings(rig: DiscordRig, channel: int) -> list[str]:
+    return [
+        m["content"]
+        for m in rig.fake.bot_messages(channel)
+        if m.get("allowed_mentions", {}).get("roles")
+    ]
+
+
+async def test_discord_handoff_resume_loops_ping_the_support_role_once(
+    discord_fake: FakeDiscord, sqlite_url: str
+) -> None:
+    """`talk to a human` -> `!resume` -> `talk to a human`, again and again, by one member and by
+    others: one ping; every handoff still silences the channel and is acknowledged."""
+    rig = await start_rig(
+        discord_fake,
+        sqlite_url,
+        handoff_keywords=("talk to a human",),
+        support_role=ADMIN_ROLE,
+        limits=Limits(LimitSettings(user_rate_per_minute=0, channel_rate_per_minute=0)),
+    )
+    try:
+        for round_ in range(4):
+            author = 500 + round_ % 2  # two members taking turns
+            before = len(rig.replies(GENERAL))
+            await discord_fake.user_message(
+                GENERAL, f"{MENTION} talk to a human", mentions=(BOT_ID,), author_id=author
+            )
+            await rig.until(lambda: len(rig.replies(GENERAL)) > before)  # noqa: B023
+            assert rig.repository.handoffs_in_channel(
+                platform="discord", workspace=str(GUILD), channel=str(GENERAL)
+            )
+            assert "I'm back" in await command(rig, GENERAL, "!resume", roles=(MEMBER_ROLE,))
+        pings = role_pings(rig, GENERAL)
+        assert len(pings) == 1 and pings[0].startswith(f"<@&{ADMIN_ROLE}> ")
+        notified = [r for r in rig.replies(GENERAL) if r == texts.HANDOFF_ALREADY_NOTIFIED]
+        assert len(notified) == 3
+        assert all(f"<@&{ADMIN_ROLE}>" not in r for r in notified)
+        assert rig.engine.requests == []
+    finally:
+        await rig.stop()
+        rig.repository.close()
+
+
+async def test_slack_mentions_opening_new_threads_ping_the_group_once_per_asker_and_capped(
+    tmp_path: Path, slack_fake: FakeSlack
+) -> None:
+    """Every top-level mention is a new thread (a new conversation): one asker's eight requests
+    ping once; eight askers' requests ping up to the workspace cap."""
+    environ = {
+        "SOLARBOT_HANDOFF_WORKSPACE_PINGS": "3",
+        "SOLARBOT_USER_RATE_PER_MINUTE": "0",
+        "SOLARBOT_CHANNEL_RATE_PER_MINUTE": "0",
+    }
+    async with start_slack_rig(
+        tmp_path, slack_fake, support_group="S0SUPPORT", environ=environ
+    ) as rig:
+        for n in range(8):
+            await rig.event(mention("talk to a human", ts=f"1690003000.{n:06d}"))
+        for n in range(8):
+            event = mention("talk to a human", ts=f"1690004000.{n:06d}")
+            event["user"] = f"U0ASKER{n}"
+            await rig.event(event)
+        threads = [f"1690003000.{n:06d}" for n in range(8)] + [
+            f"1690004000.{n:06d}" for n in range(8)
+        ]
+        await rig.until(lambda: all(rig.fake.thread("C0GENERAL", t) for t in threads))
+        notices = [rig.fake.thread("C0GENERAL", t)[0].text for t in threads]
+        pings = [text for text in notices if "<!subteam^S0SUPPORT>" in text]
+        assert len(pings) == 3  # Alice once, then two other askers: the workspace cap
+        assert notices[0].startswith("<!subteam^S0SUPPORT>")
+        assert not any("<!subteam" in text for text in notices[1:8])
+        unpinged = [text for text in notices if text == texts.HANDOFF_ALREADY_NOTIFIED]
+        assert len(unpinged) == 13
+        # Every one of them is handed over all the same.
+        assert (
+            rig.repository.handoffs_in_channel(
+                platform="slack", workspace=TEAM, channel="C0GENERAL"
+            )
+            == 16
+        )
+        assert rig.engine.requests == []
+
+
+# ------------------------------------------- 17: what the bot posts passes the rate limits
+
+
+async def test_discord_commands_pass_the_limits_and_a_flood_gets_one_notice_without_quotes(
+    discord_fake: FakeDiscord, sqlite_url: str
+) -> None:
+    """Every sub-command (and the unknown one) takes a token; a member flooding commands or
+    questions gets their burst answered and one refusal, which never repeats what they wrote."""
+    words = ["!help", "!status", "!prompt", "!length", "!language", "!resume", "!forget", "!what"]
+    rig = await start_rig(
+        discord_fake,
+        sqlite_url,
+        limits=Limits(
+            LimitSettings(user_burst=3, user_rate_per_minute=0.5, channel_rate_per_minute=0)
+        ),
+    )
+    try:
+        for n in range(24):
+            await discord_fake.user_message(
+                GENERAL, f"{MENTION} {words[n % len(words)]}", mentions=(BOT_ID,), author_id=500
+            )
+        for n in range(10):
+            await discord_fake.user_message(
+                GENERAL, f"{MENTION} spam line {n}", mentions=(BOT_ID,), author_id=502
+            )
+        # Messages are handled in order: once a third member's command is answered, every
+        # message before it has been handled.
+        probe = await discord_fake.user_message(
+            GENERAL, f"{MENTION} !help", mentions=(BOT_ID,), author_id=501
+        )
+        await rig.until(
+            lambda: any(
+                (m.get("message_reference") or {}).get("message_id") == probe["id"]
+                for m in discord_fake.bot_messages(GENERAL)
+            )
+        )
+        await rig.until(lambda: rig.jobs_done(3))
+        replies = rig.replies(GENERAL)
+        user_rate = texts.LIMIT_USER_RATE.split("{")[0]
+        notices = [r for r in replies if r.startswith(user_rate)]
+        assert len(notices) == 2  # one for each flooding member
+        answers = [r for r in replies if r.startswith("You said:")]
+        assert len(answers) == 3  # member 502's burst of questions
+        assert not any("spam line" in r for r in replies if r not in answers)  # nothing quoted
+        assert len(replies) - len(notices) - len(answers) == 3 + 1  # 500's burst + the probe
+    finally:
+        await rig.stop()
+        rig.repository.close()
+
+
+async def test_slack_commands_pass_the_limits_and_refusals_are_private_and_told_once(
+    tmp_path: Path, slack_fake: FakeSlack
+) -> None:
+    """`/solar help` x25, ten spam mentions and six spam `/solar` questions: each user's burst is
+    answered, each is told once, privately (the command's ack, chat.postEphemeral, the
+    response_url), and no refused text stays visible in the channel."""
+    environ = {
+        "SOLARBOT_USER_BURST": "3",
+        "SOLARBOT_USER_RATE_PER_MINUTE": "0.5",
+        "SOLARBOT_CHANNEL_RATE_PER_MINUTE": "0",
+    }
+    user_rate = texts.LIMIT_USER_RATE.split("{")[0]
+    async with start_slack_rig(tmp_path, slack_fake, environ=environ) as rig:
+        acks = [ack_text((await rig.command("help", name=f"h{n}"))[1]) for n in range(25)]
+        assert sum(1 for a in acks if "/solar" in a and not a.startswith(user_rate)) == 3
+        assert sum(1 for a in acks if a.startswith(user_rate)) == 1
+        assert sum(1 for a in acks if not a) == 21  # the rest are acked in silence
+        for word in ("status", "prompt", "length", "resume", "forget"):
+            answer = ack_text((await rig.command(word, name=f"w-{word}"))[1])
+            assert answer == ""  # still refused, told already
+        assert not any(r["_name"].startswith("w-") for r in slack_fake.responses)
+
+        for n in range(10):
+            event = mention(f"spam line {n}", ts=f"1690005000.{n:06d}")
+            event["user"] = "U0BOB"
+            await rig.event(event)
+        for n in range(6):
+            await rig.command(f"spam question {n}", user="U0CAROL", name=f"q{n}")
+        await rig.until(lambda: rig.jobs_done(6))
+        await rig.until(
+            lambda: sum(1 for r in slack_fake.responses if r["_name"].startswith("q")) >= 1
+        )
+        await asyncio.sleep(0.3)
+
+        [bob_told] = slack_fake.ephemerals
+        assert bob_told["user"] == "U0BOB" and bob_told["text"].startswith(user_rate)
+        assert bob_told["thread_ts"] == "1690005000.000003"  # in the thread of the refused one
+        carol_told = [r for r in slack_fake.responses if r["_name"].startswith("q")]
+        assert len(carol_told) == 1 and carol_told[0]["response_type"] == "ephemeral"
+        assert carol_told[0]["text"].startswith(user_rate)
+        public = [m.text for m in slack_fake.messages.values() if not m.deleted]
+        assert not any(user_rate in text for text in public)
+        # What stays in the channel: the answers to the bursts, nothing of the refused messages.
+        assert sorted(t for t in public if "spam" in t) == sorted(
+            [f"You said: Bob: spam line {n}" for n in range(3)]
+            + [t for t in public if t.startswith("<@U0CAROL> asked: spam question")]
+        )
+        asked = [t for t in public if t.startswith("<@U0CAROL> asked:")]
+        assert len(asked) == 3 and all("You said" in t for t in asked)
+
+
+# ---------------------------------------- 18: feedback takes the allow-lists of messages
+
+
+def votes(repository: Repository, job_id: int) -> set[tuple[str, str]]:
+    return {(f.user_id, f.rating.value) for f in repository.feedback_for(job_id)}
+
+
+async def test_discord_feedback_from_accounts_the_bot_ignores_is_not_stored(
+    discord_fake: FakeDiscord, sqlite_url: str
+) -> None:
+    """Answers given in #general, its thread and #random; then the operator narrows the bot to
+    #general and the members role. 👍/👎 from another bot, from a member without the role, and
+    on the answer in #random are dropped; a member's, in #general and its thread, are kept."""
+    rig = await start_rig(discord_fake, sqlite_url)
+    try:
+        for channel in (GENERAL, THREAD, RANDOM):
+            await discord_fake.user_message(
+                channel, f"{MENTION} q{channel}", mentions=(BOT_ID,), roles=(MEMBER_ROLE,)
+            )
+        await rig.until(lambda: rig.jobs_done(3))
+    finally:
+        await rig.stop()
+        rig.repository.close()
+    rig = await start_rig(
+        discord_fake,
+        sqlite_url,
+        allowed_channels=frozenset({GENERAL}),
+        allowed_roles=frozenset({MEMBER_ROLE}),
+    )
+    try:
+        jobs = {job.reply_text: job.id for job in rig.repository.jobs()}
+        answers = {
+            channel: discord_fake.bot_messages(channel)[-1] for channel in (GENERAL, THREAD, RANDOM)
+        }
+        ignored = [
+            (GENERAL, 601, "👍", {"bot": True, "roles": (MEMBER_ROLE,)}),
+            (THREAD, 602, "👎", {"bot": True, "roles": (MEMBER_ROLE,)}),
+            (GENERAL, 603, "👎", {"roles": ()}),
+            (THREAD, 604, "👍", {"roles": (ADMIN_ROLE,)}),
+            (RANDOM, 605, "👍", {"roles": (MEMBER_ROLE,)}),
+        ]
+        for channel, user, emoji, who in ignored:
+            await discord_fake.user_reaction(
+                int(answers[channel]["id"]),
+                emoji,
+                user_id=user,
+                **who,  # type: ignore[arg-type]
+            )
+        for channel in (GENERAL, THREAD):
+            await discord_fake.user_reaction(
+                int(answers[channel]["id"]), "👍", user_id=700, roles=(MEMBER_ROLE,)
+            )
+        by_channel = {
+            channel: jobs[answers[channel]["content"]] for channel in (GENERAL, THREAD, RANDOM)
+        }
+        await rig.until(
+            lambda: all(votes(rig.repository, by_channel[c]) for c in (GENERAL, THREAD))
+        )
+        await asyncio.sleep(0.3)  # the ignored reactions were dispatched first
+        assert votes(rig.repository, by_channel[GENERAL]) == {("700", "up")}
+        assert votes(rig.repository, by_channel[THREAD]) == {("700", "up")}
+        assert votes(rig.repository, by_channel[RANDOM]) == set()
+    finally:
+        await rig.stop()
+        rig.repository.close()
+
+
+async def test_slack_feedback_from_bots_and_apps_is_not_stored(
+    tmp_path: Path, slack_fake: FakeSlack
+) -> None:
+    slack_fake.bot_users.update({"U0OTHERBOT", "U0WORKFLOW"})
+    async with start_slack_rig(tmp_path, slack_fake) as rig:
+        await rig.event(mention("rate me", ts="1690006000.000001"))
+        await rig.until(lambda: rig.jobs_done(1))
+        [answer] = slack_fake.thread("C0GENERAL", "1690006000.000001")
+        [job] = rig.repository.jobs()
+        for user, name in (("U0OTHERBOT", "+1"), ("U0WORKFLOW", "-1"), ("USLACKBOT", "+1")):
+            await rig.event(slack_reaction(name, answer.ts, user=user))
+        await rig.event(slack_reaction("thumbsup", answer.ts, user="U0BOB"))
+        assert votes(rig.repository, job.id) == {("U0BOB", "up")}
+        # Asked once per user, not once per reaction.
+        await rig.event(slack_reaction("-1", answer.ts, user="U0OTHERBOT"))
+        looked_up = [c.params.get("user") for c in slack_fake.calls_to("users.info")]
+        assert looked_up.count("U0OTHERBOT") == 1
+        assert votes(rig.repository, job.id) == {("U0BOB", "up")}
