@@ -229,6 +229,7 @@ class DiscordAdapter:
             admin_setting="SOLARBOT_DISCORD_ADMIN_ROLES",
             private_answers=False,
             prefix=COMMAND_PREFIX,
+            prompt_gauge=intake.prompt_gauge,
         )
         if not self.options.ingress:
             return

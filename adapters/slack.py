@@ -312,6 +312,7 @@ class SlackAdapter:
             model_id=self._model_id,
             default_system_prompt=self._default_prompt,
             admin_setting="SOLARBOT_SLACK_ADMIN_USERS",
+            prompt_gauge=intake.prompt_gauge,
         )
         try:
             identity = await self.client.auth_test()

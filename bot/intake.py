@@ -35,6 +35,7 @@ from bot import logs, texts
 from bot.delivery import ChatAdapter, ReplyTarget
 from bot.limits import Admission, Limits, Refusal
 from bot.models import EnqueueResult, Incoming, Rating
+from bot.prompt_room import PromptGauge
 from storage.repository import Repository
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,9 @@ class Intake:
         self._notifiers: dict[str, ChatAdapter] = {}
         # Events refused lately: a redelivery (Slack retries, gateway replays) is not told twice.
         self._refused: OrderedDict[str, str] = OrderedDict()
+        # Measures channel prompts in tokens for the ``prompt`` command (the service attaches a
+        # tokenizer once it has one; ``bot.prompt_room``).
+        self.prompt_gauge = PromptGauge()
 
     def register(self, adapter: ChatAdapter) -> None:
         """The adapter that tells a platform's users why a message was refused."""

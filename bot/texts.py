@@ -77,6 +77,18 @@ COMMAND_PROMPT_RESET = "This channel uses the default system prompt again."
 COMMAND_PROMPT_SHOW_CUSTOM = "This channel's system prompt:\n> {prompt}"
 COMMAND_PROMPT_SHOW_DEFAULT = "This channel uses the default system prompt:\n> {prompt}"
 COMMAND_PROMPT_TOO_LONG = "That system prompt is too long ({length} characters; at most {limit})."
+# The prompt measured in the model's tokens (bot/prompt_room.py): the room is what is left of the
+# prompt budget (context window - reply tokens) for the conversation's history and the question.
+COMMAND_PROMPT_NO_ROOM = (
+    "That system prompt is too long for the model: it takes {tokens:,} tokens and would leave "
+    "{room:,} for the conversation and the question (at least {minimum:,} are needed). "
+    "Please shorten it."
+)
+COMMAND_PROMPT_ROOM = "It takes {tokens:,} tokens, which leaves {room:,} tokens for the conversation and the question."
+COMMAND_PROMPT_ROOM_UNKNOWN = (
+    "(The model's tokenizer is not loaded yet, so I couldn't measure it in tokens; it fits the "
+    "character limit.)"
+)
 COMMAND_RESUMED = (
     "I'm back: I answer again in {count} conversation(s) here that waited for a human."
 )

@@ -15,21 +15,35 @@ the real intake, limits and SQLite/PostgreSQL repository.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from adapters.slack import SlackAdapter
 from bot import texts
+from bot.conversation import TRUNCATION_MARKER, PromptBuilder, Turn
+from bot.errors import PromptTooLongError
+from bot.generation.fake import FakeTokenizer
+from bot.generation.solar import render_solar_chat
 from bot.limits import Limits, LimitSettings
 from bot.models import ConversationKey
+from bot.prompt_room import MIN_ROOM_TOKENS, FileTokenizer, PromptGauge
+from bot.service import Service
+from bot.settings import load_settings
 from storage.repository import Repository
 from tests.discord_fake import BOT_ID, FakeDiscord
+from tests.slack_fake import BOT_TOKEN as SLACK_BOT_TOKEN
+from tests.slack_fake import SIGNING_SECRET as SLACK_SIGNING_SECRET
 from tests.slack_fake import TEAM, FakeSlack
 from tests.test_discord import (
     ADMIN_ROLE,
@@ -44,7 +58,7 @@ from tests.test_discord import (
     start_rig,
 )
 from tests.test_discord import Rig as DiscordRig
-from tests.test_slack import ack_text, mention
+from tests.test_slack import ADMIN, ack_text, mention, say, slack_settings
 from tests.test_slack import reaction as slack_reaction
 from tests.test_slack import start_rig as start_slack_rig
 
@@ -450,3 +464,213 @@ async def test_slack_feedback_from_bots_and_apps_is_not_stored(
         looked_up = [c.params.get("user") for c in slack_fake.calls_to("users.info")]
         assert looked_up.count("U0OTHERBOT") == 1
         assert votes(rig.repository, job.id) == {("U0BOB", "up")}
+
+
+# ------------------------------------------- 19: a channel prompt is measured in tokens
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    prompt=st.text(min_size=1, max_size=600),
+    context_window=st.integers(700, 4096),
+    max_new_tokens=st.integers(1, 600),
+)
+def test_the_room_a_prompt_leaves_is_exactly_the_question_that_fits(
+    prompt: str, context_window: int, max_new_tokens: int
+) -> None:
+    """With the exact character-level tokenizer: a question of ``room`` tokens is built whole
+    with that system prompt, one token more is truncated."""
+    tokenizer = FakeTokenizer()
+    gauge = PromptGauge()
+    gauge.attach(tokenizer, context_window=context_window, max_new_tokens=max_new_tokens)
+    room = gauge.measure(prompt)
+    assert room is not None
+    budget = context_window - max_new_tokens
+    assert room.minimum == min(MIN_ROOM_TOKENS, budget // 2)
+    builder = PromptBuilder(tokenizer, context_window=context_window, max_new_tokens=max_new_tokens)
+    if room.room < 1:
+        with contextlib.suppress(PromptTooLongError):
+            built = builder.build(system_prompt=prompt, history=[Turn(role="user", text="q")])
+            assert built.newest_truncated
+        return
+    fits = builder.build(system_prompt=prompt, history=[Turn(role="user", text="q" * room.room)])
+    assert not fits.newest_truncated and fits.prompt_tokens == budget
+    over = builder.build(
+        system_prompt=prompt, history=[Turn(role="user", text="q" * (room.room + 1))]
+    )
+    assert over.newest_truncated
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(prompt=st.text(min_size=1, max_size=300), question=st.text(min_size=1, max_size=300))
+def test_with_solars_tokenizer_a_question_within_the_room_is_never_cut(
+    tiny_tokenizer: Any, prompt: str, question: str
+) -> None:
+    """SOLAR's real tokenizer (merges across turn borders): whatever the prompt and the question,
+    the builder keeps the question whole exactly when its tokens fit the room measured."""
+    window, new = 900, 100
+    gauge = PromptGauge()
+    gauge.attach(tiny_tokenizer, context_window=window, max_new_tokens=new)
+    room = gauge.measure(prompt)
+    assert room is not None
+    builder = PromptBuilder(tiny_tokenizer, context_window=window, max_new_tokens=new)
+    empty = [{"role": "system", "content": prompt}, {"role": "user", "content": ""}]
+    asked = [{"role": "system", "content": prompt}, {"role": "user", "content": question}]
+
+    def tokens(messages: list[dict[str, str]]) -> int:
+        text = tiny_tokenizer.render_chat(messages, add_generation_prompt=True)
+        return len(tiny_tokenizer.encode(text, add_bos=True))
+
+    question_tokens = tokens(asked) - tokens(empty)
+    try:
+        built = builder.build(system_prompt=prompt, history=[Turn(role="user", text=question)])
+    except PromptTooLongError:
+        assert room.room < 1
+        return
+    assert built.newest_truncated == (question_tokens > room.room)
+
+
+async def test_an_admins_prompt_that_leaves_no_room_is_refused_and_the_room_is_said(
+    tmp_path: Path, slack_fake: FakeSlack
+) -> None:
+    """Through Slack, with the service's wiring (the engine's tokenizer once the model is
+    loaded): the 3,960-character prompt of the report is refused, a 2,000-character one is
+    accepted with its room stated, and a question that fills that room is answered whole."""
+    async with start_slack_rig(tmp_path, slack_fake) as rig:
+        budget = 4096 - rig.service.settings.max_new_tokens  # the fake engine: 1 token a char
+        huge = "Be thorough. " * 304  # 3,952 characters
+        refused = await say(rig, f"prompt {huge}", user=ADMIN, name="p1")
+        assert refused.startswith("That system prompt is too long for the model")
+        assert "1,024 are needed" in refused
+        assert slack_settings(rig)[0] is None  # unchanged
+        prompt = "You answer questions about rivers. " * 57  # 1,995 characters
+        accepted = await say(rig, f"prompt {prompt}", user=ADMIN, name="p2")
+        room = budget - len(
+            FakeTokenizer().encode(
+                render_solar_chat(
+                    [
+                        {"role": "system", "content": prompt.strip()},
+                        {"role": "user", "content": ""},
+                    ],
+                    add_generation_prompt=True,
+                ),
+                add_bos=True,
+            )
+        )
+        assert f"leaves {room:,} tokens for the conversation and the question" in accepted
+        assert slack_settings(rig)[0] == prompt.strip()
+        question = "x" * (room - len("Alice: "))
+        await rig.event(mention(question, ts="1690007000.000001"))
+        await rig.until(lambda: rig.jobs_done(1))
+        [job] = rig.repository.jobs()
+        assert job.prompt_tokens == budget  # the whole budget, and the question whole:
+        assert TRUNCATION_MARKER not in rig.engine.prompts[-1]
+        assert rig.engine.prompts[-1].endswith(f"Alice: {question}\n\n### Assistant:\n")
+
+
+async def test_an_ingress_without_an_engine_measures_prompts_with_the_tokenizer_alone(
+    tmp_path: Path, slack_fake: FakeSlack, tiny_model_dir: Path, tiny_tokenizer: Any
+) -> None:
+    """``--role adapters``: no engine, no weights loaded, yet the ``prompt`` command counts
+    SOLAR's real tokens (the tokenizer files of the model folder)."""
+    environ = {
+        "SOLARBOT_DATA_DIR": str(tmp_path),
+        "SOLARBOT_ENGINE": "local",
+        "SOLARBOT_MODEL": str(tiny_model_dir),
+        "SOLARBOT_OFFLINE": "true",
+    }
+    service_settings = load_settings(environ=environ)
+    repository = Repository.open(service_settings.resolved_database_url())
+    adapter = SlackAdapter(
+        bot_token=SLACK_BOT_TOKEN,
+        signing_secret=SLACK_SIGNING_SECRET,
+        host="127.0.0.1",
+        port=0,
+        api_url=slack_fake.api_url,
+        admin_users=(ADMIN,),
+    )
+    service = Service(
+        settings=service_settings,
+        repository=repository,
+        engine=None,
+        adapters=[adapter],
+        run_worker=False,
+    )
+    task = asyncio.create_task(service.run())
+    try:
+        async with asyncio.timeout(30):
+            while not service.intake.prompt_gauge.ready:
+                assert not task.done()
+                await asyncio.sleep(0.05)
+        measured = service.intake.prompt_gauge.measure("Be brief.")
+        rendered = "### System:\nBe brief.\n\n### User:\n\n\n### Assistant:\n"
+        assert measured is not None and 0 < measured.prompt_tokens < 10
+        assert measured.room == 4096 - 512 - len(tiny_tokenizer.encode(rendered, add_bos=True))
+        assert service.engine is None  # no weights were loaded for it
+    finally:
+        service.stopping.set()
+        async with asyncio.timeout(10):
+            await task
+        repository.close()
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    system=st.text(max_size=200),
+    turns=st.lists(st.text(max_size=200), min_size=1, max_size=4),
+    generation_prompt=st.booleans(),
+)
+def test_the_tokenizer_from_files_alone_gives_the_engines_ids(
+    tiny_model_dir: Path,
+    tiny_tokenizer: Any,
+    system: str,
+    turns: list[str],
+    generation_prompt: bool,
+) -> None:
+    """What an ingress without an engine measures equals what the worker's builder counts:
+    same rendered chat, same ids (SOLAR's tokenizer, any text)."""
+    light = file_tokenizer(tiny_model_dir)
+    messages = [{"role": "system", "content": system}] + [
+        {"role": "user" if n % 2 == 0 else "assistant", "content": text}
+        for n, text in enumerate(turns)
+    ]
+    rendered = tiny_tokenizer.render_chat(messages, add_generation_prompt=generation_prompt)
+    assert light.render_chat(messages, add_generation_prompt=generation_prompt) == rendered
+    for add_bos in (True, False):
+        assert light.encode(rendered, add_bos=add_bos) == tiny_tokenizer.encode(
+            rendered, add_bos=add_bos
+        )
+
+
+_FILE_TOKENIZERS: dict[Path, FileTokenizer] = {}
+
+
+def file_tokenizer(folder: Path) -> FileTokenizer:
+    if folder not in _FILE_TOKENIZERS:
+        _FILE_TOKENIZERS[folder] = FileTokenizer(folder)
+    return _FILE_TOKENIZERS[folder]
+
+
+def test_loading_the_tokenizer_alone_imports_neither_torch_nor_transformers(
+    tiny_model_dir: Path,
+) -> None:
+    script = (
+        "import sys; from bot.prompt_room import load_tokenizer; "
+        f"tokenizer, window = load_tokenizer({str(tiny_model_dir)!r}, offline=True, "
+        "context_window=None); "
+        "print(window, tokenizer.encode('Hello world', add_bos=True), "
+        "'torch' in sys.modules, 'transformers' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).parents[1],
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["4096", "[1,", "22557,", "1526]", "False", "False"]
