@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import inspect, text
 
 from adapters.slack import SlackAdapter
 from bot import texts
@@ -35,11 +36,12 @@ from bot.conversation import TRUNCATION_MARKER, PromptBuilder, Turn
 from bot.errors import PromptTooLongError
 from bot.generation.fake import FakeTokenizer
 from bot.generation.solar import render_solar_chat
-from bot.limits import Limits, LimitSettings
-from bot.models import ConversationKey
+from bot.limits import Limits, LimitSettings, Refusal
+from bot.models import ConversationKey, Incoming
 from bot.prompt_room import MIN_ROOM_TOKENS, FileTokenizer, PromptGauge
 from bot.service import Service
 from bot.settings import load_settings
+from storage import database
 from storage.repository import Repository
 from tests.discord_fake import BOT_ID, FakeDiscord
 from tests.slack_fake import BOT_TOKEN as SLACK_BOT_TOKEN
@@ -674,3 +676,74 @@ def test_loading_the_tokenizer_alone_imports_neither_torch_nor_transformers(
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["4096", "[1,", "22557,", "1526]", "False", "False"]
+
+
+# -------------------------------------------------------- the refusal window, the migration
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    events=st.lists(
+        st.tuples(
+            st.sampled_from(["u1", "u2"]),
+            st.sampled_from(["user_rate", "too_long"]),
+            st.sampled_from([0.0, 1.0, 30.0, 59.0, 61.0, 200.0]),
+            st.sampled_from([None, 10.0, 120.0]),
+        ),
+        max_size=25,
+    ),
+    window=st.sampled_from([0.0, 60.0]),
+)
+def test_a_refusal_is_told_once_per_user_reason_and_window(
+    events: list[tuple[str, str, float, float | None]], window: float
+) -> None:
+    now = [0.0]
+    limits = Limits(LimitSettings(refusal_notice_seconds=window), clock=lambda: now[0])
+    quiet_until: dict[tuple[str, str], float] = {}
+    for user, reason, gap, retry_after in events:
+        now[0] += gap
+        refusal = limits.first_notice(
+            Refusal(reason=reason, notice="n", retry_after=retry_after),
+            platform="p",
+            workspace="w",
+            author_id=user,
+        )
+        expected_quiet = now[0] < quiet_until.get((user, reason), -1.0)
+        assert refusal.quiet == expected_quiet
+        if not expected_quiet:
+            quiet_until[(user, reason)] = now[0] + max(window, retry_after or 0.0)
+
+
+def test_migration_0006_h3_adds_the_ping_table_and_goes_down_keeping_the_rest(
+    database_url: str,
+) -> None:
+    engine = database.create_db_engine(database_url)
+    try:
+        database.upgrade(engine)
+        repository = Repository(engine)
+        key = ConversationKey(platform="slack", workspace="T1", channel="C1")
+        asked = Incoming(
+            platform="slack",
+            workspace="T1",
+            channel="C1",
+            author_id="U1",
+            text="hi",
+            message_id="1",
+        )
+        assert repository.enqueue(asked) is not None
+        ping = {"requester": "U1", "cooldown_seconds": 60, "workspace_cap": 5, "window_seconds": 60}
+        assert repository.claim_handoff_ping(key, **ping) is None  # type: ignore[arg-type]
+        assert repository.claim_handoff_ping(key, **ping) == "recent"  # type: ignore[arg-type]
+
+        database.downgrade(engine, "0005")
+        assert "handoff_pings" not in inspect(engine).get_table_names()
+        assert len(repository.jobs()) == 1
+
+        database.upgrade(engine)
+        assert database.current_revision(engine) == database.head_revision()
+        assert repository.claim_handoff_ping(key, **ping) is None  # type: ignore[arg-type]
+        with engine.connect() as connection:
+            [requester] = connection.execute(text("SELECT requester FROM handoff_pings")).scalars()
+        assert requester != "U1" and len(requester) == 64  # a digest, not the id
+    finally:
+        engine.dispose()
