@@ -328,7 +328,17 @@ class DiscordAdapter:
             await self._run_command(message, parsed, channel_id)
             return
         if not text:
-            await self._send_plain(message.channel.id, message.id, texts.DISCORD_EMPTY_MENTION)
+            # A hint is a post too: it passes the rate limits like a command.
+            refusal = await intake.admit_command(
+                platform=PLATFORM,
+                workspace=str(guild.id) if guild is not None else "",
+                channel=str(channel_id),
+                author_id=str(author.id),
+            )
+            if refusal is None:
+                await self._send_plain(message.channel.id, message.id, texts.DISCORD_EMPTY_MENTION)
+            elif not refusal.quiet:
+                await self._send_plain(message.channel.id, message.id, refusal.notice)
             return
         try:
             incoming = Incoming(

@@ -574,12 +574,24 @@ class SlackAdapter:
         thread = str(event.get("thread_ts") or (ts if in_thread else ""))
         text = from_slack(str(event.get("text", "")), bot_user_id=self._bot_user_id)
         if not text:
-            await self._quietly(
-                self.client.chat_postMessage(
-                    channel=channel, thread_ts=thread or None, text=texts.SLACK_EMPTY_MENTION
-                ),
-                "empty-mention hint",
+            # A hint is a post too: it passes the rate limits like a command (told privately).
+            assert self._intake is not None, "start() the adapter first"
+            user = str(event["user"])
+            refusal = await self._intake.admit_command(
+                platform=PLATFORM, workspace=workspace, channel=channel, author_id=user
             )
+            if refusal is None:
+                await self._quietly(
+                    self.client.chat_postMessage(
+                        channel=channel, thread_ts=thread or None, text=texts.SLACK_EMPTY_MENTION
+                    ),
+                    "empty-mention hint",
+                )
+            elif not refusal.quiet:
+                where = {"channel": channel, "thread_ts": thread, NOTICE_TO: user}
+                await self._quietly(
+                    self._tell_privately(where, to_mrkdwn(refusal.notice)), "refusal"
+                )
             return
         await self._submit(
             Incoming(

@@ -288,7 +288,17 @@ async def test_discord_commands_pass_the_limits_and_a_flood_gets_one_notice_with
 ) -> None:
     """Every sub-command (and the unknown one) takes a token; a member flooding commands or
     questions gets their burst answered and one refusal, which never repeats what they wrote."""
-    words = ["!help", "!status", "!prompt", "!length", "!language", "!resume", "!forget", "!what"]
+    words = [
+        "!help",
+        "!status",
+        "!prompt",
+        "!length",
+        "!language",
+        "!resume",
+        "!forget",
+        "!what",
+        "",
+    ]
     rig = await start_rig(
         discord_fake,
         sqlite_url,
@@ -297,7 +307,7 @@ async def test_discord_commands_pass_the_limits_and_a_flood_gets_one_notice_with
         ),
     )
     try:
-        for n in range(24):
+        for n in range(27):  # every sub-command, the unknown one and a bare mention (a hint)
             await discord_fake.user_message(
                 GENERAL, f"{MENTION} {words[n % len(words)]}", mentions=(BOT_ID,), author_id=500
             )
@@ -351,6 +361,17 @@ async def test_slack_commands_pass_the_limits_and_refusals_are_private_and_told_
             answer = ack_text((await rig.command(word, name=f"w-{word}"))[1])
             assert answer == ""  # still refused, told already
         assert not any(r["_name"].startswith("w-") for r in slack_fake.responses)
+
+        # Bare mentions get a hint: a post like any other, so limited too (Dave's burst of 3).
+        for n in range(8):
+            event = mention("", ts=f"1690004500.{n:06d}")
+            event["user"] = "U0DAVE"
+            await rig.event(event)
+        hints = [m for m in slack_fake.messages.values() if m.text == texts.SLACK_EMPTY_MENTION]
+        assert len(hints) == 3
+        [dave_told] = slack_fake.ephemerals
+        assert dave_told["user"] == "U0DAVE" and dave_told["text"].startswith(user_rate)
+        slack_fake.ephemerals.clear()
 
         for n in range(10):
             event = mention(f"spam line {n}", ts=f"1690005000.{n:06d}")
