@@ -17,7 +17,10 @@ the ones addressed to the bot to the intake:
   (``bot.commands``), answered at once; admins are members with one of ``admin_roles`` or, when
   none are configured, members with the Manage Server permission;
 - a 👍 or 👎 reaction on a reply is stored as feedback on it (removing the reaction removes it):
-  raw reaction events, which need neither the message nor the member in discord.py's cache;
+  raw reaction events, which need neither the message nor the member in discord.py's cache; the
+  allow-lists of messages apply (bots, guilds, channels, roles);
+- sub-commands and empty-mention hints pass the intake's rate limits; a refusal is one reply per
+  window (Discord has no private replies to plain messages) that never quotes the user;
 - while the job waits, the channel shows "typing" (refreshed every 8 s, before Discord's ~10 s
   expiry) and, once it has waited ``queue_notice_after`` seconds behind other jobs, a placeholder
   reply with its queue position; the worker's reply continues that placeholder.

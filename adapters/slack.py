@@ -17,7 +17,11 @@ Ingress (HTTP with a verified signing secret, or Socket Mode with an app token):
   acked at once; the rest of its handling runs after the acknowledgement, in the background.
 - Workspace/channel allowlists; DMs are allowed in allowed workspaces.
 - ``reaction_added``/``reaction_removed``: a 👍/👎 on one of the bot's replies is stored as
-  feedback on it (and removed with the reaction).
+  feedback on it (and removed with the reaction), unless it comes from a bot or an app
+  (``users.info``) or from outside the allowlists.
+- Sub-commands and empty-mention hints pass the intake's rate limits; a refusal is told once per
+  window and only to its sender (the slash command's ack or response_url, else
+  ``chat.postEphemeral``), and the placeholder of a refused ``/solar`` question is deleted.
 
 Egress (``open_reply``/``post_notice``) needs only the bot token, so a worker process can deliver.
 Replies longer than ``MESSAGE_LIMIT`` continue in follow-up messages (code fences kept intact by

@@ -227,14 +227,17 @@ class Intake:
         held_back: str | None = None
         if self._limits is not None:
             settings = self._limits.settings
-            held_back = await asyncio.to_thread(
-                self._repository.claim_handoff_ping,
-                incoming.conversation,
-                requester=incoming.author_id,
-                cooldown_seconds=settings.handoff_ping_cooldown_seconds,
-                workspace_cap=settings.handoff_workspace_pings,
-                window_seconds=settings.handoff_workspace_window_seconds,
-            )
+            try:
+                held_back = await asyncio.to_thread(
+                    self._repository.claim_handoff_ping,
+                    incoming.conversation,
+                    requester=incoming.author_id,
+                    cooldown_seconds=settings.handoff_ping_cooldown_seconds,
+                    workspace_cap=settings.handoff_workspace_pings,
+                    window_seconds=settings.handoff_workspace_window_seconds,
+                )
+            except Exception as exc:  # someone asked for a human: rather one ping too many
+                log.warning("could not check the handoff ping limits, pinging: %s", exc)
         try:
             if held_back is None:
                 await adapter.post_handoff(target)
