@@ -43,6 +43,7 @@ from bot.service import Service
 from bot.settings import load_settings
 from storage import database
 from storage.repository import Repository
+from tests.db_faults import refusing_inserts
 from tests.discord_fake import BOT_ID, FakeDiscord
 from tests.slack_fake import BOT_TOKEN as SLACK_BOT_TOKEN
 from tests.slack_fake import SIGNING_SECRET as SLACK_SIGNING_SECRET
@@ -768,3 +769,30 @@ def test_migration_0006_h3_adds_the_ping_table_and_goes_down_keeping_the_rest(
         assert requester != "U1" and len(requester) == 64  # a digest, not the id
     finally:
         engine.dispose()
+
+
+async def test_when_the_ping_limits_cannot_be_checked_the_asker_still_gets_a_human(
+    discord_fake: FakeDiscord, database_url: str
+) -> None:
+    """The database refuses to record a ping: the support role is pinged all the same (rather one
+    ping too many than a request nobody sees) and the conversation is handed over."""
+    rig = await start_rig(
+        discord_fake,
+        database_url,
+        handoff_keywords=("talk to a human",),
+        support_role=ADMIN_ROLE,
+        limits=Limits(LimitSettings()),
+    )
+    try:
+        with refusing_inserts(rig.repository, "handoff_pings"):
+            await discord_fake.user_message(
+                GENERAL, f"{MENTION} talk to a human", mentions=(BOT_ID,)
+            )
+            await rig.until(lambda: len(rig.replies(GENERAL)) == 1)
+        assert len(role_pings(rig, GENERAL)) == 1
+        assert rig.repository.handoffs_in_channel(
+            platform="discord", workspace=str(GUILD), channel=str(GENERAL)
+        )
+    finally:
+        await rig.stop()
+        rig.repository.close()
