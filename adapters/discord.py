@@ -17,7 +17,10 @@ the ones addressed to the bot to the intake:
   (``bot.commands``), answered at once; admins are members with one of ``admin_roles`` or, when
   none are configured, members with the Manage Server permission;
 - a 👍 or 👎 reaction on a reply is stored as feedback on it (removing the reaction removes it):
-  raw reaction events, which need neither the message nor the member in discord.py's cache;
+  raw reaction events, which need neither the message nor the member in discord.py's cache; the
+  allow-lists of messages apply (bots, guilds, channels, roles);
+- sub-commands and empty-mention hints pass the intake's rate limits; a refusal is one reply per
+  window (Discord has no private replies to plain messages) that never quotes the user;
 - while the job waits, the channel shows "typing" (refreshed every 8 s, before Discord's ~10 s
   expiry) and, once it has waited ``queue_notice_after`` seconds behind other jobs, a placeholder
   reply with its queue position; the worker's reply continues that placeholder.
@@ -206,6 +209,7 @@ class DiscordAdapter:
             admin_setting="SOLARBOT_DISCORD_ADMIN_ROLES",
             private_answers=False,
             prefix=COMMAND_PREFIX,
+            prompt_gauge=intake.prompt_gauge,
         )
         if not self.options.ingress:
             return
@@ -311,8 +315,19 @@ class DiscordAdapter:
                 thread=str(thread_id) if thread_id else "",
             )
             # Switched off or waiting for a human: not even the hint.
-            if not await asyncio.to_thread(intake.repository.stays_silent, here):
+            if await asyncio.to_thread(intake.repository.stays_silent, here):
+                return
+            # A hint is a post too: it passes the rate limits like a command.
+            refusal = await intake.admit_command(
+                platform=PLATFORM,
+                workspace=str(guild.id) if guild is not None else "",
+                channel=str(channel_id),
+                author_id=str(author.id),
+            )
+            if refusal is None:
                 await self._send_plain(message.channel.id, message.id, texts.DISCORD_EMPTY_MENTION)
+            elif not refusal.quiet:
+                await self._send_plain(message.channel.id, message.id, refusal.notice)
             return
         try:
             incoming = Incoming(
@@ -358,7 +373,20 @@ class DiscordAdapter:
         if await self._commands.switched_off_for(parsed, context):
             log.info("discord: ignored a command in switched-off channel %s", channel_id)
             return
-        reply = await self._commands.run(parsed, context)
+        assert self._intake is not None
+        refusal = await self._intake.admit_command(
+            platform=PLATFORM,
+            workspace=context.workspace,
+            channel=context.channel,
+            author_id=context.user_id,
+        )
+        if refusal is not None:
+            # Discord has no private replies to plain messages: one notice per window, no quote.
+            reply = "" if refusal.quiet else refusal.notice
+        else:
+            reply = await self._commands.run(parsed, context)
+        if not reply:
+            return
         try:
             for index, chunk in enumerate(split_message(reply, limit=MESSAGE_LIMIT)):
                 await self._send_plain(
@@ -391,9 +419,22 @@ class DiscordAdapter:
         guild_id = payload.guild_id
         if guild_id is None and not self.options.dms:
             return
-        allowed = self.options.allowed_guilds
-        if guild_id is not None and allowed and guild_id not in allowed:
-            return
+        member = payload.member  # sent with guild reaction adds, never with removals
+        if member is not None and member.bot:
+            return  # other bots' votes are not feedback (their messages are ignored too)
+        if guild_id is not None:
+            # The allow-lists of messages: guild, channel (a thread's parent) and, where Discord
+            # says who reacted (adds), their roles. A removal can only take back the remover's
+            # own vote, which was stored only if it passed these lists when it was added.
+            channel = self.client.get_channel(
+                payload.channel_id
+            ) or self.client.get_partial_messageable(payload.channel_id, guild_id=guild_id)
+            channel_id, _ = await self._parent_of(channel)
+            if member is not None:
+                if not self._allowed(guild_id, channel_id, member):
+                    return
+            elif not self._allowed_place(guild_id, channel_id):
+                return
         await intake.reaction(
             platform=PLATFORM,
             workspace=str(guild_id) if guild_id is not None else "",
@@ -414,14 +455,19 @@ class DiscordAdapter:
 
     def _allowed(self, guild_id: int, channel_id: int, author: discord.abc.User) -> bool:
         options = self.options
-        if options.allowed_guilds and guild_id not in options.allowed_guilds:
-            return False
-        if options.allowed_channels and channel_id not in options.allowed_channels:
+        if not self._allowed_place(guild_id, channel_id):
             return False
         if not options.allowed_roles:
             return True
         roles = {role.id for role in getattr(author, "roles", ())}
         return bool(roles & (options.allowed_roles | options.admin_roles))
+
+    def _allowed_place(self, guild_id: int, channel_id: int) -> bool:
+        """The guild and the channel (a thread's parent) are on the allow-lists."""
+        options = self.options
+        if options.allowed_guilds and guild_id not in options.allowed_guilds:
+            return False
+        return not options.allowed_channels or channel_id in options.allowed_channels
 
     async def _parent_of(self, channel: Any) -> tuple[int, bool]:
         """(parent channel id, is a thread) for a guild channel, fetching unknown channels once."""

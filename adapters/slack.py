@@ -18,7 +18,11 @@ Ingress (HTTP with a verified signing secret, or Socket Mode with an app token):
   acked at once; the rest of its handling runs after the acknowledgement, in the background.
 - Workspace/channel allowlists; DMs are allowed in allowed workspaces.
 - ``reaction_added``/``reaction_removed``: a 👍/👎 on one of the bot's replies is stored as
-  feedback on it (and removed with the reaction).
+  feedback on it (and removed with the reaction), unless it comes from a bot or an app
+  (``users.info``) or from outside the allowlists.
+- Sub-commands and empty-mention hints pass the intake's rate limits; a refusal is told once per
+  window and only to its sender (the slash command's ack or response_url, else
+  ``chat.postEphemeral``), and the placeholder of a refused ``/solar`` question is deleted.
 
 Egress (``open_reply``/``post_notice``) needs only the bot token, so a worker process can deliver.
 Replies longer than ``MESSAGE_LIMIT`` continue in follow-up messages (code fences kept intact by
@@ -56,7 +60,7 @@ from adapters.streaming import StreamedReply
 from bot import texts
 from bot.commands import CommandContext, CommandName, Commands, parse_command
 from bot.dedupe import dedupe_key
-from bot.delivery import IntakePort, ReplyTarget
+from bot.delivery import NOTICE_TO, IntakePort, ReplyTarget
 from bot.errors import ConfigError, DeliveryError, InvalidIncomingError
 from bot.http_listener import Listener, start_listener
 from bot.hygiene import clean_outgoing
@@ -273,6 +277,7 @@ class SlackAdapter:
         self._bot_user_id = ""
         self._names: dict[str, str] = {}
         self._listener: Listener | None = None
+        self._bots: dict[str, bool] = {}  # user id -> is a bot (reactions)
         self._socket: AsyncSocketModeHandler | None = None
         self._background: set[asyncio.Task[None]] = set()  # slash commands after their ack
         self.http_port: int | None = None
@@ -291,6 +296,7 @@ class SlackAdapter:
             model_id=self._model_id,
             default_system_prompt=self._default_prompt,
             admin_setting="SOLARBOT_SLACK_ADMIN_USERS",
+            prompt_gauge=intake.prompt_gauge,
         )
         try:
             identity = await self.client.auth_test()
@@ -411,7 +417,13 @@ class SlackAdapter:
             return
         parsed = parse_command(from_slack(str(command.get("text", ""))))
         if parsed.name is not CommandName.ASK:
-            assert self._commands is not None
+            assert self._commands is not None and self._intake is not None
+            refusal = await self._intake.admit_command(
+                platform=PLATFORM, workspace=workspace, channel=channel, author_id=user
+            )
+            if refusal is not None:  # the ack is ephemeral: only the sender sees it
+                await (ack() if refusal.quiet else ack(text=to_mrkdwn(refusal.notice)))
+                return
             context = CommandContext(
                 platform=PLATFORM,
                 workspace=workspace,
@@ -498,7 +510,9 @@ class SlackAdapter:
         if result is not None and result.handoff and not result.created:
             waiting = texts.HANDOFF_WAITING.format(command=f"{self._command} resume")
             await respond(text=to_mrkdwn(waiting), response_type="ephemeral")
-        if result is None or (result.handoff and not result.created):
+        if result is None or result.refused or (result.handoff and not result.created):
+            # Nothing to answer here: the placeholder quoting the question goes (a refusal was
+            # told privately, or not at all when the user was told already).
             if result is None:
                 await respond(text=texts.CHANNEL_DISABLED, response_type="ephemeral")
             if "ts" in where:
@@ -541,6 +555,8 @@ class SlackAdapter:
         channel = str(item.get("channel") or "")
         if not self._allowed(workspace, channel):
             return
+        if await self._is_bot(user):
+            return  # other bots' votes are not feedback (their messages are ignored too)
         assert self._intake is not None, "start() the adapter first"
         await self._intake.reaction(
             platform=PLATFORM,
@@ -571,12 +587,24 @@ class SlackAdapter:
             )
             if await self._stays_silent(here):
                 return
-            await self._quietly(
-                self.client.chat_postMessage(
-                    channel=channel, thread_ts=thread or None, text=texts.SLACK_EMPTY_MENTION
-                ),
-                "empty-mention hint",
+            # A hint is a post too: it passes the rate limits like a command (told privately).
+            assert self._intake is not None, "start() the adapter first"
+            user = str(event["user"])
+            refusal = await self._intake.admit_command(
+                platform=PLATFORM, workspace=workspace, channel=channel, author_id=user
             )
+            if refusal is None:
+                await self._quietly(
+                    self.client.chat_postMessage(
+                        channel=channel, thread_ts=thread or None, text=texts.SLACK_EMPTY_MENTION
+                    ),
+                    "empty-mention hint",
+                )
+            elif not refusal.quiet:
+                where = {"channel": channel, "thread_ts": thread, NOTICE_TO: user}
+                await self._quietly(
+                    self._tell_privately(where, to_mrkdwn(refusal.notice)), "refusal"
+                )
             return
         try:
             incoming = Incoming(
@@ -594,6 +622,23 @@ class SlackAdapter:
             log.info("ignored a Slack message %s in %s: %s", ts[:40], channel[:40], exc)
             return
         await self._submit(incoming)
+
+    async def _is_bot(self, user: str) -> bool:
+        """``user`` is a bot or an app (users.info ``is_bot``, cached; Slackbot too). Reaction
+        events carry no ``bot_id`` as messages do. Without the users:read scope (or an answer)
+        the reaction is taken as a person's: feedback keeps working on apps without it."""
+        if user == "USLACKBOT":
+            return True
+        if user not in self._bots:
+            try:
+                info = await self.client.users_info(user=user)
+            except Exception as exc:
+                log.info("could not tell whether %s is a bot: %s", user, delivery_error(exc))
+                return False
+            if len(self._bots) > 10_000:
+                self._bots.clear()
+            self._bots[user] = bool(info["user"].get("is_bot"))
+        return self._bots[user]
 
     async def _author_name(self, user: str, fallback: str = "") -> str:
         """The user's display name for the prompt (users.info, cached); ``fallback`` when the app
@@ -633,6 +678,9 @@ class SlackAdapter:
 
     async def post_notice(self, target: ReplyTarget, text: str) -> None:
         where: Mapping[str, str] = target.reply_target
+        if where.get(NOTICE_TO):
+            await self._tell_privately(where, to_mrkdwn(text))
+            return
         if where.get("ephemeral") == "1":
             await send_ephemeral(AsyncWebhookClient(where["response_url"]), to_mrkdwn(text))
             return
@@ -645,6 +693,22 @@ class SlackAdapter:
         resume = texts.HANDOFF_RESUME_HINT.format(command=f"{self._command} resume")
         body = to_mrkdwn(texts.HANDOFF_NOTICE.format(support="", resume=resume))
         await self._post_in_place(target, support + body)
+
+    async def _tell_privately(self, where: Mapping[str, str], body: str) -> None:
+        """A refusal, for its sender only: through the slash command's response_url, else
+        ``chat.postEphemeral`` in the channel (and thread)."""
+        try:
+            if where.get("response_url"):
+                await send_ephemeral(AsyncWebhookClient(where["response_url"]), body)
+            else:
+                await self.client.chat_postEphemeral(
+                    channel=where["channel"],
+                    user=where[NOTICE_TO],
+                    thread_ts=where.get("thread_ts") or None,
+                    text=body,
+                )
+        except Exception as exc:
+            raise delivery_error(exc) from exc
 
     async def _post_in_place(self, target: ReplyTarget, body: str) -> None:
         """Post mrkdwn ``body`` as the reply to ``target`` (into its placeholder, if any)."""

@@ -26,6 +26,7 @@ from typing import Any
 
 from bot import texts
 from bot.models import ChannelConfig
+from bot.prompt_room import PromptGauge, PromptRoom
 from storage.repository import Repository
 
 PRIVATE_FLAGS = ("--private", "-p")
@@ -151,9 +152,11 @@ class Commands:
         private_answers: bool = True,
         help_extra: str = "",
         prefix: str = "",
+        prompt_gauge: PromptGauge | None = None,
     ) -> None:
         """``command`` is how users invoke the bot (``/solar``, ``@solarbot``); ``prefix`` marks a
-        sub-command after it (``!`` on Discord: ``@solarbot !status``)."""
+        sub-command after it (``!`` on Discord: ``@solarbot !status``); ``prompt_gauge`` measures
+        a new channel prompt in the model's tokens (``bot.prompt_room``)."""
         self._repository = repository
         self._command = command
         self._model_id = model_id
@@ -162,6 +165,7 @@ class Commands:
         self._private_answers = private_answers
         self._help_extra = help_extra
         self._prefix = prefix
+        self._prompt_gauge = prompt_gauge
 
     async def run(self, parsed: ParsedCommand, context: CommandContext) -> str:
         """Run a sub-command; returns the Markdown reply. ``ASK`` is not a sub-command."""
@@ -321,10 +325,22 @@ class Commands:
                     length=len(argument), limit=MAX_SYSTEM_PROMPT_CHARS
                 )
             new_prompt = argument
+        room: PromptRoom | None = None
+        if new_prompt is not None and self._prompt_gauge is not None:
+            room = await asyncio.to_thread(self._prompt_gauge.measure, new_prompt)
+            if room is not None and not room.enough:
+                return texts.COMMAND_PROMPT_NO_ROOM.format(
+                    tokens=room.prompt_tokens, room=max(room.room, 0), minimum=room.minimum
+                )
         await self._update(context, system_prompt=new_prompt)
         if new_prompt is None:
             return texts.COMMAND_PROMPT_RESET
-        return texts.COMMAND_PROMPT_SET.format(prompt=_quoted(new_prompt))
+        set_text = texts.COMMAND_PROMPT_SET.format(prompt=_quoted(new_prompt))
+        if room is None:
+            return f"{set_text}\n\n{texts.COMMAND_PROMPT_ROOM_UNKNOWN}"
+        return f"{set_text}\n\n" + texts.COMMAND_PROMPT_ROOM.format(
+            tokens=room.prompt_tokens, room=room.room
+        )
 
     async def _switch(self, name: CommandName, context: CommandContext) -> str:
         refusal = self._refusal(name, context)

@@ -5,7 +5,7 @@ component percent-encoded first (``%`` -> ``%25``, ``:`` -> ``%3A``): an encoded
 contains ``:``, so the key splits back into exactly the components it was made of, and two
 different component tuples can never give the same key (``a:b`` + ``c`` and ``a`` + ``b:c`` once
 collided). Components without ``%`` or ``:`` (every Discord and Slack id) are unchanged, so keys
-stored by earlier versions for them stay valid; migration 0007_s re-encodes the stored keys of
+stored by earlier versions for them stay valid; migration 0007 re-encodes the stored keys of
 events whose components had either character.
 
 A key longer than the column (``KEY_LIMIT``) becomes ``%h`` + the SHA-256 of the encoded key:

@@ -33,10 +33,13 @@ from typing import Protocol, runtime_checkable
 
 from bot.errors import DeliveryError
 from bot.hygiene import clean_outgoing
+from bot.limits import Refusal
 from bot.models import ConversationKey, EnqueueResult, Incoming, JobStatus
+from bot.prompt_room import PromptGauge
 from storage.repository import Repository
 
 __all__ = [
+    "NOTICE_TO",
     "ChatAdapter",
     "CleanReply",
     "DeliveryError",
@@ -48,6 +51,11 @@ __all__ = [
     "open_clean_reply",
     "post_clean_notice",
 ]
+
+
+# A ``reply_target`` key: the notice is for this user only (a refusal at intake). Platforms with
+# private messages (Slack: ephemeral) tell only that user; the others post it without quoting.
+NOTICE_TO = "notice_to"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -120,6 +128,18 @@ class IntakePort(Protocol):
     @property
     def repository(self) -> Repository:
         """The store, for the chat sub-commands (``bot.commands.Commands``) only."""
+        ...
+
+    async def admit_command(
+        self, *, platform: str, workspace: str, channel: str, author_id: str
+    ) -> Refusal | None:
+        """Chat sub-commands and hints pass the rate limits too: None = go ahead; else the
+        refusal (``quiet``: this user was told already within the window, say nothing)."""
+        ...
+
+    @property
+    def prompt_gauge(self) -> PromptGauge:
+        """Measures a channel prompt in the model's tokens, for the ``prompt`` sub-command."""
         ...
 
 

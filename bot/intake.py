@@ -12,7 +12,15 @@ Human handoff: a message containing one of ``handoff_keywords`` is stored withou
 hands its conversation to a human: the platform's adapter pings its support group/role
 (``HandoffNotifier.post_handoff``; platforms without one, the console and the webhook, never hand
 off) and later messages there are ignored (nothing stored) until someone uses the ``resume``
-command (``bot.commands``). An announcement that fails is logged; the handoff stands.
+command (``bot.commands``). An announcement that fails is logged; the handoff stands. With
+``limits`` the ping is rate-limited in the database (``Repository.claim_handoff_ping``, so every
+ingress process agrees): one per conversation and per asker within a cooldown, a cap per workspace
+and window; a handoff over those limits still silences its conversation, and the asker is told
+(without a ping) that the team was notified already.
+
+Refusals are told once per reason and window per user (``Limits.first_notice``), marked with
+``NOTICE_TO`` so that platforms with private messages (Slack: ephemeral) tell only the sender.
+Chat sub-commands pass the same rate limits (``admit_command``).
 """
 
 from __future__ import annotations
@@ -22,10 +30,11 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
-from bot import logs
-from bot.delivery import ChatAdapter, HandoffNotifier, ReplyTarget, post_clean_notice
+from bot import logs, texts
+from bot.delivery import NOTICE_TO, ChatAdapter, HandoffNotifier, ReplyTarget, post_clean_notice
 from bot.limits import Admission, Limits, Refusal
 from bot.models import EnqueueResult, Incoming, JobStatus, Rating
+from bot.prompt_room import PromptGauge
 from storage.repository import Repository
 
 log = logging.getLogger(__name__)
@@ -69,6 +78,9 @@ class Intake:
         self._notifiers: dict[str, ChatAdapter] = {}
         # Events refused lately: a redelivery (Slack retries, gateway replays) is not told twice.
         self._refused: OrderedDict[str, str] = OrderedDict()
+        # Measures channel prompts in tokens for the ``prompt`` command (the service attaches a
+        # tokenizer once it has one; ``bot.prompt_room``).
+        self.prompt_gauge = PromptGauge()
 
     def register(self, adapter: ChatAdapter) -> None:
         """The adapter that tells a platform's users why a message was refused."""
@@ -117,7 +129,7 @@ class Intake:
         if admission is not None and (result is None or not result.created):
             admission.refund()  # nothing new was accepted
         if result is not None and result.refused is not None and self._limits is not None:
-            return await self._refuse(incoming, self._limits.queue_full())
+            return await self._refuse(self._limits, incoming, self._limits.queue_full())
         if result is None:
             log.info("ignored a message in disabled channel %s", incoming.channel)
         elif result.handoff:
@@ -153,9 +165,9 @@ class Intake:
         seen = await asyncio.to_thread(self._repository.job_for_event, incoming.dedupe_key)
         if seen is not None:
             return seen  # a redelivery of a message we accepted: not a new message to refuse
-        return await self._refuse(incoming, refusal)
+        return await self._refuse(limits, incoming, refusal)
 
-    async def _refuse(self, incoming: Incoming, refusal: Refusal) -> EnqueueResult:
+    async def _refuse(self, limits: Limits, incoming: Incoming, refusal: Refusal) -> EnqueueResult:
         """Tell the user why (once per event: a redelivery is not told again)."""
         if incoming.dedupe_key in self._refused:
             reason = self._refused[incoming.dedupe_key]
@@ -165,14 +177,22 @@ class Intake:
         self._refused[incoming.dedupe_key] = refusal.reason
         if len(self._refused) > REMEMBERED_REFUSALS:
             self._refused.popitem(last=False)
+        refusal = limits.first_notice(
+            refusal,
+            platform=incoming.platform,
+            workspace=incoming.workspace,
+            author_id=incoming.author_id,
+        )
         log.info(
-            "refused a message from %s in %s:%s (%s)",
+            "refused a message from %s in %s:%s (%s%s)",
             incoming.author_id,
             incoming.platform,
             incoming.channel,
             refusal.reason,
+            ", told already" if refusal.quiet else "",
         )
-        await self._tell(incoming, refusal.notice)
+        if not refusal.quiet:
+            await self._tell(incoming, refusal.notice)
         return EnqueueResult(
             job_id=0, conversation_id=0, message_id=0, created=False, refused=refusal.reason
         )
@@ -199,8 +219,27 @@ class Intake:
             conversation=incoming.conversation,
             reply_target=incoming.reply_target,
         )
+        held_back: str | None = None
+        if self._limits is not None:
+            settings = self._limits.settings
+            try:
+                held_back = await asyncio.to_thread(
+                    self._repository.claim_handoff_ping,
+                    incoming.conversation,
+                    requester=incoming.author_id,
+                    cooldown_seconds=settings.handoff_ping_cooldown_seconds,
+                    workspace_cap=settings.handoff_workspace_pings,
+                    window_seconds=settings.handoff_workspace_window_seconds,
+                )
+            except Exception as exc:  # someone asked for a human: rather one ping too many
+                log.warning("could not check the handoff ping limits, pinging: %s", exc)
         try:
-            await adapter.post_handoff(target)
+            if held_back is None:
+                await adapter.post_handoff(target)
+            else:
+                # The handoff stands (the conversation goes quiet); only the ping is held back.
+                log.info("handoff without a ping (%s)", held_back)
+                await adapter.post_notice(target, texts.HANDOFF_ALREADY_NOTIFIED)
         except Exception as exc:  # the handoff stands; the platform is having a bad moment
             log.warning("could not announce a handoff on %s: %s", incoming.platform, exc)
 
@@ -208,8 +247,11 @@ class Intake:
         adapter = self._notifiers.get(incoming.platform)
         if adapter is None:
             return
+        # ``notice_to``: a refusal is for the sender only, where the platform can say so privately.
         target = ReplyTarget(
-            job_id=0, conversation=incoming.conversation, reply_target=incoming.reply_target
+            job_id=0,
+            conversation=incoming.conversation,
+            reply_target={**incoming.reply_target, NOTICE_TO: incoming.author_id},
         )
         try:
             await post_clean_notice(adapter, target, text)
@@ -264,3 +306,29 @@ class Intake:
     def repository(self) -> Repository:
         """The store behind this intake (chat sub-commands read and change channel settings)."""
         return self._repository
+
+    async def admit_command(
+        self, *, platform: str, workspace: str, channel: str, author_id: str
+    ) -> Refusal | None:
+        """Chat sub-commands pass the same rate limits as messages (their answers are posts
+        too). None = go ahead; else the refusal, ``quiet`` when this user was told already within
+        the window (say nothing then). Without limits every command is admitted."""
+        if self._limits is None:
+            return None
+        admitted = self._limits.admit_command(
+            platform=platform, workspace=workspace, channel=channel, author_id=author_id
+        )
+        if not isinstance(admitted, Refusal):
+            return None
+        refusal = self._limits.first_notice(
+            admitted, platform=platform, workspace=workspace, author_id=author_id
+        )
+        log.info(
+            "refused a command from %s in %s:%s (%s%s)",
+            author_id,
+            platform,
+            channel,
+            refusal.reason,
+            ", told already" if refusal.quiet else "",
+        )
+        return refusal

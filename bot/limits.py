@@ -2,7 +2,10 @@
 
 The core enforces them (``bot.intake.Intake`` asks ``Limits.check`` before storing anything), so
 every platform gets the same rules and a refused message leaves nothing in the database. A refusal
-carries the polite text the user is shown (``bot.texts``), including how long to wait.
+carries the polite text the user is shown (``bot.texts``), including how long to wait. Chat
+sub-commands take tokens from the same buckets (``admit_command``): their answers are posts too.
+A user is told a refusal once per reason and window (``first_notice``); a flood of refused
+messages gets one notice, never one each.
 
 Rates are token buckets held in this process's memory: ``rate_per_minute`` tokens flow in per
 minute up to ``burst``; each accepted message takes one. With several ingress processes each keeps
@@ -17,7 +20,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bot import texts
 from bot.models import Incoming
@@ -36,6 +39,15 @@ class LimitSettings:
     channel_rate_per_minute: float = 30.0
     channel_burst: int = 15
     channel_queue_limit: int = 20
+    # A refused user is told once per reason within this many seconds (or until the wait it was
+    # told to keep is over, if longer); later refusals in that window are silent.
+    refusal_notice_seconds: float = 60.0
+    # Human handoff pings (``Intake``, ``Repository.claim_handoff_ping``): at most one per
+    # conversation and per asker within the cooldown, at most ``handoff_workspace_pings`` per
+    # workspace within the window. 0 switches a rule off.
+    handoff_ping_cooldown_seconds: float = 900.0
+    handoff_workspace_pings: int = 5
+    handoff_workspace_window_seconds: float = 3600.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,6 +57,7 @@ class Refusal:
     reason: str  # "too_long", "user_rate", "channel_rate" or "queue_full"
     notice: str
     retry_after: float | None = None
+    quiet: bool = False  # the user was told already within the window: say nothing
 
 
 class TokenBucket:
@@ -125,6 +138,8 @@ class Limits:
             burst=self.settings.channel_burst,
             clock=clock,
         )
+        # (user key, reason) -> until when a refusal for it is not told again.
+        self._told: OrderedDict[str, float] = OrderedDict()
 
     def check_length(self, incoming: Incoming) -> Refusal | None:
         limit = self.settings.max_message_chars
@@ -143,8 +158,12 @@ class Limits:
 
     def admit(self, incoming: Incoming) -> Admission | Refusal:
         """Take one token from the user's and the channel's bucket, or refuse with the wait."""
-        user_key = f"{incoming.platform}:{incoming.workspace}:{incoming.author_id}"
-        channel_key = f"{incoming.platform}:{incoming.workspace}:{incoming.channel}"
+        return self._take(
+            user_key=f"{incoming.platform}:{incoming.workspace}:{incoming.author_id}",
+            channel_key=f"{incoming.platform}:{incoming.workspace}:{incoming.channel}",
+        )
+
+    def _take(self, *, user_key: str, channel_key: str) -> Admission | Refusal:
         with self._lock:
             now = self._clock()
             checks: list[tuple[str, TokenBucket]] = []
@@ -165,3 +184,32 @@ class Limits:
             for _, bucket in checks:
                 bucket.take(now)
             return Admission(buckets=tuple(bucket for _, bucket in checks))
+
+    def admit_command(
+        self, *, platform: str, workspace: str, channel: str, author_id: str
+    ) -> Admission | Refusal:
+        """A chat sub-command (``!help``, ``/solar status``) takes a token from the same buckets
+        as a message: its answer is something the bot posts too."""
+        return self._take(
+            user_key=f"{platform}:{workspace}:{author_id}",
+            channel_key=f"{platform}:{workspace}:{channel}",
+        )
+
+    def first_notice(
+        self, refusal: Refusal, *, platform: str, workspace: str, author_id: str
+    ) -> Refusal:
+        """``refusal``, marked ``quiet`` when this user was told the same reason within the
+        window (``refusal_notice_seconds``, or the wait they were told to keep if longer): a
+        flood of refused messages gets one notice, not one each."""
+        key = f"{platform}:{workspace}:{author_id}:{refusal.reason}"
+        with self._lock:
+            now = self._clock()
+            until = self._told.get(key)
+            if until is not None and now < until:
+                return replace(refusal, quiet=True)
+            window = max(self.settings.refusal_notice_seconds, refusal.retry_after or 0.0)
+            self._told[key] = now + window
+            self._told.move_to_end(key)
+            if len(self._told) > MAX_BUCKETS:
+                self._told.popitem(last=False)
+            return refusal

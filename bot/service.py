@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,11 +19,12 @@ from adapters.console import ConsoleAdapter
 from bot import texts
 from bot.delivery import ChatAdapter, ReportsConnection
 from bot.errors import ConfigError, ContextWindowError, SolarbotError
-from bot.generation.engine import Engine, SamplingParams
+from bot.generation.engine import Engine, SamplingParams, Tokenizer
 from bot.intake import Intake
 from bot.limits import Limits, LimitSettings
 from bot.metrics import Metrics
 from bot.metrics_server import MetricsServer, Readiness
+from bot.prompt_room import load_tokenizer
 from bot.settings import Settings
 from bot.worker import Worker, WorkerOptions
 from storage.repository import Repository
@@ -207,6 +209,10 @@ def limit_settings(settings: Settings) -> LimitSettings:
         channel_rate_per_minute=settings.channel_rate_per_minute,
         channel_burst=settings.channel_burst,
         channel_queue_limit=settings.channel_queue_limit,
+        refusal_notice_seconds=settings.refusal_notice_seconds,
+        handoff_ping_cooldown_seconds=settings.handoff_ping_cooldown_seconds,
+        handoff_workspace_pings=settings.handoff_workspace_pings,
+        handoff_workspace_window_seconds=settings.handoff_workspace_window_seconds,
     )
 
 
@@ -278,6 +284,13 @@ class Service:
             )
             await self.metrics_server.start()
         worker_task: asyncio.Task[None] | None = None
+        if not self.run_worker:
+            # No engine here (``--role adapters``): the ``prompt`` command still measures channel
+            # prompts in tokens, with the tokenizer's files alone (bot/prompt_room.py). A daemon
+            # thread: a slow hub never delays start-up or shutdown.
+            threading.Thread(
+                target=self._load_prompt_gauge, name="prompt-gauge", daemon=True
+            ).start()
         try:
             for adapter in self.adapters:
                 await adapter.start(self.intake)
@@ -302,6 +315,11 @@ class Service:
                         f"larger than SOLARBOT_MAX_NEW_TOKENS={self.settings.max_new_tokens}: "
                         "lower SOLARBOT_MAX_NEW_TOKENS (or set SOLARBOT_CONTEXT_WINDOW)"
                     )
+                self.intake.prompt_gauge.attach(
+                    self.engine.tokenizer,
+                    context_window=self.engine.context_window,
+                    max_new_tokens=self.settings.max_new_tokens,
+                )
                 self.worker = Worker(
                     repository=self.repository,
                     engine=self.engine,
@@ -335,6 +353,37 @@ class Service:
                 await self.engine.close()
             if self.metrics_server is not None:
                 await self.metrics_server.stop()
+
+    def _load_prompt_gauge(self) -> None:
+        """Give the intake's prompt gauge a tokenizer without loading the model (its files only);
+        without one, prompts are checked in characters and the ``prompt`` command says so.
+        Blocking (a thread of its own)."""
+        settings = self.settings
+        tokenizer: Tokenizer
+        try:
+            if settings.engine == "fake":
+                from bot.generation.fake import FakeEngine
+
+                fake = FakeEngine(context_window=settings.context_window or 4096)
+                tokenizer, window = fake.tokenizer, fake.context_window
+            else:
+                tokenizer, window = load_tokenizer(
+                    settings.model,
+                    offline=settings.offline,
+                    context_window=settings.context_window,
+                )
+        except Exception as exc:
+            log.warning(
+                "could not load the tokenizer of %s (%s): channel prompts are checked in "
+                "characters only",
+                settings.model,
+                exc,
+            )
+            return
+        self.intake.prompt_gauge.attach(
+            tokenizer, context_window=window, max_new_tokens=settings.max_new_tokens
+        )
+        log.info("prompt gauge ready: %s tokens per prompt", window - settings.max_new_tokens)
 
     async def readiness(self) -> Readiness:
         """/readyz: the model is loaded (when this process runs a worker), the database answers

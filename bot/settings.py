@@ -126,6 +126,8 @@ class Settings(BaseSettings):
     channel_rate_per_minute: float = Field(default=30.0, ge=0.0)
     channel_burst: int = Field(default=15, gt=0)
     channel_queue_limit: int = Field(default=20, ge=0)
+    # A refused user is told once per reason within this many seconds; later refusals are silent.
+    refusal_notice_seconds: float = Field(default=60.0, ge=0.0, le=86_400.0)
 
     # The outgoing-webhook platform (adapters/webhook.py): replies are POSTed to this URL.
     webhook_url: str | None = None
@@ -230,6 +232,13 @@ class Settings(BaseSettings):
     # Human handoff: a message containing one of these (comma-separated, any case) makes the bot
     # stop answering in that conversation and ping the support group/role; empty = off.
     handoff_keywords: Annotated[tuple[str, ...], NoDecode] = ("talk to a human", "human please")
+    # The support group/role is pinged at most once per conversation and per asker within the
+    # cooldown, and at most HANDOFF_WORKSPACE_PINGS times per workspace within the window (kept in
+    # the database: every ingress process agrees). Over them the handoff still happens, unpinged.
+    # 0 switches a rule off.
+    handoff_ping_cooldown_seconds: float = Field(default=900.0, ge=0.0, le=7 * 86_400.0)
+    handoff_workspace_pings: int = Field(default=5, ge=0, le=10_000)
+    handoff_workspace_window_seconds: float = Field(default=3600.0, ge=0.0, le=7 * 86_400.0)
 
     @field_validator("handoff_keywords", mode="before")
     @classmethod

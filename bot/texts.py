@@ -77,6 +77,18 @@ COMMAND_PROMPT_RESET = "This channel uses the default system prompt again."
 COMMAND_PROMPT_SHOW_CUSTOM = "This channel's system prompt:\n> {prompt}"
 COMMAND_PROMPT_SHOW_DEFAULT = "This channel uses the default system prompt:\n> {prompt}"
 COMMAND_PROMPT_TOO_LONG = "That system prompt is too long ({length} characters; at most {limit})."
+# The prompt measured in the model's tokens (bot/prompt_room.py): the room is what is left of the
+# prompt budget (context window - reply tokens) for the conversation's history and the question.
+COMMAND_PROMPT_NO_ROOM = (
+    "That system prompt is too long for the model: it takes {tokens:,} tokens and would leave "
+    "{room:,} for the conversation and the question (at least {minimum:,} are needed). "
+    "Please shorten it."
+)
+COMMAND_PROMPT_ROOM = "It takes {tokens:,} tokens, which leaves {room:,} tokens for the conversation and the question."
+COMMAND_PROMPT_ROOM_UNKNOWN = (
+    "(The model's tokenizer is not loaded yet, so I couldn't measure it in tokens; it fits the "
+    "character limit.)"
+)
 COMMAND_RESUMED = (
     "I'm back: I answer again in {count} conversation(s) here that waited for a human."
 )
@@ -206,4 +218,12 @@ HANDOFF_WAITING = (
 FORGET_NOT_ERASED = (
     "warning: deleted, but older copies may stay in the SQLite write-ahead log (the -wal file) "
     "until the service's next checkpoint; run forget again when it is idle, or stop it first"
+)
+
+# A handoff whose ping is held back (SOLARBOT_HANDOFF_PING_COOLDOWN_SECONDS, _WORKSPACE_PINGS): the
+# conversation is handed over all the same; nobody is pinged again.
+HANDOFF_ALREADY_NOTIFIED = (
+    "I'm handing this conversation over to a human and staying quiet in it. The support team was "
+    "notified a short while ago, so I haven't pinged them again; someone will look here as soon "
+    "as they can."
 )

@@ -106,7 +106,7 @@ class Job(Base):
     __table_args__ = (
         Index("ix_jobs_status_available_at", "status", "available_at"),
         Index("ix_jobs_conversation_id_status", "conversation_id", "status"),
-        # Migration 0006_s: ids are never handed out twice (they reach the platforms).
+        # Migration 0006: ids are never handed out twice (they reach the platforms).
         {"sqlite_autoincrement": True},
     )
 
@@ -157,7 +157,7 @@ class ChannelSettings(Base):
 
 class Feedback(Base):
     """A 👍/👎 reaction on a bot reply (migration 0004): who, when, which reply (its job). Removing
-    the reaction deletes the row. One row per person and reply (migration 0008_s): their latest
+    the reaction deletes the row. One row per person and reply (migration 0008): their latest
     rating."""
 
     __tablename__ = "feedback"
@@ -177,3 +177,22 @@ class Feedback(Base):
     )
     platform_message_id: Mapped[str] = mapped_column(String(128))  # the message reacted to
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class HandoffPing(Base):
+    """A ping of a platform's support group/role for a human handoff (migration 0009): when,
+    in which conversation, for whom. Read to rate-limit pings (one per conversation and asker
+    within a cooldown, a cap per workspace and window) across every ingress process; rows older
+    than the longer of the two windows are deleted by the next ping. ``requester`` is a SHA-256
+    digest of the asker's platform id, not the id itself."""
+
+    __tablename__ = "handoff_pings"
+    __table_args__ = (Index("ix_handoff_pings_workspace", "platform", "workspace", "pinged_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    platform: Mapped[str] = mapped_column(String(32))
+    workspace: Mapped[str] = mapped_column(String(128), default="")
+    channel: Mapped[str] = mapped_column(String(128))
+    thread: Mapped[str] = mapped_column(String(128), default="")
+    requester: Mapped[str] = mapped_column(String(64))
+    pinged_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

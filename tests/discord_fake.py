@@ -358,6 +358,7 @@ class FakeDiscord:
         user_id: int = 500,
         added: bool = True,
         roles: tuple[int, ...] = (),
+        bot: bool = False,
     ) -> None:
         """A user adds (or removes) a Unicode ``emoji`` reaction on a message: MESSAGE_REACTION_ADD
         / _REMOVE to every client that asked for reaction events (the guild or the DM intent),
@@ -379,7 +380,7 @@ class FakeDiscord:
             data["guild_id"] = str(guild_id)
             if added:
                 data["member"] = {
-                    "user": user_payload(user_id, f"user{user_id}"),
+                    "user": user_payload(user_id, f"user{user_id}", bot=bot),
                     "roles": [str(r) for r in roles],
                     "joined_at": now_iso(),
                     "deaf": False,

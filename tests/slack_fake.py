@@ -58,6 +58,8 @@ class FakeSlack:
         self.messages: dict[str, FakeMessage] = {}
         self.responses: list[dict[str, Any]] = []
         self.acks: list[dict[str, Any]] = []
+        self.ephemerals: list[dict[str, Any]] = []  # chat.postEphemeral
+        self.bot_users: set[str] = set()  # users.info says is_bot for these
         self._ts = itertools.count(1)
         self._rate_limits: dict[str, list[int]] = {}
         self._failures: dict[str, list[str]] = {}
@@ -175,7 +177,12 @@ class FakeSlack:
         name = user.removeprefix("U0").capitalize()  # U0ALICE -> Alice
         return {
             "ok": True,
-            "user": {"id": user, "name": name.lower(), "profile": {"display_name": name}},
+            "user": {
+                "id": user,
+                "name": name.lower(),
+                "is_bot": user in self.bot_users,
+                "profile": {"display_name": name},
+            },
         }
 
     def _chat_postMessage(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -190,6 +197,18 @@ class FakeSlack:
         )
         self.messages[ts] = message
         return {"ok": True, "channel": message.channel, "ts": ts, "message": {"text": text}}
+
+    def _chat_postEphemeral(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Seen by ``user`` only: recorded in ``ephemerals``, never among the channel's messages."""
+        self.ephemerals.append(
+            {
+                "channel": str(params["channel"]),
+                "user": str(params["user"]),
+                "thread_ts": params.get("thread_ts") or None,
+                "text": str(params.get("text", "")),
+            }
+        )
+        return {"ok": True, "message_ts": f"1700000000.{next(self._ts):06d}"}
 
     def _chat_update(self, params: dict[str, Any]) -> dict[str, Any]:
         message = self.messages.get(str(params.get("ts")))

@@ -1,6 +1,6 @@
 """Dedupe keys name exactly one event (issue 13, item 3): ``bot.dedupe.dedupe_key`` is the one
 function every adapter uses, distinct component tuples never share a key, and keys stored by
-earlier versions keep matching their redeliveries (migration 0007_s), on SQLite and PostgreSQL."""
+earlier versions keep matching their redeliveries (migration 0007), on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from storage import database
 from storage.repository import Repository
 
 MIGRATION = (
-    Path(__file__).parent.parent / "storage/migrations/versions/0007_s_dedupe_keys.py"
+    Path(__file__).parent.parent / "storage/migrations/versions/0007_dedupe_keys.py"
 ).resolve()
 
 # Text that likes the characters the old scheme tripped on, and sometimes runs long.
@@ -57,7 +57,7 @@ def test_plain_components_keep_the_old_spelling(components: list[str]) -> None:
 
 
 def _migration() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("migration_0007_s", MIGRATION)
+    spec = importlib.util.spec_from_file_location("migration_0007", MIGRATION)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -108,12 +108,12 @@ async def test_the_reported_collision_stores_both_messages(database_url: str) ->
         repository.close()
 
 
-def test_migration_0007_s_rewrites_old_keys_so_redeliveries_are_recognised(
+def test_migration_0007_rewrites_old_keys_so_redeliveries_are_recognised(
     database_url: str,
 ) -> None:
     engine = database.create_db_engine(database_url)
     try:
-        database.upgrade(engine, revision="0006_s")
+        database.upgrade(engine, revision="0006")
         repository = Repository(engine)
         events = [
             ("T1", "C1", "1700000000.000100"),  # a Slack message: the same key in both schemes
@@ -163,7 +163,7 @@ def test_migration_0007_s_rewrites_old_keys_so_redeliveries_are_recognised(
         )
         assert again is not None and again.job_id == command_job.job_id
 
-        database.downgrade(engine, "0006_s")
+        database.downgrade(engine, "0006")
         keys = {job.id: job.dedupe_key for job in repository.jobs()}
         for (workspace, channel, message_id), job_id in stored.items():
             assert keys[job_id] == f"webhook:{workspace}:{channel}:{message_id}"

@@ -24,6 +24,7 @@ from bot.errors import ConfigError
 from bot.generation.engine import SamplingParams
 from bot.generation.fake import FakeEngine
 from bot.intake import Intake
+from bot.limits import Limits
 from bot.models import ConversationKey, JobStatus
 from bot.splitting import split_message, truncate_at_word
 from bot.worker import Worker, WorkerOptions
@@ -111,13 +112,14 @@ async def start_rig(
     concurrency: int = 4,
     lease_seconds: float = 5.0,
     handoff_keywords: tuple[str, ...] = (),
+    limits: Limits | None = None,
     **adapter_options: Any,
 ) -> Rig:
     repository = Repository.open(url)
     engine = engine or FakeEngine(delay_per_chunk=0.002)
     await engine.start()
     adapter = DiscordAdapter(DiscordOptions(token=fake.token, **{**FAST, **adapter_options}))
-    intake = Intake(repository, handoff_keywords=handoff_keywords)
+    intake = Intake(repository, limits=limits, handoff_keywords=handoff_keywords)
     intake.register(adapter)
     await adapter.start(intake)
     worker = Worker(

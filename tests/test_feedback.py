@@ -167,7 +167,7 @@ def test_migration_0004_adds_feedback_and_goes_down(database_url: str) -> None:
         assert database.current_revision(engine) == "0004"
         indexes = {i["name"] for i in inspect(engine).get_indexes("messages")}
         assert "ix_messages_platform_message_id" in indexes
-        database.upgrade(engine)  # this code rates through the unique key of migration 0008_s
+        database.upgrade(engine)  # this code rates through the unique key of migration 0008
         assert vote(repository, "p1", "U7", Rating.DOWN) == job  # a reply from before the upgrade
 
         database.downgrade(engine, "0003")

@@ -1,5 +1,5 @@
 """One rating per person and answer, the latest (issue 13, item 18, storage part): a 👎 after a
-👍 replaces it, whatever the order of adds and removals, under concurrency, and migration 0008_s
+👍 replaces it, whatever the order of adds and removals, under concurrency, and migration 0008
 keeps only each person's latest row, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
@@ -108,12 +108,12 @@ def test_concurrent_ratings_by_one_person_leave_one_row(repository: Repository) 
     assert [f.user_id for f in repository.feedback_for(job)] == ["U7"]
 
 
-def test_migration_0008_s_keeps_each_persons_latest_rating_and_goes_down(
+def test_migration_0008_keeps_each_persons_latest_rating_and_goes_down(
     database_url: str,
 ) -> None:
     engine = database.create_db_engine(database_url)
     try:
-        database.upgrade(engine, revision="0007_s")
+        database.upgrade(engine, revision="0007")
         repository = Repository(engine)
         job = answered(repository, channel="C1", question="q", reply="a", parts=("p1",))
         other = answered(repository, channel="C2", question="q", reply="a", parts=("p2",))
@@ -143,7 +143,7 @@ def test_migration_0008_s_keeps_each_persons_latest_rating_and_goes_down(
         }
         assert uniques == {"uq_feedback_rater": ["job_id", "user_id"]}
 
-        database.downgrade(engine, "0007_s")
+        database.downgrade(engine, "0007")
         uniques = {
             u["name"]: u["column_names"] for u in inspect(engine).get_unique_constraints("feedback")
         }

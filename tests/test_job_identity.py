@@ -248,7 +248,7 @@ async def test_two_jobs_answering_the_same_discord_message_post_two_messages(
         repository.close()
 
 
-def test_migration_0006_s_stops_sqlite_reusing_job_ids_and_keeps_every_row(
+def test_migration_0006_stops_sqlite_reusing_job_ids_and_keeps_every_row(
     database_url: str, tmp_path: Path
 ) -> None:
     engine = database.create_db_engine(database_url)

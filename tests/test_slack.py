@@ -12,7 +12,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,8 +96,14 @@ class Rig:
 
 @contextlib.asynccontextmanager
 async def start_rig(
-    tmp_path: Path, fake: FakeSlack, *, engine: FakeEngine | None = None, **adapter: Any
+    tmp_path: Path,
+    fake: FakeSlack,
+    *,
+    engine: FakeEngine | None = None,
+    environ: Mapping[str, str] | None = None,
+    **adapter: Any,
 ) -> AsyncIterator[Rig]:
+    """``environ``: more SOLARBOT_* settings (limits, handoff pings) for the service."""
     settings = load_settings(
         environ={
             "SOLARBOT_DATA_DIR": str(tmp_path),
@@ -106,6 +112,7 @@ async def start_rig(
             "SOLARBOT_POLL_SECONDS": "0.05",
             "SOLARBOT_RETRY_BASE_SECONDS": "0.05",
             "SOLARBOT_RETRY_MAX_SECONDS": "0.2",
+            **(environ or {}),
         }
     )
     repository = Repository.open(settings.resolved_database_url())
@@ -786,37 +793,42 @@ def slack_settings(rig: Rig) -> tuple[object, ...]:
     return (config.system_prompt, config.enabled, config.max_reply_chars, config.language)
 
 
-async def test_admins_set_length_language_and_prompt_and_threads_follow_them(rig: Rig) -> None:
-    for index, text in enumerate(["length 30", "language German", "off", "on", "prompt Hi."]):
-        refusal = await say(rig, text, user="U0ALICE", name=f"alice{index}")
-        assert f"only admins can use `/solar {text.split()[0]}`" in refusal
-    assert slack_settings(rig) == (None, True, None, None)
+async def test_admins_set_length_language_and_prompt_and_threads_follow_them(
+    tmp_path: Path, fake: FakeSlack
+) -> None:
+    # Alice sends seven commands and a question: more than the default burst of five
+    # (commands pass the rate limits, tests/test_platform_abuse.py).
+    async with start_rig(tmp_path, fake, environ={"SOLARBOT_USER_BURST": "10"}) as rig:
+        for index, text in enumerate(["length 30", "language German", "off", "on", "prompt Hi."]):
+            refusal = await say(rig, text, user="U0ALICE", name=f"alice{index}")
+            assert f"only admins can use `/solar {text.split()[0]}`" in refusal
+        assert slack_settings(rig) == (None, True, None, None)
 
-    assert "30 characters" in await say(rig, "length 30", user=ADMIN, name="a1")
-    assert "German" in await say(rig, "language German", user=ADMIN, name="a2")
-    assert "now" in await say(rig, "prompt Be a pirate.", user=ADMIN, name="a3")
-    too_long = "language " + "x" * 41
-    assert "needs a language name" in await say(rig, too_long, user=ADMIN, name="a4")
-    assert slack_settings(rig) == ("Be a pirate.", True, 30, "German")
+        assert "30 characters" in await say(rig, "length 30", user=ADMIN, name="a1")
+        assert "German" in await say(rig, "language German", user=ADMIN, name="a2")
+        assert "now" in await say(rig, "prompt Be a pirate.", user=ADMIN, name="a3")
+        too_long = "language " + "x" * 41
+        assert "needs a language name" in await say(rig, too_long, user=ADMIN, name="a4")
+        assert slack_settings(rig) == ("Be a pirate.", True, 30, "German")
 
-    question = "tell me all about the longest rivers of the world"
-    await rig.event(mention(question, ts="1690000900.000002", thread_ts="1690000900.000001"))
-    await rig.until(lambda: rig.jobs_done(1))
-    assert rig.engine.prompts[-1].startswith(
-        "### System:\nBe a pirate.\n\nAnswer in German.\n\n### User:\n"
-    )
-    [answer] = rig.fake.thread("C0GENERAL", "1690000900.000001")
-    assert answer.text == truncate_at_word(f"You said: Alice: {question}", 30)
-    assert len(answer.text) <= 30 and answer.text.endswith("…")
+        question = "tell me all about the longest rivers of the world"
+        await rig.event(mention(question, ts="1690000900.000002", thread_ts="1690000900.000001"))
+        await rig.until(lambda: rig.jobs_done(1))
+        assert rig.engine.prompts[-1].startswith(
+            "### System:\nBe a pirate.\n\nAnswer in German.\n\n### User:\n"
+        )
+        [answer] = rig.fake.thread("C0GENERAL", "1690000900.000001")
+        assert answer.text == truncate_at_word(f"You said: Alice: {question}", 30)
+        assert len(answer.text) <= 30 and answer.text.endswith("…")
 
-    status = await say(rig, "status", user="U0ALICE", name="status")
-    assert "custom system prompt (12 characters)" in status and "replies on" in status
-    assert "*Reply length:* at most 30 characters" in status and "*Language:* German" in status
+        status = await say(rig, "status", user="U0ALICE", name="status")
+        assert "custom system prompt (12 characters)" in status and "replies on" in status
+        assert "*Reply length:* at most 30 characters" in status and "*Language:* German" in status
 
-    assert "no longer" in await say(rig, "language reset", user=ADMIN, name="a5")
-    await rig.event(mention("and now?", ts="1690000900.000003", thread_ts="1690000900.000001"))
-    await rig.until(lambda: rig.jobs_done(2))
-    assert "Answer in" not in rig.engine.prompts[-1]
+        assert "no longer" in await say(rig, "language reset", user=ADMIN, name="a5")
+        await rig.event(mention("and now?", ts="1690000900.000003", thread_ts="1690000900.000001"))
+        await rig.until(lambda: rig.jobs_done(2))
+        assert "Answer in" not in rig.engine.prompts[-1]
 
 
 async def test_a_switched_off_channel_takes_only_an_admins_on_and_status(rig: Rig) -> None:

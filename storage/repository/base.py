@@ -4,12 +4,15 @@ the one place that picks the SQLite or PostgreSQL flavour of ``INSERT … ON CON
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Connection, Engine, Table
+from sqlalchemy import Connection, Engine, Table, func, select
 from sqlalchemy.dialects import postgresql, sqlite
+
+from bot.dedupe import dedupe_key
 
 
 class RepositoryBase:
@@ -42,3 +45,16 @@ def upsert(connection: Connection, table: Table) -> postgresql.Insert | sqlite.I
     if connection.dialect.name == "postgresql":
         return postgresql.insert(table)
     return sqlite.insert(table)
+
+
+def serialise_on(connection: Connection, *components: str) -> None:
+    """Hold the rest of ``connection``'s transaction exclusively for the key ``components``, so a
+    check and the write that depends on it cannot interleave with another process's: PostgreSQL
+    takes a transaction-scoped advisory lock keyed by a hash of the components; SQLite needs
+    nothing more, as every transaction holds the write lock from ``BEGIN IMMEDIATE``."""
+    if connection.dialect.name != "postgresql":
+        return
+    digest = hashlib.sha256(dedupe_key(*components).encode("utf-8", "surrogatepass")).digest()
+    connection.execute(
+        select(func.pg_advisory_xact_lock(int.from_bytes(digest[:8], "big", signed=True)))
+    )

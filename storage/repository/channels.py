@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
 
 from bot.models import ChannelConfig, ConversationKey
-from storage.repository.base import RepositoryBase, upsert
+from storage.repository.base import RepositoryBase, serialise_on, upsert
 from storage.repository.tables import (
     channel_settings,
     conversations,
+    handoff_pings,
     in_channel,
     key_filter,
     settings_filter,
@@ -115,6 +117,77 @@ class ChannelStore(RepositoryBase):
                 )
                 or 0
             )
+
+    # -- handoff pings: how often the support group/role may be pinged ---------------------------
+
+    def claim_handoff_ping(
+        self,
+        key: ConversationKey,
+        *,
+        requester: str,
+        cooldown_seconds: float,
+        workspace_cap: int,
+        window_seconds: float,
+        now: datetime | None = None,
+    ) -> str | None:
+        """May the support group/role be pinged for a handoff in ``key`` asked by ``requester``?
+        None = yes, and the ping is recorded; else why not: ``"recent"`` (this conversation or
+        this asker got a ping within ``cooldown_seconds``) or ``"capped"`` (the workspace had
+        ``workspace_cap`` pings within ``window_seconds``). 0 switches either rule off.
+
+        One transaction, serialised per workspace (``serialise_on``), so ingress processes sharing
+        the database agree. The requester is stored as a SHA-256 digest; rows older than both
+        windows are deleted here."""
+        moment = now or utcnow()
+        who = hashlib.sha256(f"{key.platform}:{key.workspace}:{requester}".encode()).hexdigest()
+        where = (
+            handoff_pings.c.platform == key.platform,
+            handoff_pings.c.workspace == key.workspace,
+        )
+        with self._transaction() as connection:
+            serialise_on(connection, "handoff", key.platform, key.workspace)
+            keep = max(cooldown_seconds, window_seconds)
+            connection.execute(
+                delete(handoff_pings).where(
+                    handoff_pings.c.pinged_at < moment - timedelta(seconds=keep)
+                )
+            )
+            if cooldown_seconds > 0:
+                recent = connection.scalar(
+                    select(func.count(handoff_pings.c.id)).where(
+                        *where,
+                        handoff_pings.c.pinged_at > moment - timedelta(seconds=cooldown_seconds),
+                        or_(
+                            handoff_pings.c.requester == who,
+                            and_(
+                                handoff_pings.c.channel == key.channel,
+                                handoff_pings.c.thread == key.thread,
+                            ),
+                        ),
+                    )
+                )
+                if recent:
+                    return "recent"
+            if workspace_cap > 0 and window_seconds > 0:
+                in_window = connection.scalar(
+                    select(func.count(handoff_pings.c.id)).where(
+                        *where,
+                        handoff_pings.c.pinged_at > moment - timedelta(seconds=window_seconds),
+                    )
+                )
+                if int(in_window or 0) >= workspace_cap:
+                    return "capped"
+            connection.execute(
+                insert(handoff_pings).values(
+                    platform=key.platform,
+                    workspace=key.workspace,
+                    channel=key.channel,
+                    thread=key.thread,
+                    requester=who,
+                    pinged_at=moment,
+                )
+            )
+            return None
 
 
 def _read_config(

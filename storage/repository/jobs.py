@@ -25,7 +25,6 @@ from typing import Any
 from sqlalchemy import Connection, Row, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from bot import dedupe
 from bot.models import (
     ClaimedJob,
     ConversationKey,
@@ -36,7 +35,7 @@ from bot.models import (
     JobTrace,
     Role,
 )
-from storage.repository.base import RepositoryBase
+from storage.repository.base import RepositoryBase, serialise_on
 from storage.repository.channels import channel_enabled, hand_off, handed_off
 from storage.repository.conversations import conversation_id_for, read_history
 from storage.repository.tables import (
@@ -488,16 +487,7 @@ def _room_in_channel(connection: Connection, incoming: Incoming, limit: int) -> 
     """Whether the channel has fewer than ``limit`` pending jobs, the channel held for the rest of
     the transaction (on PostgreSQL by an advisory lock keyed by the channel; SQLite's write lock
     is held from BEGIN IMMEDIATE)."""
-    if connection.dialect.name == "postgresql":
-        channel = dedupe.dedupe_key(
-            "queue", incoming.platform, incoming.workspace, incoming.channel
-        )
-        lock = int.from_bytes(
-            hashlib.sha256(channel.encode("utf-8", "surrogatepass")).digest()[:8],
-            "big",
-            signed=True,
-        )
-        connection.execute(select(func.pg_advisory_xact_lock(lock)))
+    serialise_on(connection, "queue", incoming.platform, incoming.workspace, incoming.channel)
     pending = _pending_in_channel(
         connection, incoming.platform, incoming.workspace, incoming.channel
     )
@@ -507,7 +497,7 @@ def _room_in_channel(connection: Connection, incoming: Incoming, limit: int) -> 
 def job_key(job_id: int, dedupe_key: str, created_at: datetime) -> str:
     """The key idempotency keys and nonces sent to a platform are made of: the same in every
     attempt of a job (all three are stored with it) and different for every job ever. Job ids
-    are never reused (migration 0006_s), and the event's dedupe key and the enqueue time make the
+    are never reused (migration 0006), and the event's dedupe key and the enqueue time make the
     key differ even where an id was reused before that migration, or a forgotten event comes
     again. 16 hex digits (64 bits), short enough for Discord's 25-character nonce."""
     material = f"{job_id}\x00{dedupe_key}\x00{created_at.isoformat()}"

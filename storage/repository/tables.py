@@ -11,7 +11,7 @@ from sqlalchemy import Table
 from sqlalchemy.sql.elements import ColumnElement
 
 from bot.models import ConversationKey, JobStatus
-from storage.schema import ChannelSettings, Conversation, Feedback, Job, Message
+from storage.schema import ChannelSettings, Conversation, Feedback, HandoffPing, Job, Message
 
 PENDING = (JobStatus.QUEUED, JobStatus.RUNNING)
 
@@ -20,6 +20,7 @@ messages = cast(Table, Message.__table__)
 jobs = cast(Table, Job.__table__)
 channel_settings = cast(Table, ChannelSettings.__table__)
 feedback = cast(Table, Feedback.__table__)
+handoff_pings = cast(Table, HandoffPing.__table__)
 
 
 def key_filter(key: ConversationKey) -> tuple[ColumnElement[bool], ...]:

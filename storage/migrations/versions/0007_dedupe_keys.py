@@ -1,7 +1,7 @@
 """dedupe keys unambiguous: re-encode stored keys whose components held ':' or '%'
 
-Revision ID: 0007_s
-Revises: 0006_s
+Revision ID: 0007
+Revises: 0006
 Create Date: 2026-12-02
 
 Keys were ``platform:workspace:channel:message_id`` (or ``slack:workspace:command:trigger``) joined
@@ -23,8 +23,8 @@ from collections.abc import Callable
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007_s"
-down_revision = "0006_s"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 

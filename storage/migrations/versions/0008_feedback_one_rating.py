@@ -1,7 +1,7 @@
 """feedback: one rating per person and reply (the latest), not one per person, reply and rating
 
-Revision ID: 0008_s
-Revises: 0007_s
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-02
 
 The unique key was (job_id, user_id, rating), so one person could hold a 👍 and a 👎 on the same
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from alembic import op
 
-revision = "0008_s"
-down_revision = "0007_s"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 

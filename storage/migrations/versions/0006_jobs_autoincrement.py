@@ -1,6 +1,6 @@
 """job ids are never reused: jobs.id AUTOINCREMENT on SQLite
 
-Revision ID: 0006_s
+Revision ID: 0006
 Revises: 0005
 Create Date: 2026-12-02
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from alembic import op
 
-revision = "0006_s"
+revision = "0006"
 down_revision = "0005"
 branch_labels = None
 depends_on = None
