@@ -94,10 +94,17 @@ def test_compose_runs_solarbot_next_to_a_healthy_postgres() -> None:
 
 
 def test_compose_variables_are_defined_in_env_example() -> None:
-    used = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", COMPOSE.read_text()))
+    """A variable without a default is set in .env.example; one with a default (``${X:-v}``) is
+    listed there, commented out, with that default."""
+    text = COMPOSE.read_text()
+    required = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)(?:[:?}])", text))
+    defaulted = dict(re.findall(r"\$\{([A-Z_][A-Z0-9_]*):-([^}]*)\}", text))
+    assert required and defaulted, "the compose file uses no variables: this test checks nothing"
     defined = {key for key, _, commented in env_example() if not commented}
-    assert used, "the compose file uses no variables: this test checks nothing"
-    assert used <= defined
+    assert required - set(defaulted) <= defined
+    listed = {key: value for key, value, _ in env_example()}
+    for key, default in defaulted.items():
+        assert listed.get(key) == default, f"{key}: .env.example must list its default {default}"
 
 
 def test_dockerfile_is_a_cuda_runtime_image_running_as_a_user_with_a_healthcheck() -> None:
@@ -161,10 +168,10 @@ def run_compose(
     )
 
 
-def resolved(tmp_path: Path, *profile: str) -> dict[str, Any]:
+def resolved(tmp_path: Path, *profile: str, env_lines: str = "") -> dict[str, Any]:
     """The model Docker Compose itself builds from the file (anchors merged, variables set)."""
     env = tmp_path / "compose.env"
-    env.write_text("POSTGRES_PASSWORD=s3cret-pw\n")
+    env.write_text("POSTGRES_PASSWORD=s3cret-pw\n" + env_lines)
     result = run_compose(*profile, "config", "--format", "json", env_file=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
@@ -214,3 +221,43 @@ def test_docker_compose_refuses_to_start_without_a_database_password(tmp_path: P
     result = run_compose("config", cwd=tmp_path)
     assert result.returncode != 0
     assert "set POSTGRES_PASSWORD in .env" in result.stderr
+
+
+# Every profile of the compose file, as `docker compose` options.
+PROFILES: tuple[tuple[str, ...], ...] = ((), ("--profile", "split"))
+# Published container ports: the Slack listener has a host address of its own.
+SLACK_PORT = 3000
+
+
+def _published(services: dict[str, Any]) -> list[tuple[str, int, str]]:
+    """(service, container port, host address) of every published port."""
+    return [
+        (name, int(port["target"]), port.get("host_ip", ""))
+        for name, service in services.items()
+        for port in service.get("ports", [])
+    ]
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p[1] if p else "default")
+def test_docker_compose_publishes_every_port_on_localhost_only(
+    tmp_path: Path, profile: tuple[str, ...]
+) -> None:
+    published = _published(resolved(tmp_path, *profile)["services"])
+    assert published, "no published port: this test checks nothing"
+    assert {host for _, _, host in published} == {"127.0.0.1"}, published
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p[1] if p else "default")
+def test_docker_compose_publishes_the_slack_listener_alone_when_asked(
+    tmp_path: Path, profile: tuple[str, ...]
+) -> None:
+    services = resolved(tmp_path, *profile, env_lines="SLACK_PUBLISH_HOST=0.0.0.0\n")["services"]
+    published = _published(services)
+    assert {(port, host) for _, port, host in published if host == "0.0.0.0"} == {
+        (SLACK_PORT, "0.0.0.0")
+    }
+    assert {host for _, port, host in published if port != SLACK_PORT} == {"127.0.0.1"}
+    # PUBLISH_HOST moves every other port and leaves the Slack listener where it was.
+    services = resolved(tmp_path, *profile, env_lines="PUBLISH_HOST=10.0.0.5\n")["services"]
+    for _, port, host in _published(services):
+        assert host == ("127.0.0.1" if port == SLACK_PORT else "10.0.0.5")
