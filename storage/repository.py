@@ -508,6 +508,20 @@ class Repository:
         with self._transaction() as connection:
             return {JobStatus(status): int(count) for status, count in connection.execute(query)}
 
+    def feedback_counts(self) -> dict[Rating, int]:
+        """How many 👍 and 👎 are stored (the metrics read it on every scrape)."""
+        query = select(feedback.c.rating, func.count(feedback.c.id)).group_by(feedback.c.rating)
+        with self._transaction() as connection:
+            return {Rating(rating): int(count) for rating, count in connection.execute(query)}
+
+    def handoffs_waiting(self) -> int:
+        """Conversations handed to a human and not resumed yet, everywhere (the metrics)."""
+        query = select(func.count(conversations.c.id)).where(
+            conversations.c.handoff_at.is_not(None)
+        )
+        with self._transaction() as connection:
+            return int(connection.scalar(query) or 0)
+
     def ping(self) -> None:
         """Raise unless the database answers (readiness checks)."""
         with self._transaction() as connection:

@@ -63,7 +63,7 @@ def test_env_example_lists_every_setting_with_a_valid_value() -> None:
 def test_compose_runs_solarbot_next_to_a_healthy_postgres() -> None:
     data = compose()
     services = data["services"]
-    assert set(services) == {"postgres", "solarbot", "adapters", "worker"}
+    assert set(services) == {"postgres", "solarbot", "adapters", "worker", "prometheus", "grafana"}
 
     postgres = services["postgres"]
     assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
@@ -89,8 +89,11 @@ def test_compose_runs_solarbot_next_to_a_healthy_postgres() -> None:
         assert devices[0]["capabilities"] == ["gpu"]
     assert "deploy" not in services["adapters"]  # the adapters role loads no model
 
-    named = {v.split(":")[0] for s in services.values() for v in s.get("volumes", [])}
+    sources = {v.split(":")[0] for s in services.values() for v in s.get("volumes", [])}
+    named = {source for source in sources if not source.startswith("./")}
     assert named <= set(data["volumes"])
+    for bind in sources - named:  # files of the repository, relative to docker/
+        assert (COMPOSE.parent / bind).exists(), bind
 
 
 def test_compose_variables_are_defined_in_env_example() -> None:
@@ -224,7 +227,11 @@ def test_docker_compose_refuses_to_start_without_a_database_password(tmp_path: P
 
 
 # Every profile of the compose file, as `docker compose` options.
-PROFILES: tuple[tuple[str, ...], ...] = ((), ("--profile", "split"))
+PROFILES: tuple[tuple[str, ...], ...] = (
+    (),
+    ("--profile", "split"),
+    ("--profile", "monitoring"),
+)
 # Published container ports: the Slack listener has a host address of its own.
 SLACK_PORT = 3000
 
@@ -261,3 +268,17 @@ def test_docker_compose_publishes_the_slack_listener_alone_when_asked(
     services = resolved(tmp_path, *profile, env_lines="PUBLISH_HOST=10.0.0.5\n")["services"]
     for _, port, host in _published(services):
         assert host == ("127.0.0.1" if port == SLACK_PORT else "10.0.0.5")
+
+
+def test_docker_compose_monitoring_profile_adds_prometheus_and_grafana(tmp_path: Path) -> None:
+    services = resolved(tmp_path, "--profile", "monitoring")["services"]
+    assert set(services) == {"postgres", "solarbot", "prometheus", "grafana"}
+    for name in ("prometheus", "grafana"):
+        assert _gpus(services[name]) == []
+        for volume in services[name]["volumes"]:
+            if volume["type"] == "bind":
+                assert volume["read_only"] and Path(volume["source"]).exists(), volume
+    assert services["grafana"]["depends_on"]["prometheus"]["condition"] == "service_started"
+    # Grafana does not take the Slack listener's port.
+    assert {p["target"] for p in services["grafana"]["ports"]} == {3001}
+    assert services["grafana"]["environment"]["GF_SERVER_HTTP_PORT"] == "3001"
