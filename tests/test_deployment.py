@@ -63,13 +63,22 @@ def test_env_example_lists_every_setting_with_a_valid_value() -> None:
 def test_compose_runs_solarbot_next_to_a_healthy_postgres() -> None:
     data = compose()
     services = data["services"]
-    assert set(services) == {"postgres", "solarbot", "adapters", "worker", "prometheus", "grafana"}
+    assert set(services) == {
+        "postgres",
+        "solarbot",
+        "adapters",
+        "worker",
+        "solarbot-openai",
+        "vllm",
+        "prometheus",
+        "grafana",
+    }
 
     postgres = services["postgres"]
     assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
     assert any(volume.endswith(":/var/lib/postgresql/data") for volume in postgres["volumes"])
 
-    for name in ("solarbot", "adapters", "worker"):
+    for name in ("solarbot", "adapters", "worker", "solarbot-openai"):
         service = services[name]
         assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
         environment = service["environment"]
@@ -231,6 +240,7 @@ PROFILES: tuple[tuple[str, ...], ...] = (
     (),
     ("--profile", "split"),
     ("--profile", "monitoring"),
+    ("--profile", "vllm"),
 )
 # Published container ports: the Slack listener has a host address of its own.
 SLACK_PORT = 3000
@@ -282,3 +292,39 @@ def test_docker_compose_monitoring_profile_adds_prometheus_and_grafana(tmp_path:
     # Grafana does not take the Slack listener's port.
     assert {p["target"] for p in services["grafana"]["ports"]} == {3001}
     assert services["grafana"]["environment"]["GF_SERVER_HTTP_PORT"] == "3001"
+
+
+def _flags(command: list[str]) -> dict[str, str]:
+    """``--name=value`` arguments of a command."""
+    return dict(arg[2:].split("=", 1) for arg in command if arg.startswith("--") and "=" in arg)
+
+
+def test_docker_compose_vllm_profile_serves_solar_on_the_gpu_for_a_gpu_less_solarbot(
+    tmp_path: Path,
+) -> None:
+    services = resolved(tmp_path, "--profile", "vllm")["services"]
+    assert set(services) == {"postgres", "solarbot", "solarbot-openai", "vllm"}
+    vllm, solarbot = services["vllm"], services["solarbot-openai"]
+
+    assert vllm["image"].startswith("vllm/vllm-openai:")
+    flags = _flags(vllm["command"])
+    assert flags["model"] == Settings().model == "upstage/SOLAR-10.7B-Instruct-v1.0"
+    assert flags["dtype"] == "float16"
+    assert _gpus(vllm) == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    check = " ".join(vllm["healthcheck"]["test"])
+    assert f"http://127.0.0.1:{flags['port']}/health'" in check
+    (cache,) = vllm["volumes"]
+    assert cache["type"] == "volume" and cache["target"] == vllm["environment"]["HF_HOME"]
+
+    # solarbot: no GPU, the OpenAI-compatible engine pointed at vLLM's served model.
+    assert _gpus(solarbot) == []
+    assert solarbot["command"] == ["run"]
+    settings = load_settings(environ=solarbot["environment"])  # the real settings accept them
+    assert settings.engine == "openai"
+    assert settings.openai_base_url == f"http://vllm:{flags['port']}/v1"
+    assert settings.openai_model == flags["served-model-name"]
+    assert settings.model == flags["model"]  # the tokenizer that counts prompt tokens
+    assert settings.resolved_database_url().endswith("@postgres:5432/solarbot")
+    assert solarbot["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert "vllm" in solarbot["depends_on"]
+    assert "/healthz" in " ".join(solarbot["healthcheck"]["test"])
