@@ -10,6 +10,10 @@ tutorial's shape: on message -> generate -> post) using the same fake engine and
 
 Ends with:  pipeline: N messages/s, p50 X ms, p99 Y ms, lost 0, duplicated 0
 (N from the closed loop, p50/p99 from the paced run, lost/duplicated over both.)
+
+With --workers 1,2,4 [--database-url postgresql://...] it measures the queue past one process
+instead: separate `solarbot worker` processes (see main_worker_processes); ends with
+pipeline --workers: lost 0, duplicated 0
 """
 
 from __future__ import annotations
@@ -18,8 +22,12 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import random
+import signal
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,14 +37,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import aiohttp
+from aiohttp import web
+from sqlalchemy.engine import make_url
+
 from adapters.fake import FakeAdapter, FakeReplyStream
 from bot.delivery import ReplyTarget
 from bot.generation.engine import GenerationRequest, SamplingParams
 from bot.generation.fake import FakeEngine
 from bot.intake import Intake
-from bot.models import ConversationKey
+from bot.models import ConversationKey, Incoming, JobStatus
 from bot.worker import Worker, WorkerOptions
+from storage import database
 from storage.repository import Repository
+from tests.webhook_platform import WebhookPlatform
 
 
 class TimedAdapter(FakeAdapter):
@@ -260,7 +274,18 @@ def main(argv: list[str] | None = None) -> int:
         help="offered load (messages/s) of the latency run (default: 200)",
     )
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--workers",
+        help="comma-separated worker process counts (e.g. 1,2,4): run separate `solarbot worker`"
+        " processes on a shared database instead (see main_worker_processes)",
+    )
+    parser.add_argument(
+        "--database-url",
+        help="with --workers: the database to run them on (emptied!) besides the SQLite reference",
+    )
     args = parser.parse_args(argv)
+    if args.workers is not None:
+        return main_worker_processes(args)
     logging.basicConfig(level=logging.ERROR)
 
     baseline = asyncio.run(run_baseline(args.channels, args.messages))
@@ -315,6 +340,249 @@ def main(argv: list[str] | None = None) -> int:
         f"pipeline: {flat_out['rate']:.0f} messages/s, p50 {paced['p50_ms']:.0f} ms, "
         f"p99 {paced['p99_ms']:.0f} ms, lost {lost:.0f}, duplicated {doubled:.0f}"
     )
+    return 0 if lost == 0 and doubled == 0 else 1
+
+
+# ---------------------------------------------------------------------------------------------
+# --workers: separate `solarbot worker` processes on a shared database (issue 17)
+#
+# The bench process enqueues (as an adapters process would) into SQLite or PostgreSQL; N real
+# `solarbot worker --engine fake` processes claim, generate and deliver through the webhook
+# platform to a loopback receiver (tests/webhook_platform.py) that this process runs. Closed loop:
+# each channel sends its next message when the previous reply has landed on the receiver.
+
+
+class TimedPlatform(WebhookPlatform):
+    """The loopback receiver, noting when each job's reply first shows its complete text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.expected: dict[int, str] = {}
+        self.landed: dict[int, float] = {}
+        self.waiters: dict[int, asyncio.Event] = {}
+
+    def expect(self, job_id: int, text: str) -> asyncio.Event:
+        self.expected[job_id] = text
+        event = self.waiters.setdefault(job_id, asyncio.Event())
+        self._note(job_id)
+        return event
+
+    def _note(self, job_id: int) -> None:
+        parts = self.replies().get(job_id, [])
+        if job_id in self.expected and "".join(m.text for m in parts) == self.expected[job_id]:
+            self.landed.setdefault(job_id, time.perf_counter())
+            self.waiters.setdefault(job_id, asyncio.Event()).set()
+
+    async def _post(self, request: web.Request) -> web.Response:
+        response = await super()._post(request)
+        self._note_all()
+        return response
+
+    async def _patch(self, request: web.Request) -> web.Response:
+        response = await super()._patch(request)
+        self._note_all()
+        return response
+
+    def _note_all(self) -> None:
+        for job_id in self.expected.keys() - self.landed.keys():
+            self._note(job_id)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _fresh_database(url: str) -> None:
+    """Every solarbot table dropped (migrating down) and created again: a clean queue."""
+    engine = database.create_db_engine(url)
+    try:
+        database.upgrade(engine)
+        database.downgrade(engine, "base")
+        database.upgrade(engine)
+    finally:
+        engine.dispose()
+
+
+def _worker_environment(database_url: str, platform_url: str, metrics_port: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SOLARBOT_")}
+    env.update(
+        {
+            "SOLARBOT_DATABASE_URL": database_url,
+            "SOLARBOT_WEBHOOK_URL": platform_url,
+            "SOLARBOT_METRICS_PORT": str(metrics_port),
+            "SOLARBOT_POLL_SECONDS": "0.05",
+            "SOLARBOT_EDIT_INTERVAL_SECONDS": "0.05",
+            "SOLARBOT_LOG_LEVEL": "WARNING",
+        }
+    )
+    return env
+
+
+async def _wait_ready(ports: list[int], processes: list[subprocess.Popen[bytes]]) -> None:
+    async with aiohttp.ClientSession() as http:
+        for port, process in zip(ports, processes, strict=True):
+            async with asyncio.timeout(180):
+                while True:
+                    if process.poll() is not None:
+                        raise RuntimeError(f"a worker exited with {process.returncode}")
+                    try:
+                        async with http.get(f"http://127.0.0.1:{port}/readyz") as response:
+                            if response.status == 200:
+                                break
+                    except aiohttp.ClientError:
+                        pass
+                    await asyncio.sleep(0.1)
+
+
+def _start_workers(
+    database_url: str, platform_url: str, ports: list[int], log_path: Path
+) -> list[subprocess.Popen[bytes]]:
+    """One `solarbot worker --engine fake` process per metrics port."""
+    processes = []
+    with log_path.open("ab") as log:
+        for port in ports:
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "bot.cli", "worker", "--engine", "fake"],
+                    cwd=Path(__file__).resolve().parents[1],
+                    env=_worker_environment(database_url, platform_url, port),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+    return processes
+
+
+def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+async def run_worker_processes(
+    database_url: str, workers: int, channels: int, messages: int, log_path: Path
+) -> dict[str, float]:
+    """Closed loop over ``channels`` x ``messages`` with ``workers`` `solarbot worker` processes."""
+    _fresh_database(database_url)
+    repository = Repository.open(database_url)
+    platform = TimedPlatform()
+    platform_url = await platform.start()
+    ports = [_free_port() for _ in range(workers)]
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        processes = _start_workers(database_url, platform_url, ports, log_path)
+        await _wait_ready(ports, processes)
+        sent: dict[int, float] = {}
+        expected: dict[int, tuple[str, str]] = {}
+        order: dict[str, list[int]] = {}
+
+        async def user(channel: int) -> None:
+            name = f"ch{channel}"
+            for n in range(messages):
+                text = f"w{workers} c{channel} m{n}"
+                began = time.perf_counter()
+                result = await asyncio.to_thread(
+                    repository.enqueue,
+                    Incoming(
+                        platform="webhook",
+                        channel=name,
+                        author_id=f"u{channel}",
+                        text=text,
+                        message_id=f"{name}-{n}",
+                    ),
+                )
+                sent[result.job_id] = began
+                reply = f"You said: {text}"
+                expected[result.job_id] = (name, reply)
+                order.setdefault(name, []).append(result.job_id)
+                await platform.expect(result.job_id, reply).wait()
+
+        began = time.perf_counter()
+        try:
+            async with asyncio.timeout(600):
+                await asyncio.gather(*(user(c) for c in range(channels)))
+        except TimeoutError:
+            print("pipeline --workers: gave up waiting after 600 s", file=sys.stderr)
+        elapsed = time.perf_counter() - began
+        await asyncio.sleep(0.5)  # a duplicate would be posted now, if ever
+        verdict = platform.check(expected, order)
+        latencies = [platform.landed[j] - sent[j] for j in sent if j in platform.landed]
+        done = await asyncio.to_thread(repository.count_jobs, statuses=(JobStatus.DONE,))
+        total = channels * messages
+        return {
+            "workers": workers,
+            "messages": total,
+            "rate": len(latencies) / elapsed,
+            "p50_ms": 1000 * percentile(latencies, 0.50) if latencies else float("nan"),
+            "p99_ms": 1000 * percentile(latencies, 0.99) if latencies else float("nan"),
+            "lost": total - len(latencies) + (total - done) + verdict.lost,
+            "duplicated": verdict.doubled,
+            "out_of_order": verdict.out_of_order,
+        }
+    finally:
+        await asyncio.to_thread(_stop, processes)
+        await platform.stop()
+        repository.close()
+
+
+def _hidden(url: str) -> str:
+    return str(make_url(url).render_as_string(hide_password=True))
+
+
+def main_worker_processes(args: argparse.Namespace) -> int:
+    """``--workers 1,2,4 [--database-url postgresql://...]``: SQLite with one worker process, then
+    the given database (its solarbot tables are dropped and created again) with each count."""
+    counts = [int(n) for n in args.workers.split(",")]
+    runs: list[tuple[str, str, int]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        runs.append(("SQLite", f"sqlite:///{Path(tmp) / 'queue.db'}", 1))
+        if args.database_url:
+            kind = make_url(args.database_url).get_backend_name()
+            runs.extend((kind, args.database_url, n) for n in counts)
+        else:
+            runs.extend(("SQLite", f"sqlite:///{Path(tmp) / 'queue.db'}", n) for n in counts[1:])
+        results = []
+        for kind, url, workers in runs:
+            figures = asyncio.run(
+                run_worker_processes(
+                    url, workers, args.channels, args.messages, Path(tmp) / "workers.log"
+                )
+            )
+            results.append({"database": kind, **figures})
+    print(
+        f"{args.channels} channels x {args.messages} messages, closed loop, separate "
+        f"`solarbot worker --engine fake` processes"
+        + (f", {_hidden(args.database_url)}" if args.database_url else "")
+    )
+    print(
+        f"{'database':<12} {'workers':>7} {'msgs/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'lost':>5} {'dup':>5}"
+    )
+    for row in results:
+        print(
+            f"{row['database']:<12} {row['workers']:>7.0f} {row['rate']:>8.1f} "
+            f"{row['p50_ms']:>8.1f} {row['p99_ms']:>8.1f} {row['lost']:>5.0f} "
+            f"{row['duplicated']:>5.0f}"
+        )
+    first = [r for r in results[1:] if r["workers"] == min(counts)]
+    last = [r for r in results[1:] if r["workers"] == max(counts)]
+    if first and last and len(counts) > 1:
+        print(
+            f"{max(counts)} workers vs {min(counts)}: "
+            f"{last[0]['rate'] / first[0]['rate']:.2f}x the messages/s"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    lost = sum(r["lost"] for r in results)
+    doubled = sum(r["duplicated"] for r in results)
+    print(f"pipeline --workers: lost {lost:.0f}, duplicated {doubled:.0f}")
     return 0 if lost == 0 and doubled == 0 else 1
 
 

@@ -29,7 +29,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from bot.gpu_memory import gpu_memory
-from bot.models import JobStatus
+from bot.models import JobStatus, Rating
 
 if TYPE_CHECKING:
     from bot.generation.engine import Engine
@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 # queue or a cold CPU takes minutes.
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0)
 TOKENS_PER_SECOND_BUCKETS = (1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0, 640.0)
+# Exported only by a process whose model uses CUDA (see bot/gpu_memory.py).
+GPU_METRICS = ("solarbot_gpu_memory_bytes", "solarbot_gpu_memory_reserved_bytes")
 
 
 class Metrics:
@@ -167,6 +169,25 @@ class _StateCollector(Collector):
                 for status in JobStatus:
                     by_status.add_metric([status.value], counts.get(status, 0))
                 yield by_status
+            try:
+                ratings = self.repository.feedback_counts()
+                handoffs = self.repository.handoffs_waiting()
+            except Exception as exc:
+                log.warning("metrics: could not count feedback: %s", type(exc).__name__)
+            else:
+                votes = GaugeMetricFamily(
+                    "solarbot_feedback",
+                    "👍 (up) and 👎 (down) reactions on replies stored in the database.",
+                    labels=["rating"],
+                )
+                for rating in Rating:
+                    votes.add_metric([rating.value], ratings.get(rating, 0))
+                yield votes
+                yield GaugeMetricFamily(
+                    "solarbot_handoffs_waiting",
+                    "Conversations handed to a human and not resumed yet.",
+                    value=handoffs,
+                )
         if self.engine is not None:
             health = self.engine.health()
             yield GaugeMetricFamily(
@@ -180,12 +201,12 @@ class _StateCollector(Collector):
         memory = gpu_memory()
         if memory:
             allocated = GaugeMetricFamily(
-                "solarbot_gpu_memory_bytes",
+                GPU_METRICS[0],
                 "GPU memory allocated by this process's tensors (torch).",
                 labels=["device"],
             )
             reserved = GaugeMetricFamily(
-                "solarbot_gpu_memory_reserved_bytes",
+                GPU_METRICS[1],
                 "GPU memory held by this process's allocator (tensors, CUDA graph pools, cache):"
                 " what the other processes on the GPU cannot have.",
                 labels=["device"],

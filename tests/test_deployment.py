@@ -63,13 +63,22 @@ def test_env_example_lists_every_setting_with_a_valid_value() -> None:
 def test_compose_runs_solarbot_next_to_a_healthy_postgres() -> None:
     data = compose()
     services = data["services"]
-    assert set(services) == {"postgres", "solarbot", "adapters", "worker"}
+    assert set(services) == {
+        "postgres",
+        "solarbot",
+        "adapters",
+        "worker",
+        "solarbot-openai",
+        "vllm",
+        "prometheus",
+        "grafana",
+    }
 
     postgres = services["postgres"]
     assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
     assert any(volume.endswith(":/var/lib/postgresql/data") for volume in postgres["volumes"])
 
-    for name in ("solarbot", "adapters", "worker"):
+    for name in ("solarbot", "adapters", "worker", "solarbot-openai"):
         service = services[name]
         assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
         environment = service["environment"]
@@ -89,15 +98,25 @@ def test_compose_runs_solarbot_next_to_a_healthy_postgres() -> None:
         assert devices[0]["capabilities"] == ["gpu"]
     assert "deploy" not in services["adapters"]  # the adapters role loads no model
 
-    named = {v.split(":")[0] for s in services.values() for v in s.get("volumes", [])}
+    sources = {v.split(":")[0] for s in services.values() for v in s.get("volumes", [])}
+    named = {source for source in sources if not source.startswith("./")}
     assert named <= set(data["volumes"])
+    for bind in sources - named:  # files of the repository, relative to docker/
+        assert (COMPOSE.parent / bind).exists(), bind
 
 
 def test_compose_variables_are_defined_in_env_example() -> None:
-    used = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", COMPOSE.read_text()))
+    """A variable without a default is set in .env.example; one with a default (``${X:-v}``) is
+    listed there, commented out, with that default."""
+    text = COMPOSE.read_text()
+    required = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)(?:[:?}])", text))
+    defaulted = dict(re.findall(r"\$\{([A-Z_][A-Z0-9_]*):-([^}]*)\}", text))
+    assert required and defaulted, "the compose file uses no variables: this test checks nothing"
     defined = {key for key, _, commented in env_example() if not commented}
-    assert used, "the compose file uses no variables: this test checks nothing"
-    assert used <= defined
+    assert required - set(defaulted) <= defined
+    listed = {key: value for key, value, _ in env_example()}
+    for key, default in defaulted.items():
+        assert listed.get(key) == default, f"{key}: .env.example must list its default {default}"
 
 
 def test_dockerfile_is_a_cuda_runtime_image_running_as_a_user_with_a_healthcheck() -> None:
@@ -161,10 +180,10 @@ def run_compose(
     )
 
 
-def resolved(tmp_path: Path, *profile: str) -> dict[str, Any]:
+def resolved(tmp_path: Path, *profile: str, env_lines: str = "") -> dict[str, Any]:
     """The model Docker Compose itself builds from the file (anchors merged, variables set)."""
     env = tmp_path / "compose.env"
-    env.write_text("POSTGRES_PASSWORD=s3cret-pw\n")
+    env.write_text("POSTGRES_PASSWORD=s3cret-pw\n" + env_lines)
     result = run_compose(*profile, "config", "--format", "json", env_file=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
@@ -214,3 +233,98 @@ def test_docker_compose_refuses_to_start_without_a_database_password(tmp_path: P
     result = run_compose("config", cwd=tmp_path)
     assert result.returncode != 0
     assert "set POSTGRES_PASSWORD in .env" in result.stderr
+
+
+# Every profile of the compose file, as `docker compose` options.
+PROFILES: tuple[tuple[str, ...], ...] = (
+    (),
+    ("--profile", "split"),
+    ("--profile", "monitoring"),
+    ("--profile", "vllm"),
+)
+# Published container ports: the Slack listener has a host address of its own.
+SLACK_PORT = 3000
+
+
+def _published(services: dict[str, Any]) -> list[tuple[str, int, str]]:
+    """(service, container port, host address) of every published port."""
+    return [
+        (name, int(port["target"]), port.get("host_ip", ""))
+        for name, service in services.items()
+        for port in service.get("ports", [])
+    ]
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p[1] if p else "default")
+def test_docker_compose_publishes_every_port_on_localhost_only(
+    tmp_path: Path, profile: tuple[str, ...]
+) -> None:
+    published = _published(resolved(tmp_path, *profile)["services"])
+    assert published, "no published port: this test checks nothing"
+    assert {host for _, _, host in published} == {"127.0.0.1"}, published
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p[1] if p else "default")
+def test_docker_compose_publishes_the_slack_listener_alone_when_asked(
+    tmp_path: Path, profile: tuple[str, ...]
+) -> None:
+    services = resolved(tmp_path, *profile, env_lines="SLACK_PUBLISH_HOST=0.0.0.0\n")["services"]
+    published = _published(services)
+    assert {(port, host) for _, port, host in published if host == "0.0.0.0"} == {
+        (SLACK_PORT, "0.0.0.0")
+    }
+    assert {host for _, port, host in published if port != SLACK_PORT} == {"127.0.0.1"}
+    # PUBLISH_HOST moves every other port and leaves the Slack listener where it was.
+    services = resolved(tmp_path, *profile, env_lines="PUBLISH_HOST=10.0.0.5\n")["services"]
+    for _, port, host in _published(services):
+        assert host == ("127.0.0.1" if port == SLACK_PORT else "10.0.0.5")
+
+
+def test_docker_compose_monitoring_profile_adds_prometheus_and_grafana(tmp_path: Path) -> None:
+    services = resolved(tmp_path, "--profile", "monitoring")["services"]
+    assert set(services) == {"postgres", "solarbot", "prometheus", "grafana"}
+    for name in ("prometheus", "grafana"):
+        assert _gpus(services[name]) == []
+        for volume in services[name]["volumes"]:
+            if volume["type"] == "bind":
+                assert volume["read_only"] and Path(volume["source"]).exists(), volume
+    assert services["grafana"]["depends_on"]["prometheus"]["condition"] == "service_started"
+    # Grafana does not take the Slack listener's port.
+    assert {p["target"] for p in services["grafana"]["ports"]} == {3001}
+    assert services["grafana"]["environment"]["GF_SERVER_HTTP_PORT"] == "3001"
+
+
+def _flags(command: list[str]) -> dict[str, str]:
+    """``--name=value`` arguments of a command."""
+    return dict(arg[2:].split("=", 1) for arg in command if arg.startswith("--") and "=" in arg)
+
+
+def test_docker_compose_vllm_profile_serves_solar_on_the_gpu_for_a_gpu_less_solarbot(
+    tmp_path: Path,
+) -> None:
+    services = resolved(tmp_path, "--profile", "vllm")["services"]
+    assert set(services) == {"postgres", "solarbot", "solarbot-openai", "vllm"}
+    vllm, solarbot = services["vllm"], services["solarbot-openai"]
+
+    assert vllm["image"].startswith("vllm/vllm-openai:")
+    flags = _flags(vllm["command"])
+    assert flags["model"] == Settings().model == "upstage/SOLAR-10.7B-Instruct-v1.0"
+    assert flags["dtype"] == "float16"
+    assert _gpus(vllm) == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    check = " ".join(vllm["healthcheck"]["test"])
+    assert f"http://127.0.0.1:{flags['port']}/health'" in check
+    (cache,) = vllm["volumes"]
+    assert cache["type"] == "volume" and cache["target"] == vllm["environment"]["HF_HOME"]
+
+    # solarbot: no GPU, the OpenAI-compatible engine pointed at vLLM's served model.
+    assert _gpus(solarbot) == []
+    assert solarbot["command"] == ["run"]
+    settings = load_settings(environ=solarbot["environment"])  # the real settings accept them
+    assert settings.engine == "openai"
+    assert settings.openai_base_url == f"http://vllm:{flags['port']}/v1"
+    assert settings.openai_model == flags["served-model-name"]
+    assert settings.model == flags["model"]  # the tokenizer that counts prompt tokens
+    assert settings.resolved_database_url().endswith("@postgres:5432/solarbot")
+    assert solarbot["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert "vllm" in solarbot["depends_on"]
+    assert "/healthz" in " ".join(solarbot["healthcheck"]["test"])

@@ -105,6 +105,14 @@ class ChannelStore(RepositoryBase):
             handed = connection.scalar(select(conversations.c.handoff_at).where(*key_filter(key)))
             return handed is not None
 
+    def handoffs_waiting(self) -> int:
+        """Conversations handed to a human and not resumed yet, everywhere (the metrics)."""
+        query = select(func.count(conversations.c.id)).where(
+            conversations.c.handoff_at.is_not(None)
+        )
+        with self._transaction() as connection:
+            return int(connection.scalar(query) or 0)
+
     def handoffs_in_channel(self, *, platform: str, workspace: str, channel: str) -> int:
         """Conversations of a channel (threads included) now handed to a human."""
         with self._transaction() as connection:

@@ -105,6 +105,12 @@ class FeedbackStore(RepositoryBase):
             for row in rows
         ]
 
+    def feedback_counts(self) -> dict[Rating, int]:
+        """How many 👍 and 👎 are stored (the metrics read it on every scrape)."""
+        query = select(feedback.c.rating, func.count(feedback.c.id)).group_by(feedback.c.rating)
+        with self._transaction() as connection:
+            return {Rating(rating): int(count) for rating, count in connection.execute(query)}
+
     def feedback_report(self, *, platform: str | None = None, limit: int = 10) -> FeedbackReport:
         """Per channel (threads included): replies (done jobs), 👍 and 👎; and the ``limit``
         replies with the most 👎 (ties: fewer 👍, then the newest), with their question."""
