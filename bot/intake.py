@@ -239,7 +239,7 @@ class Intake:
             else:
                 # The handoff stands (the conversation goes quiet); only the ping is held back.
                 log.info("handoff without a ping (%s)", held_back)
-                await adapter.post_notice(target, texts.HANDOFF_ALREADY_NOTIFIED)
+                await post_clean_notice(adapter, target, texts.HANDOFF_ALREADY_NOTIFIED)
         except Exception as exc:  # the handoff stands; the platform is having a bad moment
             log.warning("could not announce a handoff on %s: %s", incoming.platform, exc)
 

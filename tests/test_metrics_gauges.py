@@ -23,22 +23,24 @@ def test_feedback_counts_follow_every_vote_and_retraction(
         for n in range(4)
     ]
     assert repository.feedback_counts() == {}
-    stored: set[tuple[str, str, Rating]] = set()  # (message, user, rating)
+    # One rating per person and answer, the latest wins; a removal takes back only that rating.
+    stored: dict[tuple[str, str], Rating] = {}  # (message, user) -> rating
     for _ in range(40):
         message = f"m{rng.randrange(len(replies))}"
         user = f"U{rng.randrange(3)}"
         rating = rng.choice(list(Rating))
         if rng.random() < 0.6:
             assert vote(repository, message, user, rating) is not None
-            stored.add((message, user, rating))
+            stored[(message, user)] = rating
         else:
             repository.remove_feedback(
                 platform="slack", workspace="T1", message_id=message, user_id=user, rating=rating
             )
-            stored.discard((message, user, rating))
+            if stored.get((message, user)) is rating:
+                del stored[(message, user)]
         counts = repository.feedback_counts()
         for each in Rating:
-            assert counts.get(each, 0) == sum(1 for *_, r in stored if r is each)
+            assert counts.get(each, 0) == sum(1 for r in stored.values() if r is each)
 
 
 def test_handoffs_waiting_counts_conversations_until_resumed(repository: Repository) -> None:

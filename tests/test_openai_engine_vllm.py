@@ -27,7 +27,7 @@ import pytest
 from bot.conversation import PromptBuilder, Turn
 from bot.errors import GenerationError
 from bot.generation.engine import GenerationRequest, SamplingParams
-from bot.generation.local import HFTokenizer
+from bot.generation.loading import HFTokenizer
 from bot.generation.openai import OpenAIEngine
 from bot.generation.solar import STOP_HEADERS
 from tests.tiny_model import build_tiny_solar

@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import inspect, text
 
-from adapters.slack import SlackAdapter
+from adapters.slack import SlackAdapter, SlackOptions
 from bot import texts
 from bot.conversation import TRUNCATION_MARKER, PromptBuilder, Turn
 from bot.errors import PromptTooLongError
@@ -608,12 +608,14 @@ async def test_an_ingress_without_an_engine_measures_prompts_with_the_tokenizer_
     service_settings = load_settings(environ=environ)
     repository = Repository.open(service_settings.resolved_database_url())
     adapter = SlackAdapter(
-        bot_token=SLACK_BOT_TOKEN,
-        signing_secret=SLACK_SIGNING_SECRET,
-        host="127.0.0.1",
-        port=0,
-        api_url=slack_fake.api_url,
-        admin_users=(ADMIN,),
+        SlackOptions(
+            bot_token=SLACK_BOT_TOKEN,
+            signing_secret=SLACK_SIGNING_SECRET,
+            host="127.0.0.1",
+            port=0,
+            api_url=slack_fake.api_url,
+            admin_users=frozenset({ADMIN}),
+        )
     )
     service = Service(
         settings=service_settings,

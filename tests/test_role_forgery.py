@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bot.conversation import _NUMBER_SIGNS, PromptBuilder, Turn, neutralise
-from bot.generation.local import HFTokenizer
+from bot.generation.loading import HFTokenizer
 
 # Pieces that build headers and their look-alikes: number signs (ASCII, full-width, small), role
 # names in every case and in full-width / mathematical / circled letters, colons and their

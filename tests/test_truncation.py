@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bot.conversation import TRUNCATION_MARKER, PromptBuilder, Turn
-from bot.generation.local import HFTokenizer
+from bot.generation.loading import HFTokenizer
 
 HEAD = "### User:\n"
 TAIL = TRUNCATION_MARKER + "\n\n### Assistant:\n"

@@ -442,12 +442,12 @@ async def test_started_local_engines_report_what_they_admit(
     """Once started, the local engines answer from the batch they really built (the admission
     limit / the static cache's slots), and a worker on them runs that many jobs."""
     from bot.generation.local import TransformersEngine
+    from bot.generation.options import LocalEngineOptions
     from bot.generation.static import StaticCacheEngine
 
+    options_ = LocalEngineOptions(model=str(tiny_model_dir), device="cpu", max_active_requests=3)
     engine: TransformersEngine | StaticCacheEngine = (
-        TransformersEngine(model=str(tiny_model_dir), device="cpu", max_active_requests=3)
-        if kind == "local"
-        else StaticCacheEngine(model=str(tiny_model_dir), device="cpu", max_active_requests=3)
+        TransformersEngine(options_) if kind == "local" else StaticCacheEngine(options_)
     )
     await engine.start()
     try:
