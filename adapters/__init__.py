@@ -1,7 +1,7 @@
 """Platform adapters: each turns platform events into ``Incoming`` and posts replies back.
 
 Adapters translate; the core decides. The whole contract is in ``bot.delivery``; an adapter imports
-from the core only ``bot.delivery`` (the contract, ``IntakePort``), ``bot.models`` (records),
+from the core only ``bot.delivery`` (the contract, ``IntakePort``), ``bot.records`` (records),
 ``bot.errors``, ``bot.texts``, and helpers it chooses (``bot.commands``, ``bot.splitting``,
 ``bot.hygiene``, ``bot.http_listener``, ``adapters.streaming``); never ``bot.intake``, the worker,
 an engine or the settings.

@@ -21,7 +21,7 @@ from typing import TextIO
 from bot import texts
 from bot.delivery import IntakePort, ReplyTarget
 from bot.errors import InvalidIncomingError
-from bot.models import Incoming
+from bot.records import Incoming
 
 PLATFORM = "console"
 

@@ -55,7 +55,7 @@ from bot.commands import CommandContext, Commands, ParsedCommand, parse_prefixed
 from bot.dedupe import dedupe_key
 from bot.delivery import IntakePort, ReplyTarget
 from bot.errors import ConfigError, DeliveryError, InvalidIncomingError, SolarbotError
-from bot.models import ConversationKey, Incoming, JobStatus
+from bot.records import ConversationKey, Incoming, JobStatus
 from bot.splitting import split_message
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from bot.delivery import IntakePort, ReplyTarget
 from bot.errors import DeliveryError
-from bot.models import ConversationKey, EnqueueResult, Incoming
+from bot.records import ConversationKey, EnqueueResult, Incoming
 
 
 @dataclass

@@ -64,7 +64,7 @@ from bot.delivery import NOTICE_TO, IntakePort, ReplyTarget
 from bot.errors import ConfigError, DeliveryError, InvalidIncomingError
 from bot.http_listener import Listener, start_listener
 from bot.hygiene import clean_outgoing
-from bot.models import ConversationKey, EnqueueResult, Incoming
+from bot.records import ConversationKey, EnqueueResult, Incoming
 from bot.splitting import split_message
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from bot.errors import InvalidIncomingError
-from bot.models import Incoming
+from bot.records import Incoming
 from bot.storable import (
     FIELD_LIMITS,
     REPLY_TARGET_ENTRIES,

@@ -46,7 +46,7 @@ from bot.delivery import ReplyTarget
 from bot.generation.engine import GenerationRequest, SamplingParams
 from bot.generation.fake import FakeEngine
 from bot.intake import Intake
-from bot.models import ConversationKey, Incoming, JobStatus
+from bot.records import ConversationKey, Incoming, JobStatus
 from bot.worker import Worker, WorkerOptions
 from storage import database
 from storage.repository import Repository

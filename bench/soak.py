@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bot.intake import Intake  # noqa: E402
-from bot.models import ConversationKey, Incoming, JobStatus, Role  # noqa: E402
+from bot.records import ConversationKey, Incoming, JobStatus, Role  # noqa: E402
 from storage.repository import Repository  # noqa: E402
 from tests.webhook_platform import FAULT_KINDS, WebhookPlatform  # noqa: E402
 

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot import texts
-from bot.models import ChannelConfig
 from bot.prompt_room import PromptGauge, PromptRoom
+from bot.records import ChannelConfig
 from storage.repository import Repository
 
 PRIVATE_FLAGS = ("--private", "-p")

@@ -33,7 +33,7 @@ from bot.settings import Settings
 from storage import database
 
 if TYPE_CHECKING:
-    from bot.models import FeedbackReport
+    from bot.records import FeedbackReport
     from storage.repository import Repository
 
 

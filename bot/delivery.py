@@ -34,8 +34,8 @@ from typing import Protocol, runtime_checkable
 from bot.errors import DeliveryError
 from bot.hygiene import clean_outgoing
 from bot.limits import Refusal
-from bot.models import ConversationKey, EnqueueResult, Incoming, JobStatus
 from bot.prompt_room import PromptGauge
+from bot.records import ConversationKey, EnqueueResult, Incoming, JobStatus
 from storage.repository import Repository
 
 __all__ = [

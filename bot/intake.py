@@ -33,8 +33,8 @@ from collections.abc import Callable, Sequence
 from bot import logs, texts
 from bot.delivery import NOTICE_TO, ChatAdapter, HandoffNotifier, ReplyTarget, post_clean_notice
 from bot.limits import Admission, Limits, Refusal
-from bot.models import EnqueueResult, Incoming, JobStatus, Rating
 from bot.prompt_room import PromptGauge
+from bot.records import EnqueueResult, Incoming, JobStatus, Rating
 from storage.repository import Repository
 
 log = logging.getLogger(__name__)

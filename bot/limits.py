@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from bot import texts
-from bot.models import Incoming
+from bot.records import Incoming
 
 Clock = Callable[[], float]
 

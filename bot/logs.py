@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 if TYPE_CHECKING:
-    from bot.models import ConversationKey
+    from bot.records import ConversationKey
 
 LogFormat = Literal["text", "json"]
 

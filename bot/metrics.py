@@ -29,7 +29,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from bot.gpu_memory import gpu_memory
-from bot.models import JobStatus, Rating
+from bot.records import JobStatus, Rating
 
 if TYPE_CHECKING:
     from bot.generation.engine import Engine

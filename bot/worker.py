@@ -37,7 +37,7 @@ from bot.delivery import (
 )
 from bot.errors import DeliveryError, PromptTooLongError, SolarbotError
 from bot.generation.engine import Engine, GenerationRequest, SamplingParams
-from bot.models import ClaimedJob, JobTrace, Role
+from bot.records import ClaimedJob, JobTrace, Role
 from bot.splitting import truncate_at_word
 from storage.repository import Repository
 

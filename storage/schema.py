@@ -22,7 +22,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from bot.models import JobStatus, Rating, Role
+from bot.records import JobStatus, Rating, Role
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",

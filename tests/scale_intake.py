@@ -12,7 +12,7 @@ import json
 import sys
 
 from bot.intake import Intake
-from bot.models import Incoming
+from bot.records import Incoming
 from storage.repository import Repository
 
 

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import inspect
 
 from bot.commands import CommandName, ParsedCommand, parse_command, parse_prefixed
-from bot.models import ChannelConfig, Incoming
+from bot.records import ChannelConfig, Incoming
 from bot.splitting import truncate_at_word
 from storage import database
 from storage.repository import Repository

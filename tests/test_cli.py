@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bot.cli import build_parser
-from bot.models import ConversationKey, JobStatus
+from bot.records import ConversationKey, JobStatus
 from storage import database
 from storage.repository import Repository
 from tests.processes import ROOT, clean_env, solarbot

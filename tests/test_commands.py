@@ -14,7 +14,7 @@ from bot.commands import (
     ParsedCommand,
     parse_command,
 )
-from bot.models import ChannelConfig, ConversationKey, Incoming
+from bot.records import ChannelConfig, ConversationKey, Incoming
 from storage.repository import Repository
 
 DEFAULT_PROMPT = "You are a test bot."

@@ -12,7 +12,7 @@ from typing import TextIO
 from adapters.console import ConsoleAdapter, ConsoleOptions
 from bot import texts
 from bot.generation.fake import FakeEngine
-from bot.models import ConversationKey
+from bot.records import ConversationKey
 from bot.service import Service
 from bot.settings import load_settings
 from storage.repository import Repository

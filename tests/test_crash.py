@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from bot.intake import Intake
-from bot.models import Incoming, JobStatus
+from bot.records import Incoming, JobStatus
 from storage.repository import Repository
 from tests.webhook_platform import WebhookPlatform
 

@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from adapters.fake import FakeAdapter
 from bot.generation.fake import FakeEngine
 from bot.metrics import GPU_METRICS
-from bot.models import Incoming
+from bot.records import Incoming
 from bot.service import Service
 from bot.settings import load_settings
 from storage.repository import Repository

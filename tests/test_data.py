@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from bot import data
-from bot.models import ConversationKey, Incoming, Role
+from bot.records import ConversationKey, Incoming, Role
 from storage import database
 from storage.repository import Repository
 from tests.test_cli import solarbot

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from bot.dedupe import KEY_LIMIT, dedupe_key
 from bot.intake import Intake
-from bot.models import Incoming
+from bot.records import Incoming
 from storage import database
 from storage.repository import Repository
 

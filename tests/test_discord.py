@@ -25,7 +25,7 @@ from bot.generation.engine import SamplingParams
 from bot.generation.fake import FakeEngine
 from bot.intake import Intake
 from bot.limits import Limits
-from bot.models import ConversationKey, JobStatus
+from bot.records import ConversationKey, JobStatus
 from bot.splitting import split_message, truncate_at_word
 from bot.worker import Worker, WorkerOptions
 from storage.repository import Repository

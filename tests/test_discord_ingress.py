@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bot import texts
-from bot.models import ConversationKey
+from bot.records import ConversationKey
 from bot.storable import FIELD_LIMITS, text_problem
 from tests.discord_fake import BOT_ID, FakeDiscord
 from tests.ingress_fuzz import LoopThread, hostile_text, tracebacks_at_error

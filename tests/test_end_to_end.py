@@ -15,7 +15,7 @@ from adapters.console import ConsoleAdapter, ConsoleOptions
 from bot.conversation import PromptBuilder, Turn
 from bot.generation.loading import HFTokenizer
 from bot.generation.local import TransformersEngine
-from bot.models import ConversationKey, JobStatus
+from bot.records import ConversationKey, JobStatus
 from bot.service import Service, build_engine
 from bot.settings import Settings, load_settings
 from storage.repository import Repository

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import inspect
 
 from bot.intake import rating_of
-from bot.models import Incoming, Rating
+from bot.records import Incoming, Rating
 from storage import database
 from storage.repository import Repository
 from tests.processes import solarbot

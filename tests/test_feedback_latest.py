@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import inspect
 
-from bot.models import Rating
+from bot.records import Rating
 from storage import database
 from storage.repository import Repository
 from tests.test_feedback import answered

@@ -10,7 +10,7 @@ from sqlalchemy import inspect
 from adapters.fake import FakeAdapter
 from bot.errors import ConfigError
 from bot.intake import Intake
-from bot.models import Incoming, JobStatus
+from bot.records import Incoming, JobStatus
 from bot.settings import load_settings
 from storage import database
 from storage.repository import Repository

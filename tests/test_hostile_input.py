@@ -20,7 +20,7 @@ from bot.generation.fake import FakeEngine
 from bot.hygiene import clean_outgoing
 from bot.intake import Intake
 from bot.limits import Limits, LimitSettings
-from bot.models import ChannelConfig, ConversationKey, Incoming
+from bot.records import ChannelConfig, ConversationKey, Incoming
 from storage.repository import Repository
 from tests.test_conversation import SolarTokenizer
 from tests.test_worker import start_rig

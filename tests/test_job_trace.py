@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import inspect
 
-from bot.models import Incoming, JobStatus, JobTrace
+from bot.records import Incoming, JobStatus, JobTrace
 from storage import database
 from storage.repository import Repository
 

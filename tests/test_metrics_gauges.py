@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from bot.models import Incoming, Rating
+from bot.records import Incoming, Rating
 from storage.repository import Repository
 from tests.test_feedback import answered, vote
 

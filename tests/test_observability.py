@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from adapters.fake import FakeAdapter
 from bot import logs
 from bot.generation.fake import FakeEngine
-from bot.models import JobStatus
+from bot.records import JobStatus
 from bot.service import Service
 from bot.settings import load_settings
 from storage.repository import Repository

@@ -24,7 +24,7 @@ from bot.conversation import PromptBuilder, Turn
 from bot.errors import GenerationError
 from bot.generation.engine import GenerationRequest, SamplingParams
 from bot.generation.openai import OpenAIEngine
-from bot.models import JobStatus
+from bot.records import JobStatus
 from bot.service import Service, build_engine
 from bot.settings import load_settings
 from storage.repository import Repository

@@ -37,8 +37,8 @@ from bot.errors import PromptTooLongError
 from bot.generation.fake import FakeTokenizer
 from bot.generation.solar import render_solar_chat
 from bot.limits import Limits, LimitSettings, Refusal
-from bot.models import ConversationKey, Incoming
 from bot.prompt_room import MIN_ROOM_TOKENS, FileTokenizer, PromptGauge
+from bot.records import ConversationKey, Incoming
 from bot.service import Service
 from bot.settings import load_settings
 from storage import database

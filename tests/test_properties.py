@@ -18,7 +18,7 @@ from bot.conversation import TRUNCATION_MARKER, PromptBuilder, Turn, neutralise
 from bot.generation.fake import FakeTokenizer
 from bot.hygiene import clean_outgoing
 from bot.intake import Intake
-from bot.models import Incoming
+from bot.records import Incoming
 from bot.splitting import split_message, split_pieces
 from storage.repository import Repository
 from tests.test_splitting import open_fence_after

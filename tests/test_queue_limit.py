@@ -13,7 +13,7 @@ from adapters.fake import FakeAdapter
 from bot import texts
 from bot.intake import Intake
 from bot.limits import Limits, LimitSettings
-from bot.models import EnqueueResult, Incoming
+from bot.records import EnqueueResult, Incoming
 from storage.repository import Repository
 
 LIMIT = 20

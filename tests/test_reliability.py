@@ -19,7 +19,7 @@ from bot.generation.engine import SamplingParams
 from bot.generation.fake import FakeEngine
 from bot.intake import Intake
 from bot.limits import Limits, LimitSettings
-from bot.models import ConversationKey, Incoming, JobStatus
+from bot.records import ConversationKey, Incoming, JobStatus
 from bot.splitting import split_message
 from bot.worker import APOLOGY_PENDING, Worker, WorkerOptions
 from storage.repository import Repository

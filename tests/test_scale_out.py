@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot.models import JobStatus
+from bot.records import JobStatus
 from storage.repository import Repository
 from tests.webhook_platform import WebhookPlatform
 

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy.exc import DBAPIError
 
 from bot.intake import Intake
-from bot.models import Incoming, JobStatus
+from bot.records import Incoming, JobStatus
 from storage.repository import Repository
 from tests.db_faults import REFUSAL, refusing_inserts
 from tests.test_cli import solarbot

@@ -27,7 +27,7 @@ from bot import texts
 from bot.delivery import ReplyTarget
 from bot.errors import ConfigError, StorageError
 from bot.generation.fake import FakeEngine
-from bot.models import ConversationKey, JobStatus
+from bot.records import ConversationKey, JobStatus
 from bot.service import Service, platform_adapters
 from bot.settings import load_settings
 from bot.splitting import truncate_at_word

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import inspect, text
 
-from bot.models import ChannelConfig, ConversationKey, Incoming, JobStatus, Role
+from bot.records import ChannelConfig, ConversationKey, Incoming, JobStatus, Role
 from storage import database
 from storage.repository import Repository
 from storage.schema import utcnow

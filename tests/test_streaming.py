@@ -7,7 +7,7 @@ import pytest
 from adapters.streaming import MessageGone, StreamedReply
 from bot.delivery import ReplyStream, ReplyTarget
 from bot.errors import DeliveryError
-from bot.models import ConversationKey
+from bot.records import ConversationKey
 from bot.splitting import split_message
 
 

@@ -20,7 +20,7 @@ from adapters.webhook import INGRESS_NEEDS_SECRET, WebhookAdapter, WebhookOption
 from bot.errors import ConfigError
 from bot.intake import Intake
 from bot.limits import Limits, LimitSettings
-from bot.models import ConversationKey
+from bot.records import ConversationKey
 from bot.service import platform_adapters
 from bot.settings import load_settings
 from bot.storable import FIELD_LIMITS

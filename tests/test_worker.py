@@ -15,7 +15,7 @@ from bot import texts
 from bot.generation.engine import GenerationRequest, SamplingParams
 from bot.generation.fake import FakeEngine, echo_reply
 from bot.intake import Intake
-from bot.models import ChannelConfig, ConversationKey, JobStatus
+from bot.records import ChannelConfig, ConversationKey, JobStatus
 from bot.service import Service, build_engine, worker_options
 from bot.settings import load_settings
 from bot.splitting import truncate_at_word

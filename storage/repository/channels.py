@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
 
-from bot.models import ChannelConfig, ConversationKey
+from bot.records import ChannelConfig, ConversationKey
 from storage.repository.base import RepositoryBase, serialise_on, upsert
 from storage.repository.tables import (
     channel_settings,

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, and_, delete, func, or_, select
 
-from bot.models import ConversationKey, Role, StoredMessage
+from bot.records import ConversationKey, Role, StoredMessage
 from storage.repository.base import RepositoryBase, upsert
 from storage.repository.tables import (
     conversations,

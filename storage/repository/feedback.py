@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import Connection, Text, case, delete, func, select
 from sqlalchemy import cast as sql_cast
 
-from bot.models import (
+from bot.records import (
     ChannelFeedback,
     FeedbackRecord,
     FeedbackReport,

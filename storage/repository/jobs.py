@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from bot.models import (
+from bot.records import (
     ClaimedJob,
     ConversationKey,
     EnqueueResult,

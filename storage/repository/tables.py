@@ -10,7 +10,7 @@ from typing import cast
 from sqlalchemy import Table
 from sqlalchemy.sql.elements import ColumnElement
 
-from bot.models import ConversationKey, JobStatus
+from bot.records import ConversationKey, JobStatus
 from storage.schema import ChannelSettings, Conversation, Feedback, HandoffPing, Job, Message
 
 PENDING = (JobStatus.QUEUED, JobStatus.RUNNING)
