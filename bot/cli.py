@@ -81,11 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     db_commands.add_parser("upgrade", help="apply migrations (also done on every start)")
     db_commands.add_parser("current", help="print the database's migration revision")
 
-    from bot.data import add_data_parsers
+    from bot.tools.data import add_data_parsers
 
     add_data_parsers(commands)
 
-    from bot.upscale import add_upscale_parser
+    from bot.tools.upscale import add_upscale_parser
 
     add_upscale_parser(commands)
     return parser
@@ -104,7 +104,7 @@ def _with_engine(settings: Settings, engine: str | None) -> Settings:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "upscale":
-        from bot.upscale import run_upscale
+        from bot.tools.upscale import run_upscale
 
         return run_upscale(args)
     try:
@@ -119,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "db":
             return _db(settings, args.db_command)
         if args.command in ("export", "forget", "report"):
-            from bot.data import run_data_command
+            from bot.tools.data import run_data_command
 
             return run_data_command(settings, args)
         settings = _with_engine(settings, args.engine)

@@ -179,7 +179,7 @@ TRY_WITHOUT_MODEL = (
 # Appended to the system prompt of a channel with a language set (`language X`).
 LANGUAGE_INSTRUCTION = "Answer in {language}."
 
-# `solarbot report` (bot/data.py).
+# `solarbot report` (bot/tools/data.py).
 REPORT_CHANNELS = (
     "Feedback per channel (👍/👎 reactions on replies; threads count with their channel):"
 )
@@ -190,7 +190,7 @@ REPORT_WORST_LINE = "job {job} in {where}: 👎 {down}, 👍 {up}"
 REPORT_QUESTION = "  Q: {text}"
 REPORT_ANSWER = "  A: {text}"
 
-# solarbot export / forget --channel without --workspace (bot/data.py).
+# solarbot export / forget --channel without --workspace (bot/tools/data.py).
 DATA_EXPORTED = "exported {count} message(s)"
 DATA_CHANNEL_FOUND_IN = "channel {channel} is stored under workspace {workspace}: using it"
 DATA_CHANNEL_AMBIGUOUS = (

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from bot import data
 from bot.records import ConversationKey, Incoming, Role
+from bot.tools import data
 from storage import database
 from storage.repository import Repository
 from tests.test_cli import solarbot
@@ -396,8 +396,8 @@ def test_export_without_workspace_finds_the_channel_or_says_why(
     found there; one stored under several, or nowhere, is explained."""
     import argparse
 
-    from bot.data import run_data_command
     from bot.settings import load_settings
+    from bot.tools.data import run_data_command
 
     repository = Repository.open(f"sqlite:///{tmp_path / 'solarbot.db'}")
     guild, channel = "111111111111111111", "222222222222222222"

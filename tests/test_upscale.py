@@ -18,9 +18,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from bot import upscale as upscale_module
 from bot.errors import SolarbotError, UpscaleError
-from bot.upscale import (
+from bot.tools import upscale as upscale_module
+from bot.tools.upscale import (
     HUB_ALLOW_PATTERNS,
     add_upscale_parser,
     layer_map,
@@ -315,7 +315,7 @@ MEMORY_SCRIPT = """
 import json, sys
 from pathlib import Path
 import safetensors.torch, torch, tqdm
-from bot.upscale import upscale
+from bot.tools.upscale import upscale
 
 def status(key):
     with open("/proc/self/status") as fh:
