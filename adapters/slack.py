@@ -81,7 +81,7 @@ NOT_IN_CHANNEL_ERRORS = ("not_in_channel", "channel_not_found", "is_archived")
 Mode = Literal["http", "socket"]
 
 
-def _rate_limited_client(token: str, *, base_url: str) -> AsyncWebClient:
+def rate_limited_client(token: str, *, base_url: str) -> AsyncWebClient:
     handlers: list[AsyncRetryHandler] = [
         AsyncConnectionErrorRetryHandler(),
         AsyncRateLimitErrorRetryHandler(max_retry_count=RATE_LIMIT_RETRIES),
@@ -258,7 +258,7 @@ class SlackAdapter:
         self._limit = options.message_limit
         self._api_url = options.api_url
         self._app_token = options.app_token
-        self.client = _rate_limited_client(options.bot_token, base_url=options.api_url)
+        self.client = rate_limited_client(options.bot_token, base_url=options.api_url)
         self.app = AsyncApp(
             client=self.client,
             signing_secret=options.signing_secret or "",

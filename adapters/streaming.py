@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from bot.delivery import ReplyTarget
-from bot.errors import DeliveryError
+from bot.errors import DeliveryError, SolarbotError
 from bot.splitting import split_message
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
 
-class MessageGone(Exception):
+class MessageGone(SolarbotError):
     """Raised by ``edit`` when the message no longer exists (deleted by a user or moderator):
     the base class posts a new message in its place."""
 

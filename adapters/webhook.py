@@ -48,7 +48,7 @@ from aiohttp import web
 from adapters.streaming import MessageGone, StreamedReply
 from adapters.webhook_request import BadRequest, parse_incoming
 from bot.delivery import IntakePort, ReplyTarget
-from bot.errors import ConfigError, DeliveryError
+from bot.errors import ConfigError, DeliveryError, SolarbotError
 from bot.http_listener import Listener, start_listener
 from bot.splitting import split_message
 
@@ -64,7 +64,7 @@ INGRESS_NEEDS_SECRET = (
 )
 
 
-class WebhookError(Exception):
+class WebhookError(SolarbotError):
     """A non-2xx answer from the receiver."""
 
     def __init__(self, status: int, retry_after: float | None = None) -> None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot import texts
+from bot.hygiene import clean_outgoing
 from bot.prompt_room import PromptGauge, PromptRoom
 from bot.records import ChannelConfig
 from storage.repository import Repository
@@ -168,14 +169,22 @@ class Commands:
         self._prompt_gauge = prompt_gauge
 
     async def run(self, parsed: ParsedCommand, context: CommandContext) -> str:
-        """Run a sub-command; returns the Markdown reply. ``ASK`` is not a sub-command."""
+        """Run a sub-command; returns the Markdown reply, cleaned like every other text the bot
+        posts (``clean_outgoing``: a reply may echo what someone typed or an admin's prompt).
+        ``ASK`` is not a sub-command."""
+        return clean_outgoing(await self._answer(parsed, context))
+
+    async def _answer(self, parsed: ParsedCommand, context: CommandContext) -> str:
         if parsed.name is CommandName.ASK:
             raise ValueError("a question is not a sub-command: submit it to the intake")
         if parsed.name is CommandName.HELP:
             return self.help(context)
         if parsed.name is CommandName.UNKNOWN:
             return texts.COMMAND_UNKNOWN.format(
-                command=self._command, p=self._prefix, word=parsed.argument, help=self.help(context)
+                command=self._command,
+                p=self._prefix,
+                word=parsed.argument,
+                help=self._help(context),
             )
         if await self.switched_off_for(parsed, context):
             return texts.CHANNEL_DISABLED
@@ -201,6 +210,9 @@ class Commands:
         return not (await self._config(context)).enabled
 
     def help(self, context: CommandContext) -> str:
+        return clean_outgoing(self._help(context))
+
+    def _help(self, context: CommandContext) -> str:
         return texts.COMMAND_HELP.format(
             command=self._command,
             p=self._prefix,

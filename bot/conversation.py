@@ -58,7 +58,7 @@ _LINE_BREAKS = frozenset("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
 _BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0")
 _INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cn", "Mn", "Me"})
 # Every character whose skeleton holds "#" (a test checks the whole of Unicode).
-_NUMBER_SIGNS = re.compile("[#\ufe5f\uff03]")
+NUMBER_SIGNS = re.compile("[#\ufe5f\uff03]")
 
 
 @functools.lru_cache(maxsize=8192)
@@ -86,7 +86,7 @@ def _skeleton(text: str) -> tuple[str, list[int]]:
 
 def _defuse_headers(text: str) -> str:
     """``text`` with the number signs (and what hides between them) removed before every header."""
-    if _NUMBER_SIGNS.search(text) is None:
+    if NUMBER_SIGNS.search(text) is None:
         return text  # no header without a number sign: skip building the skeleton
     skeleton, origin = _skeleton(text)
     if "#" not in skeleton:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from bot import texts
+from bot.dedupe import dedupe_key
 from bot.records import Incoming
 
 Clock = Callable[[], float]
@@ -159,8 +160,8 @@ class Limits:
     def admit(self, incoming: Incoming) -> Admission | Refusal:
         """Take one token from the user's and the channel's bucket, or refuse with the wait."""
         return self._take(
-            user_key=f"{incoming.platform}:{incoming.workspace}:{incoming.author_id}",
-            channel_key=f"{incoming.platform}:{incoming.workspace}:{incoming.channel}",
+            user_key=dedupe_key(incoming.platform, incoming.workspace, incoming.author_id),
+            channel_key=dedupe_key(incoming.platform, incoming.workspace, incoming.channel),
         )
 
     def _take(self, *, user_key: str, channel_key: str) -> Admission | Refusal:
@@ -191,8 +192,8 @@ class Limits:
         """A chat sub-command (``!help``, ``/solar status``) takes a token from the same buckets
         as a message: its answer is something the bot posts too."""
         return self._take(
-            user_key=f"{platform}:{workspace}:{author_id}",
-            channel_key=f"{platform}:{workspace}:{channel}",
+            user_key=dedupe_key(platform, workspace, author_id),
+            channel_key=dedupe_key(platform, workspace, channel),
         )
 
     def first_notice(
@@ -201,7 +202,7 @@ class Limits:
         """``refusal``, marked ``quiet`` when this user was told the same reason within the
         window (``refusal_notice_seconds``, or the wait they were told to keep if longer): a
         flood of refused messages gets one notice, not one each."""
-        key = f"{platform}:{workspace}:{author_id}:{refusal.reason}"
+        key = dedupe_key(platform, workspace, author_id, refusal.reason)
         with self._lock:
             now = self._clock()
             until = self._told.get(key)

@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     # Requests generating at once (more wait in the engine); openai: streams open to the server.
     max_active_requests: int | None = Field(default=None, gt=0)
 
-    # SOLARBOT_ENGINE=openai: an OpenAI-compatible server (vLLM, TGI, `transformers serve`) does the
+    # SOLARBOT_ENGINE=openai: an OpenAI-compatible server (vLLM, `transformers serve`) does the
     # generating; SOLARBOT_MODEL still names the tokenizer used to count prompt tokens.
     openai_base_url: str | None = None  # e.g. http://gpu-1:8000/v1
     openai_model: str | None = None  # the served model's name; default: SOLARBOT_MODEL

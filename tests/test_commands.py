@@ -160,3 +160,28 @@ def test_help_lists_every_sub_command(repo: Repository) -> None:
 async def test_a_question_is_not_a_sub_command(repo: Repository) -> None:
     with pytest.raises(ValueError, match="intake"):
         await commands(repo).run(ParsedCommand(CommandName.ASK, "hi"), context())
+
+
+HOSTILE_CHARS = "\u202e\u2066\x1b[2J\x00\u200b"
+
+
+@pytest.mark.parametrize(
+    "parsed",
+    [
+        ParsedCommand(CommandName.UNKNOWN, f"evil{HOSTILE_CHARS}word"),
+        ParsedCommand(CommandName.PROMPT, f"Be brief.{HOSTILE_CHARS}"),
+        ParsedCommand(CommandName.LANGUAGE, f"Fr{HOSTILE_CHARS}ench"),
+        ParsedCommand(CommandName.HELP),
+    ],
+)
+async def test_command_replies_are_cleaned_like_every_post(
+    repo: Repository, parsed: ParsedCommand
+) -> None:
+    """A sub-command's answer may echo what someone typed (an unknown word, a prompt shown back):
+    it leaves with no control, zero-width or bidi-override character, like every reply."""
+    bot = commands(repo)
+    answer = await bot.run(parsed, context(is_admin=True))
+    if parsed.name is CommandName.PROMPT:  # shown back by the next ``prompt``
+        answer += await bot.run(ParsedCommand(CommandName.PROMPT, ""), context(is_admin=True))
+    assert answer
+    assert not any(char in answer for char in HOSTILE_CHARS if char not in "[2J")

@@ -129,3 +129,30 @@ def test_the_delivery_contract_imports_without_the_intake_or_any_adapter() -> No
         [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+# Where no module may import another module's private (``_name``) names: the packages, the tests
+# and the benchmarks. A private name is the module's own business; what others need is public.
+SCANNED = ("bot", "adapters", "storage", "tests", "bench")
+
+
+def private_imports() -> list[str]:
+    found = []
+    for folder in SCANNED:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            tree = ast.parse(path.read_text(), filename=str(path))
+            for node in ast.walk(tree):
+                if not isinstance(node, ast.ImportFrom) or node.module is None:
+                    continue
+                root = node.module.split(".")[0]
+                if root not in (*SCANNED, "bot") or node.level:
+                    continue
+                for alias in node.names:
+                    if alias.name.startswith("_") and not alias.name.startswith("__"):
+                        where = path.relative_to(ROOT)
+                        found.append(f"{where}:{node.lineno} {node.module}.{alias.name}")
+    return found
+
+
+def test_no_module_imports_another_modules_private_names() -> None:
+    assert private_imports() == []

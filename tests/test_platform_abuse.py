@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import inspect, text
 
@@ -798,3 +798,41 @@ async def test_when_the_ping_limits_cannot_be_checked_the_asker_still_gets_a_hum
     finally:
         await rig.stop()
         rig.repository.close()
+
+
+ID_CHARS = st.sampled_from("ab:%c3A5")  # what spelled keys alike: ":" and "%"
+
+
+@settings(max_examples=200, deadline=None)
+@example(first=("a:b", "c"), second=("a", "b:c"))
+@example(first=("a%3Ab", "c"), second=("a:b", "c"))
+@given(
+    first=st.tuples(
+        st.text(ID_CHARS, min_size=1, max_size=6), st.text(ID_CHARS, min_size=1, max_size=6)
+    ),
+    second=st.tuples(
+        st.text(ID_CHARS, min_size=1, max_size=6), st.text(ID_CHARS, min_size=1, max_size=6)
+    ),
+)
+def test_people_and_channels_never_share_a_rate_bucket_by_their_spelling(
+    first: tuple[str, str], second: tuple[str, str]
+) -> None:
+    """Buckets are keyed unambiguously (``bot.dedupe``): workspace ``a:b`` + user ``c`` and
+    workspace ``a`` + user ``b:c`` are two people, each with a burst of their own."""
+    if first == second:
+        return
+    limits = Limits(
+        LimitSettings(user_rate_per_minute=1, user_burst=1, channel_rate_per_minute=0),
+        clock=lambda: 0.0,
+    )
+
+    def asks(workspace: str, author: str) -> bool:
+        incoming = Incoming(
+            platform="p", workspace=workspace, channel="c", author_id=author, text="hi",
+            message_id="m",
+        )  # fmt: skip
+        return not isinstance(limits.admit(incoming), Refusal)
+
+    assert asks(*first)
+    assert asks(*second)  # a different person: their own bucket, still full
+    assert not asks(*first)  # the same person again: the burst of 1 is spent

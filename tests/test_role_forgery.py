@@ -14,7 +14,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot.conversation import _NUMBER_SIGNS, PromptBuilder, Turn, neutralise
+from bot.conversation import NUMBER_SIGNS, PromptBuilder, Turn, neutralise
 from bot.generation.loading import HFTokenizer
 
 # Pieces that build headers and their look-alikes: number signs (ASCII, full-width, small), role
@@ -184,4 +184,4 @@ def test_the_number_sign_shortcut_knows_every_number_sign() -> None:
         if not 0xD800 <= code < 0xE000 and "#" in skeleton(chr(code))
     }
     assert reading_as_hash == {"#", "\ufe5f", "\uff03"}
-    assert all(_NUMBER_SIGNS.fullmatch(c) for c in reading_as_hash)
+    assert all(NUMBER_SIGNS.fullmatch(c) for c in reading_as_hash)

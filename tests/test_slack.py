@@ -649,7 +649,7 @@ async def test_a_question_that_cannot_be_answered_turns_the_placeholder_into_an_
 async def test_rate_limits_beyond_the_sdk_retries_carry_retry_after_to_the_worker(
     fake: FakeSlack,
 ) -> None:
-    from adapters.slack import RATE_LIMIT_RETRIES, SlackReply, _rate_limited_client
+    from adapters.slack import RATE_LIMIT_RETRIES, SlackReply, rate_limited_client
     from bot.errors import DeliveryError
 
     fake.rate_limit("chat.postMessage", RATE_LIMIT_RETRIES + 1, retry_after=0)
@@ -658,7 +658,7 @@ async def test_rate_limits_beyond_the_sdk_retries_carry_retry_after_to_the_worke
         conversation=ConversationKey(platform="slack", channel="C0GENERAL"),
         reply_target={"channel": "C0GENERAL", "thread_ts": ""},
     )
-    reply = SlackReply(_rate_limited_client(BOT_TOKEN, base_url=fake.api_url), target)
+    reply = SlackReply(rate_limited_client(BOT_TOKEN, base_url=fake.api_url), target)
     with pytest.raises(DeliveryError) as caught:
         await reply.finish("hello")
     assert caught.value.retry_after == 0.0

@@ -2,7 +2,7 @@
 
 Implementations: ``local.TransformersEngine`` (the model on this machine's GPU or CPU, served on its
 own thread with transformers' continuous batching), ``static.StaticCacheEngine`` (our own batched
-decode loop with CUDA graphs), ``openai.OpenAIEngine`` (a vLLM / TGI / ``transformers serve``
+decode loop with CUDA graphs), ``openai.OpenAIEngine`` (a vLLM / ``transformers serve``
 server) and ``fake.FakeEngine`` (scripted replies for tests and demos).
 """
 

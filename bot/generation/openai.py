@@ -1,4 +1,4 @@
-"""The OpenAI-compatible engine: generation by a server (vLLM, TGI, ``transformers serve``).
+"""The OpenAI-compatible engine: generation by a server (vLLM, ``transformers serve``; any other that streams ``/v1/completions``).
 
 A fleet of workers can share GPU servers instead of each loading the model. The prompt is still
 built here with the model's own tokenizer (loaded from SOLARBOT_MODEL: a local folder or a hub id),
