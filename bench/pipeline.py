@@ -50,7 +50,7 @@ from bot.records import ConversationKey, Incoming, JobStatus
 from bot.worker import Worker, WorkerOptions
 from storage import database
 from storage.repository import Repository
-from tests.webhook_platform import WebhookPlatform
+from tests.support.webhook_platform import WebhookPlatform
 
 
 class TimedAdapter(FakeAdapter):

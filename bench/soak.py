@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 from bot.intake import Intake  # noqa: E402
 from bot.records import ConversationKey, Incoming, JobStatus, Role  # noqa: E402
 from storage.repository import Repository  # noqa: E402
-from tests.webhook_platform import FAULT_KINDS, WebhookPlatform  # noqa: E402
+from tests.support.webhook_platform import FAULT_KINDS, WebhookPlatform  # noqa: E402
 
 # Plain words and Unicode (accents, CJK, Arabic, an emoji ZWJ sequence) that must round-trip.
 WORDS = [
