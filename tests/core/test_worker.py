@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -12,79 +11,43 @@ import pytest
 
 from adapters.fake import FakeAdapter
 from bot import texts
-from bot.generation.engine import GenerationRequest, SamplingParams
+from bot.generation.engine import GenerationRequest
 from bot.generation.fake import FakeEngine, echo_reply
 from bot.intake import Intake
 from bot.records import ChannelConfig, ConversationKey, JobStatus
 from bot.service import Service, build_engine, worker_options
 from bot.settings import load_settings
 from bot.splitting import truncate_at_word
-from bot.worker import Worker, WorkerOptions
+from bot.worker import Worker
 from storage.repository import Repository
 from storage.schema import utcnow
+from tests.support.rig import ServiceRig, quick_worker_options
 
 
-@dataclass
-class Rig:
-    repository: Repository
-    engine: FakeEngine
-    adapter: FakeAdapter
-    intake: Intake
-    worker: Worker
-    task: asyncio.Task[None]
-
-    async def until(self, condition: Callable[[], bool], *, within: float = 20.0) -> None:
-        async with asyncio.timeout(within):
-            while not condition():
-                await asyncio.sleep(0.01)
-
-    def pending(self) -> int:
-        return self.repository.count_jobs()
+class Rig(ServiceRig[FakeAdapter, FakeEngine]):
+    """The service rig around the shipped FakeAdapter."""
 
 
-def options(**overrides: object) -> WorkerOptions:
-    values: dict[str, object] = {
-        "system_prompt": "You are a test bot.",
-        "max_new_tokens": 200,
-        "sampling": SamplingParams(temperature=0.0),
-        "concurrency": 4,
-        "lease_seconds": 5.0,
-        "max_attempts": 3,
-        "retry_base_seconds": 0.01,
-        "retry_max_seconds": 0.05,
-        "poll_seconds": 0.05,
-    }
-    values.update(overrides)
-    return WorkerOptions(**values)  # type: ignore[arg-type]
+options = quick_worker_options
 
 
 async def start_rig(
     url: str, *, engine: FakeEngine | None = None, **worker_overrides: object
 ) -> Rig:
-    repository = Repository.open(url)
-    engine = engine or FakeEngine()
-    await engine.start()
-    adapter = FakeAdapter(platform="fake")
-    intake = Intake(repository)
-    await adapter.start(intake)
-    worker = Worker(
-        repository=repository,
-        engine=engine,
-        adapters={"fake": adapter},
+    return await Rig.start(
+        FakeAdapter(platform="fake"),
+        repository=Repository.open(url),
+        engine=engine or FakeEngine(),
         options=options(**worker_overrides),
     )
-    intake.on_enqueued(worker.wake)
-    task = asyncio.create_task(worker.run())
-    return Rig(repository, engine, adapter, intake, worker, task)
 
 
 @pytest.fixture
 async def rig(sqlite_url: str) -> AsyncIterator[Rig]:
     rig = await start_rig(sqlite_url)
     yield rig
-    await rig.worker.stop(drain_seconds=1)
-    await rig.task
-    rig.repository.close()
+    await rig.stop(drain=1)
+    rig.close()
 
 
 async def test_a_message_gets_one_streamed_reply_and_both_turns_are_stored(rig: Rig) -> None:

@@ -21,15 +21,14 @@ from adapters.discord import DiscordAdapter, DiscordOptions
 from bot import texts
 from bot.conversation import neutralise
 from bot.errors import ConfigError
-from bot.generation.engine import SamplingParams
 from bot.generation.fake import FakeEngine
 from bot.intake import Intake
 from bot.limits import Limits
-from bot.records import ConversationKey, JobStatus
+from bot.records import ConversationKey
 from bot.splitting import split_message, truncate_at_word
-from bot.worker import Worker, WorkerOptions
 from storage.repository import Repository
 from tests.support.discord_fake import BOT_ID, FakeDiscord
+from tests.support.rig import ServiceRig, quick_worker_options
 
 GUILD, OTHER_GUILD = 10, 30
 GENERAL, RANDOM, THREAD, ELSEWHERE = 100, 101, 102, 300
@@ -69,22 +68,16 @@ async def fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeDiscord]:
     await fake.close()
 
 
-@dataclass
-class Rig:
+@dataclass(kw_only=True)
+class Rig(ServiceRig[DiscordAdapter, FakeEngine]):
+    """The service rig around the real discord.py client, with the fake Discord it talks to."""
+
     fake: FakeDiscord
-    repository: Repository
-    engine: FakeEngine
-    adapter: DiscordAdapter
-    worker: Worker
-    task: asyncio.Task[None]
 
-    async def until(self, condition: Callable[[], bool], *, within: float = 15.0) -> None:
-        async with asyncio.timeout(within):
-            while not condition():
-                await asyncio.sleep(0.01)
-
-    def jobs_done(self, count: int) -> bool:
-        return len(self.repository.jobs(status=JobStatus.DONE)) >= count
+    async def until(
+        self, condition: Callable[[], bool], *, within: float = 15.0, poll: float = 0.01
+    ) -> None:
+        await super().until(condition, within=within, poll=poll)
 
     def stored(self, channel: int, *, thread: int = 0, guild: int = GUILD) -> list[tuple[str, str]]:
         key = ConversationKey(
@@ -99,9 +92,7 @@ class Rig:
         return [m["content"] for m in self.fake.bot_messages(channel)]
 
     async def stop(self, *, drain: float = 2.0) -> None:
-        await self.worker.stop(drain_seconds=drain)
-        await self.task
-        await self.adapter.stop()
+        await super().stop(drain=drain)
 
 
 async def start_rig(
@@ -115,32 +106,17 @@ async def start_rig(
     limits: Limits | None = None,
     **adapter_options: Any,
 ) -> Rig:
-    repository = Repository.open(url)
-    engine = engine or FakeEngine(delay_per_chunk=0.002)
-    await engine.start()
-    adapter = DiscordAdapter(DiscordOptions(token=fake.token, **{**FAST, **adapter_options}))
-    intake = Intake(repository, limits=limits, handoff_keywords=handoff_keywords)
-    intake.register(adapter)
-    await adapter.start(intake)
-    worker = Worker(
-        repository=repository,
-        engine=engine,
-        adapters={"discord": adapter},
-        options=WorkerOptions(
-            system_prompt="You are a test bot.",
-            max_new_tokens=2000,
-            sampling=SamplingParams(temperature=0.0),
-            concurrency=concurrency,
-            lease_seconds=lease_seconds,
-            max_attempts=3,
-            retry_base_seconds=0.01,
-            retry_max_seconds=0.05,
-            poll_seconds=0.05,
+    return await Rig.start(
+        DiscordAdapter(DiscordOptions(token=fake.token, **{**FAST, **adapter_options})),
+        repository=Repository.open(url),
+        engine=engine or FakeEngine(delay_per_chunk=0.002),
+        options=quick_worker_options(
+            max_new_tokens=2000, concurrency=concurrency, lease_seconds=lease_seconds
         ),
+        limits=limits,
+        handoff_keywords=handoff_keywords,
+        fake=fake,
     )
-    intake.on_enqueued(worker.wake)
-    task = asyncio.create_task(worker.run())
-    return Rig(fake, repository, engine, adapter, worker, task)
 
 
 @pytest.fixture

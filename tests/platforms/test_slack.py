@@ -28,11 +28,12 @@ from bot.delivery import ReplyTarget
 from bot.errors import ConfigError, StorageError
 from bot.generation.fake import FakeEngine
 from bot.records import ConversationKey, JobStatus
-from bot.service import Service, platform_adapters
+from bot.service import platform_adapters
 from bot.settings import load_settings
 from bot.splitting import truncate_at_word
 from storage.repository import Repository
 from tests.support.db_faults import refusing_inserts
+from tests.support.rig import ServiceRig
 from tests.support.slack_fake import (
     APP_TOKEN,
     BOT_TOKEN,
@@ -51,13 +52,12 @@ JSON = "application/json"
 ADMIN = "U0ADMIN"
 
 
-@dataclass
-class Rig:
+@dataclass(kw_only=True)
+class Rig(ServiceRig[SlackAdapter, FakeEngine]):
+    """The real Service around the Slack adapter, with the fake Slack it talks to and an HTTP
+    session for signed requests to the adapter's endpoint."""
+
     fake: FakeSlack
-    adapter: SlackAdapter
-    engine: FakeEngine
-    repository: Repository
-    service: Service
     session: aiohttp.ClientSession
 
     @property
@@ -83,11 +83,10 @@ class Rig:
         )
         return status
 
-    async def until(self, condition: Callable[[], bool], *, within: float = 15.0) -> None:
+    async def until(
+        self, condition: Callable[[], bool], *, within: float = 15.0, poll: float = 0.05
+    ) -> None:
         await self.fake.wait_for(condition, within=within)
-
-    def jobs_done(self, count: int) -> bool:
-        return len(self.repository.jobs(status=JobStatus.DONE)) >= count
 
     def stored(self, channel: str, thread: str = "") -> list[tuple[str, str]]:
         key = ConversationKey(platform="slack", workspace=TEAM, channel=channel, thread=thread)
@@ -115,8 +114,6 @@ async def start_rig(
             **(environ or {}),
         }
     )
-    repository = Repository.open(settings.resolved_database_url())
-    engine = engine or FakeEngine(delay_per_chunk=0.002)
     options: dict[str, Any] = {
         "bot_token": BOT_TOKEN,
         "signing_secret": SIGNING_SECRET,
@@ -129,25 +126,22 @@ async def start_rig(
         "edit_interval": 0.02,
     }
     options.update(adapter)
-    slack = SlackAdapter(SlackOptions(**options))
-    service = Service(
-        settings=settings, repository=repository, engine=engine, adapters=[slack], drain_seconds=2
-    )
-    task = asyncio.create_task(service.run())
-    async with asyncio.timeout(10):
-        while service.worker is None:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.01)
-    session = aiohttp.ClientSession()
-    try:
-        yield Rig(fake, slack, engine, repository, service, session)
-    finally:
-        await session.close()
-        service.stopping.set()
-        async with asyncio.timeout(10):
-            await task
-        repository.close()
+    repository = Repository.open(settings.resolved_database_url())
+    async with aiohttp.ClientSession() as session:
+        rig = await Rig.serve(
+            settings,
+            SlackAdapter(SlackOptions(**options)),
+            repository=repository,
+            engine=engine or FakeEngine(delay_per_chunk=0.002),
+            fake=fake,
+            session=session,
+        )
+        try:
+            yield rig
+        finally:
+            await session.close()
+            await rig.stop()
+            rig.close()
 
 
 @pytest.fixture

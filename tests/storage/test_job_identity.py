@@ -8,7 +8,6 @@ SQLite and PostgreSQL; then as a property over many forget/enqueue sequences."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Callable
@@ -27,18 +26,17 @@ from bot.generation.engine import SamplingParams
 from bot.generation.fake import FakeEngine
 from bot.intake import Intake
 from bot.records import ConversationKey, Incoming, JobStatus, Rating
-from bot.worker import Worker, WorkerOptions
+from bot.worker import WorkerOptions
 from storage import database
 from storage.repository import Repository
 from tests.support.discord_fake import FakeDiscord
+from tests.support.rig import ServiceRig
 from tests.support.webhook_platform import WebhookPlatform
 
 
-@dataclass
-class Rig:
-    repository: Repository
+@dataclass(kw_only=True)
+class Rig(ServiceRig[WebhookAdapter, FakeEngine]):
     platform: WebhookPlatform
-    intake: Intake
 
     async def ask(self, *, author: str, channel: str, text: str, message_id: str) -> int:
         result = await self.intake.submit(
@@ -53,26 +51,20 @@ class Rig:
         assert result is not None and result.created
         return result.job_id
 
-    async def until(self, condition: Callable[[], bool], *, within: float = 20.0) -> None:
-        async with asyncio.timeout(within):
-            while not condition():
-                await asyncio.sleep(0.02)
+    async def until(
+        self, condition: Callable[[], bool], *, within: float = 20.0, poll: float = 0.02
+    ) -> None:
+        await super().until(condition, within=within, poll=poll)
 
 
 @pytest.fixture
 async def rig(database_url: str) -> AsyncIterator[Rig]:
     platform = WebhookPlatform()
     url = await platform.start()
-    repository = Repository.open(database_url)
-    engine = FakeEngine()
-    await engine.start()
-    adapter = WebhookAdapter(WebhookOptions(url=url, timeout=2.0, edit_interval=0.0))
-    intake = Intake(repository)
-    await adapter.start(intake)
-    worker = Worker(
-        repository=repository,
-        engine=engine,
-        adapters={"webhook": adapter},
+    rig = await Rig.start(
+        WebhookAdapter(WebhookOptions(url=url, timeout=2.0, edit_interval=0.0)),
+        repository=Repository.open(database_url),
+        engine=FakeEngine(),
         options=WorkerOptions(
             system_prompt="test",
             max_new_tokens=200,
@@ -80,16 +72,13 @@ async def rig(database_url: str) -> AsyncIterator[Rig]:
             lease_seconds=5.0,
             poll_seconds=0.02,
         ),
+        platform=platform,
     )
-    intake.on_enqueued(worker.wake)
-    task = asyncio.create_task(worker.run())
-    yield Rig(repository, platform, intake)
-    await worker.stop(drain_seconds=1)
-    await task
-    await adapter.stop()
-    await engine.close()
+    yield rig
+    await rig.stop(drain=1)
+    await rig.engine.close()
     await platform.stop()
-    repository.close()
+    rig.close()
 
 
 async def test_after_forget_a_new_job_never_gets_an_old_id_nor_an_old_message(rig: Rig) -> None:

@@ -15,7 +15,6 @@ from adapters.discord import DiscordAdapter, DiscordOptions
 from adapters.webhook import WebhookAdapter, WebhookOptions
 from bot import texts
 from bot.delivery import ReplyTarget
-from bot.generation.engine import SamplingParams
 from bot.generation.fake import FakeEngine
 from bot.intake import Intake
 from bot.limits import Limits, LimitSettings
@@ -24,17 +23,15 @@ from bot.splitting import split_message
 from bot.worker import APOLOGY_PENDING, Worker, WorkerOptions
 from storage.repository import Repository
 from tests.support.discord_fake import FakeDiscord
+from tests.support.rig import ServiceRig, quick_worker_options
 from tests.support.webhook_platform import WebhookPlatform
 
 
-@dataclass
-class WebRig:
-    repository: Repository
+@dataclass(kw_only=True)
+class WebRig(ServiceRig[WebhookAdapter, FakeEngine]):
+    """The service rig around the webhook adapter, with the loopback platform it delivers to."""
+
     platform: WebhookPlatform
-    adapter: WebhookAdapter
-    intake: Intake
-    worker: Worker
-    engine: FakeEngine
 
     async def send(self, text: str, message_id: str, channel: str = "c1") -> int:
         result = await self.intake.submit(
@@ -49,10 +46,10 @@ class WebRig:
         assert result is not None and result.created
         return result.job_id
 
-    async def until(self, condition: Callable[[], bool], *, within: float = 20.0) -> None:
-        async with asyncio.timeout(within):
-            while not condition():
-                await asyncio.sleep(0.02)
+    async def until(
+        self, condition: Callable[[], bool], *, within: float = 20.0, poll: float = 0.02
+    ) -> None:
+        await super().until(condition, within=within, poll=poll)
 
 
 @pytest.fixture
@@ -60,37 +57,18 @@ async def web(sqlite_url: str, request: pytest.FixtureRequest) -> AsyncIterator[
     overrides: dict[str, object] = getattr(request, "param", {})
     platform = WebhookPlatform(hang_seconds=1.0, retry_after=0.3)
     url = await platform.start()
-    repository = Repository.open(sqlite_url)
-    engine = FakeEngine()
-    await engine.start()
-    adapter = WebhookAdapter(WebhookOptions(url=url, timeout=0.3, edit_interval=0.0))
-    intake = Intake(repository)
-    await adapter.start(intake)
-    values: dict[str, object] = {
-        "system_prompt": "test",
-        "max_new_tokens": 200,
-        "sampling": SamplingParams(temperature=0.0),
-        "lease_seconds": 5.0,
-        "max_attempts": 3,
-        "retry_base_seconds": 0.01,
-        "retry_max_seconds": 0.05,
-        "poll_seconds": 0.02,
-    }
-    values.update(overrides)
-    worker = Worker(
-        repository=repository,
-        engine=engine,
-        adapters={"webhook": adapter},
-        options=WorkerOptions(**values),  # type: ignore[arg-type]
+    values = {"system_prompt": "test", "concurrency": None, "poll_seconds": 0.02, **overrides}
+    rig = await WebRig.start(
+        WebhookAdapter(WebhookOptions(url=url, timeout=0.3, edit_interval=0.0)),
+        repository=Repository.open(sqlite_url),
+        engine=FakeEngine(),
+        options=quick_worker_options(**values),
+        platform=platform,
     )
-    intake.on_enqueued(worker.wake)
-    task = asyncio.create_task(worker.run())
-    yield WebRig(repository, platform, adapter, intake, worker, engine)
-    await worker.stop(drain_seconds=1)
-    await task
-    await adapter.stop()
+    yield rig
+    await rig.stop(drain=1)
     await platform.stop()
-    repository.close()
+    rig.close()
 
 
 async def test_a_post_applied_by_the_platform_but_unanswered_is_not_posted_twice(
@@ -234,20 +212,14 @@ async def test_webhook_ingress_queues_dedupes_refuses_and_checks_the_secret(
     platform = WebhookPlatform(secret="s3cret")
     url = await platform.start()
     repository = Repository.open(sqlite_url)
-    engine = FakeEngine()
-    await engine.start()
     adapter = WebhookAdapter(WebhookOptions(url=url, secret="s3cret", port=0, edit_interval=0.0))
-    intake = Intake(repository, limits=Limits(LimitSettings(max_message_chars=20)))
-    intake.register(adapter)
-    await adapter.start(intake)
-    worker = Worker(
+    rig = await ServiceRig.start(
+        adapter,
         repository=repository,
-        engine=engine,
-        adapters={"webhook": adapter},
+        engine=FakeEngine(),
         options=WorkerOptions(system_prompt="", max_new_tokens=50, poll_seconds=0.02),
+        limits=Limits(LimitSettings(max_message_chars=20)),
     )
-    intake.on_enqueued(worker.wake)
-    task = asyncio.create_task(worker.run())
     incoming = f"http://127.0.0.1:{adapter.port}/incoming"
     auth = {"Authorization": "Bearer s3cret"}
     message = {"channel": "c9", "author_id": "u1", "text": "hi 東京", "message_id": "m1"}
@@ -277,8 +249,6 @@ async def test_webhook_ingress_queues_dedupes_refuses_and_checks_the_secret(
         assert notice.text == texts.LIMIT_TOO_LONG.format(length=21, limit=20)
         assert len(repository.jobs()) == 1  # the refused message was not stored
     finally:
-        await worker.stop(drain_seconds=1)
-        await task
-        await adapter.stop()
+        await rig.stop(drain=1)
         await platform.stop()
-        repository.close()
+        rig.close()
