@@ -2,7 +2,7 @@
 
 Messages go through the real ``Intake`` into a SQLite file; a real ``solarbot worker --engine fake``
 subprocess delivers the replies over HTTP (``adapters.webhook``) to a loopback fake platform
-(``tests/webhook_platform.py``). While messages flow, at random (seeded) moments:
+(``tests/support/webhook_platform.py``). While messages flow, at random (seeded) moments:
 
 - the worker process is killed with SIGKILL and restarted (stale leases are reclaimed on start-up
   and when they expire);

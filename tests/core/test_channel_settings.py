@@ -1,7 +1,7 @@
 """Per-channel reply settings (issue 7): parsing the sub-commands, capping a reply at a word,
 migration 0003 up and down, and partial updates of a channel's settings on SQLite and PostgreSQL.
 The platforms' end-to-end tests (admins change them from chat, threads inherit them, the next
-prompt follows them) are in tests/test_slack.py and tests/test_discord.py."""
+prompt follows them) are in tests/platforms/test_slack.py and tests/platforms/test_discord.py."""
 
 from __future__ import annotations
 

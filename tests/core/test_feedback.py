@@ -1,6 +1,6 @@
 """Feedback (issue 7): 👍/👎 on replies stored against the reply's job (SQLite and PostgreSQL),
 migration 0004 up and down, deletion requests, and ``solarbot report`` as a user runs it. The
-platforms' reaction events are tested end to end in tests/test_slack.py and tests/test_discord.py."""
+platforms' reaction events are tested end to end in tests/platforms/test_slack.py and tests/platforms/test_discord.py."""
 
 from __future__ import annotations
 

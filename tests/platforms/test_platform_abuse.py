@@ -1,5 +1,5 @@
 """Abuse through the chat platforms (issue 13, items 15, 17, 18 and 19), through the real clients:
-discord.py against tests/discord_fake.py, signed requests to slack-bolt against tests/slack_fake.py,
+discord.py against tests/support/discord_fake.py, signed requests to slack-bolt against tests/support/slack_fake.py,
 the real intake, limits and SQLite/PostgreSQL repository.
 
 - 15: the support group/role is pinged at most once per conversation and asker within a cooldown

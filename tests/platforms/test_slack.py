@@ -1,5 +1,5 @@
 """The Slack adapter end to end: real slack-bolt + slack_sdk against a local fake Slack
-(tests/slack_fake.py), the real Service (intake -> SQLite -> worker) and the shipped FakeEngine."""
+(tests/support/slack_fake.py), the real Service (intake -> SQLite -> worker) and the shipped FakeEngine."""
 
 from __future__ import annotations
 
@@ -791,7 +791,7 @@ async def test_admins_set_length_language_and_prompt_and_threads_follow_them(
     tmp_path: Path, fake: FakeSlack
 ) -> None:
     # Alice sends seven commands and a question: more than the default burst of five
-    # (commands pass the rate limits, tests/test_platform_abuse.py).
+    # (commands pass the rate limits, tests/platforms/test_platform_abuse.py).
     async with start_rig(tmp_path, fake, environ={"SOLARBOT_USER_BURST": "10"}) as rig:
         for index, text in enumerate(["length 30", "language German", "off", "on", "prompt Hi."]):
             refusal = await say(rig, text, user="U0ALICE", name=f"alice{index}")

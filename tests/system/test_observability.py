@@ -311,7 +311,7 @@ def test_progress_bars_only_on_a_terminal() -> None:
 async def test_readiness_reports_the_discord_gateway_connection(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """The real discord.py client against tests/discord_fake.py: /readyz is 503 until the
+    """The real discord.py client against tests/support/discord_fake.py: /readyz is 503 until the
     gateway session is up, 200 while it is, and the adapter reports itself disconnected after."""
     from adapters.discord import DiscordAdapter, DiscordOptions
     from tests.support.discord_fake import FakeDiscord

@@ -1,5 +1,5 @@
 """Delivery under platform faults, through the real worker and ``adapters.webhook`` over HTTP to the
-loopback platform of ``tests/webhook_platform.py`` (no mocks between the worker and the socket)."""
+loopback platform of ``tests/support/webhook_platform.py`` (no mocks between the worker and the socket)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Scale-out on the real PostgreSQL server: two `solarbot worker` processes and one intake process
 share the database; 500 messages over 50 channels are answered once each, in order per channel,
-by both workers, and delivered over HTTP to a loopback platform (``tests/webhook_platform.py``).
+by both workers, and delivered over HTTP to a loopback platform (``tests/support/webhook_platform.py``).
 Also: `solarbot run --role adapters` runs without a model."""
 
 from __future__ import annotations
@@ -231,7 +231,7 @@ async def test_slack_adapters_process_and_worker_process_answer_together(
 ) -> None:
     """`solarbot run --role adapters` takes a signed Slack event in (no model); a separate
     `solarbot worker` claims it from PostgreSQL and answers through Slack's Web API
-    (tests/slack_fake.py, the real slack-bolt / slack-sdk clients in both processes)."""
+    (tests/support/slack_fake.py, the real slack-bolt / slack-sdk clients in both processes)."""
     from tests.support.slack_fake import (
         BOT_TOKEN,
         BOT_USER,
