@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -64,6 +64,22 @@ async def test_request_validation(engine: LocalEngine, tiny_tokenizer: HFTokeniz
         with pytest.raises(GenerationError, match="already generating"):
             await collect(engine, request)
     await wait_idle(engine)
+
+
+@module_loop
+async def test_greedy_single_request_equals_generate(
+    engine: LocalEngine,
+    tiny_tokenizer: HFTokenizer,
+    greedy_text: Callable[[list[int], int], str],
+) -> None:
+    """Token for token (through the decoded text) ``model.generate(do_sample=False)``, streamed."""
+    prompt = prompt_ids(tiny_tokenizer, "Tell me a story about the sun.")
+    deltas = await collect(engine, make_request(prompt, 20))
+    expected = greedy_text(prompt, 20)
+    assert len(expected) > 10
+    assert "".join(deltas) == expected
+    assert len([d for d in deltas if d]) > 1  # streamed, not delivered at the end
+    assert engine.health().active_requests == 0
 
 
 @module_loop

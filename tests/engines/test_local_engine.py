@@ -205,21 +205,6 @@ async def test_engine_health_and_properties(engine: TransformersEngine) -> None:
 
 
 @module_loop
-async def test_greedy_single_request_equals_generate(
-    engine: TransformersEngine,
-    tiny_tokenizer: HFTokenizer,
-    greedy_text: Callable[[list[int], int], str],
-) -> None:
-    prompt = prompt_ids(tiny_tokenizer, "Tell me a story about the sun.")
-    deltas = await collect(engine, make_request(prompt, 20))
-    expected = greedy_text(prompt, 20)
-    assert len(expected) > 10
-    assert "".join(deltas) == expected
-    assert len([d for d in deltas if d]) > 1  # streamed, not delivered at the end
-    assert engine.health().active_requests == 0
-
-
-@module_loop
 async def test_concurrent_requests_join_and_leave_mid_batch(
     engine: TransformersEngine,
     tiny_tokenizer: HFTokenizer,
