@@ -51,8 +51,8 @@ What a new platform must provide
 4. **Chat sub-commands** (optional): ``bot.commands.Commands`` over ``intake.repository``
    parses and answers ``status``, ``prompt``, ``on``/``off``... the same on every platform.
 
-5. **Tests** against a local stand-in of the platform over loopback (``tests/discord_fake.py``,
-   ``tests/slack_fake.py``, ``tests/webhook_platform.py``), driving the real client library, the
+5. **Tests** against a local stand-in of the platform over loopback (``tests/support/discord_fake.py``,
+   ``tests/support/slack_fake.py``, ``tests/support/webhook_platform.py``), driving the real client library, the
    real intake, queue and worker: a question gets one reply, a replayed event none, a failed
    post is retried without a duplicate.
 

@@ -50,7 +50,7 @@ from bot.records import ConversationKey, Incoming, JobStatus
 from bot.worker import Worker, WorkerOptions
 from storage import database
 from storage.repository import Repository
-from tests.webhook_platform import WebhookPlatform
+from tests.support.webhook_platform import WebhookPlatform
 
 
 class TimedAdapter(FakeAdapter):
@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
 #
 # The bench process enqueues (as an adapters process would) into SQLite or PostgreSQL; N real
 # `solarbot worker --engine fake` processes claim, generate and deliver through the webhook
-# platform to a loopback receiver (tests/webhook_platform.py) that this process runs. Closed loop:
+# platform to a loopback receiver (tests/support/webhook_platform.py) that this process runs. Closed loop:
 # each channel sends its next message when the previous reply has landed on the receiver.
 
 

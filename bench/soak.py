@@ -2,7 +2,7 @@
 
 Messages go through the real ``Intake`` into a SQLite file; a real ``solarbot worker --engine fake``
 subprocess delivers the replies over HTTP (``adapters.webhook``) to a loopback fake platform
-(``tests/webhook_platform.py``). While messages flow, at random (seeded) moments:
+(``tests/support/webhook_platform.py``). While messages flow, at random (seeded) moments:
 
 - the worker process is killed with SIGKILL and restarted (stale leases are reclaimed on start-up
   and when they expire);
@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 from bot.intake import Intake  # noqa: E402
 from bot.records import ConversationKey, Incoming, JobStatus, Role  # noqa: E402
 from storage.repository import Repository  # noqa: E402
-from tests.webhook_platform import FAULT_KINDS, WebhookPlatform  # noqa: E402
+from tests.support.webhook_platform import FAULT_KINDS, WebhookPlatform  # noqa: E402
 
 # Plain words and Unicode (accents, CJK, Arabic, an emoji ZWJ sequence) that must round-trip.
 WORDS = [

@@ -104,7 +104,7 @@ class FileTokenizer:
     through the ``tokenizers`` library (what transformers' fast tokenizers run) and the chat
     template (``chat_template.jinja`` or ``tokenizer_config.json``, else SOLAR's) rendered the way
     transformers renders it. Neither torch nor transformers is imported (they take ~400 MB and
-    ~10 s to import); the ids equal ``HFTokenizer``'s (tests/test_platform_abuse.py)."""
+    ~10 s to import); the ids equal ``HFTokenizer``'s (tests/platforms/test_platform_abuse.py)."""
 
     def __init__(self, folder: Path) -> None:
         from jinja2.sandbox import ImmutableSandboxedEnvironment

@@ -1,6 +1,6 @@
 """What the database can store, checked at the edge before anything reaches it.
 
-The limits are the column sizes of ``storage/schema.py`` (``tests/test_hostile_input.py`` holds
+The limits are the column sizes of ``storage/schema.py`` (``tests/platforms/test_hostile_input.py`` holds
 them equal). Text must also be valid Unicode that both databases keep alike: PostgreSQL refuses
 NUL characters in text and neither database can encode a lone surrogate, so such input is refused
 as malformed on every database instead of failing with a 500 on one of them.

@@ -13,7 +13,7 @@ import pytest
 from bot.generation.loading import HFTokenizer
 from storage import database
 from storage.repository import Repository
-from tests.tiny_model import build_tiny_solar, config_only_copy
+from tests.support.tiny_model import build_tiny_solar, config_only_copy
 
 POSTGRES_ENV = "SOLARBOT_TEST_POSTGRES_URL"
 REQUIRE_POSTGRES_ENV = "SOLARBOT_TEST_REQUIRE_POSTGRES"
