@@ -152,7 +152,23 @@ class ChannelSettings(Base):
     # should be in (None = whatever the model picks; appended to the system prompt).
     max_reply_chars: Mapped[int | None] = mapped_column(Integer, nullable=True)
     language: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Migration 0011: the knowledge-base collections answers come from (names joined by commas;
+    # None = none) and the answering mode ("strict"/"assist"; None = assist).
+    kb_collections: Mapped[str | None] = mapped_column(Text, nullable=True)
+    kb_mode: Mapped[str | None] = mapped_column(String(16), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class JobChunk(Base):
+    """A knowledge-base chunk given to the model for a job's reply (migration 0011), at its
+    ``position`` (0 = the passage numbered [1]). No foreign key to the chunk: a document synced
+    or removed later leaves the trace as it was (readers join what still exists)."""
+
+    __tablename__ = "job_chunks"
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    chunk_id: Mapped[int] = mapped_column(Integer, index=True)
 
 
 class Feedback(Base):
