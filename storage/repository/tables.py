@@ -11,7 +11,17 @@ from sqlalchemy import Table
 from sqlalchemy.sql.elements import ColumnElement
 
 from bot.records import ConversationKey, JobStatus
-from storage.schema import ChannelSettings, Conversation, Feedback, HandoffPing, Job, Message
+from storage.schema import (
+    ChannelSettings,
+    Conversation,
+    Feedback,
+    HandoffPing,
+    Job,
+    KbChunk,
+    KbCollection,
+    KbDocument,
+    Message,
+)
 
 PENDING = (JobStatus.QUEUED, JobStatus.RUNNING)
 
@@ -49,3 +59,8 @@ def settings_filter(platform: str, workspace: str, channel: str) -> tuple[Column
         channel_settings.c.workspace == workspace,
         channel_settings.c.channel == channel,
     )
+
+
+kb_collections = cast(Table, KbCollection.__table__)
+kb_documents = cast(Table, KbDocument.__table__)
+kb_chunks = cast(Table, KbChunk.__table__)
