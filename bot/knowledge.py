@@ -53,6 +53,7 @@ class DocumentInfo:
     checksum: str
     chunks: int
     updated_at: datetime
+    origin: str  # what `kb add` was given: a folder, a sitemap, or the source itself
 
 
 class DocumentOutcome(enum.StrEnum):

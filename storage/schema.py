@@ -216,11 +216,15 @@ class KbDocument(Base):
     __tablename__ = "kb_documents"
     __table_args__ = (
         UniqueConstraint("collection_id", "source_uri", name="uq_kb_documents_source"),
+        Index("ix_kb_documents_collection_id_origin", "collection_id", "origin"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     collection_id: Mapped[int] = mapped_column(ForeignKey("kb_collections.id", ondelete="CASCADE"))
     source_uri: Mapped[str] = mapped_column(Text)
+    # What ``kb add`` was given that led here (a folder, a sitemap, or the source itself): ``kb
+    # sync`` reads each origin again, finding new files and pages and noticing vanished ones.
+    origin: Mapped[str] = mapped_column(Text)
     title: Mapped[str] = mapped_column(Text)
     link: Mapped[str] = mapped_column(Text)
     checksum: Mapped[str] = mapped_column(String(64))

@@ -215,6 +215,7 @@ class KnowledgeStore(RepositoryBase):
                 kb_documents.c.checksum,
                 func.coalesce(chunk_counts.c.chunks, 0),
                 kb_documents.c.updated_at,
+                kb_documents.c.origin,
             )
             .join(kb_collections, kb_collections.c.id == kb_documents.c.collection_id)
             .outerjoin(chunk_counts, chunk_counts.c.document_id == kb_documents.c.id)
@@ -234,6 +235,7 @@ class KnowledgeStore(RepositoryBase):
                 checksum=row[5],
                 chunks=int(row[6]),
                 updated_at=row[7],
+                origin=row[8],
             )
             for row in rows
         ]
@@ -271,10 +273,14 @@ class KnowledgeStore(RepositoryBase):
         link: str,
         checksum: str,
         chunks: Sequence[ChunkDraft],
+        origin: str | None = None,
     ) -> DocumentResult:
         """Store a document and its chunks in one transaction, creating the collection when new.
         A document with this ``source_uri`` in the collection is replaced, unless its checksum,
-        title and link are the same (then nothing is written: ``UNCHANGED``)."""
+        title and link are the same (then nothing is written: ``UNCHANGED``). ``origin``: what
+        ``kb add`` was given that led to this source (a folder, a sitemap; default the source
+        itself), which ``kb sync`` reads again."""
+        origin = source_uri if origin is None else origin
         if not collection or len(collection) > COLLECTION_NAME_CHARS:
             raise KnowledgeBaseError(
                 f"collection name: 1 to {COLLECTION_NAME_CHARS} characters, not {len(collection)}"
@@ -282,6 +288,7 @@ class KnowledgeStore(RepositoryBase):
         for field, value in (
             ("collection name", collection),
             ("source", source_uri),
+            ("origin", origin),
             ("title", title),
             ("link", link),
             ("checksum", checksum),
@@ -300,6 +307,7 @@ class KnowledgeStore(RepositoryBase):
                     kb_documents.c.checksum,
                     kb_documents.c.title,
                     kb_documents.c.link,
+                    kb_documents.c.origin,
                 ).where(
                     kb_documents.c.collection_id == collection_id,
                     kb_documents.c.source_uri == source_uri,
@@ -307,7 +315,7 @@ class KnowledgeStore(RepositoryBase):
             ).first()
             if existing is not None:
                 document_id = int(existing[0])
-                if tuple(existing[1:]) == (checksum, title, link):
+                if tuple(existing[1:]) == (checksum, title, link, origin):
                     count = connection.execute(
                         select(func.count()).where(kb_chunks.c.document_id == document_id)
                     ).scalar_one()
@@ -320,7 +328,9 @@ class KnowledgeStore(RepositoryBase):
                 connection.execute(
                     update(kb_documents)
                     .where(kb_documents.c.id == document_id)
-                    .values(title=title, link=link, checksum=checksum, updated_at=now)
+                    .values(
+                        title=title, link=link, checksum=checksum, origin=origin, updated_at=now
+                    )
                 )
                 outcome = DocumentOutcome.REPLACED
             else:
@@ -329,6 +339,7 @@ class KnowledgeStore(RepositoryBase):
                     .values(
                         collection_id=collection_id,
                         source_uri=source_uri,
+                        origin=origin,
                         title=title,
                         link=link,
                         checksum=checksum,

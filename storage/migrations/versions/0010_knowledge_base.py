@@ -67,6 +67,7 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("collection_id", sa.Integer(), nullable=False),
         sa.Column("source_uri", sa.Text(), nullable=False),
+        sa.Column("origin", sa.Text(), nullable=False),
         sa.Column("title", sa.Text(), nullable=False),
         sa.Column("link", sa.Text(), nullable=False),
         sa.Column("checksum", sa.String(length=64), nullable=False),
@@ -79,6 +80,12 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_kb_documents")),
         sa.UniqueConstraint("collection_id", "source_uri", name="uq_kb_documents_source"),
+    )
+    op.create_index(
+        "ix_kb_documents_collection_id_origin",
+        "kb_documents",
+        ["collection_id", "origin"],
+        unique=False,
     )
     op.create_table(
         "kb_chunks",
@@ -118,5 +125,6 @@ def downgrade() -> None:
         op.execute("DROP TABLE IF EXISTS kb_chunks_fts")
     op.drop_index("ix_kb_chunks_document_id_position", table_name="kb_chunks")
     op.drop_table("kb_chunks")
+    op.drop_index("ix_kb_documents_collection_id_origin", table_name="kb_documents")
     op.drop_table("kb_documents")
     op.drop_table("kb_collections")
