@@ -439,23 +439,19 @@ class Commands:
                 command=self._command, p=self._prefix, value=argument[:60]
             )
         known = await self._known_collections()
-        if known is not None:
-            missing = [name for name in names if name not in known]
-            if missing:
-                return texts.KB_UNKNOWN.format(
-                    missing=", ".join(missing),
-                    known=", ".join(sorted(known)) or texts.KB_NO_COLLECTIONS,
-                )
+        missing = [name for name in names if name not in known]
+        if missing:
+            return texts.KB_UNKNOWN.format(
+                missing=", ".join(missing),
+                known=", ".join(sorted(known)) or texts.KB_NO_COLLECTIONS,
+            )
         config = await self._update(context, kb_collections=names)
         return texts.KB_ATTACHED.format(state=kb_state(config))
 
-    async def _known_collections(self) -> frozenset[str] | None:
-        """The names of the collections that exist (None: this store cannot list them)."""
-        lister = getattr(self._repository, "collections", None)
-        if lister is None:
-            return None
-        found = await asyncio.to_thread(lister)
-        return frozenset(str(getattr(info, "name", info)) for info in found)
+    async def _known_collections(self) -> frozenset[str]:
+        """The names of the collections that exist."""
+        found = await asyncio.to_thread(self._repository.collections)
+        return frozenset(info.name for info in found)
 
 
 KB_OFF_WORDS = ("off", "none", "reset", "clear")

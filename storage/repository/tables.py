@@ -18,6 +18,9 @@ from storage.schema import (
     HandoffPing,
     Job,
     JobChunk,
+    KbChunk,
+    KbCollection,
+    KbDocument,
     Message,
 )
 
@@ -58,3 +61,8 @@ def settings_filter(platform: str, workspace: str, channel: str) -> tuple[Column
         channel_settings.c.workspace == workspace,
         channel_settings.c.channel == channel,
     )
+
+
+kb_collections = cast(Table, KbCollection.__table__)
+kb_documents = cast(Table, KbDocument.__table__)
+kb_chunks = cast(Table, KbChunk.__table__)
