@@ -240,6 +240,13 @@ class Settings(BaseSettings):
     handoff_workspace_pings: int = Field(default=5, ge=0, le=10_000)
     handoff_workspace_window_seconds: float = Field(default=3600.0, ge=0.0, le=7 * 86_400.0)
 
+    # Answering from a channel's knowledge base (docs/knowledge-base-answering.md): passages
+    # retrieved per question, their budget in the prompt (SOLAR tokens), and the share of the
+    # question's words the best one must contain for a strict channel to answer at all.
+    kb_passages: int = Field(default=5, ge=1, le=20)
+    kb_passage_tokens: int = Field(default=1500, ge=64, le=16_384)
+    kb_min_relevance: float = Field(default=0.5, ge=0.0, le=1.0)
+
     @field_validator("handoff_keywords", mode="before")
     @classmethod
     def _handoff_keywords(cls, value: object) -> object:
