@@ -22,8 +22,9 @@ from urllib.parse import quote
 
 from bot import texts
 
-# A citation: numbers in brackets, separated by commas or semicolons; not a link label "[1](".
-CITATION = re.compile(r"\[\s*\d{1,6}(?:\s*[,;]\s*\d{1,6})*\s*\](?!\()")
+# A citation: numbers in brackets, separated by commas or semicolons; not a link label "[1](",
+# and not glued to a backtick or tilde run (removing it could turn that run into a code fence).
+CITATION = re.compile(r"\[\s*\d{1,6}(?:\s*[,;]\s*\d{1,6})*\s*\](?![(`~])")
 _NUMBER = re.compile(r"\d+")
 # A fence opens a code block at the start of a line (up to three spaces in) and the same kind of
 # fence, at least as long, closes it; an unclosed block runs to the end.
@@ -72,49 +73,45 @@ def code_spans(text: str) -> list[tuple[int, int]]:
 
 def check_citations(text: str, *, given: int) -> CheckedReply:
     """``text`` with citations of numbers outside 1..``given`` removed (see the module doc)."""
+    spans = code_spans(text)
     cited: list[int] = []
-    parts: list[str] = []
-    last = 0
-    for start, end in [*code_spans(text), (len(text), len(text))]:
-        parts.append(_check_prose(text[last:start], given, cited))
-        parts.append(text[start:end])
-        last = end
-    return CheckedReply(text="".join(parts), cited=tuple(cited))
-
-
-def _check_prose(prose: str, given: int, cited: list[int]) -> str:
     out: list[str] = []
     last = 0
-    for match in CITATION.finditer(prose):
-        if match.start() < last:  # its leading space went with the citation before it
-            continue
+    for match in CITATION.finditer(text):
+        if match.start() < last or any(a <= match.start() < b for a, b in spans):
+            continue  # in code, or its leading space went with the citation before it
         numbers = [int(n) for n in _NUMBER.findall(match.group())]
         valid = [n for n in dict.fromkeys(numbers) if 1 <= n <= given]
         for number in valid:
             if number not in cited:
                 cited.append(number)
-        before = prose[last : match.start()]
-        if valid and len(valid) == len(numbers):
+        before = text[last : match.start()]
+        if all(1 <= n <= given for n in numbers):
             out.append(before + match.group())
         elif valid:
             out.append(before + "[" + ", ".join(str(n) for n in valid) + "]")
         else:
-            preceding = prose[: match.start()].rstrip(_HORIZONTAL_SPACE)
+            preceding = text[: match.start()].rstrip(_HORIZONTAL_SPACE)
             if preceding and not preceding.endswith("\n"):
                 out.append(before.rstrip(_HORIZONTAL_SPACE))
             else:  # at the start of a line: the space after it goes instead
                 out.append(before)
-                rest = prose[match.end() :]
+                rest = text[match.end() :]
                 last = match.end() + len(rest) - len(rest.lstrip(_HORIZONTAL_SPACE))
                 continue
         last = match.end()
-    out.append(prose[last:])
-    return "".join(out)
+    out.append(text[last:])
+    return CheckedReply(text="".join(out), cited=tuple(cited))
+
+
+def _plain(text: str) -> str:
+    """One line, no square brackets (they would end a Markdown link label), not too long."""
+    return " ".join(text.replace("[", "(").replace("]", ")").split())[:_MAX_TITLE]
 
 
 def render_link(title: str, link: str, *, platform: str) -> str:
     """One source, rendered for ``platform`` (see the module docstring)."""
-    name = " ".join(title.replace("[", "(").replace("]", ")").split())[:_MAX_TITLE] or link
+    name = _plain(title) or _plain(link)
     if not _WEB_LINK.fullmatch(link):
         return name
     url = quote(link, safe=":/?#@!$&'*+,;=%~.-_")
