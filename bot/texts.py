@@ -227,3 +227,20 @@ HANDOFF_ALREADY_NOTIFIED = (
     "notified a short while ago, so I haven't pinged them again; someone will look here as soon "
     "as they can."
 )
+
+# `solarbot kb` (docs/knowledge-base.md).
+KB_ADDED = (
+    "kb: collection {collection!r}: {added} added, {replaced} replaced, {unchanged} unchanged, "
+    "{removed} removed, {chunks} chunk(s) written, {errors} error(s)"
+)
+KB_NO_COLLECTIONS = "kb: no collections yet (add documents with `solarbot kb add SOURCE...`)"
+KB_NO_SUCH_COLLECTION = "kb: no collection {collection!r}"
+KB_REMOVED_DOCUMENT = "kb: removed {source} from {collection!r}"
+KB_NOT_STORED = "kb: {source} is not in {collection!r}"
+KB_REMOVED_COLLECTION = "kb: removed collection {collection!r} ({documents} document(s))"
+KB_NO_HITS = "kb: nothing found for that query"
+KB_TOKENIZER_MISSING = (
+    "kb: cannot load the tokenizer of SOLARBOT_MODEL={model!r} (chunks are counted in its "
+    "tokens): {reason}. Point SOLARBOT_MODEL at a local model folder, or unset "
+    "SOLARBOT_OFFLINE to fetch the tokenizer files"
+)
