@@ -443,7 +443,7 @@ class Commands:
         if missing:
             return texts.KB_UNKNOWN.format(
                 missing=", ".join(missing),
-                known=", ".join(sorted(known)) or texts.KB_NO_COLLECTIONS,
+                known=", ".join(sorted(known)) or texts.KB_NONE_YET,
             )
         config = await self._update(context, kb_collections=names)
         return texts.KB_ATTACHED.format(state=kb_state(config))

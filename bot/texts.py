@@ -254,7 +254,7 @@ KB_INVALID = (
     "`mode strict` / `mode assist` (got {value!r})."
 )
 KB_UNKNOWN = "No such knowledge-base collection: {missing}. Known collections: {known}."
-KB_NO_COLLECTIONS = "none yet (add documents with `solarbot kb add`)"
+KB_NONE_YET = "none yet (add documents with `solarbot kb add`)"
 
 # Answering from a knowledge base (bot/worker.py, bot/citations.py).
 KB_SOURCES = "**Sources:**"
@@ -277,3 +277,20 @@ KB_RULE_ASSIST = (
 KB_DONT_KNOW = "I don't know: I found nothing about that in this channel's sources.{handoff}"
 # {keyword}: the first SOLARBOT_HANDOFF_KEYWORDS entry (platforms that hand over only).
 KB_HANDOFF_HINT = ' If you need a person, write "{keyword}" and I\'ll hand this over to the team.'
+
+# `solarbot kb` (docs/knowledge-base.md).
+KB_ADDED = (
+    "kb: collection {collection!r}: {added} added, {replaced} replaced, {unchanged} unchanged, "
+    "{removed} removed, {chunks} chunk(s) written, {errors} error(s)"
+)
+KB_NO_COLLECTIONS = "kb: no collections yet (add documents with `solarbot kb add SOURCE...`)"
+KB_NO_SUCH_COLLECTION = "kb: no collection {collection!r}"
+KB_REMOVED_DOCUMENT = "kb: removed {source} from {collection!r}"
+KB_NOT_STORED = "kb: {source} is not in {collection!r}"
+KB_REMOVED_COLLECTION = "kb: removed collection {collection!r} ({documents} document(s))"
+KB_NO_HITS = "kb: nothing found for that query"
+KB_TOKENIZER_MISSING = (
+    "kb: cannot load the tokenizer of SOLARBOT_MODEL={model!r} (chunks are counted in its "
+    "tokens): {reason}. Point SOLARBOT_MODEL at a local model folder, or unset "
+    "SOLARBOT_OFFLINE to fetch the tokenizer files"
+)
