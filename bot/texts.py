@@ -294,3 +294,7 @@ KB_TOKENIZER_MISSING = (
     "tokens): {reason}. Point SOLARBOT_MODEL at a local model folder, or unset "
     "SOLARBOT_OFFLINE to fetch the tokenizer files"
 )
+
+# Learning from the team (bot/learning.py): the title of a chat message an admin marked with 📚.
+KB_LEARNED_TITLE = "{author} in chat: {excerpt}"
+KB_LEARNED_SOMEONE = "Someone"
