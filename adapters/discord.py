@@ -153,6 +153,7 @@ class _Pending:
     placeholder_id: str | None = None
     placeholder_text: str = ""
     adopted: bool = False
+    waiting_help: str = ""  # links from the channel's knowledge base, shown with the position
 
 
 class DiscordAdapter:
@@ -351,6 +352,10 @@ class DiscordAdapter:
         result = await intake.submit(incoming)
         if result is not None and result.created and not result.handoff:
             pending = _Pending(channel_id=message.channel.id, reply_to=message.id)
+            try:
+                pending.waiting_help = await intake.waiting_help(incoming)
+            except Exception as exc:  # the question is queued all the same
+                log.warning("discord: no knowledge-base links for the placeholder: %s", exc)
             self._pending[result.job_id] = pending
             self._spawn(
                 self._while_queued(result.job_id, pending), f"discord-queued-{result.job_id}"
@@ -594,6 +599,8 @@ class DiscordAdapter:
 
     async def _show_position(self, pending: _Pending, position: int) -> None:
         text = texts.DISCORD_QUEUED.format(position=position)
+        if pending.waiting_help and len(text) + len(pending.waiting_help) < MESSAGE_LIMIT:
+            text = f"{text}\n{pending.waiting_help}"
         if pending.placeholder_id is None:
             data = await self.client.http.send_message(
                 pending.channel_id,

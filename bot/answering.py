@@ -22,7 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bot import texts
-from bot.citations import Source
+from bot.citations import Source, render_link
+from bot.hygiene import clean_outgoing
 from bot.knowledge import Passage
 from bot.records import KnowledgeMode
 from storage.repository import Repository
@@ -104,3 +105,25 @@ def dont_know(handoff_keyword: str) -> str:
     platform hands conversations over (``handoff_keyword`` empty: it does not)."""
     hint = texts.KB_HANDOFF_HINT.format(keyword=handoff_keyword) if handoff_keyword else ""
     return texts.KB_DONT_KNOW.format(handoff=hint)
+
+
+WAITING_LINKS = 3
+
+
+def waiting_help(
+    repository: Repository, *, collections: Sequence[str], question: str, platform: str
+) -> str:
+    """For a question waiting in the queue: the top ``WAITING_LINKS`` documents the search finds
+    for it, as links for ``platform`` ("" when none has a web link)."""
+    if not collections:
+        return ""
+    hits = repository.search_passages(collections=collections, query=question, limit=10)
+    links: dict[str, str] = {}
+    for hit in hits:
+        if hit.link.startswith(("http://", "https://")) and hit.link not in links:
+            links[hit.link] = render_link(hit.title, hit.link, platform=platform)
+        if len(links) == WAITING_LINKS:
+            break
+    if not links:
+        return ""
+    return clean_outgoing(texts.KB_WHILE_WAITING.format(links=" · ".join(links.values())))

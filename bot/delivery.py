@@ -119,6 +119,11 @@ class IntakePort(Protocol):
         knowledge base. Returns the collection, None when nothing changed."""
         ...
 
+    async def waiting_help(self, incoming: Incoming) -> str:
+        """Links to the channel's top knowledge-base documents for a queued question, for its
+        placeholder ("" when there are none)."""
+        ...
+
     async def queue_position(self, job_id: int) -> int:
         """How many jobs are ahead of ``job_id`` in the queue (0: it is next or running)."""
         ...

@@ -30,7 +30,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
-from bot import learning, logs, texts
+from bot import answering, learning, logs, texts
 from bot.delivery import NOTICE_TO, ChatAdapter, HandoffNotifier, ReplyTarget, post_clean_notice
 from bot.learning import ChatMessage
 from bot.limits import Admission, Limits, Refusal
@@ -325,6 +325,22 @@ class Intake:
                 collection,
             )
         return collection
+
+    async def waiting_help(self, incoming: Incoming) -> str:
+        """What a queued question's placeholder may show at once: links to the channel's top
+        knowledge-base documents for it ("" without a knowledge base or a hit)."""
+        return await asyncio.to_thread(self._waiting_help, incoming)
+
+    def _waiting_help(self, incoming: Incoming) -> str:
+        config = self._repository.channel_config(
+            platform=incoming.platform, workspace=incoming.workspace, channel=incoming.channel
+        )
+        return answering.waiting_help(
+            self._repository,
+            collections=config.kb_collections,
+            question=incoming.text,
+            platform=incoming.platform,
+        )
 
     async def queue_position(self, job_id: int) -> int:
         return await asyncio.to_thread(self._repository.queue_position, job_id)

@@ -298,3 +298,5 @@ KB_TOKENIZER_MISSING = (
 # Learning from the team (bot/learning.py): the title of a chat message an admin marked with 📚.
 KB_LEARNED_TITLE = "{author} in chat: {excerpt}"
 KB_LEARNED_SOMEONE = "Someone"
+# A queued question's placeholder in a channel with a knowledge base (bot/answering.py).
+KB_WHILE_WAITING = "While I write an answer, these may help: {links}"

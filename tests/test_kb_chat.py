@@ -11,6 +11,7 @@ the 📚 away forgets it."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -128,6 +129,7 @@ async def discord_rig(
             typing_interval=0.2,
             status_poll=0.05,
             guild_ready_timeout=0.01,
+            queue_notice_after=0.0,
         )
     )
     intake = Intake(repository, handoff_keywords=(HANDOFF,))
@@ -143,6 +145,7 @@ async def discord_rig(
             sampling=SamplingParams(temperature=0.0),
             poll_seconds=0.05,
             handoff_keyword=HANDOFF,
+            concurrency=1,
         ),
     )
     intake.on_enqueued(worker.wake)
@@ -177,6 +180,28 @@ async def test_discord_answers_from_the_collection_with_checked_linked_citations
     assert job.reply_text == reply
     hits = rig.repository.search_passages(collections=[kb_corpus.COLLECTION], query=QUESTION)
     assert rig.repository.job_chunk_ids(job.id) == tuple(hit.chunk_id for hit in hits)
+
+
+async def test_discord_a_queued_question_shows_source_links_until_its_answer_replaces_them(
+    discord_rig: DiscordRig,
+) -> None:
+    rig = discord_rig
+    await rig.admin_says("!kb tidewater")
+    long_answer = " ".join(f"word{n}" for n in range(200))
+    rig.engine._replies = [long_answer, ANSWER]
+    await rig.fake.user_message(GENERAL, f"{MENTION} tell me everything", mentions=(BOT_ID,))
+    await rig.fake.user_message(GENERAL, f"{MENTION} {QUESTION}", mentions=(BOT_ID,))
+    await rig.until(lambda: rig.done(2))
+    # The second question waited behind the first: its placeholder showed its position and the
+    # top documents at once, and became the answer.
+    [answer] = [m for m in rig.fake.bot_messages(GENERAL) if m["content"].startswith(CHECKED)]
+    shown = rig.fake.edits[int(answer["id"])]
+    waiting = shown[0]
+    assert waiting.startswith("Queued (position 1)…\nWhile I write an answer, these may help: ")
+    links = re.findall(r"\[([^\]]+)\]\(<(https://[^>]+)>\)", waiting)
+    assert links[0] == ("Installing the Tidewater agent", kb_corpus.link("install"))
+    assert 1 <= len(links) <= 3 and len({url for _, url in links}) == len(links)
+    assert answer["content"].startswith(CHECKED)
 
 
 async def test_discord_strict_mode_says_it_does_not_know_without_the_engine(
