@@ -241,3 +241,14 @@ class RatedReply:
 class FeedbackReport:
     channels: tuple[ChannelFeedback, ...]
     worst: tuple[RatedReply, ...]  # most 👎 first (then fewest 👍), only replies with a 👎
+
+
+@dataclass(frozen=True, kw_only=True)
+class DownvotedDocument:
+    """A knowledge-base document and how many 👎-rated replies were given its passages."""
+
+    collection: str
+    title: str
+    link: str
+    replies: int  # replies with at least one 👎 whose prompt held a passage of it
+    down: int  # the 👎 on those replies

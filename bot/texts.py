@@ -300,3 +300,8 @@ KB_LEARNED_TITLE = "{author} in chat: {excerpt}"
 KB_LEARNED_SOMEONE = "Someone"
 # A queued question's placeholder in a channel with a knowledge base (bot/answering.py).
 KB_WHILE_WAITING = "While I write an answer, these may help: {links}"
+
+# `solarbot report`: knowledge-base documents in 👎-rated replies (bot/tools/data.py).
+REPORT_DOCUMENTS = "Knowledge-base documents in 👎-rated answers (most first):"
+REPORT_NO_DOCUMENTS = "No 👎-rated answer was given knowledge-base passages."
+REPORT_DOCUMENT_LINE = "{replies} answer(s), 👎 {down}: [{collection}] {title} {link}"

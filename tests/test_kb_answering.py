@@ -20,7 +20,8 @@ from bot.commands import CommandContext, CommandName, Commands, ParsedCommand, p
 from bot.conversation import PromptBuilder, Turn, passage_block
 from bot.generation.loading import HFTokenizer
 from bot.knowledge import Passage
-from bot.records import ChannelConfig, Incoming, JobTrace, KnowledgeMode
+from bot.records import ChannelConfig, Incoming, JobTrace, KnowledgeMode, Rating
+from bot.tools.data import format_downvoted_documents
 from storage import database
 from storage.repository import Repository
 from tests import kb_corpus
@@ -408,3 +409,78 @@ async def test_admins_attach_collections_set_the_mode_and_status_shows_it(
     assert await run("kb off") == texts.KB_DETACHED
     assert tidewater.channel_config(**WHERE).kb_collections == ()
     assert "none attached" in await run("status")
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def _answered_with(repository: Repository, n: int, chunk_ids: tuple[int, ...]) -> str:
+    """A delivered reply (its message id returned) that was given ``chunk_ids``."""
+    assert repository.enqueue(
+        Incoming(
+            platform="slack",
+            workspace="T1",
+            channel="C1",
+            author_id="U",
+            text="q",
+            message_id=f"q{n}",
+        )
+    )
+    [job] = repository.claim(worker_id="w", limit=1, lease_seconds=30)
+    trace = JobTrace(prompt_tokens=1, generation_ms=1, model_id="m", chunk_ids=chunk_ids)
+    assert repository.complete(
+        job, reply_text="a", reply_message_ids=[f"r{n}"], token_count=1, trace=trace
+    )
+    return f"r{n}"
+
+
+def test_report_lists_the_documents_most_given_to_downvoted_replies(
+    tidewater: Repository,
+) -> None:
+    chunks = {
+        (hit.title, hit.heading_path): hit.chunk_id
+        for hit in tidewater.search_passages(
+            collections=[kb_corpus.COLLECTION], query="agent windows linux restore file", limit=20
+        )
+    }
+    windows = chunks[("Installing the Tidewater agent", ("Windows",))]
+    linux = chunks[("Installing the Tidewater agent", ("Linux",))]
+    restore = chunks[("Restoring files", ("Restore a single file",))]
+    replies = [
+        _answered_with(tidewater, 1, (windows, linux)),  # both chunks: the document counts once
+        _answered_with(tidewater, 2, (restore, windows)),
+        _answered_with(tidewater, 3, (restore,)),  # only 👍
+        _answered_with(tidewater, 4, (restore,)),  # no vote
+    ]
+
+    def vote(reply: str, user: str, rating: Rating) -> None:
+        assert tidewater.add_feedback(
+            platform="slack",
+            workspace="T1",
+            channel="C1",
+            message_id=reply,
+            user_id=user,
+            rating=rating,
+        )
+
+    vote(replies[0], "U1", Rating.DOWN)
+    vote(replies[0], "U2", Rating.DOWN)
+    vote(replies[1], "U1", Rating.DOWN)
+    vote(replies[2], "U1", Rating.UP)
+    documents = tidewater.downvoted_documents()
+    assert [(d.title, d.replies, d.down) for d in documents] == [
+        ("Installing the Tidewater agent", 2, 3),
+        ("Restoring files", 1, 1),
+    ]
+    assert documents[0].link == kb_corpus.link("install")
+    assert tidewater.downvoted_documents(platform="discord") == []
+    assert len(tidewater.downvoted_documents(limit=1)) == 1
+    text = format_downvoted_documents(documents)
+    assert texts.REPORT_DOCUMENTS in text
+    assert (
+        "2 answer(s), 👎 3: [tidewater] Installing the Tidewater agent "
+        "https://docs.tidewater.example/install"
+    ) in text
+    # A document removed since is left out.
+    tidewater.remove_document(collection=kb_corpus.COLLECTION, source_uri=kb_corpus.link("install"))
+    assert [d.title for d in tidewater.downvoted_documents()] == ["Restoring files"]
