@@ -244,3 +244,4 @@ KB_TOKENIZER_MISSING = (
     "tokens): {reason}. Point SOLARBOT_MODEL at a local model folder, or unset "
     "SOLARBOT_OFFLINE to fetch the tokenizer files"
 )
+KB_OTHER_HOSTS = "{count} sitemap entries on other hosts left out (--any-host follows them)"
