@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from bot import texts
 from bot.errors import KnowledgeBaseError
 from bot.kb.chunking import ChunkLimits, TokenCounter, chunk_blocks
 from bot.kb.extract import Format, extract, format_for
@@ -33,6 +34,7 @@ from bot.kb.sources import (
     local_files,
     read_file,
     resolve_local,
+    sitemap_locations,
 )
 from bot.knowledge import DocumentInfo, DocumentOutcome
 from bot.logs import progress_bars_enabled
@@ -216,10 +218,12 @@ class Ingestor:
         fetcher: WebFetcher,
     ) -> set[str]:
         first = await fetcher.fetch(origin)
-        pages = await fetcher.sitemap_pages(first)
-        if not pages:
+        if sitemap_locations(first.data) is None:
             await asyncio.to_thread(self._store, collection, origin, first, stored, explicit=True)
             return {first.source_uri}
+        pages, left_out = await fetcher.sitemap_pages(first)
+        if left_out:
+            self.progress.error(origin, texts.KB_OTHER_HOSTS.format(count=left_out))
         seen: set[str] = set()
 
         async def one(url: str) -> Fetched | None:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 USER_AGENT = "solarbot-kb/1 (+https://github.com/solarbot; knowledge-base ingestion)"
 SITEMAP_DEPTH = 3
+MAX_REDIRECTS = 5
 MAX_SITEMAP_URLS = 50_000
 _LOC = re.compile(rb"<loc>\s*(.*?)\s*</loc>", re.DOTALL | re.IGNORECASE)
 _SITEMAP_ROOT = re.compile(rb"<(?:\w+:)?(urlset|sitemapindex)\b", re.IGNORECASE)
@@ -139,13 +140,42 @@ class WebFetcher:
         assert self._session is not None, "use WebFetcher in `async with`"
         url = urldefrag(url).url
         try:
-            async with self._slots, self._session.get(url, allow_redirects=True) as response:
-                final = str(response.url)
-                if not self.policy.any_host and not same_host(url, final):
-                    raise KnowledgeBaseError(
-                        f"redirected to another host ({urlsplit(final).netloc}); "
-                        "use --any-host to follow"
-                    )
+            async with self._slots:
+                data, media_type = await self._get(url)
+        except (aiohttp.ClientError, UnicodeError, ValueError) as exc:
+            raise KnowledgeBaseError(f"cannot fetch it ({type(exc).__name__}: {exc})") from None
+        except TimeoutError:
+            raise KnowledgeBaseError(f"timed out after {self.policy.timeout_seconds:g} s") from None
+        path = urlsplit(url).path
+        return Fetched(
+            source_uri=url,
+            link=url,
+            name=path.rsplit("/", 1)[-1] or "index.html",
+            data=data,
+            media_type=media_type,
+        )
+
+    async def _get(self, url: str) -> tuple[bytes, str | None]:
+        """The body and media type at ``url``, following redirects ourselves so that one to
+        another host is refused before it is requested (unless ``any_host``)."""
+        from yarl import URL
+
+        assert self._session is not None
+        target = url
+        for _ in range(MAX_REDIRECTS + 1):
+            async with self._session.get(target, allow_redirects=False) as response:
+                if response.status in (301, 302, 303, 307, 308):
+                    location = response.headers.get("Location", "")
+                    following = str(URL(target).join(URL(location)))
+                    if not is_url(following):
+                        raise KnowledgeBaseError(f"redirected to {following[:100]!r}")
+                    if not self.policy.any_host and not same_host(url, following):
+                        raise KnowledgeBaseError(
+                            f"redirected to another host ({urlsplit(following).netloc}); "
+                            "use --any-host to follow"
+                        )
+                    target = following
+                    continue
                 if response.status in (404, 410):
                     raise SourceGone(f"HTTP {response.status}")
                 if response.status >= 400:
@@ -160,40 +190,32 @@ class WebFetcher:
                     raise KnowledgeBaseError(
                         f"too large (over {self.policy.max_bytes} bytes, the limit)"
                     )
-                media_type = response.headers.get("Content-Type")
-        except (aiohttp.ClientError, UnicodeError, ValueError) as exc:
-            raise KnowledgeBaseError(f"cannot fetch it ({type(exc).__name__}: {exc})") from None
-        except TimeoutError:
-            raise KnowledgeBaseError(f"timed out after {self.policy.timeout_seconds:g} s") from None
-        path = urlsplit(url).path
-        return Fetched(
-            source_uri=url,
-            link=url,
-            name=path.rsplit("/", 1)[-1] or "index.html",
-            data=data,
-            media_type=media_type,
-        )
+                return data, response.headers.get("Content-Type")
+        raise KnowledgeBaseError(f"more than {MAX_REDIRECTS} redirects")
 
-    async def sitemap_pages(self, sitemap: Fetched, *, depth: int = 0) -> list[str]:
+    async def sitemap_pages(self, sitemap: Fetched, *, depth: int = 0) -> tuple[list[str], int]:
         """The page URLs a sitemap lists (a sitemap index's sitemaps read in turn), without
-        duplicates, other hosts left out unless ``any_host``."""
+        duplicates, other hosts left out unless ``any_host``; and how many were left out."""
         parsed = sitemap_locations(sitemap.data)
         if parsed is None:
-            return []
+            return [], 0
         kind, locations = parsed
         allowed = [
             loc
             for loc in locations
             if is_url(loc) and (self.policy.any_host or same_host(sitemap.source_uri, loc))
         ]
+        left_out = len(locations) - len(allowed)
         if kind == "urlset":
-            return list(dict.fromkeys(urldefrag(loc).url for loc in allowed))
+            return list(dict.fromkeys(urldefrag(loc).url for loc in allowed)), left_out
         if depth >= SITEMAP_DEPTH:
-            return []
+            return [], left_out
         pages: list[str] = []
         for child in allowed:
-            pages.extend(await self.sitemap_pages(await self.fetch(child), depth=depth + 1))
-        return list(dict.fromkeys(pages))
+            found, skipped = await self.sitemap_pages(await self.fetch(child), depth=depth + 1)
+            pages.extend(found)
+            left_out += skipped
+        return list(dict.fromkeys(pages)), left_out
 
 
 def resolve_local(source: str) -> Path:
