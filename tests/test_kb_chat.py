@@ -146,6 +146,8 @@ async def discord_rig(
             poll_seconds=0.05,
             handoff_keyword=HANDOFF,
             concurrency=1,
+            retry_base_seconds=0.01,
+            retry_max_seconds=0.05,
         ),
     )
     intake.on_enqueued(worker.wake)
@@ -180,6 +182,24 @@ async def test_discord_answers_from_the_collection_with_checked_linked_citations
     assert job.reply_text == reply
     hits = rig.repository.search_passages(collections=[kb_corpus.COLLECTION], query=QUESTION)
     assert rig.repository.job_chunk_ids(job.id) == tuple(hit.chunk_id for hit in hits)
+
+
+async def test_discord_a_reply_whose_delivery_failed_is_retried_checked_without_generating_again(
+    discord_rig: DiscordRig,
+) -> None:
+    rig = discord_rig
+    await rig.admin_says("!kb tidewater")
+    rig.engine._replies = [ANSWER]
+    rig.fake.fail_next("PATCH", rf"/channels/{GENERAL}/messages/\d+", status=403)
+    await rig.fake.user_message(GENERAL, f"{MENTION} {QUESTION}", mentions=(BOT_ID,))
+    await rig.until(lambda: rig.done(1))
+    [job] = rig.repository.jobs(status=JobStatus.DONE)
+    assert job.attempts == 2 and len(rig.engine.requests) == 1
+    assert rig.replies()[-1] == job.reply_text
+    assert job.reply_text is not None and job.reply_text.startswith(f"{CHECKED}\n\n")
+    assert "[9]" not in job.reply_text and "(<https://docs.tidewater.example/install>)" in (
+        job.reply_text
+    )
 
 
 async def test_discord_a_queued_question_shows_source_links_until_its_answer_replaces_them(
