@@ -407,6 +407,16 @@ class Worker:
                 log.info("job %s: nothing relevant in the knowledge base (%.2f)", job.id, best)
                 keyword = self._options.handoff_keyword if hands_off else ""
                 return _Prepared(prompt=None, answer=answering.dont_know(keyword))
+            # Strict: only the passages relevant enough are given.
+            passages = [
+                passage
+                for passage in passages
+                if max(
+                    answering.relevance(newest, passage),
+                    answering.relevance(f"{previous}\n{newest}", passage) if previous else 0.0,
+                )
+                >= options.min_relevance
+            ]
         prompt = self._builder.build(
             system_prompt=system_prompt,
             history=turns,
@@ -415,6 +425,9 @@ class Worker:
             passage_tokens=options.passage_tokens,
         )
         given = [passages[index] for index in prompt.passages_given]
+        if job.kb_mode is KnowledgeMode.STRICT and not given:  # none fit the budget
+            keyword = self._options.handoff_keyword if hands_off else ""
+            return _Prepared(prompt=None, answer=answering.dont_know(keyword))
         return _Prepared(
             prompt=prompt,
             sources=tuple(answering.sources_of(given)),

@@ -241,6 +241,16 @@ async def test_discord_strict_mode_says_it_does_not_know_without_the_engine(
     await rig.until(lambda: rig.done(2))
     assert texts.KB_RULE_STRICT in rig.engine.prompts[0]
     assert rig.replies()[-1].startswith(CHECKED)
+    # Strict: only the passages relevant enough are given (here not the schedules one).
+    hits = rig.repository.search_passages(collections=[kb_corpus.COLLECTION], query=QUESTION)
+    relevant = [h for h in hits if answering.relevance(QUESTION, h) >= 0.5]
+    assert 0 < len(relevant) < len(hits)
+    system = rig.engine.prompts[0].split("### User:")[0]
+    assert f"[{len(relevant)}] " in system and f"[{len(relevant) + 1}] " not in system
+    [job] = [
+        j for j in rig.repository.jobs(status=JobStatus.DONE) if j.reply_text == rig.replies()[-1]
+    ]
+    assert rig.repository.job_chunk_ids(job.id) == tuple(h.chunk_id for h in relevant)
 
 
 async def test_discord_an_admins_books_reaction_teaches_the_channel(
