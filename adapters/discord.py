@@ -55,6 +55,7 @@ from bot.commands import CommandContext, Commands, ParsedCommand, parse_prefixed
 from bot.dedupe import dedupe_key
 from bot.delivery import IntakePort, ReplyTarget
 from bot.errors import ConfigError, DeliveryError, InvalidIncomingError, SolarbotError
+from bot.learning import ChatMessage, is_learning
 from bot.records import ConversationKey, Incoming, JobStatus
 from bot.splitting import split_message
 
@@ -152,6 +153,7 @@ class _Pending:
     placeholder_id: str | None = None
     placeholder_text: str = ""
     adopted: bool = False
+    waiting_help: str = ""  # links from the channel's knowledge base, shown with the position
 
 
 class DiscordAdapter:
@@ -350,6 +352,10 @@ class DiscordAdapter:
         result = await intake.submit(incoming)
         if result is not None and result.created and not result.handoff:
             pending = _Pending(channel_id=message.channel.id, reply_to=message.id)
+            try:
+                pending.waiting_help = await intake.waiting_help(incoming)
+            except Exception as exc:  # the question is queued all the same
+                log.warning("discord: no knowledge-base links for the placeholder: %s", exc)
             self._pending[result.job_id] = pending
             self._spawn(
                 self._while_queued(result.job_id, pending), f"discord-queued-{result.job_id}"
@@ -414,6 +420,9 @@ class DiscordAdapter:
         intake = self._intake
         if me is None or intake is None or self._closing or payload.user_id == me.id:
             return
+        if is_learning(payload.emoji.name or ""):
+            await self._learn(payload, added=added)
+            return
         if payload.message_author_id is not None and payload.message_author_id != me.id:
             return  # on someone else's message (Discord says whose, when it knows)
         guild_id = payload.guild_id
@@ -441,6 +450,57 @@ class DiscordAdapter:
             message_id=str(payload.message_id),
             user_id=str(payload.user_id),
             emoji=payload.emoji.name or "",
+            added=added,
+        )
+
+    async def _learn(self, payload: discord.RawReactionActionEvent, *, added: bool) -> None:
+        """An admin's 📚 on any message of an allowed guild channel: the message joins the
+        channel's knowledge base (``bot.learning``), linked back to it; removing the 📚 takes
+        it out. Discord sends no member with a removal: the remover is fetched to check."""
+        guild_id = payload.guild_id
+        assert self._intake is not None
+        if guild_id is None:
+            return
+        member = payload.member
+        if member is None:
+            guild = self.client.get_guild(guild_id)
+            if guild is None:
+                return
+            try:
+                member = await guild.fetch_member(payload.user_id)
+            except discord.HTTPException:
+                return
+        if member.bot or not self._is_admin(member, in_guild=True):
+            return
+        channel = self.client.get_channel(
+            payload.channel_id
+        ) or self.client.get_partial_messageable(payload.channel_id, guild_id=guild_id)
+        channel_id, _ = await self._parent_of(channel)
+        if not self._allowed_place(guild_id, channel_id):
+            return
+        text, author = "", ""
+        if added:
+            try:
+                data = await self.client.http.get_message(payload.channel_id, payload.message_id)
+            except discord.HTTPException as exc:
+                log.warning("discord: could not read a message to learn: %s", exc)
+                return
+            text = str(data.get("content") or "")
+            who = data.get("author") or {}
+            author = str(who.get("global_name") or who.get("username") or "")
+        await self._intake.learn(
+            ChatMessage(
+                platform=PLATFORM,
+                workspace=str(guild_id),
+                channel=str(channel_id),
+                message_id=str(payload.message_id),
+                text=text,
+                author_name=author,
+                link=(
+                    f"https://discord.com/channels/{guild_id}/{payload.channel_id}/"
+                    f"{payload.message_id}"
+                ),
+            ),
             added=added,
         )
 
@@ -539,6 +599,8 @@ class DiscordAdapter:
 
     async def _show_position(self, pending: _Pending, position: int) -> None:
         text = texts.DISCORD_QUEUED.format(position=position)
+        if pending.waiting_help and len(text) + len(pending.waiting_help) < MESSAGE_LIMIT:
+            text = f"{text}\n{pending.waiting_help}"
         if pending.placeholder_id is None:
             data = await self.client.http.send_message(
                 pending.channel_id,

@@ -64,6 +64,7 @@ from bot.delivery import NOTICE_TO, IntakePort, ReplyTarget
 from bot.errors import ConfigError, DeliveryError, InvalidIncomingError
 from bot.http_listener import Listener, start_listener
 from bot.hygiene import clean_outgoing
+from bot.learning import ChatMessage, is_learning
 from bot.records import ConversationKey, EnqueueResult, Incoming
 from bot.splitting import split_message
 
@@ -549,6 +550,9 @@ class SlackAdapter:
             or user == self._bot_user_id
         ):
             return
+        if is_learning(str(event.get("reaction") or "")):
+            await self._learn(event, body, item, user)
+            return
         if event.get("item_user") and event.get("item_user") != self._bot_user_id:
             return
         workspace = str(body.get("team_id") or "")
@@ -567,6 +571,62 @@ class SlackAdapter:
             emoji=str(event.get("reaction") or ""),
             added=event.get("type") == "reaction_added",
         )
+
+    async def _learn(
+        self, event: dict[str, Any], body: dict[str, Any], item: dict[str, Any], user: str
+    ) -> None:
+        """An admin's 📚 on any message of an allowed channel: the message joins the channel's
+        knowledge base (``bot.learning``), linked by its permalink; removing the 📚 takes it
+        out. Anyone else's 📚 is only a reaction."""
+        workspace = str(body.get("team_id") or "")
+        channel = str(item.get("channel") or "")
+        ts = str(item.get("ts") or "")
+        if user not in self._admins or not ts or not self._allowed(workspace, channel):
+            return
+        assert self._intake is not None, "start() the adapter first"
+        added = event.get("type") == "reaction_added"
+        text, author, link = "", "", ""
+        if added:
+            try:
+                found = await self._message(channel, ts)
+                if found is None:
+                    log.info("could not find the message %s to learn in %s", ts[:40], channel)
+                    return
+                permalink = await self.client.chat_getPermalink(channel=channel, message_ts=ts)
+            except SlackApiError as exc:
+                log.warning("could not read a message to learn: %s", delivery_error(exc))
+                return
+            text = from_slack(str(found.get("text") or ""), bot_user_id=self._bot_user_id)
+            author = await self._author_name(str(found.get("user") or ""), "")
+            link = str(permalink.get("permalink") or "")
+        await self._intake.learn(
+            ChatMessage(
+                platform=PLATFORM,
+                workspace=workspace,
+                channel=channel,
+                message_id=ts,
+                text=text,
+                author_name=author,
+                link=link,
+            ),
+            added=added,
+        )
+
+    async def _message(self, channel: str, ts: str) -> dict[str, Any] | None:
+        """The message ``ts`` of ``channel``: at the top level, else in a thread."""
+        history = await self.client.conversations_history(
+            channel=channel, latest=ts, oldest=ts, inclusive=True, limit=1
+        )
+        for message in history.get("messages") or []:
+            if message.get("ts") == ts:
+                return dict(message)
+        replies = await self.client.conversations_replies(
+            channel=channel, ts=ts, latest=ts, oldest=ts, inclusive=True, limit=1
+        )
+        for message in replies.get("messages") or []:
+            if message.get("ts") == ts:
+                return dict(message)
+        return None
 
     async def _on_user_message(
         self, event: dict[str, Any], body: dict[str, Any], *, in_thread: bool

@@ -88,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     from bot.tools.upscale import add_upscale_parser
 
     add_upscale_parser(commands)
+
+    from bot.tools.kb import add_kb_parser
+
+    add_kb_parser(commands)
     return parser
 
 
@@ -122,6 +126,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from bot.tools.data import run_data_command
 
             return run_data_command(settings, args)
+        if args.command == "kb":
+            from bot import logs
+            from bot.tools.kb import run_kb_command
+
+            logs.configure_progress_bars()
+            return run_kb_command(settings, args)
         settings = _with_engine(settings, args.engine)
         mode = args.command
         if mode == "run" and args.role != "all":

@@ -27,7 +27,7 @@ from typing import Any
 from bot import texts
 from bot.hygiene import clean_outgoing
 from bot.prompt_room import PromptGauge, PromptRoom
-from bot.records import ChannelConfig
+from bot.records import ChannelConfig, KnowledgeMode
 from storage.repository import Repository
 
 PRIVATE_FLAGS = ("--private", "-p")
@@ -56,6 +56,7 @@ class CommandName(enum.StrEnum):
     LENGTH = "length"
     LANGUAGE = "language"
     RESUME = "resume"
+    KB = "kb"
     UNKNOWN = "unknown"  # a prefixed word that is no sub-command (``!foo``): the help is shown
 
 
@@ -67,7 +68,7 @@ _ALONE = (
     CommandName.OFF,
     CommandName.RESUME,
 )
-_SETTINGS = (CommandName.PROMPT, CommandName.LENGTH, CommandName.LANGUAGE)
+_SETTINGS = (CommandName.PROMPT, CommandName.LENGTH, CommandName.LANGUAGE, CommandName.KB)
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,8 @@ def parse_command(text: str) -> ParsedCommand:
         not rest or rest.lower() in RESET_WORDS or _LANGUAGE.fullmatch(rest)
     ):
         return ParsedCommand(CommandName.LANGUAGE, rest)
+    if word == CommandName.KB and is_kb_argument(rest):
+        return ParsedCommand(CommandName.KB, rest)
     private = False
     if word in PRIVATE_FLAGS:
         private = True
@@ -200,6 +203,8 @@ class Commands:
             return await self._length(parsed.argument, context)
         if parsed.name is CommandName.RESUME:
             return await self._resume(context)
+        if parsed.name is CommandName.KB:
+            return await self._kb(parsed.argument, context)
         return await self._language(parsed.argument, context)
 
     async def switched_off_for(self, parsed: ParsedCommand, context: CommandContext) -> bool:
@@ -282,6 +287,7 @@ class Commands:
             ),
             length_state=_length_state(config),
             language_state=_language_state(config),
+            kb_state=kb_state(config),
             handoffs=handoffs,
             admins=(
                 texts.COMMAND_STATUS_ADMINS
@@ -403,6 +409,85 @@ class Commands:
             )
         await self._update(context, language=argument)
         return texts.COMMAND_LANGUAGE_SET.format(language=argument)
+
+    # ------------------------------------------------------------------ kb (issue 14)
+
+    async def _kb(self, argument: str, context: CommandContext) -> str:
+        """``kb`` / ``kb status`` show the channel's collections and mode; ``kb NAME[,NAME]``
+        attaches collections, ``kb off`` detaches them, ``kb mode strict|assist`` sets the
+        mode (changes: admins only). Only collections that exist can be attached."""
+        words = argument.split()
+        if not words or (len(words) == 1 and words[0].lower() == "status"):
+            return texts.KB_SHOW.format(state=kb_state(await self._config(context)))
+        refusal = self._refusal(CommandName.KB, context)
+        if refusal is not None:
+            return refusal
+        if words[0].lower() == "mode":
+            mode = words[1].lower() if len(words) == 2 else ""
+            if mode not in {m.value for m in KnowledgeMode}:
+                return texts.KB_INVALID.format(
+                    command=self._command, p=self._prefix, value=argument[:60]
+                )
+            await self._update(context, kb_mode=KnowledgeMode(mode))
+            return texts.KB_MODE_SET[mode]
+        if len(words) == 1 and words[0].lower() in KB_OFF_WORDS:
+            await self._update(context, kb_collections=())
+            return texts.KB_DETACHED
+        names = kb_names(argument)
+        if names is None:
+            return texts.KB_INVALID.format(
+                command=self._command, p=self._prefix, value=argument[:60]
+            )
+        known = await self._known_collections()
+        missing = [name for name in names if name not in known]
+        if missing:
+            return texts.KB_UNKNOWN.format(
+                missing=", ".join(missing),
+                known=", ".join(sorted(known)) or texts.KB_NONE_YET,
+            )
+        config = await self._update(context, kb_collections=names)
+        return texts.KB_ATTACHED.format(state=kb_state(config))
+
+    async def _known_collections(self) -> frozenset[str]:
+        """The names of the collections that exist."""
+        found = await asyncio.to_thread(self._repository.collections)
+        return frozenset(info.name for info in found)
+
+
+KB_OFF_WORDS = ("off", "none", "reset", "clear")
+MAX_KB_COLLECTIONS = 8
+# A collection name as ``solarbot kb add --collection NAME`` takes it.
+KB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def kb_names(argument: str) -> tuple[str, ...] | None:
+    """``NAME[,NAME]`` (spaces allowed after a comma, not between names without one: ``kb how
+    do I`` is a question) as distinct names in order, or None when it is not such a list or has
+    more than ``MAX_KB_COLLECTIONS`` names."""
+    parts = [part.strip() for part in argument.split(",")]
+    if not all(KB_NAME.fullmatch(part) for part in parts):
+        return None
+    names = tuple(dict.fromkeys(parts))
+    return names if len(names) <= MAX_KB_COLLECTIONS else None
+
+
+def is_kb_argument(rest: str) -> bool:
+    """What may follow ``kb`` for it to be the sub-command (else the text is a question)."""
+    words = rest.split()
+    if not words or (len(words) == 1 and words[0].lower() in ("status", *KB_OFF_WORDS)):
+        return True
+    if words[0].lower() == "mode":
+        return len(words) <= 2
+    return kb_names(rest) is not None
+
+
+def kb_state(config: ChannelConfig) -> str:
+    if not config.kb_collections:
+        return texts.KB_STATE_NONE
+    return texts.KB_STATE.format(
+        collections=", ".join(f"`{name}`" for name in config.kb_collections),
+        mode=config.kb_mode.value,
+    )
 
 
 def _length_state(config: ChannelConfig) -> str:

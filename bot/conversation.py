@@ -28,12 +28,13 @@ sees that the message was cut. ``bot.texts.TRUNCATED_NOTICE`` is what the user i
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 from bot.errors import PromptTooLongError
 from bot.generation.engine import Tokenizer
@@ -129,9 +130,24 @@ class Turn:
             raise ValueError(f"Turn.role must be 'user' or 'assistant', not {self.role!r}")
 
 
+class PromptPassage(Protocol):
+    """What the prompt shows of a knowledge-base passage (``bot.knowledge.Passage`` has it)."""
+
+    @property
+    def title(self) -> str: ...
+
+    @property
+    def heading_path(self) -> tuple[str, ...]: ...
+
+    @property
+    def text(self) -> str: ...
+
+
 @dataclass(frozen=True, kw_only=True)
 class BuiltPrompt:
-    """A prompt ready for the engine. ``prompt_ids`` start with BOS."""
+    """A prompt ready for the engine. ``prompt_ids`` start with BOS. ``passages_used``: the
+    first passages given (numbered [1]..[k]; a passage over the passage budget is skipped, so
+    they are ``passages_given``, a subsequence of the passages offered, in their order)."""
 
     prompt_ids: list[int]
     prompt_text: str
@@ -139,6 +155,17 @@ class BuiltPrompt:
     turns_dropped: int
     newest_truncated: bool
     prompt_tokens: int
+    passages_given: tuple[int, ...] = ()  # indexes into the passages offered, in [n] order
+
+
+def passage_block(intro: str, passages: Sequence[PromptPassage]) -> str:
+    """The passages numbered [1]..[k] after ``intro``, each under its title and heading path.
+    Passage text is neutralised like turn text: a document cannot forge a turn either."""
+    parts = [intro] if intro else []
+    for number, passage in enumerate(passages, start=1):
+        where = " › ".join(" ".join(p.split()) for p in (passage.title, *passage.heading_path) if p)
+        parts.append(neutralise(f"[{number}] {where}\n{passage.text.strip()}"))
+    return "\n\n".join(parts)
 
 
 def turn_content(turn: Turn, text: str | None = None) -> str:
@@ -209,14 +236,53 @@ class PromptBuilder:
         """Tokens available to the prompt (BOS included)."""
         return self.context_window - self.max_new_tokens
 
-    def build(self, *, system_prompt: str, history: Sequence[Turn]) -> BuiltPrompt:
-        """System prompt + the newest turns of ``history`` (chronological; last = newest user turn)."""
+    def build(
+        self,
+        *,
+        system_prompt: str,
+        history: Sequence[Turn],
+        passages: Sequence[PromptPassage] = (),
+        passage_intro: str = "",
+        passage_tokens: int = 0,
+    ) -> BuiltPrompt:
+        """System prompt + the newest turns of ``history`` (chronological; last = newest user turn).
+
+        With ``passages`` (best first), those that fit ``passage_tokens`` (the block's tokens,
+        counted with the model's tokenizer; a passage that would overflow it is skipped) are
+        numbered [1]..[k] after ``passage_intro`` in the system turn. History is trimmed first;
+        then, when the system turn and the newest message alone do not fit, passages are dropped
+        from the last; only without any is the newest message cut."""
         if not history:
             raise ValueError("history is empty: there is no user message to answer")
         newest = history[-1]
         if newest.role != "user":
             raise ValueError(f"the newest turn must be from the user, not {newest.role!r}")
+        chosen = self._passages_within(passages, passage_intro, passage_tokens)
+        while chosen:
+            block = passage_block(passage_intro, [passages[i] for i in chosen])
+            system = f"{system_prompt}\n\n{block}" if system_prompt else block
+            try:
+                built: BuiltPrompt | None = self._build(system_prompt=system, history=history)
+            except PromptTooLongError:  # the passages leave no room for the message at all
+                built = None
+            if built is not None and not built.newest_truncated:
+                return dataclasses.replace(built, passages_given=chosen)
+            chosen = chosen[:-1]
+        return self._build(system_prompt=system_prompt, history=history)
 
+    def _passages_within(
+        self, passages: Sequence[PromptPassage], intro: str, budget: int
+    ) -> tuple[int, ...]:
+        """The indexes of the passages (in order) whose numbered block fits ``budget`` tokens."""
+        chosen: list[int] = []
+        for index in range(len(passages)):
+            block = passage_block(intro, [passages[i] for i in (*chosen, index)])
+            if len(self._tokenizer.encode(block, add_bos=False)) <= budget:
+                chosen.append(index)
+        return tuple(chosen)
+
+    def _build(self, *, system_prompt: str, history: Sequence[Turn]) -> BuiltPrompt:
+        newest = history[-1]
         head: list[dict[str, str]] = (
             [{"role": "system", "content": system_prompt}] if system_prompt else []
         )

@@ -33,6 +33,7 @@ from typing import Protocol, runtime_checkable
 
 from bot.errors import DeliveryError
 from bot.hygiene import clean_outgoing
+from bot.learning import ChatMessage
 from bot.limits import Refusal
 from bot.prompt_room import PromptGauge
 from bot.records import ConversationKey, EnqueueResult, Incoming, JobStatus
@@ -111,6 +112,16 @@ class IntakePort(Protocol):
         channel: str | None = None,
     ) -> int | None:
         """A reaction added to or removed from ``message_id`` (👍/👎 on a reply is feedback)."""
+        ...
+
+    async def learn(self, message: ChatMessage, *, added: bool) -> str | None:
+        """An admin's 📚 added to (removed from) ``message``: it joins (leaves) the channel's
+        knowledge base. Returns the collection, None when nothing changed."""
+        ...
+
+    async def waiting_help(self, incoming: Incoming) -> str:
+        """Links to the channel's top knowledge-base documents for a queued question, for its
+        placeholder ("" when there are none)."""
         ...
 
     async def queue_position(self, job_id: int) -> int:

@@ -56,3 +56,7 @@ class InvalidIncomingError(SolarbotError):
 
 class UpscaleError(SolarbotError):
     """Depth up-scaling a model failed (bad base, bad --drop, output folder, disk space)."""
+
+
+class KnowledgeBaseError(SolarbotError):
+    """A knowledge-base source that cannot be read or stored (one line says which and why)."""

@@ -30,8 +30,9 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
-from bot import logs, texts
+from bot import answering, learning, logs, texts
 from bot.delivery import NOTICE_TO, ChatAdapter, HandoffNotifier, ReplyTarget, post_clean_notice
+from bot.learning import ChatMessage
 from bot.limits import Admission, Limits, Refusal
 from bot.prompt_room import PromptGauge
 from bot.records import EnqueueResult, Incoming, JobStatus, Rating
@@ -294,6 +295,52 @@ class Intake:
                 user_id,
             )
         return job_id
+
+    async def learn(self, message: ChatMessage, *, added: bool) -> str | None:
+        """An admin added (or removed) 📚 on ``message``: it is added to (removed from) the
+        channel's knowledge base (``bot.learning``). Returns the collection, or None when
+        nothing changed. Adapters check that the reacting user is an admin."""
+        if added:
+            collection = await asyncio.to_thread(
+                learning.learn,
+                self._repository,
+                message,
+                tokenizer=self.prompt_gauge.tokenizer,
+            )
+        else:
+            collection = await asyncio.to_thread(
+                learning.forget,
+                self._repository,
+                platform=message.platform,
+                workspace=message.workspace,
+                channel=message.channel,
+                message_id=message.message_id,
+            )
+        if collection is not None:
+            log.info(
+                "%s message %s %s knowledge base %s",
+                message.platform,
+                message.message_id,
+                "added to" if added else "removed from",
+                collection,
+            )
+        return collection
+
+    async def waiting_help(self, incoming: Incoming) -> str:
+        """What a queued question's placeholder may show at once: links to the channel's top
+        knowledge-base documents for it ("" without a knowledge base or a hit)."""
+        return await asyncio.to_thread(self._waiting_help, incoming)
+
+    def _waiting_help(self, incoming: Incoming) -> str:
+        config = self._repository.channel_config(
+            platform=incoming.platform, workspace=incoming.workspace, channel=incoming.channel
+        )
+        return answering.waiting_help(
+            self._repository,
+            collections=config.kb_collections,
+            question=incoming.text,
+            platform=incoming.platform,
+        )
 
     async def queue_position(self, job_id: int) -> int:
         return await asyncio.to_thread(self._repository.queue_position, job_id)

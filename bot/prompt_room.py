@@ -73,6 +73,11 @@ class PromptGauge:
     def ready(self) -> bool:
         return self._tokenizer is not None
 
+    @property
+    def tokenizer(self) -> Tokenizer | None:
+        """The model's tokenizer, once attached (learned chat messages are counted with it)."""
+        return self._tokenizer
+
     def measure(self, system_prompt: str) -> PromptRoom | None:
         """The room ``system_prompt`` leaves (None: no tokenizer yet). The room is what a user
         message's content may take: the template's headers, BOS and the generation prompt are

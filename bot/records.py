@@ -33,6 +33,13 @@ class Role(enum.StrEnum):
     ASSISTANT = "assistant"
 
 
+class KnowledgeMode(enum.StrEnum):
+    """How a channel with knowledge-base collections answers (``kb mode``)."""
+
+    STRICT = "strict"  # only from the sources; "I don't know" (and the handoff) when none fit
+    ASSIST = "assist"  # the sources first, general knowledge allowed
+
+
 def _frozen(mapping: Mapping[str, str]) -> Mapping[str, str]:
     return MappingProxyType(dict(mapping))
 
@@ -145,6 +152,9 @@ class ClaimedJob:
     max_reply_chars: int | None = None  # the channel's reply cap in characters (None = no cap)
     language: str | None = None  # the channel's reply language (None = not set)
     history: tuple[StoredMessage, ...] = ()  # newest turns up to the trigger, when asked for
+    # The channel's knowledge-base collections (answers cite their passages) and how it answers.
+    kb_collections: tuple[str, ...] = ()
+    kb_mode: KnowledgeMode = KnowledgeMode.ASSIST
     enqueued_at: datetime | None = None  # when the job was enqueued (latency metrics)
     # Unique to this job forever and the same in every attempt: what idempotency keys and nonces
     # sent to a platform are made of (see ``storage.repository.jobs.job_key``).
@@ -153,11 +163,13 @@ class ClaimedJob:
 
 @dataclass(frozen=True, kw_only=True)
 class JobTrace:
-    """How a reply was made: prompt size in real tokens, engine time and the model's id."""
+    """How a reply was made: prompt size in real tokens, engine time, the model's id and the
+    knowledge-base chunks (their ids, in the order numbered [1]..[k]) given to the model."""
 
     prompt_tokens: int
     generation_ms: int
     model_id: str
+    chunk_ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -187,6 +199,9 @@ class ChannelConfig:
     enabled: bool = True
     max_reply_chars: int | None = None  # the longest reply in characters
     language: str | None = None  # e.g. "German": the model is told to answer in it
+    # Knowledge-base collections answers come from (``kb NAME[,NAME]``; empty = none) and how.
+    kb_collections: tuple[str, ...] = ()
+    kb_mode: KnowledgeMode = KnowledgeMode.ASSIST
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -226,3 +241,14 @@ class RatedReply:
 class FeedbackReport:
     channels: tuple[ChannelFeedback, ...]
     worst: tuple[RatedReply, ...]  # most 👎 first (then fewest 👍), only replies with a 👎
+
+
+@dataclass(frozen=True, kw_only=True)
+class DownvotedDocument:
+    """A knowledge-base document and how many 👎-rated replies were given its passages."""
+
+    collection: str
+    title: str
+    link: str
+    replies: int  # replies with at least one 👎 whose prompt held a passage of it
+    down: int  # the 👎 on those replies

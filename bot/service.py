@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 from adapters.console import PLATFORM as CONSOLE
 from adapters.console import ConsoleAdapter
 from bot import texts
+from bot.answering import AnswerOptions
 from bot.delivery import ChatAdapter, ReportsConnection
 from bot.errors import ConfigError, ContextWindowError, SolarbotError
 from bot.generation.engine import Engine, SamplingParams, Tokenizer
@@ -227,6 +228,12 @@ def worker_options(settings: Settings) -> WorkerOptions:
         retry_base_seconds=settings.retry_base_seconds,
         retry_max_seconds=settings.retry_max_seconds,
         poll_seconds=settings.poll_seconds,
+        knowledge=AnswerOptions(
+            passages=settings.kb_passages,
+            passage_tokens=settings.kb_passage_tokens,
+            min_relevance=settings.kb_min_relevance,
+        ),
+        handoff_keyword=settings.handoff_keywords[0] if settings.handoff_keywords else "",
     )
 
 

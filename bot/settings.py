@@ -129,6 +129,26 @@ class Settings(BaseSettings):
     # A refused user is told once per reason within this many seconds; later refusals are silent.
     refusal_notice_seconds: float = Field(default=60.0, ge=0.0, le=86_400.0)
 
+    # The knowledge base (docs/knowledge-base.md): `solarbot kb` adds to this collection unless
+    # told --collection; chunks aim at kb_chunk_min_tokens..kb_chunk_max_tokens SOLAR tokens.
+    kb_collection: str = Field(default="default", min_length=1, max_length=128)
+    kb_chunk_max_tokens: int = Field(default=300, ge=32, le=2048)
+    kb_chunk_min_tokens: int = Field(default=200, ge=1, le=2048)
+    # Fetching web pages and sitemaps: requests at once, per-request timeout, largest source.
+    kb_fetch_concurrency: int = Field(default=4, ge=1, le=64)
+    kb_fetch_timeout_seconds: float = Field(default=20.0, gt=0.0, le=600.0)
+    kb_max_source_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+
+    @model_validator(mode="after")
+    def _kb_chunk_limits(self) -> Settings:
+        if self.kb_chunk_min_tokens > self.kb_chunk_max_tokens:
+            # Not a ValueError: pydantic lets a ConfigError through as it is, naming both keys.
+            raise ConfigError(
+                f"SOLARBOT_KB_CHUNK_MIN_TOKENS={self.kb_chunk_min_tokens} is larger than "
+                f"SOLARBOT_KB_CHUNK_MAX_TOKENS={self.kb_chunk_max_tokens}"
+            )
+        return self
+
     # The outgoing-webhook platform (adapters/webhook.py): replies are POSTed to this URL.
     webhook_url: str | None = None
     webhook_secret: SecretStr | None = None  # sent as "Authorization: Bearer ..."
@@ -239,6 +259,13 @@ class Settings(BaseSettings):
     handoff_ping_cooldown_seconds: float = Field(default=900.0, ge=0.0, le=7 * 86_400.0)
     handoff_workspace_pings: int = Field(default=5, ge=0, le=10_000)
     handoff_workspace_window_seconds: float = Field(default=3600.0, ge=0.0, le=7 * 86_400.0)
+
+    # Answering from a channel's knowledge base (docs/knowledge-base-answering.md): passages
+    # retrieved per question, their budget in the prompt (SOLAR tokens), and the share of the
+    # question's words the best one must contain for a strict channel to answer at all.
+    kb_passages: int = Field(default=5, ge=1, le=20)
+    kb_passage_tokens: int = Field(default=1500, ge=64, le=16_384)
+    kb_min_relevance: float = Field(default=0.5, ge=0.0, le=1.0)
 
     @field_validator("handoff_keywords", mode="before")
     @classmethod

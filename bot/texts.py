@@ -66,6 +66,10 @@ COMMAND_HELP = (
     "**{command} {p}language X**: answer in language X, e.g. `{command} {p}language German` "
     "(admins only); `{command} {p}language reset` lets me choose again\n"
     "**{command} {p}resume**: answer again where someone asked for a human\n"
+    "**{command} {p}kb NAME[,NAME]**: answer from these knowledge-base collections, citing them "
+    "(admins only); `{command} {p}kb off` stops, `{command} {p}kb mode strict` answers only from "
+    "them, `{command} {p}kb mode assist` also from general knowledge, `{command} {p}kb status` "
+    "shows it\n"
     "Settings apply to the whole channel, threads included.\n"
     "{extra}"
 )
@@ -122,6 +126,7 @@ COMMAND_STATUS = (
     "**This channel:** {prompt_state}; replies {enabled}\n"
     "**Reply length:** {length_state}\n"
     "**Language:** {language_state}\n"
+    "**Knowledge base:** {kb_state}\n"
     "**Waiting for a human:** {handoffs} conversation(s)\n"
     "**Admins:** {admins}"
 )
@@ -227,3 +232,77 @@ HANDOFF_ALREADY_NOTIFIED = (
     "notified a short while ago, so I haven't pinged them again; someone will look here as soon "
     "as they can."
 )
+
+# Knowledge base in a channel (`kb`, bot/commands.py). {state} is KB_STATE or KB_STATE_NONE.
+KB_STATE = "{collections} ({mode} mode)"
+KB_STATE_NONE = "none attached"
+KB_SHOW = "Knowledge base in this channel: {state}."
+KB_ATTACHED = "Knowledge base in this channel: {state}. I'll answer from it and cite my sources."
+KB_DETACHED = "This channel no longer answers from a knowledge base."
+KB_MODE_SET = {
+    "strict": (
+        "Knowledge-base mode: strict. I answer only from the attached sources, and say so when "
+        "they don't cover a question."
+    ),
+    "assist": (
+        "Knowledge-base mode: assist. I answer from the attached sources first and may add "
+        "general knowledge."
+    ),
+}
+KB_INVALID = (
+    "`{command} {p}kb` takes collection names (`NAME` or `NAME,NAME`), `off`, `status`, or "
+    "`mode strict` / `mode assist` (got {value!r})."
+)
+KB_UNKNOWN = "No such knowledge-base collection: {missing}. Known collections: {known}."
+KB_NONE_YET = "none yet (add documents with `solarbot kb add`)"
+
+# Answering from a knowledge base (bot/worker.py, bot/citations.py).
+KB_SOURCES = "**Sources:**"
+KB_SOURCES_PLAIN = "Sources:"
+# Put before the numbered passages in the system turn; {mode_rule} is one of the two below.
+KB_INTRO = (
+    "Answer from the numbered sources below. After each statement taken from a source, cite it "
+    "with its number in brackets, like [1] or [2][3]. Cite only the numbers listed here. "
+    "{mode_rule}\n\nSources:"
+)
+KB_RULE_STRICT = (
+    "Use only these sources: if they do not answer the question, say that you don't know "
+    "instead of guessing."
+)
+KB_RULE_ASSIST = (
+    "Prefer these sources; where they do not cover the question you may answer from general "
+    "knowledge, without a citation."
+)
+# Strict mode, nothing relevant found: said instead of guessing (the engine is not asked).
+KB_DONT_KNOW = "I don't know: I found nothing about that in this channel's sources.{handoff}"
+# {keyword}: the first SOLARBOT_HANDOFF_KEYWORDS entry (platforms that hand over only).
+KB_HANDOFF_HINT = ' If you need a person, write "{keyword}" and I\'ll hand this over to the team.'
+
+# `solarbot kb` (docs/knowledge-base.md).
+KB_ADDED = (
+    "kb: collection {collection!r}: {added} added, {replaced} replaced, {unchanged} unchanged, "
+    "{removed} removed, {chunks} chunk(s) written, {errors} error(s)"
+)
+KB_NO_COLLECTIONS = "kb: no collections yet (add documents with `solarbot kb add SOURCE...`)"
+KB_NO_SUCH_COLLECTION = "kb: no collection {collection!r}"
+KB_REMOVED_DOCUMENT = "kb: removed {source} from {collection!r}"
+KB_NOT_STORED = "kb: {source} is not in {collection!r}"
+KB_REMOVED_COLLECTION = "kb: removed collection {collection!r} ({documents} document(s))"
+KB_NO_HITS = "kb: nothing found for that query"
+KB_TOKENIZER_MISSING = (
+    "kb: cannot load the tokenizer of SOLARBOT_MODEL={model!r} (chunks are counted in its "
+    "tokens): {reason}. Point SOLARBOT_MODEL at a local model folder, or unset "
+    "SOLARBOT_OFFLINE to fetch the tokenizer files"
+)
+
+# Learning from the team (bot/learning.py): the title of a chat message an admin marked with 📚.
+KB_LEARNED_TITLE = "{author} in chat: {excerpt}"
+KB_LEARNED_SOMEONE = "Someone"
+# A queued question's placeholder in a channel with a knowledge base (bot/answering.py).
+KB_WHILE_WAITING = "While I write an answer, these may help: {links}"
+
+# `solarbot report`: knowledge-base documents in 👎-rated replies (bot/tools/data.py).
+REPORT_DOCUMENTS = "Knowledge-base documents in 👎-rated answers (most first):"
+REPORT_NO_DOCUMENTS = "No 👎-rated answer was given knowledge-base passages."
+REPORT_DOCUMENT_LINE = "{replies} answer(s), 👎 {down}: [{collection}] {title} {link}"
+KB_OTHER_HOSTS = "{count} sitemap entries on other hosts left out (--any-host follows them)"

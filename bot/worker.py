@@ -26,10 +26,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
-from bot import logs, texts
+from bot import answering, logs, texts
+from bot.answering import AnswerOptions
+from bot.citations import Source, with_sources
 from bot.conversation import BuiltPrompt, PromptBuilder, Turn
 from bot.delivery import (
     ChatAdapter,
+    HandoffNotifier,
     ReplyStream,
     ReplyTarget,
     open_clean_reply,
@@ -37,7 +40,7 @@ from bot.delivery import (
 )
 from bot.errors import DeliveryError, PromptTooLongError, SolarbotError
 from bot.generation.engine import Engine, GenerationRequest, SamplingParams
-from bot.records import ClaimedJob, JobTrace, Role
+from bot.records import ClaimedJob, JobTrace, KnowledgeMode, Role
 from bot.splitting import truncate_at_word
 from storage.repository import Repository
 
@@ -68,6 +71,17 @@ class _Generated(NamedTuple):
 
 
 @dataclass(frozen=True, kw_only=True)
+class _Prepared:
+    """What a job's reply is made from: the prompt, the knowledge-base passages in it (numbered
+    [1]..[k]) or, in strict mode with nothing relevant found, the "I don't know" answer."""
+
+    prompt: BuiltPrompt | None
+    sources: tuple[Source, ...] = ()
+    chunk_ids: tuple[int, ...] = ()
+    answer: str | None = None  # a reply given without the engine
+
+
+@dataclass(frozen=True, kw_only=True)
 class WorkerOptions:
     system_prompt: str
     max_new_tokens: int
@@ -81,6 +95,11 @@ class WorkerOptions:
     poll_seconds: float = 0.5
     history_limit: int = 400
     worker_id: str = field(default_factory=default_worker_id)
+    # Answering from a channel's knowledge base (bot/answering.py).
+    knowledge: AnswerOptions = field(default_factory=AnswerOptions)
+    # The first SOLARBOT_HANDOFF_KEYWORDS entry: strict mode's "I don't know" says how to reach a
+    # human with it ("" = handoff off).
+    handoff_keyword: str = ""
 
 
 def effective_concurrency(wanted: int | None, *, capacity: int) -> int:
@@ -270,13 +289,15 @@ class Worker:
             return
         notice = ""
         reply = job.reply_text
+        prepared = _Prepared(prompt=None)
         if reply is None:
             try:
-                prompt = await self._build_prompt(job)
+                prepared = await self._prepare(job, adapter)
             except PromptTooLongError as exc:
                 await self._give_up(job, target, error=str(exc), apology=texts.PROMPT_TOO_LONG)
                 return
-            if prompt.newest_truncated:
+            reply = prepared.answer
+            if prepared.prompt is not None and prepared.prompt.newest_truncated:
                 notice = texts.TRUNCATED_NOTICE + "\n\n"
         stream: ReplyStream | None = None
         generated: _Generated | None = None
@@ -286,7 +307,8 @@ class Worker:
             # first token still continues that message instead of posting a second reply.
             await self._record_new_ids(job, stream)
             if reply is None:
-                generated = await self._generate(job, prompt, stream, prefix=notice)
+                assert prepared.prompt is not None
+                generated = await self._generate(job, prepared, stream, prefix=notice)
                 reply = generated.text
             posted = list(await stream.finish(notice + reply))
         except DeliveryError as exc:
@@ -339,11 +361,12 @@ class Worker:
                 self._repository.record_reply_progress, job, reply_message_ids=ids
             )
 
-    async def _build_prompt(self, job: ClaimedJob) -> BuiltPrompt:
-        return await asyncio.to_thread(self._build_prompt_sync, job)
+    async def _prepare(self, job: ClaimedJob, adapter: ChatAdapter) -> _Prepared:
+        hands_off = isinstance(adapter, HandoffNotifier)
+        return await asyncio.to_thread(self._prepare_sync, job, hands_off=hands_off)
 
-    def _build_prompt_sync(self, job: ClaimedJob) -> BuiltPrompt:
-        """Runs on a thread: tokenising a long history takes milliseconds."""
+    def _prepare_sync(self, job: ClaimedJob, *, hands_off: bool) -> _Prepared:
+        """Runs on a thread: searching and tokenising a long history take milliseconds."""
         messages = job.history or tuple(
             self._repository.history(
                 job.conversation_id,
@@ -365,12 +388,61 @@ class Worker:
             )
             for message in messages
         ]
-        return self._builder.build(system_prompt=system_prompt, history=turns)
+        if not job.kb_collections or not turns:
+            return _Prepared(prompt=self._builder.build(system_prompt=system_prompt, history=turns))
+        options = self._options.knowledge
+        newest = turns[-1].text
+        earlier = [turn.text for turn in turns[:-1] if turn.role == "user"]
+        previous = earlier[-1] if earlier else None
+        passages = answering.retrieve(
+            self._repository,
+            collections=job.kb_collections,
+            newest=newest,
+            previous=previous,
+            limit=options.passages,
+        )
+        if job.kb_mode is KnowledgeMode.STRICT:
+            best = answering.best_relevance(passages, newest=newest, previous=previous)
+            if best < options.min_relevance:
+                log.info("job %s: nothing relevant in the knowledge base (%.2f)", job.id, best)
+                keyword = self._options.handoff_keyword if hands_off else ""
+                return _Prepared(prompt=None, answer=answering.dont_know(keyword))
+            # Strict: only the passages relevant enough are given.
+            passages = [
+                passage
+                for passage in passages
+                if max(
+                    answering.relevance(newest, passage),
+                    answering.relevance(f"{previous}\n{newest}", passage) if previous else 0.0,
+                )
+                >= options.min_relevance
+            ]
+        prompt = self._builder.build(
+            system_prompt=system_prompt,
+            history=turns,
+            passages=passages,
+            passage_intro=answering.passage_intro(job.kb_mode),
+            passage_tokens=options.passage_tokens,
+        )
+        given = [passages[index] for index in prompt.passages_given]
+        if job.kb_mode is KnowledgeMode.STRICT and not given:  # none fit the budget
+            keyword = self._options.handoff_keyword if hands_off else ""
+            return _Prepared(prompt=None, answer=answering.dont_know(keyword))
+        return _Prepared(
+            prompt=prompt,
+            sources=tuple(answering.sources_of(given)),
+            chunk_ids=tuple(passage.chunk_id for passage in given),
+        )
 
     async def _generate(
-        self, job: ClaimedJob, prompt: BuiltPrompt, stream: ReplyStream, *, prefix: str
+        self, job: ClaimedJob, prepared: _Prepared, stream: ReplyStream, *, prefix: str
     ) -> _Generated:
-        """Stream the engine's reply into ``stream``; returns the complete reply and its trace."""
+        """Stream the engine's reply into ``stream``; returns the complete reply and its trace.
+
+        With knowledge-base passages the streamed edits show the text as it comes; the reply
+        returned (and kept for a retry) has its citations checked and ends with its sources."""
+        prompt = prepared.prompt
+        assert prompt is not None
         request = GenerationRequest(
             request_id=f"job-{job.id}-{job.attempt}-{uuid.uuid4().hex[:8]}",
             prompt_ids=prompt.prompt_ids,
@@ -417,7 +489,10 @@ class Worker:
             prompt_tokens=prompt.prompt_tokens,
             generation_ms=round(seconds * 1000),
             model_id=self._engine.model_id,
+            chunk_ids=prepared.chunk_ids,
         )
+        if prepared.chunk_ids:
+            text = with_sources(text, prepared.sources, platform=job.conversation.platform)
         if self._metrics is not None:
             self._metrics.generated(
                 prompt_tokens=prompt.prompt_tokens,

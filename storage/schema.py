@@ -152,7 +152,23 @@ class ChannelSettings(Base):
     # should be in (None = whatever the model picks; appended to the system prompt).
     max_reply_chars: Mapped[int | None] = mapped_column(Integer, nullable=True)
     language: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Migration 0011: the knowledge-base collections answers come from (names joined by commas;
+    # None = none) and the answering mode ("strict"/"assist"; None = assist).
+    kb_collections: Mapped[str | None] = mapped_column(Text, nullable=True)
+    kb_mode: Mapped[str | None] = mapped_column(String(16), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class JobChunk(Base):
+    """A knowledge-base chunk given to the model for a job's reply (migration 0011), at its
+    ``position`` (0 = the passage numbered [1]). No foreign key to the chunk: a document synced
+    or removed later leaves the trace as it was (readers join what still exists)."""
+
+    __tablename__ = "job_chunks"
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    chunk_id: Mapped[int] = mapped_column(Integer, index=True)
 
 
 class Feedback(Base):
@@ -196,3 +212,55 @@ class HandoffPing(Base):
     thread: Mapped[str] = mapped_column(String(128), default="")
     requester: Mapped[str] = mapped_column(String(64))
     pinged_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class KbCollection(Base):
+    """A named set of documents for the knowledge base (migration 0010)."""
+
+    __tablename__ = "kb_collections"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class KbDocument(Base):
+    """One source of a collection (a file, a web page, a message learned from chat): where it was
+    read from (``source_uri``, unique within the collection), the link a citation shows, and the
+    checksum of its text so that ``kb sync`` skips unchanged ones (migration 0010)."""
+
+    __tablename__ = "kb_documents"
+    __table_args__ = (
+        UniqueConstraint("collection_id", "source_uri", name="uq_kb_documents_source"),
+        Index("ix_kb_documents_collection_id_origin", "collection_id", "origin"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    collection_id: Mapped[int] = mapped_column(ForeignKey("kb_collections.id", ondelete="CASCADE"))
+    source_uri: Mapped[str] = mapped_column(Text)
+    # What ``kb add`` was given that led here (a folder, a sitemap, or the source itself): ``kb
+    # sync`` reads each origin again, finding new files and pages and noticing vanished ones.
+    origin: Mapped[str] = mapped_column(Text)
+    title: Mapped[str] = mapped_column(Text)
+    link: Mapped[str] = mapped_column(Text)
+    checksum: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class KbChunk(Base):
+    """A passage of a document, in document order (migration 0010). ``context`` is the document's
+    title and the chunk's heading path as one line: the full-text index weighs it above the text
+    (SQLite: the external-content FTS5 table ``kb_chunks_fts`` kept in sync by triggers;
+    PostgreSQL: the generated ``search`` tsvector column with a GIN index, which the ORM does not
+    map)."""
+
+    __tablename__ = "kb_chunks"
+    __table_args__ = (Index("ix_kb_chunks_document_id_position", "document_id", "position"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    document_id: Mapped[int] = mapped_column(ForeignKey("kb_documents.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)
+    heading_path: Mapped[list[str]] = mapped_column(JSON, default=list)
+    context: Mapped[str] = mapped_column(Text, default="")
+    text: Mapped[str] = mapped_column(Text)
+    token_count: Mapped[int] = mapped_column(Integer)

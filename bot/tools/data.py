@@ -33,7 +33,9 @@ from bot.settings import Settings
 from storage import database
 
 if TYPE_CHECKING:
-    from bot.records import FeedbackReport
+    from collections.abc import Sequence
+
+    from bot.records import DownvotedDocument, FeedbackReport
     from storage.repository import Repository
 
 
@@ -102,7 +104,8 @@ def run_data_command(settings: Settings, args: argparse.Namespace) -> int:
     try:
         if args.command == "report":
             report = repository.feedback_report(platform=args.platform, limit=args.limit)
-            sys.stdout.write(format_report(report))
+            documents = repository.downvoted_documents(platform=args.platform, limit=args.limit)
+            sys.stdout.write(format_report(report) + format_downvoted_documents(documents))
             return 0
         if getattr(args, "channel", None) is not None:
             workspace = channel_workspace(repository, args)
@@ -247,4 +250,23 @@ def format_report(report: FeedbackReport) -> str:
         )
         lines.append(texts.REPORT_QUESTION.format(text=reply.question))
         lines.append(texts.REPORT_ANSWER.format(text=reply.answer))
+    return "\n".join(lines) + "\n"
+
+
+def format_downvoted_documents(documents: Sequence[DownvotedDocument]) -> str:
+    """Which knowledge-base documents appear most in 👎-rated replies (a document that misleads
+    the model, or is out of date, shows up here first)."""
+    lines = ["", texts.REPORT_DOCUMENTS]
+    if not documents:
+        lines.append(texts.REPORT_NO_DOCUMENTS)
+    for document in documents:
+        lines.append(
+            texts.REPORT_DOCUMENT_LINE.format(
+                replies=document.replies,
+                down=document.down,
+                collection=document.collection,
+                title=document.title,
+                link=document.link,
+            )
+        )
     return "\n".join(lines) + "\n"

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
 
-from bot.records import ChannelConfig, ConversationKey
+from bot.records import ChannelConfig, ConversationKey, KnowledgeMode
 from storage.repository.base import RepositoryBase, serialise_on, upsert
 from storage.repository.tables import (
     channel_settings,
@@ -42,7 +42,8 @@ class ChannelStore(RepositoryBase):
         if unknown:
             raise ValueError(f"not a channel setting: {', '.join(sorted(unknown))}")
         moment = utcnow()
-        defaults = dataclasses.asdict(ChannelConfig())
+        defaults = _column_values(dataclasses.asdict(ChannelConfig()))
+        columns = _column_values(changes)
         with self._transaction() as connection:
             connection.execute(
                 upsert(connection, channel_settings)
@@ -50,12 +51,12 @@ class ChannelStore(RepositoryBase):
                     platform=platform,
                     workspace=workspace,
                     channel=channel,
-                    **{**defaults, **changes},
+                    **{**defaults, **columns},
                     updated_at=moment,
                 )
                 .on_conflict_do_update(
                     index_elements=["platform", "workspace", "channel"],
-                    set_={**changes, "updated_at": moment},
+                    set_={**columns, "updated_at": moment},
                 )
             )
             return _read_config(connection, platform, workspace, channel)
@@ -72,10 +73,7 @@ class ChannelStore(RepositoryBase):
                     platform=platform,
                     workspace=workspace,
                     channel=channel,
-                    system_prompt=config.system_prompt,
-                    enabled=config.enabled,
-                    max_reply_chars=config.max_reply_chars,
-                    language=config.language,
+                    **_column_values(dataclasses.asdict(config)),
                     updated_at=utcnow(),
                 )
             )
@@ -207,6 +205,8 @@ def _read_config(
             channel_settings.c.enabled,
             channel_settings.c.max_reply_chars,
             channel_settings.c.language,
+            channel_settings.c.kb_collections,
+            channel_settings.c.kb_mode,
         ).where(*settings_filter(platform, workspace, channel))
     ).first()
     if row is None:
@@ -216,7 +216,33 @@ def _read_config(
         enabled=row.enabled,
         max_reply_chars=row.max_reply_chars,
         language=row.language,
+        kb_collections=collections_of(row.kb_collections),
+        kb_mode=mode_of(row.kb_mode),
     )
+
+
+def _column_values(config: Mapping[str, Any]) -> dict[str, Any]:
+    """ChannelConfig fields -> channel_settings columns: the collections are stored as their
+    names joined by commas (a name holds no comma: ``bot.commands`` checks it), None for none."""
+    values = dict(config)
+    if "kb_collections" in values:
+        names = tuple(values["kb_collections"])
+        if any("," in name or not name.strip() for name in names):
+            raise ValueError(f"not a collection name list: {names!r}")
+        values["kb_collections"] = ",".join(names) or None
+    if "kb_mode" in values:
+        values["kb_mode"] = KnowledgeMode(values["kb_mode"]).value
+    return values
+
+
+def collections_of(stored: str | None) -> tuple[str, ...]:
+    """The collection names of a ``kb_collections`` column."""
+    return tuple(name for name in (stored or "").split(",") if name)
+
+
+def mode_of(stored: str | None) -> KnowledgeMode:
+    """The answering mode of a ``kb_mode`` column (None: the default, assist)."""
+    return KnowledgeMode(stored) if stored else KnowledgeMode.ASSIST
 
 
 def channel_enabled(connection: Connection, platform: str, workspace: str, channel: str) -> bool:

@@ -9,6 +9,7 @@ from sqlalchemy import cast as sql_cast
 
 from bot.records import (
     ChannelFeedback,
+    DownvotedDocument,
     FeedbackRecord,
     FeedbackReport,
     JobStatus,
@@ -17,7 +18,16 @@ from bot.records import (
     Role,
 )
 from storage.repository.base import RepositoryBase, upsert
-from storage.repository.tables import conversations, feedback, jobs, messages
+from storage.repository.tables import (
+    conversations,
+    feedback,
+    job_chunks,
+    jobs,
+    kb_chunks,
+    kb_collections,
+    kb_documents,
+    messages,
+)
 from storage.schema import utcnow
 
 EXCERPT_CHARS = 120  # of a question and an answer in the feedback report
@@ -110,6 +120,56 @@ class FeedbackStore(RepositoryBase):
         query = select(feedback.c.rating, func.count(feedback.c.id)).group_by(feedback.c.rating)
         with self._transaction() as connection:
             return {Rating(rating): int(count) for rating, count in connection.execute(query)}
+
+    def downvoted_documents(
+        self, *, platform: str | None = None, limit: int = 10
+    ) -> list[DownvotedDocument]:
+        """The knowledge-base documents whose passages were given to the most 👎-rated replies
+        (``job_chunks``), most first (ties: more 👎, then by title). Documents removed since are
+        left out."""
+        where = [] if platform is None else [conversations.c.platform == platform]
+        downs = (
+            select(feedback.c.job_id, func.count().label("down"))
+            .where(feedback.c.rating == Rating.DOWN)
+            .group_by(feedback.c.job_id)
+            .subquery()
+        )
+        # Each (reply, document) once, however many of its chunks the reply was given.
+        pairs = (
+            select(downs.c.job_id, downs.c.down, kb_chunks.c.document_id)
+            .select_from(downs)
+            .join(job_chunks, job_chunks.c.job_id == downs.c.job_id)
+            .join(kb_chunks, kb_chunks.c.id == job_chunks.c.chunk_id)
+            .join(jobs, jobs.c.id == downs.c.job_id)
+            .join(conversations, conversations.c.id == jobs.c.conversation_id)
+            .where(*where)
+            .distinct()
+            .subquery()
+        )
+        replies = func.count(pairs.c.job_id)
+        down = func.sum(pairs.c.down)
+        query = (
+            select(kb_collections.c.name, kb_documents.c.title, kb_documents.c.link, replies, down)
+            .select_from(pairs)
+            .join(kb_documents, kb_documents.c.id == pairs.c.document_id)
+            .join(kb_collections, kb_collections.c.id == kb_documents.c.collection_id)
+            .group_by(
+                kb_documents.c.id, kb_collections.c.name, kb_documents.c.title, kb_documents.c.link
+            )
+            .order_by(replies.desc(), down.desc(), kb_documents.c.title, kb_documents.c.id)
+            .limit(max(limit, 0))
+        )
+        with self._transaction() as connection:
+            return [
+                DownvotedDocument(
+                    collection=row[0],
+                    title=row[1],
+                    link=row[2],
+                    replies=int(row[3]),
+                    down=int(row[4] or 0),
+                )
+                for row in connection.execute(query)
+            ]
 
     def feedback_report(self, *, platform: str | None = None, limit: int = 10) -> FeedbackReport:
         """Per channel (threads included): replies (done jobs), 👍 and 👎; and the ``limit``

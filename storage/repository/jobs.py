@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, func, insert, or_, select, update
+from sqlalchemy import Connection, Row, and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from bot.records import (
@@ -36,13 +36,20 @@ from bot.records import (
     Role,
 )
 from storage.repository.base import RepositoryBase, serialise_on
-from storage.repository.channels import channel_enabled, hand_off, handed_off
+from storage.repository.channels import (
+    channel_enabled,
+    collections_of,
+    hand_off,
+    handed_off,
+    mode_of,
+)
 from storage.repository.conversations import conversation_id_for, read_history
 from storage.repository.tables import (
     PENDING,
     channel_settings,
     conversations,
     in_channel,
+    job_chunks,
     jobs,
     messages,
 )
@@ -237,6 +244,8 @@ class JobQueue(RepositoryBase):
                     channel_settings.c.system_prompt,
                     channel_settings.c.max_reply_chars,
                     channel_settings.c.language,
+                    channel_settings.c.kb_collections,
+                    channel_settings.c.kb_mode,
                 )
                 .join(conversations, conversations.c.id == jobs.c.conversation_id)
                 .outerjoin(
@@ -278,6 +287,8 @@ class JobQueue(RepositoryBase):
                         system_prompt=row.system_prompt,
                         max_reply_chars=row.max_reply_chars,
                         language=row.language,
+                        kb_collections=collections_of(row.kb_collections),
+                        kb_mode=mode_of(row.kb_mode),
                         history=history,
                         enqueued_at=row.created_at,
                         job_key=job_key(row.id, row.dedupe_key, row.created_at),
@@ -314,7 +325,11 @@ class JobQueue(RepositoryBase):
         if reply_text is not None:
             values["reply_text"] = reply_text
         values.update(_trace_values(trace))
-        return self._update_owned(job, **values)
+        with self._transaction() as connection:
+            if not _update_owned(connection, job, values):
+                return False
+            _store_chunk_ids(connection, job.id, trace)
+            return True
 
     # ------------------------------------------------------------------ finish
 
@@ -349,6 +364,7 @@ class JobQueue(RepositoryBase):
             )
             if not done:
                 return False
+            _store_chunk_ids(connection, job.id, trace)
             connection.execute(
                 insert(messages).values(
                     conversation_id=job.conversation_id,
@@ -426,6 +442,18 @@ class JobQueue(RepositoryBase):
         with self._transaction() as connection:
             row = connection.execute(select(jobs).where(jobs.c.id == job_id)).first()
         return None if row is None else _record(row)
+
+    def job_chunk_ids(self, job_id: int) -> tuple[int, ...]:
+        """The knowledge-base chunk ids given to the model for the job's reply, in the order
+        they were numbered [1]..[k] (empty: none were given)."""
+        with self._transaction() as connection:
+            return tuple(
+                connection.scalars(
+                    select(job_chunks.c.chunk_id)
+                    .where(job_chunks.c.job_id == job_id)
+                    .order_by(job_chunks.c.position)
+                )
+            )
 
     def jobs(self, *, status: JobStatus | None = None) -> list[JobRecord]:
         query = select(jobs).order_by(jobs.c.id)
@@ -547,6 +575,21 @@ def _record(row: Row[Any]) -> JobRecord:
         generation_ms=row.generation_ms,
         model_id=row.model_id,
     )
+
+
+def _store_chunk_ids(connection: Connection, job_id: int, trace: JobTrace | None) -> None:
+    """The trace's chunk ids replace the job's (a trace from a later generation wins)."""
+    if trace is None:
+        return
+    connection.execute(delete(job_chunks).where(job_chunks.c.job_id == job_id))
+    if trace.chunk_ids:
+        connection.execute(
+            insert(job_chunks),
+            [
+                {"job_id": job_id, "position": position, "chunk_id": chunk_id}
+                for position, chunk_id in enumerate(trace.chunk_ids)
+            ],
+        )
 
 
 def _trace_values(trace: JobTrace | None) -> dict[str, Any]:

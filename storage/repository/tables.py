@@ -11,7 +11,18 @@ from sqlalchemy import Table
 from sqlalchemy.sql.elements import ColumnElement
 
 from bot.records import ConversationKey, JobStatus
-from storage.schema import ChannelSettings, Conversation, Feedback, HandoffPing, Job, Message
+from storage.schema import (
+    ChannelSettings,
+    Conversation,
+    Feedback,
+    HandoffPing,
+    Job,
+    JobChunk,
+    KbChunk,
+    KbCollection,
+    KbDocument,
+    Message,
+)
 
 PENDING = (JobStatus.QUEUED, JobStatus.RUNNING)
 
@@ -21,6 +32,7 @@ jobs = cast(Table, Job.__table__)
 channel_settings = cast(Table, ChannelSettings.__table__)
 feedback = cast(Table, Feedback.__table__)
 handoff_pings = cast(Table, HandoffPing.__table__)
+job_chunks = cast(Table, JobChunk.__table__)
 
 
 def key_filter(key: ConversationKey) -> tuple[ColumnElement[bool], ...]:
@@ -49,3 +61,8 @@ def settings_filter(platform: str, workspace: str, channel: str) -> tuple[Column
         channel_settings.c.workspace == workspace,
         channel_settings.c.channel == channel,
     )
+
+
+kb_collections = cast(Table, KbCollection.__table__)
+kb_documents = cast(Table, KbDocument.__table__)
+kb_chunks = cast(Table, KbChunk.__table__)

@@ -92,11 +92,15 @@ def test_migration_0003_adds_reply_settings_keeps_channels_and_goes_down(
 
         database.upgrade(engine, revision="0003")
         assert database.current_revision(engine) == "0003"
-        repository = Repository(engine)
-        assert repository.channel_config(**WHERE) == ChannelConfig(
-            system_prompt="Old.", enabled=False
-        )
-        repository.update_channel_config(**WHERE, changes={"max_reply_chars": 99, "enabled": True})
+        # Read and written as 0003's code did (today's repository needs later columns too).
+        with engine.begin() as connection:
+            before = connection.exec_driver_sql(
+                "SELECT system_prompt, enabled, max_reply_chars, language FROM channel_settings"
+            ).all()
+            connection.exec_driver_sql(
+                "UPDATE channel_settings SET max_reply_chars = 99, enabled = true"
+            )
+        assert [(p, bool(e), m, lang) for p, e, m, lang in before] == [("Old.", False, None, None)]
 
         database.downgrade(engine, "0002")
         assert not NEW_COLUMNS & {

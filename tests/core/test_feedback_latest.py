@@ -113,10 +113,12 @@ def test_migration_0008_keeps_each_persons_latest_rating_and_goes_down(
 ) -> None:
     engine = database.create_db_engine(database_url)
     try:
-        database.upgrade(engine, revision="0007")
+        # Replies stored by today's code (it needs today's schema), then the schema taken to 0007.
+        database.upgrade(engine)
         repository = Repository(engine)
         job = answered(repository, channel="C1", question="q", reply="a", parts=("p1",))
         other = answered(repository, channel="C2", question="q", reply="a", parts=("p2",))
+        database.downgrade(engine, "0007")
         rows = [
             (job, "U7", "up", "2026-12-01 10:00:00"),
             (job, "U7", "down", "2026-12-01 10:05:00"),  # U7's latest on job

@@ -90,6 +90,8 @@ class FakeDiscord:
     guilds: dict[int, Json] = field(default_factory=dict)
     channels: dict[int, Json] = field(default_factory=dict)
     identifies: int = 0
+    # (guild id, user id) -> role ids of members seen reacting (GET /guilds/G/members/U)
+    member_roles: dict[tuple[int, int], tuple[int, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.bot = user_payload(BOT_ID, "solarbot", bot=True)
@@ -379,6 +381,7 @@ class FakeDiscord:
         if guild_id is not None:
             data["guild_id"] = str(guild_id)
             if added:
+                self.member_roles[(int(guild_id), user_id)] = roles
                 data["member"] = {
                     "user": user_payload(user_id, f"user{user_id}", bot=bot),
                     "roles": [str(r) for r in roles],
@@ -534,6 +537,24 @@ class FakeDiscord:
             return self._json({**self.bot, "verified": True, "mfa_enabled": False, "flags": 0})
         if method == "GET" and path == "/oauth2/applications/@me":
             return self._json(self._application())
+        if (match := re.fullmatch(r"/guilds/(\d+)/members/(\d+)", path)) and method == "GET":
+            key = (int(match.group(1)), int(match.group(2)))
+            if key not in self.member_roles:
+                return self._json({"message": "Unknown Member", "code": 10007}, 404)
+            return self._json(
+                {
+                    "user": user_payload(key[1], f"user{key[1]}"),
+                    "roles": [str(r) for r in self.member_roles[key]],
+                    "joined_at": now_iso(),
+                    "deaf": False,
+                    "mute": False,
+                    "flags": 0,
+                    "nick": None,
+                    "avatar": None,
+                    "premium_since": None,
+                    "pending": False,
+                }
+            )
         if match := re.fullmatch(r"/channels/(\d+)/typing", path):
             return web.Response(status=204) if method == "POST" else self._not_found()
         if match := re.fullmatch(r"/channels/(\d+)", path):

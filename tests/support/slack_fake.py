@@ -1,7 +1,8 @@
 """A local fake of Slack for the real slack-bolt / slack_sdk clients, on 127.0.0.1.
 
 - Web API at ``api_url`` (``POST /api/<method>``): auth.test, chat.postMessage, chat.update,
-  chat.delete, apps.connections.open. Every call is recorded in ``calls``; posted messages live in
+  chat.delete, chat.getPermalink, conversations.history/.replies (people's messages are added with
+  ``add_user_message``), apps.connections.open. Every call is recorded in ``calls``; posted messages live in
   ``messages`` (ts -> message with its text history). ``rate_limit(method, count, retry_after)``
   answers the next calls with HTTP 429 + Retry-After; ``fail(method, error)`` with ``ok: false``.
 - A response_url endpoint (``response_url(name)``): bodies posted to it are in ``responses``.
@@ -50,6 +51,7 @@ class FakeMessage:
     text: str
     history: list[str] = field(default_factory=list)
     deleted: bool = False
+    user: str = ""  # who wrote it ("" = the bot)
 
 
 class FakeSlack:
@@ -217,6 +219,51 @@ class FakeSlack:
         message.text = str(params.get("text", ""))
         message.history.append(message.text)
         return {"ok": True, "channel": message.channel, "ts": message.ts}
+
+    def add_user_message(
+        self, channel: str, ts: str, text: str, *, user: str, thread_ts: str | None = None
+    ) -> None:
+        """A person's message, as conversations.history / .replies will find it (the events
+        that announce it are sent by the test)."""
+        self.messages[ts] = FakeMessage(
+            channel=channel, ts=ts, thread_ts=thread_ts, text=text, history=[text], user=user
+        )
+
+    def _found(self, params: dict[str, Any], *, in_thread: bool) -> dict[str, Any]:
+        channel, ts = str(params.get("channel")), str(params.get("latest") or params.get("ts"))
+        found = [
+            m
+            for m in self.messages.values()
+            if m.channel == channel
+            and m.ts == ts
+            and not m.deleted
+            and (m.thread_ts not in (None, m.ts)) == in_thread
+        ]
+        if not found:
+            return {"ok": True, "messages": []}
+        message = found[0]
+        author = {"user": message.user} if message.user else {"bot_id": BOT_ID, "user": BOT_USER}
+        return {
+            "ok": True,
+            "messages": [{"type": "message", "ts": ts, "text": message.text, **author}],
+        }
+
+    def _conversations_history(self, params: dict[str, Any]) -> dict[str, Any]:
+        return self._found(params, in_thread=False)
+
+    def _conversations_replies(self, params: dict[str, Any]) -> dict[str, Any]:
+        return self._found(params, in_thread=True)
+
+    def _chat_getPermalink(self, params: dict[str, Any]) -> dict[str, Any]:
+        ts = str(params.get("message_ts"))
+        if ts not in self.messages:
+            return {"ok": False, "error": "message_not_found"}
+        channel = str(params.get("channel"))
+        return {
+            "ok": True,
+            "channel": channel,
+            "permalink": f"https://test.slack.com/archives/{channel}/p{ts.replace('.', '')}",
+        }
 
     def _chat_delete(self, params: dict[str, Any]) -> dict[str, Any]:
         message = self.messages.get(str(params.get("ts")))

@@ -1,0 +1,426 @@
+"""The knowledge base: collections, documents and their chunks, and full-text search over them.
+
+SQLite searches the external-content FTS5 table ``kb_chunks_fts`` (migration 0010) ranked by
+``bm25()`` with the title/heading line weighed above the text; PostgreSQL searches the generated
+``search`` tsvector (the title/heading line at weight A, the text at D) through its GIN index,
+ranked by ``ts_rank`` normalised by document length.
+
+User text never reaches either query language as syntax. For FTS5 every word becomes a quoted
+string (FTS5's own operators ``AND OR NOT NEAR * : ^ ( )`` and quotes are then only text); for
+PostgreSQL the text goes through ``websearch_to_tsquery``, which accepts any input. On both the
+words are OR-ed, not AND-ed: users ask in sentences, and requiring every word of a sentence to
+appear in one passage finds nothing; the ranking puts the passages with the most (and rarest)
+of the words first.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Connection, delete, func, insert, select, text, update
+
+from bot.errors import KnowledgeBaseError
+from bot.knowledge import (
+    ChunkDraft,
+    CollectionInfo,
+    DocumentInfo,
+    DocumentOutcome,
+    DocumentResult,
+    Passage,
+)
+from bot.storable import text_problem
+from storage.repository.base import RepositoryBase, upsert
+from storage.repository.tables import kb_chunks, kb_collections, kb_documents
+from storage.schema import utcnow
+
+# How much of a query is read: a question is a sentence or two; more is noise (and cost).
+QUERY_MAX_CHARS = 2_000
+QUERY_MAX_TERMS = 32
+# bm25() weights of the FTS5 columns (context = title and headings, text), and the matching
+# ts_rank weights {D, C, B, A} on PostgreSQL (text at D, context at A).
+SQLITE_WEIGHTS = (3.0, 1.0)
+POSTGRES_WEIGHTS = "{0.4, 0.0, 0.0, 1.0}"
+# ts_rank normalisation 1: divide by 1 + log(document length), as BM25 does in spirit.
+POSTGRES_NORMALISATION = 1
+COLLECTION_NAME_CHARS = 128
+
+# Words too common to help a keyword search. PostgreSQL's 'english' configuration drops its own
+# list; FTS5 has none, and an OR of "how", "do", "i" would match nearly every chunk.
+_STOP_WORDS_TEXT = """a about above after again against all am an and any are as at be because been before being
+    below between both but by can could did do does doing down during each few for from further
+    had has have having he her here hers herself him himself his how i if in into is it its itself
+    just me more most my myself no nor not now of off on once only or other our ours ourselves out
+    over own same she should so some such than that the their theirs them themselves then there
+    these they this those through to too under until up very was we were what when where which
+    while who whom why will with would you your yours yourself yourselves"""
+STOP_WORDS = frozenset(_STOP_WORDS_TEXT.split())
+_WORD = re.compile(r"\w+")
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def clean_query(query: str) -> str:
+    """The query as both databases can take it: at most ``QUERY_MAX_CHARS`` characters, NUL and
+    lone surrogates (which neither database can encode) turned into spaces."""
+    return _UNSTORABLE.sub(" ", query[:QUERY_MAX_CHARS])
+
+
+def query_terms(query: str) -> list[str]:
+    """The distinct words of ``query``, lower-cased, in order, stop words left out unless nothing
+    else is left, at most ``QUERY_MAX_TERMS``."""
+    words = list(dict.fromkeys(word.lower() for word in _WORD.findall(clean_query(query))))
+    kept = [word for word in words if word not in STOP_WORDS] or words
+    return kept[:QUERY_MAX_TERMS]
+
+
+def fts5_query(query: str) -> str | None:
+    """An FTS5 MATCH expression for ``query``: each word a quoted string (so no character of it
+    is FTS5 syntax), OR-ed. None when the query has no words."""
+    terms = query_terms(query)
+    if not terms:
+        return None
+    return " OR ".join('"' + term.replace('"', '""') + '"' for term in terms)
+
+
+def _context(title: str, heading_path: Sequence[str]) -> str:
+    return " › ".join([title, *heading_path])
+
+
+def _check_storable(field: str, value: str) -> None:
+    problem = text_problem(value)
+    if problem is not None:
+        raise KnowledgeBaseError(f"{field}: {problem}")
+
+
+SQLITE_SEARCH = f"""
+SELECT c.id, c.document_id, col.name, d.title, d.link, c.heading_path, c.text, c.token_count,
+       -bm25(kb_chunks_fts, {SQLITE_WEIGHTS[0]}, {SQLITE_WEIGHTS[1]}) AS score
+FROM kb_chunks_fts
+JOIN kb_chunks AS c ON c.id = kb_chunks_fts.rowid
+JOIN kb_documents AS d ON d.id = c.document_id
+JOIN kb_collections AS col ON col.id = d.collection_id
+WHERE kb_chunks_fts MATCH :match AND col.name IN ({{names}})
+ORDER BY score DESC, c.id
+LIMIT :limit
+"""
+
+# websearch_to_tsquery parses any text (quoted phrases, "or", "-word") without ever failing; its
+# AND between words becomes OR (see the module's docstring), and negations are dropped (an OR
+# with "not x" would match almost every chunk). The printed tsquery quotes every lexeme and
+# lexemes hold no spaces or "!", so these replacements only touch operators.
+POSTGRES_SEARCH = f"""
+WITH q AS (
+    SELECT CAST(replace(replace(CAST(websearch_to_tsquery('english', :query) AS text),
+                                ' & ', ' | '), '!', '') AS tsquery) AS query
+)
+SELECT c.id, c.document_id, col.name, d.title, d.link, c.heading_path, c.text, c.token_count,
+       ts_rank('{POSTGRES_WEIGHTS}', c.search, q.query, {POSTGRES_NORMALISATION}) AS score
+FROM q, kb_chunks AS c
+JOIN kb_documents AS d ON d.id = c.document_id
+JOIN kb_collections AS col ON col.id = d.collection_id
+WHERE c.search @@ q.query AND col.name = ANY(:names)
+ORDER BY score DESC, c.id
+LIMIT :limit
+"""
+
+
+class KnowledgeStore(RepositoryBase):
+    def search_passages(
+        self, *, collections: Sequence[str], query: str, limit: int = 5
+    ) -> list[Passage]:
+        """The ``limit`` best passages for ``query`` in ``collections``, best first. Any text is
+        a valid query: one without words (or in no existing collection) finds nothing."""
+        names = list(dict.fromkeys(collections))
+        if not names or limit < 1:
+            return []
+        if self.dialect == "postgresql":
+            cleaned = clean_query(query)
+            if not _WORD.search(cleaned):
+                return []
+            statement = text(POSTGRES_SEARCH)
+            params: dict[str, Any] = {"query": cleaned, "names": names, "limit": limit}
+        else:
+            match = fts5_query(query)
+            if match is None:
+                return []
+            placeholders = ", ".join(f":name{i}" for i in range(len(names)))
+            statement = text(SQLITE_SEARCH.format(names=placeholders))
+            params = {"match": match, "limit": limit}
+            params.update({f"name{i}": name for i, name in enumerate(names)})
+        with self._transaction() as connection:
+            rows = connection.execute(statement, params).all()
+        return [
+            Passage(
+                chunk_id=row[0],
+                document_id=row[1],
+                collection=row[2],
+                title=row[3],
+                link=row[4],
+                heading_path=tuple(_heading_path(row[5])),
+                text=row[6],
+                token_count=row[7],
+                score=float(row[8]),
+            )
+            for row in rows
+        ]
+
+    def collections(self) -> list[CollectionInfo]:
+        """Every collection with its number of documents and chunks, by name."""
+        chunk_counts = (
+            select(kb_chunks.c.document_id, func.count().label("chunks"))
+            .group_by(kb_chunks.c.document_id)
+            .subquery()
+        )
+        statement = (
+            select(
+                kb_collections.c.name,
+                func.count(kb_documents.c.id),
+                func.coalesce(func.sum(chunk_counts.c.chunks), 0),
+                func.max(kb_documents.c.updated_at),
+            )
+            .select_from(kb_collections)
+            .outerjoin(kb_documents, kb_documents.c.collection_id == kb_collections.c.id)
+            .outerjoin(chunk_counts, chunk_counts.c.document_id == kb_documents.c.id)
+            .group_by(kb_collections.c.id, kb_collections.c.name)
+            .order_by(kb_collections.c.name)
+        )
+        with self._transaction() as connection:
+            rows = connection.execute(statement).all()
+        return [
+            CollectionInfo(
+                name=name,
+                documents=int(documents),
+                chunks=int(chunks),
+                updated_at=newest,
+            )
+            for name, documents, chunks, newest in rows
+        ]
+
+    def documents(self, *, collection: str | None = None) -> list[DocumentInfo]:
+        """The stored documents (of ``collection``, or of all), by collection and source."""
+        chunk_counts = (
+            select(kb_chunks.c.document_id, func.count().label("chunks"))
+            .group_by(kb_chunks.c.document_id)
+            .subquery()
+        )
+        statement = (
+            select(
+                kb_documents.c.id,
+                kb_collections.c.name,
+                kb_documents.c.source_uri,
+                kb_documents.c.title,
+                kb_documents.c.link,
+                kb_documents.c.checksum,
+                func.coalesce(chunk_counts.c.chunks, 0),
+                kb_documents.c.updated_at,
+                kb_documents.c.origin,
+            )
+            .join(kb_collections, kb_collections.c.id == kb_documents.c.collection_id)
+            .outerjoin(chunk_counts, chunk_counts.c.document_id == kb_documents.c.id)
+            .order_by(kb_collections.c.name, kb_documents.c.source_uri)
+        )
+        if collection is not None:
+            statement = statement.where(kb_collections.c.name == collection)
+        with self._transaction() as connection:
+            rows = connection.execute(statement).all()
+        return [
+            DocumentInfo(
+                document_id=row[0],
+                collection=row[1],
+                source_uri=row[2],
+                title=row[3],
+                link=row[4],
+                checksum=row[5],
+                chunks=int(row[6]),
+                updated_at=row[7],
+                origin=row[8],
+            )
+            for row in rows
+        ]
+
+    def chunk_texts(self, *, document_id: int) -> list[ChunkDraft]:
+        """A document's chunks in order, as stored."""
+        statement = (
+            select(
+                kb_chunks.c.position,
+                kb_chunks.c.heading_path,
+                kb_chunks.c.text,
+                kb_chunks.c.token_count,
+            )
+            .where(kb_chunks.c.document_id == document_id)
+            .order_by(kb_chunks.c.position)
+        )
+        with self._transaction() as connection:
+            rows = connection.execute(statement).all()
+        return [
+            ChunkDraft(
+                position=row[0],
+                heading_path=tuple(_heading_path(row[1])),
+                text=row[2],
+                token_count=row[3],
+            )
+            for row in rows
+        ]
+
+    def add_document(
+        self,
+        *,
+        collection: str,
+        source_uri: str,
+        title: str,
+        link: str,
+        checksum: str,
+        chunks: Sequence[ChunkDraft],
+        origin: str | None = None,
+    ) -> DocumentResult:
+        """Store a document and its chunks in one transaction, creating the collection when new.
+        A document with this ``source_uri`` in the collection is replaced, unless its checksum,
+        title and link are the same (then nothing is written: ``UNCHANGED``). ``origin``: what
+        ``kb add`` was given that led to this source (a folder, a sitemap; default the source
+        itself), which ``kb sync`` reads again."""
+        origin = source_uri if origin is None else origin
+        if not collection or len(collection) > COLLECTION_NAME_CHARS:
+            raise KnowledgeBaseError(
+                f"collection name: 1 to {COLLECTION_NAME_CHARS} characters, not {len(collection)}"
+            )
+        for field, value in (
+            ("collection name", collection),
+            ("source", source_uri),
+            ("origin", origin),
+            ("title", title),
+            ("link", link),
+            ("checksum", checksum),
+        ):
+            _check_storable(field, value)
+        for chunk in chunks:
+            _check_storable(f"chunk {chunk.position}", chunk.text)
+            for heading in chunk.heading_path:
+                _check_storable(f"chunk {chunk.position} heading", heading)
+        now = utcnow()
+        with self._transaction() as connection:
+            collection_id = _collection_id(connection, collection)
+            existing = connection.execute(
+                select(
+                    kb_documents.c.id,
+                    kb_documents.c.checksum,
+                    kb_documents.c.title,
+                    kb_documents.c.link,
+                    kb_documents.c.origin,
+                ).where(
+                    kb_documents.c.collection_id == collection_id,
+                    kb_documents.c.source_uri == source_uri,
+                )
+            ).first()
+            if existing is not None:
+                document_id = int(existing[0])
+                if tuple(existing[1:]) == (checksum, title, link, origin):
+                    count = connection.execute(
+                        select(func.count()).where(kb_chunks.c.document_id == document_id)
+                    ).scalar_one()
+                    return DocumentResult(
+                        document_id=document_id,
+                        outcome=DocumentOutcome.UNCHANGED,
+                        chunks=int(count),
+                    )
+                connection.execute(delete(kb_chunks).where(kb_chunks.c.document_id == document_id))
+                connection.execute(
+                    update(kb_documents)
+                    .where(kb_documents.c.id == document_id)
+                    .values(
+                        title=title, link=link, checksum=checksum, origin=origin, updated_at=now
+                    )
+                )
+                outcome = DocumentOutcome.REPLACED
+            else:
+                document_id = connection.execute(
+                    insert(kb_documents)
+                    .values(
+                        collection_id=collection_id,
+                        source_uri=source_uri,
+                        origin=origin,
+                        title=title,
+                        link=link,
+                        checksum=checksum,
+                        updated_at=now,
+                    )
+                    .returning(kb_documents.c.id)
+                ).scalar_one()
+                outcome = DocumentOutcome.ADDED
+            if chunks:
+                connection.execute(
+                    insert(kb_chunks),
+                    [
+                        {
+                            "document_id": document_id,
+                            "position": chunk.position,
+                            "heading_path": list(chunk.heading_path),
+                            "context": _context(title, chunk.heading_path),
+                            "text": chunk.text,
+                            "token_count": chunk.token_count,
+                        }
+                        for chunk in chunks
+                    ],
+                )
+        return DocumentResult(document_id=document_id, outcome=outcome, chunks=len(chunks))
+
+    def remove_document(self, *, collection: str, source_uri: str) -> bool:
+        """Delete a document and its chunks; False when there was none."""
+        with self._transaction() as connection:
+            collection_ids = select(kb_collections.c.id).where(kb_collections.c.name == collection)
+            result = connection.execute(
+                delete(kb_documents).where(
+                    kb_documents.c.collection_id.in_(collection_ids),
+                    kb_documents.c.source_uri == source_uri,
+                )
+            )
+        return bool(result.rowcount)
+
+    def remove_collection(self, *, collection: str) -> int | None:
+        """Delete a collection with its documents; the number of documents it had, None when
+        there was no such collection."""
+        with self._transaction() as connection:
+            collection_id = connection.execute(
+                select(kb_collections.c.id).where(kb_collections.c.name == collection)
+            ).scalar_one_or_none()
+            if collection_id is None:
+                return None
+            count = connection.execute(
+                select(func.count()).where(kb_documents.c.collection_id == collection_id)
+            ).scalar_one()
+            # Chunks first, then documents: the FTS5 triggers fire per deleted chunk row, and
+            # SQLite cascades only with foreign_keys on (which our engines set).
+            connection.execute(
+                delete(kb_chunks).where(
+                    kb_chunks.c.document_id.in_(
+                        select(kb_documents.c.id).where(
+                            kb_documents.c.collection_id == collection_id
+                        )
+                    )
+                )
+            )
+            connection.execute(
+                delete(kb_documents).where(kb_documents.c.collection_id == collection_id)
+            )
+            connection.execute(delete(kb_collections).where(kb_collections.c.id == collection_id))
+        return int(count)
+
+
+def _collection_id(connection: Connection, name: str) -> int:
+    connection.execute(
+        upsert(connection, kb_collections)
+        .values(name=name, created_at=utcnow())
+        .on_conflict_do_nothing(index_elements=["name"])
+    )
+    return int(
+        connection.execute(
+            select(kb_collections.c.id).where(kb_collections.c.name == name)
+        ).scalar_one()
+    )
+
+
+def _heading_path(value: Any) -> list[str]:
+    if isinstance(value, str):  # a JSON column read through text() comes back as text
+        value = json.loads(value)
+    return [str(part) for part in value or ()]

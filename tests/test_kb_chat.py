@@ -1,0 +1,466 @@
+"""Answering from a knowledge base end to end, through the real clients and the local fakes:
+discord.py against tests/discord_fake.py and slack-bolt/slack_sdk against tests/slack_fake.py, the
+real intake, queue (SQLite and PostgreSQL for Discord) and worker, and the shipped FakeEngine.
+
+A channel gets the Tidewater collection (tests/kb_corpus.py) from an admin in chat; a question's
+prompt holds the passages the search ranks, numbered in that order; the reply's citations become
+links, an invented [9] is gone; a strict channel says it does not know an off-topic question
+without asking the engine; an admin's 📚 on a person's message teaches the channel, and taking
+the 📚 away forgets it."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from adapters.discord import DiscordAdapter, DiscordOptions
+from adapters.slack import SlackAdapter, SlackOptions
+from bot import answering, texts
+from bot.generation.engine import SamplingParams
+from bot.generation.fake import FakeEngine
+from bot.intake import Intake
+from bot.records import JobStatus, KnowledgeMode
+from bot.service import Service
+from bot.settings import load_settings
+from bot.worker import Worker, WorkerOptions
+from storage.repository import Repository
+from tests import kb_corpus
+from tests.discord_fake import BOT_ID, FakeDiscord
+from tests.slack_fake import (
+    BOT_TOKEN,
+    BOT_USER,
+    SIGNING_SECRET,
+    TEAM,
+    FakeSlack,
+    command_body,
+    event_body,
+    signed_post,
+)
+
+QUESTION = "how do I install the agent on Windows?"
+OFF_TOPIC = "what is the capital of Australia?"
+ANSWER = "Run TidewaterSetup.msi as an administrator [1]. It starts at boot [1][9]."
+CHECKED = "Run TidewaterSetup.msi as an administrator [1]. It starts at boot [1]."
+HANDOFF = "talk to a human"
+
+
+def expected_order(repository: Repository, question: str) -> list[str]:
+    """The "[n] title › heading" lines the prompt must hold, in the search's order."""
+    hits = repository.search_passages(collections=[kb_corpus.COLLECTION], query=question)
+    return [f"[{n}] {hit.title} › {' › '.join(hit.heading_path)}" for n, hit in enumerate(hits, 1)]
+
+
+def assert_passages_in_order(prompt: str, lines: list[str]) -> None:
+    positions = [prompt.find(line) for line in lines]
+    assert all(p >= 0 for p in positions), (lines, prompt)
+    assert positions == sorted(positions)
+    system = prompt.split("### User:", 1)[0]
+    assert all(line in system for line in lines)  # in the system turn
+    assert texts.KB_RULE_STRICT not in system or texts.KB_RULE_ASSIST not in system
+
+
+# ---------------------------------------------------------------------------- Discord
+
+GUILD, GENERAL = 10, 100
+ADMIN_ROLE, MEMBER_ROLE = 21, 20
+ADMIN_USER, MEMBER_USER = 600, 500
+MENTION = f"<@{BOT_ID}>"
+
+
+@dataclass
+class DiscordRig:
+    fake: FakeDiscord
+    repository: Repository
+    engine: FakeEngine
+    adapter: DiscordAdapter
+    worker: Worker
+    task: asyncio.Task[None]
+
+    async def until(self, condition: Callable[[], bool], *, within: float = 15.0) -> None:
+        async with asyncio.timeout(within):
+            while not condition():
+                await asyncio.sleep(0.01)
+
+    def done(self, count: int) -> bool:
+        return len(self.repository.jobs(status=JobStatus.DONE)) >= count
+
+    def replies(self) -> list[str]:
+        return [m["content"] for m in self.fake.bot_messages(GENERAL)]
+
+    async def admin_says(self, text: str) -> str:
+        before = len(self.replies())
+        await self.fake.user_message(
+            GENERAL,
+            f"{MENTION} {text}",
+            mentions=(BOT_ID,),
+            author_id=ADMIN_USER,
+            roles=(ADMIN_ROLE,),
+        )
+        await self.until(lambda: len(self.replies()) > before)
+        return self.replies()[-1]
+
+
+@pytest.fixture
+async def discord_rig(
+    monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> AsyncIterator[DiscordRig]:
+    fake = FakeDiscord()
+    fake.add_guild(GUILD, "home", roles={MEMBER_ROLE: "members", ADMIN_ROLE: "admins"})
+    fake.add_channel(GUILD, GENERAL, "general")
+    await fake.start()
+    fake.point_discord_py_here(monkeypatch)
+    repository = Repository.open(database_url)
+    kb_corpus.fill(repository)
+    engine = FakeEngine(delay_per_chunk=0.002)
+    await engine.start()
+    adapter = DiscordAdapter(
+        DiscordOptions(
+            token=fake.token,
+            admin_roles=frozenset({ADMIN_ROLE}),
+            edit_interval=0.02,
+            typing_interval=0.2,
+            status_poll=0.05,
+            guild_ready_timeout=0.01,
+            queue_notice_after=0.0,
+        )
+    )
+    intake = Intake(repository, handoff_keywords=(HANDOFF,))
+    intake.register(adapter)
+    await adapter.start(intake)
+    worker = Worker(
+        repository=repository,
+        engine=engine,
+        adapters={"discord": adapter},
+        options=WorkerOptions(
+            system_prompt="You are a test bot.",
+            max_new_tokens=1000,
+            sampling=SamplingParams(temperature=0.0),
+            poll_seconds=0.05,
+            handoff_keyword=HANDOFF,
+            concurrency=1,
+            retry_base_seconds=0.01,
+            retry_max_seconds=0.05,
+        ),
+    )
+    intake.on_enqueued(worker.wake)
+    rig = DiscordRig(fake, repository, engine, adapter, worker, asyncio.create_task(worker.run()))
+    yield rig
+    await worker.stop(drain_seconds=2)
+    await rig.task
+    await adapter.stop()
+    await fake.close()
+    repository.close()
+
+
+async def test_discord_answers_from_the_collection_with_checked_linked_citations(
+    discord_rig: DiscordRig,
+) -> None:
+    rig = discord_rig
+    assert "`tidewater` (assist mode)" in await rig.admin_says("!kb tidewater")
+    rig.engine._replies = [ANSWER]
+    await rig.fake.user_message(GENERAL, f"{MENTION} {QUESTION}", mentions=(BOT_ID,))
+    await rig.until(lambda: rig.done(1))
+
+    lines = expected_order(rig.repository, QUESTION)
+    assert lines[0] == "[1] Installing the Tidewater agent › Windows"
+    assert_passages_in_order(rig.engine.prompts[0], lines)
+    assert texts.KB_RULE_ASSIST in rig.engine.prompts[0]
+    reply = rig.replies()[-1]
+    assert reply == (
+        f"{CHECKED}\n\n{texts.KB_SOURCES}\n"
+        "[1] [Installing the Tidewater agent](<https://docs.tidewater.example/install>)"
+    )
+    [job] = rig.repository.jobs(status=JobStatus.DONE)
+    assert job.reply_text == reply
+    hits = rig.repository.search_passages(collections=[kb_corpus.COLLECTION], query=QUESTION)
+    assert rig.repository.job_chunk_ids(job.id) == tuple(hit.chunk_id for hit in hits)
+
+
+async def test_discord_a_reply_whose_delivery_failed_is_retried_checked_without_generating_again(
+    discord_rig: DiscordRig,
+) -> None:
+    rig = discord_rig
+    await rig.admin_says("!kb tidewater")
+    rig.engine._replies = [ANSWER]
+    rig.fake.fail_next("PATCH", rf"/channels/{GENERAL}/messages/\d+", status=403)
+    await rig.fake.user_message(GENERAL, f"{MENTION} {QUESTION}", mentions=(BOT_ID,))
+    await rig.until(lambda: rig.done(1))
+    [job] = rig.repository.jobs(status=JobStatus.DONE)
+    assert job.attempts == 2 and len(rig.engine.requests) == 1
+    assert rig.replies()[-1] == job.reply_text
+    assert job.reply_text is not None and job.reply_text.startswith(f"{CHECKED}\n\n")
+    assert "[9]" not in job.reply_text and "(<https://docs.tidewater.example/install>)" in (
+        job.reply_text
+    )
+
+
+async def test_discord_a_queued_question_shows_source_links_until_its_answer_replaces_them(
+    discord_rig: DiscordRig,
+) -> None:
+    rig = discord_rig
+    await rig.admin_says("!kb tidewater")
+    long_answer = " ".join(f"word{n}" for n in range(200))
+    rig.engine._replies = [long_answer, ANSWER]
+    await rig.fake.user_message(GENERAL, f"{MENTION} tell me everything", mentions=(BOT_ID,))
+    await rig.fake.user_message(GENERAL, f"{MENTION} {QUESTION}", mentions=(BOT_ID,))
+    await rig.until(lambda: rig.done(2))
+    # The second question waited behind the first: its placeholder showed its position and the
+    # top documents at once, and became the answer.
+    [answer] = [m for m in rig.fake.bot_messages(GENERAL) if m["content"].startswith(CHECKED)]
+    shown = rig.fake.edits[int(answer["id"])]
+    waiting = shown[0]
+    assert waiting.startswith("Queued (position 1)…\nWhile I write an answer, these may help: ")
+    links = re.findall(r"\[([^\]]+)\]\(<(https://[^>]+)>\)", waiting)
+    assert links[0] == ("Installing the Tidewater agent", kb_corpus.link("install"))
+    assert 1 <= len(links) <= 3 and len({url for _, url in links}) == len(links)
+    assert answer["content"].startswith(CHECKED)
+
+
+async def test_discord_strict_mode_says_it_does_not_know_without_the_engine(
+    discord_rig: DiscordRig,
+) -> None:
+    rig = discord_rig
+    await rig.admin_says("!kb tidewater")
+    assert await rig.admin_says("!kb mode strict") == texts.KB_MODE_SET["strict"]
+    await rig.fake.user_message(GENERAL, f"{MENTION} {OFF_TOPIC}", mentions=(BOT_ID,))
+    await rig.until(lambda: rig.done(1))
+    assert rig.replies()[-1] == answering.dont_know(HANDOFF)
+    assert f'"{HANDOFF}"' in rig.replies()[-1]
+    assert rig.engine.requests == []
+    # An on-topic question in the same strict channel is answered from the sources.
+    rig.engine._replies = [ANSWER]
+    await rig.fake.user_message(GENERAL, f"{MENTION} {QUESTION}", mentions=(BOT_ID,))
+    await rig.until(lambda: rig.done(2))
+    assert texts.KB_RULE_STRICT in rig.engine.prompts[0]
+    assert rig.replies()[-1].startswith(CHECKED)
+    # Strict: only the passages relevant enough are given (here not the schedules one).
+    hits = rig.repository.search_passages(collections=[kb_corpus.COLLECTION], query=QUESTION)
+    relevant = [h for h in hits if answering.relevance(QUESTION, h) >= 0.5]
+    assert 0 < len(relevant) < len(hits)
+    system = rig.engine.prompts[0].split("### User:")[0]
+    assert f"[{len(relevant)}] " in system and f"[{len(relevant) + 1}] " not in system
+    [job] = [
+        j for j in rig.repository.jobs(status=JobStatus.DONE) if j.reply_text == rig.replies()[-1]
+    ]
+    assert rig.repository.job_chunk_ids(job.id) == tuple(h.chunk_id for h in relevant)
+
+
+async def test_discord_an_admins_books_reaction_teaches_the_channel(
+    discord_rig: DiscordRig,
+) -> None:
+    rig = discord_rig
+    await rig.admin_says("!kb tidewater")
+    said = await rig.fake.user_message(
+        GENERAL,
+        "To move the agent to a new server, run tidewater migrate --to NEWHOST.",
+        author_id=MEMBER_USER,
+        roles=(MEMBER_ROLE,),
+    )
+    message_id = int(said["id"])
+    uri = f"chat:discord:{GUILD}:{GENERAL}:{message_id}"
+
+    def learned() -> list[str]:
+        documents = rig.repository.documents(collection=kb_corpus.COLLECTION)
+        return [d.source_uri for d in documents if d.source_uri.startswith("chat:")]
+
+    # A member's 📚 is only a reaction.
+    await rig.fake.user_reaction(message_id, "📚", user_id=MEMBER_USER, roles=(MEMBER_ROLE,))
+    await asyncio.sleep(0.3)
+    assert learned() == []
+    await rig.fake.user_reaction(message_id, "📚", user_id=ADMIN_USER, roles=(ADMIN_ROLE,))
+    await rig.until(lambda: learned() == [uri])
+    [hit] = rig.repository.search_passages(
+        collections=[kb_corpus.COLLECTION], query="migrate agent new server", limit=1
+    )
+    assert hit.link == f"https://discord.com/channels/{GUILD}/{GENERAL}/{message_id}"
+    assert "tidewater migrate" in hit.text and hit.title.startswith("Ana in chat:")
+    # The member taking their 📚 back changes nothing; the admin taking theirs back forgets it.
+    await rig.fake.user_reaction(message_id, "📚", user_id=MEMBER_USER, added=False)
+    await asyncio.sleep(0.3)
+    assert learned() == [uri]
+    await rig.fake.user_reaction(message_id, "📚", user_id=ADMIN_USER, added=False)
+    await rig.until(lambda: learned() == [])
+
+
+# ---------------------------------------------------------------------------- Slack
+
+ADMIN = "U0ADMIN"
+FORM = "application/x-www-form-urlencoded"
+JSON = "application/json"
+
+
+@dataclass
+class SlackRig:
+    fake: FakeSlack
+    engine: FakeEngine
+    repository: Repository
+    session: aiohttp.ClientSession
+    url: str
+
+    async def command(self, text: str, *, user: str = ADMIN) -> None:
+        before = len(self.fake.responses)
+        body = command_body(text, response_url=self.fake.response_url("r"), user=user)
+        status, _ = await signed_post(self.session, self.url, body, content_type=FORM)
+        assert status == 200
+        await self.fake.wait_for(lambda: len(self.fake.responses) > before)
+
+    async def event(self, event: dict[str, Any]) -> None:
+        status, _ = await signed_post(self.session, self.url, event_body(event), content_type=JSON)
+        assert status == 200
+
+    async def until(self, condition: Callable[[], bool], *, within: float = 15.0) -> None:
+        await self.fake.wait_for(condition, within=within)
+
+    def done(self, count: int) -> bool:
+        return len(self.repository.jobs(status=JobStatus.DONE)) >= count
+
+
+@pytest.fixture
+async def slack_rig(tmp_path: Path) -> AsyncIterator[SlackRig]:
+    fake = FakeSlack()
+    await fake.start()
+    settings = load_settings(
+        environ={
+            "SOLARBOT_DATA_DIR": str(tmp_path),
+            "SOLARBOT_ENGINE": "fake",
+            "SOLARBOT_POLL_SECONDS": "0.05",
+            "SOLARBOT_HANDOFF_KEYWORDS": HANDOFF,
+            "SOLARBOT_KB_PASSAGES": "3",
+        }
+    )
+    repository = Repository.open(settings.resolved_database_url())
+    kb_corpus.fill(repository)
+    engine = FakeEngine(delay_per_chunk=0.002)
+    slack = SlackAdapter(
+        SlackOptions(
+            bot_token=BOT_TOKEN,
+            signing_secret=SIGNING_SECRET,
+            host="127.0.0.1",
+            port=0,
+            api_url=fake.api_url,
+            admin_users=frozenset({ADMIN}),
+            model_id="fake-solar",
+            default_system_prompt=settings.system_prompt,
+            edit_interval=0.02,
+        )
+    )
+    service = Service(
+        settings=settings, repository=repository, engine=engine, adapters=[slack], drain_seconds=2
+    )
+    task = asyncio.create_task(service.run())
+    async with asyncio.timeout(10):
+        while service.worker is None:
+            await asyncio.sleep(0.01)
+    session = aiohttp.ClientSession()
+    try:
+        yield SlackRig(
+            fake, engine, repository, session, f"http://127.0.0.1:{slack.http_port}/slack/events"
+        )
+    finally:
+        await session.close()
+        service.stopping.set()
+        async with asyncio.timeout(10):
+            await task
+        repository.close()
+        await fake.stop()
+
+
+def mention(text: str, ts: str) -> dict[str, Any]:
+    return {
+        "type": "app_mention",
+        "user": "U0ALICE",
+        "text": f"<@{BOT_USER}> {text}",
+        "ts": ts,
+        "channel": "C0GENERAL",
+        "event_ts": ts,
+    }
+
+
+async def test_slack_answers_from_the_collection_with_checked_linked_citations(
+    slack_rig: SlackRig,
+) -> None:
+    rig = slack_rig
+    await rig.command("kb tidewater")
+    assert "tidewater" in rig.fake.responses[-1]["text"]
+    rig.engine._replies = [ANSWER]
+    await rig.event(mention(QUESTION, "1690000000.000001"))
+    await rig.until(lambda: rig.done(1))
+
+    lines = expected_order(rig.repository, QUESTION)[:3]  # SOLARBOT_KB_PASSAGES=3
+    assert_passages_in_order(rig.engine.prompts[0], lines)
+    assert "[4]" not in rig.engine.prompts[0].split("### User:")[0]
+    [answer] = rig.fake.thread("C0GENERAL", "1690000000.000001")
+    assert answer.text == (
+        f"{CHECKED}\n\n*Sources:*\n"
+        "[1] <https://docs.tidewater.example/install|Installing the Tidewater agent>"
+    )
+    assert "[9]" not in "".join(answer.history[-1:])
+
+
+async def test_slack_strict_mode_says_it_does_not_know_and_offers_the_handoff(
+    slack_rig: SlackRig,
+) -> None:
+    rig = slack_rig
+    await rig.command("kb tidewater")
+    await rig.command("kb mode strict")
+    await rig.event(mention(OFF_TOPIC, "1690000000.000002"))
+    await rig.until(lambda: rig.done(1))
+    [answer] = rig.fake.thread("C0GENERAL", "1690000000.000002")
+    assert answer.text == answering.dont_know(HANDOFF)
+    assert rig.engine.requests == []
+    assert (
+        rig.repository.channel_config(platform="slack", workspace=TEAM, channel="C0GENERAL").kb_mode
+        is KnowledgeMode.STRICT
+    )
+
+
+def books(ts: str, *, user: str, added: bool = True) -> dict[str, Any]:
+    return {
+        "type": "reaction_added" if added else "reaction_removed",
+        "user": user,
+        "reaction": "books",
+        "item_user": "U0CAROL",
+        "item": {"type": "message", "channel": "C0GENERAL", "ts": ts},
+        "event_ts": f"{time.time():.6f}",
+    }
+
+
+async def test_slack_an_admins_books_reaction_teaches_the_channel(slack_rig: SlackRig) -> None:
+    rig = slack_rig
+    await rig.command("kb tidewater")
+    ts = "1690000500.000100"
+    rig.fake.add_user_message(
+        "C0GENERAL",
+        ts,
+        "Carol here: *restarts* fix most agent hangs after an upgrade.",
+        user="U0CAROL",
+    )
+    uri = f"chat:slack:{TEAM}:C0GENERAL:{ts}"
+
+    def learned() -> list[str]:
+        documents = rig.repository.documents(collection=kb_corpus.COLLECTION)
+        return [d.source_uri for d in documents if d.source_uri.startswith("chat:")]
+
+    await rig.event(books(ts, user="U0ALICE"))  # not an admin: only a reaction
+    await asyncio.sleep(0.3)
+    assert learned() == []
+    await rig.event(books(ts, user=ADMIN))
+    await rig.until(lambda: learned() == [uri])
+    [hit] = rig.repository.search_passages(
+        collections=[kb_corpus.COLLECTION], query="agent hangs after upgrade", limit=1
+    )
+    assert hit.link == "https://test.slack.com/archives/C0GENERAL/p1690000500000100"
+    assert hit.title.startswith("Carol in chat: Carol here:")
+    await rig.event(books(ts, user="U0ALICE", added=False))
+    await asyncio.sleep(0.3)
+    assert learned() == [uri]
+    await rig.event(books(ts, user=ADMIN, added=False))
+    await rig.until(lambda: learned() == [])
