@@ -277,3 +277,25 @@ def test_migration_0010_adds_the_knowledge_base_and_goes_down_keeping_the_rest(
                 connection.execute(text(check))
     finally:
         engine.dispose()
+
+
+def test_a_small_collection_is_searched_whole_beside_a_big_one(repository: Repository) -> None:
+    """SQLite ranks a window of the best matches of every collection first: a collection whose
+    matches all rank below that window must still be found (and ranked among themselves)."""
+    big = [((), f"sorting sorting sorting note {n}") for n in range(260)]
+    repository.add_document(
+        collection="big",
+        source_uri="big",
+        title="sorting",
+        link="b",
+        checksum="1",
+        chunks=chunks(big),
+    )
+    small = [((), "a long text that mentions sorting once among many other words " * 3), ((), "x")]
+    repository.add_document(
+        collection="small", source_uri="s", title="s", link="s", checksum="1", chunks=chunks(small)
+    )
+    [hit] = repository.search_passages(collections=["small"], query="sorting", limit=3)
+    assert hit.collection == "small"
+    both = repository.search_passages(collections=["small", "big"], query="sorting", limit=5)
+    assert {hit.collection for hit in both} == {"big"}

@@ -94,15 +94,25 @@ def _check_storable(field: str, value: str) -> None:
         raise KnowledgeBaseError(f"{field}: {problem}")
 
 
-SQLITE_SEARCH = f"""
+# FTS5 ranks the matches alone first (bm25 needs only the index), and only that window is
+# joined to its documents and collections: the join per match cost more than the ranking. The
+# ranking does not depend on the collections, so when the window holds ``limit`` hits of the
+# given collections they are exactly the best ``limit``; otherwise the search runs unwindowed.
+SQLITE_WINDOW_MIN = 200
+SQLITE_RANKED = f"""
+SELECT rowid AS id, -bm25(kb_chunks_fts, {SQLITE_WEIGHTS[0]}, {SQLITE_WEIGHTS[1]}) AS score
+FROM kb_chunks_fts WHERE kb_chunks_fts MATCH :match ORDER BY score DESC
+"""
+SQLITE_SEARCH = """
+WITH ranked AS ({ranked})
 SELECT c.id, c.document_id, col.name, d.title, d.link, c.heading_path, c.text, c.token_count,
-       -bm25(kb_chunks_fts, {SQLITE_WEIGHTS[0]}, {SQLITE_WEIGHTS[1]}) AS score
-FROM kb_chunks_fts
-JOIN kb_chunks AS c ON c.id = kb_chunks_fts.rowid
+       ranked.score
+FROM ranked
+JOIN kb_chunks AS c ON c.id = ranked.id
 JOIN kb_documents AS d ON d.id = c.document_id
 JOIN kb_collections AS col ON col.id = d.collection_id
-WHERE kb_chunks_fts MATCH :match AND col.name IN ({{names}})
-ORDER BY score DESC, c.id
+WHERE col.name IN ({names})
+ORDER BY ranked.score DESC, c.id
 LIMIT :limit
 """
 
@@ -146,25 +156,20 @@ class KnowledgeStore(RepositoryBase):
             if match is None:
                 return []
             placeholders = ", ".join(f":name{i}" for i in range(len(names)))
-            statement = text(SQLITE_SEARCH.format(names=placeholders))
-            params = {"match": match, "limit": limit}
+            params = {"match": match, "limit": limit, "window": max(SQLITE_WINDOW_MIN, 20 * limit)}
             params.update({f"name{i}": name for i, name in enumerate(names)})
+            windowed = text(
+                SQLITE_SEARCH.format(ranked=SQLITE_RANKED + " LIMIT :window", names=placeholders)
+            )
+            statement = text(SQLITE_SEARCH.format(ranked=SQLITE_RANKED, names=placeholders))
+            with self._transaction() as connection:
+                rows = connection.execute(windowed, params).all()
+                if len(rows) < limit:
+                    rows = connection.execute(statement, params).all()
+            return [_passage(row) for row in rows]
         with self._transaction() as connection:
             rows = connection.execute(statement, params).all()
-        return [
-            Passage(
-                chunk_id=row[0],
-                document_id=row[1],
-                collection=row[2],
-                title=row[3],
-                link=row[4],
-                heading_path=tuple(_heading_path(row[5])),
-                text=row[6],
-                token_count=row[7],
-                score=float(row[8]),
-            )
-            for row in rows
-        ]
+        return [_passage(row) for row in rows]
 
     def collections(self) -> list[CollectionInfo]:
         """Every collection with its number of documents and chunks, by name."""
@@ -417,6 +422,20 @@ def _collection_id(connection: Connection, name: str) -> int:
         connection.execute(
             select(kb_collections.c.id).where(kb_collections.c.name == name)
         ).scalar_one()
+    )
+
+
+def _passage(row: Any) -> Passage:
+    return Passage(
+        chunk_id=row[0],
+        document_id=row[1],
+        collection=row[2],
+        title=row[3],
+        link=row[4],
+        heading_path=tuple(_heading_path(row[5])),
+        text=row[6],
+        token_count=row[7],
+        score=float(row[8]),
     )
 
 
