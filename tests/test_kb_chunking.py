@@ -76,6 +76,7 @@ HTML = """<!doctype html><html><head><title>Page title</title>
     return 1</pre>
 <dl><dt>sorted(iterable)</dt><dd><p>Return a new list.</p></dd></dl>
 </main>
+<div class="toctree-wrapper compound"><ul><li>toc entry</li></ul></div>
 <aside>related links</aside><footer>© footer</footer>
 <noscript>enable js</noscript></body></html>"""
 
@@ -95,6 +96,7 @@ def test_html_keeps_the_content_and_drops_the_boilerplate() -> None:
         "related links",
         "footer",
         "enable js",
+        "toc entry",
         "¶",
     ):
         assert dropped not in joined

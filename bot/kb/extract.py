@@ -260,6 +260,7 @@ SKIPPED_CLASSES = frozenset(
         "mobile-nav",
         "copybutton",
         "cookie-banner",
+        "toctree-wrapper",  # Sphinx: generated lists of links to other pages
     }
 )
 BLOCK_TAGS = frozenset(
