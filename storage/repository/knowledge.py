@@ -41,21 +41,25 @@ QUERY_MAX_CHARS = 2_000
 QUERY_MAX_TERMS = 32
 # bm25() weights of the FTS5 columns (context = title and headings, text), and the matching
 # ts_rank weights {D, C, B, A} on PostgreSQL (text at D, context at A).
-SQLITE_WEIGHTS = (3.0, 1.0)
+SQLITE_WEIGHTS = (2.0, 1.0)
 POSTGRES_WEIGHTS = "{0.4, 0.0, 0.0, 1.0}"
 # ts_rank normalisation 1: divide by 1 + log(document length), as BM25 does in spirit.
 POSTGRES_NORMALISATION = 1
 COLLECTION_NAME_CHARS = 128
 
-# Words too common to help a keyword search. PostgreSQL's 'english' configuration drops its own
-# list; FTS5 has none, and an OR of "how", "do", "i" would match nearly every chunk.
+# Words too common to help a keyword search: English stop words, and the words people wrap their
+# questions in ("how can I make ...", "is there a way to use ..."). PostgreSQL's 'english'
+# configuration drops its own list; FTS5 has none, and an OR of "how", "do", "i" would match
+# nearly every chunk.
 _STOP_WORDS_TEXT = """a about above after again against all am an and any are as at be because been before being
     below between both but by can could did do does doing down during each few for from further
     had has have having he her here hers herself him himself his how i if in into is it its itself
     just me more most my myself no nor not now of off on once only or other our ours ourselves out
     over own same she should so some such than that the their theirs them themselves then there
     these they this those through to too under until up very was we were what when where which
-    while who whom why will with would you your yours yourself yourselves"""
+    while who whom why will with would you your yours yourself yourselves
+also able anyone get help just know like make need please possible someone something tell thing
+things use used using want way"""
 STOP_WORDS = frozenset(_STOP_WORDS_TEXT.split())
 _WORD = re.compile(r"\w+")
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
