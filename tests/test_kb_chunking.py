@@ -284,3 +284,17 @@ def test_any_text_extracts_without_raising_and_stores_alike(text: str, fmt: Form
     for block in doc.blocks:
         assert block.text == block.text.strip() or block.kind is BlockKind.CODE
         assert not any(c in block.text for c in "\x00\ud800")
+
+
+def test_chunk_limit_settings_are_checked_together() -> None:
+    from bot.errors import ConfigError
+    from bot.settings import load_settings
+
+    with pytest.raises(ConfigError, match="SOLARBOT_KB_CHUNK_MIN_TOKENS=400 is larger than"):
+        load_settings(environ={"SOLARBOT_KB_CHUNK_MIN_TOKENS": "400"})
+    with pytest.raises(ConfigError, match="SOLARBOT_KB_FETCH_CONCURRENCY"):
+        load_settings(environ={"SOLARBOT_KB_FETCH_CONCURRENCY": "0"})
+    settings = load_settings(
+        environ={"SOLARBOT_KB_CHUNK_MAX_TOKENS": "500", "SOLARBOT_KB_COLLECTION": "support"}
+    )
+    assert (settings.kb_chunk_max_tokens, settings.kb_collection) == (500, "support")
