@@ -177,6 +177,10 @@ HOSTILE = [
     "-sort",
     "!sort & list | <->",
     "sort <-> list",
+    "_",
+    "sort_list __ x²",
+    "(sort & list) | (key & !value):*",
+    "how do I sort a list by the key of one of many dicts in a list of lists with keys",
     "",
     "   ",
     "sort " * 5000,
@@ -214,6 +218,10 @@ def test_hostile_queries_never_break_the_syntax(filled: Repository, query: str) 
                 "&",
                 "|",
                 "<->",
+                "_",
+                "a_b",
+                ":*",
+                "²",
                 "sort",
                 "list",
                 "key",
@@ -277,3 +285,25 @@ def test_migration_0010_adds_the_knowledge_base_and_goes_down_keeping_the_rest(
                 connection.execute(text(check))
     finally:
         engine.dispose()
+
+
+def test_a_small_collection_is_searched_whole_beside_a_big_one(repository: Repository) -> None:
+    """SQLite ranks a window of the best matches of every collection first: a collection whose
+    matches all rank below that window must still be found (and ranked among themselves)."""
+    big = [((), f"sorting sorting sorting note {n}") for n in range(260)]
+    repository.add_document(
+        collection="big",
+        source_uri="big",
+        title="sorting",
+        link="b",
+        checksum="1",
+        chunks=chunks(big),
+    )
+    small = [((), "a long text that mentions sorting once among many other words " * 3), ((), "x")]
+    repository.add_document(
+        collection="small", source_uri="s", title="s", link="s", checksum="1", chunks=chunks(small)
+    )
+    [hit] = repository.search_passages(collections=["small"], query="sorting", limit=3)
+    assert hit.collection == "small"
+    both = repository.search_passages(collections=["small", "big"], query="sorting", limit=5)
+    assert {hit.collection for hit in both} == {"big"}
