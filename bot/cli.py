@@ -191,7 +191,14 @@ async def _serve(settings: Settings, *, mode: str, channel: str | None) -> int:
             redacted_url(url),
         )
     if not adapters:
-        console = ConsoleAdapter(ConsoleOptions(channel=channel or "general", wait_for_model=True))
+        console = ConsoleAdapter(
+            ConsoleOptions(
+                channel=channel or "general",
+                wait_for_model=True,
+                model_id=engine.model_id,
+                default_system_prompt=settings.system_prompt,
+            )
+        )
         adapters = [console]
     service = Service(
         settings=settings,

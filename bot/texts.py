@@ -38,15 +38,15 @@ CONSOLE_BANNER = (
     "solarbot console: type a message and press Enter. "
     "/channel NAME switches conversation, /help lists commands, /quit or Ctrl-D leaves."
 )
+# The console's own commands, after the chat sub-commands in the console's /help.
 CONSOLE_HELP = (
-    "/channel NAME  talk in another conversation (each keeps its own history)\n"
-    "/help          show this help\n"
-    "/quit          leave (replies still being written are finished first)"
+    "/channel NAME: talk in another conversation (each keeps its own history)\n"
+    "/quit: leave (replies still being written are finished first)"
 )
 CONSOLE_LOADING = "Loading the model: what you type now is answered once it is ready."
 CONSOLE_READY = "Model {model} ready ({seconds:.1f} s)."
 CONSOLE_SWITCHED = "Now talking in #{channel}."
-CONSOLE_UNKNOWN_COMMAND = "Unknown command {command!r}; /help lists commands."
+CONSOLE_CHANNEL = "You are talking in #{channel}; /channel NAME switches."
 CONSOLE_BOT_NAME = "solarbot"
 
 # Chat sub-commands (bot/commands.py), shared by the chat platforms. Markdown; adapters convert it.
