@@ -118,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _configure_logging("WARNING" if quiet else settings.log_level, settings)
         if args.command == "db":
             return _db(settings, args.db_command)
-        if args.command in ("export", "forget", "report"):
+        if args.command in ("export", "forget", "report", "usage"):
             from bot.tools.data import run_data_command
 
             return run_data_command(settings, args)

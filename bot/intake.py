@@ -4,7 +4,7 @@
 ``Repository.enqueue``); an event seen before (same dedupe key) is a no-op returning the same job.
 
 With ``limits`` (``bot.limits``) a message over the length limit, over the sender's or the channel's
-rate, or into a channel whose queue is full is refused before anything is stored: the user gets a
+rate, from a sender over their daily token quota, or into a channel whose queue is full is refused before anything is stored: the user gets a
 polite notice through the platform's adapter (``register``) and ``submit`` returns a result with
 ``refused`` set. A redelivered event that was already accepted is never refused.
 
@@ -158,6 +158,8 @@ class Intake:
                 refusal = admitted
             else:
                 admission = admitted
+        if refusal is None and limits.quota_enabled:
+            refusal = await self._check_quota(limits, incoming)
         if refusal is None:
             return admission
         if admission is not None:
@@ -166,6 +168,21 @@ class Intake:
         if seen is not None:
             return seen  # a redelivery of a message we accepted: not a new message to refuse
         return await self._refuse(limits, incoming, refusal)
+
+    async def _check_quota(self, limits: Limits, incoming: Incoming) -> Refusal | None:
+        """The daily token quota: what the sender's replies of the day cost so far, read from
+        the day's jobs. Tokens are known once a reply is generated, so the questions a user has
+        queued or being answered when they reach the quota are still answered: the quota is
+        exceeded by at most what those in-flight replies cost (docs/operations-reliability.md)."""
+        now = limits.wall_clock()
+        used = await asyncio.to_thread(
+            self._repository.tokens_used,
+            platform=incoming.platform,
+            workspace=incoming.workspace,
+            author_id=incoming.author_id,
+            since=limits.usage_day_start(now),
+        )
+        return limits.check_quota(used, now=now)
 
     async def _refuse(self, limits: Limits, incoming: Incoming, refusal: Refusal) -> EnqueueResult:
         """Tell the user why (once per event: a redelivery is not told again)."""

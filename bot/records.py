@@ -226,3 +226,31 @@ class RatedReply:
 class FeedbackReport:
     channels: tuple[ChannelFeedback, ...]
     worst: tuple[RatedReply, ...]  # most 👎 first (then fewest 👍), only replies with a 👎
+
+
+@dataclass(frozen=True, kw_only=True)
+class UsageLine:
+    """Tokens spent on replies for one user or one channel (``Repository.usage``): ``replies``
+    counts the jobs whose reply was generated; ``tokens_in`` are their prompts' tokens (the job
+    trace), ``tokens_out`` the reply's tokens (stored with the reply). ``who`` is the user id or
+    the channel."""
+
+    platform: str
+    workspace: str
+    who: str
+    replies: int
+    tokens_in: int
+    tokens_out: int
+
+    @property
+    def tokens(self) -> int:
+        return self.tokens_in + self.tokens_out
+
+
+@dataclass(frozen=True, kw_only=True)
+class UsageReport:
+    """Per-user and per-channel token totals since ``since`` (most tokens first)."""
+
+    since: datetime
+    users: tuple[UsageLine, ...]
+    channels: tuple[UsageLine, ...]

@@ -25,6 +25,7 @@ from bot.limits import Limits, LimitSettings
 from bot.metrics import Metrics
 from bot.metrics_server import MetricsServer, Readiness
 from bot.prompt_room import load_tokenizer
+from bot.quota import usage_zone
 from bot.settings import Settings
 from bot.worker import Worker, WorkerOptions
 from storage.repository import Repository
@@ -213,6 +214,8 @@ def limit_settings(settings: Settings) -> LimitSettings:
         handoff_ping_cooldown_seconds=settings.handoff_ping_cooldown_seconds,
         handoff_workspace_pings=settings.handoff_workspace_pings,
         handoff_workspace_window_seconds=settings.handoff_workspace_window_seconds,
+        user_daily_tokens=settings.user_daily_tokens,
+        usage_zone=usage_zone(settings.usage_timezone),
     )
 
 

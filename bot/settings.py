@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.errors import ConfigError, ContextWindowError
 from bot.generation.solar import DEFAULT_MODEL_ID
+from bot.quota import usage_zone
 
 ENV_PREFIX = "SOLARBOT_"
 # Variables under these prefixes belong to the test suite, not to the service.
@@ -128,6 +129,16 @@ class Settings(BaseSettings):
     channel_queue_limit: int = Field(default=20, ge=0)
     # A refused user is told once per reason within this many seconds; later refusals are silent.
     refusal_notice_seconds: float = Field(default=60.0, ge=0.0, le=86_400.0)
+    # Tokens (prompt + generated) one user's replies may cost per day; 0 = no quota. The day runs
+    # midnight to midnight in the usage time zone (an IANA name), also used by `solarbot usage`.
+    user_daily_tokens: int = Field(default=0, ge=0)
+    usage_timezone: str = "UTC"
+
+    @field_validator("usage_timezone")
+    @classmethod
+    def _usage_timezone(cls, value: str) -> str:
+        usage_zone(value)  # raises ValueError naming the zone
+        return value.strip()
 
     # The outgoing-webhook platform (adapters/webhook.py): replies are POSTed to this URL.
     webhook_url: str | None = None

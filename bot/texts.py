@@ -32,6 +32,12 @@ LIMIT_QUEUE_FULL = (
     "I already have {limit} questions waiting in this channel. Please wait for some answers "
     "before asking more."
 )
+# The daily token quota (SOLARBOT_USER_DAILY_TOKENS): {wait} is e.g. "3 h 05 min", {zone} the
+# usage time zone (SOLARBOT_USAGE_TIMEZONE).
+LIMIT_DAILY_TOKENS = (
+    "You've reached today's allowance of {quota:,} tokens, so I can't answer more questions from "
+    "you today. It resets in {wait} (at midnight, {zone} time)."
+)
 
 # The console adapter.
 CONSOLE_BANNER = (
@@ -189,6 +195,13 @@ REPORT_NO_DOWNVOTES = "No answer has a 👎."
 REPORT_WORST_LINE = "job {job} in {where}: 👎 {down}, 👍 {up}"
 REPORT_QUESTION = "  Q: {text}"
 REPORT_ANSWER = "  A: {text}"
+
+# `solarbot usage` (bot/tools/data.py).
+USAGE_SINCE = "Tokens replies cost since {since} ({zone}; {days} day(s), today included):"
+USAGE_USERS = "Per user (prompt tokens in, generated tokens out):"
+USAGE_CHANNELS = "Per channel (threads count with their channel):"
+USAGE_NONE = "No replies generated."
+USAGE_TOTAL = "total"
 
 # solarbot export / forget --channel without --workspace (bot/tools/data.py).
 DATA_EXPORTED = "exported {count} message(s)"

@@ -79,7 +79,13 @@ class Conversation(Base):
 
 class Message(Base):
     __tablename__ = "messages"
-    __table_args__ = (Index("ix_messages_conversation_id_id", "conversation_id", "id"),)
+    __table_args__ = (
+        Index("ix_messages_conversation_id_id", "conversation_id", "id"),
+        # Migration 0012: a user's messages of the day (the daily token quota) and the reply to a
+        # message (its tokens; also what deleting a message cascades to).
+        Index("ix_messages_author_id_created_at", "author_id", "created_at"),
+        Index("ix_messages_reply_to_id", "reply_to_id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
@@ -106,6 +112,7 @@ class Job(Base):
     __table_args__ = (
         Index("ix_jobs_status_available_at", "status", "available_at"),
         Index("ix_jobs_conversation_id_status", "conversation_id", "status"),
+        Index("ix_jobs_created_at", "created_at"),  # migration 0012: `solarbot usage` by day
         # Migration 0006: ids are never handed out twice (they reach the platforms).
         {"sqlite_autoincrement": True},
     )

@@ -4,6 +4,7 @@
 - ``conversations``: conversations, their turns and history, transcripts, ``forget``.
 - ``feedback``: 👍/👎 on replies and the feedback report.
 - ``channels``: per-channel settings and human handoff.
+- ``usage``: what replies cost in tokens, per user and channel (the daily quota, `solarbot usage`).
 
 ``Repository`` is all of them on one engine. Its methods are synchronous and short (the asyncio
 side calls them through ``asyncio.to_thread``), and every public method is one transaction.
@@ -16,11 +17,12 @@ from storage.repository.channels import ChannelStore
 from storage.repository.conversations import ConversationStore
 from storage.repository.feedback import FeedbackStore
 from storage.repository.jobs import JobQueue
+from storage.repository.usage import UsageStore
 
 __all__ = ["Repository"]
 
 
-class Repository(JobQueue, ConversationStore, FeedbackStore, ChannelStore):
+class Repository(JobQueue, ConversationStore, FeedbackStore, ChannelStore, UsageStore):
     @classmethod
     def open(cls, url: str, *, migrate: bool = True) -> Repository:
         engine = database.create_db_engine(url)
