@@ -16,7 +16,9 @@ command (``bot.commands``). An announcement that fails is logged; the handoff st
 ``limits`` the ping is rate-limited in the database (``Repository.claim_handoff_ping``, so every
 ingress process agrees): one per conversation and per asker within a cooldown, a cap per workspace
 and window; a handoff over those limits still silences its conversation, and the asker is told
-(without a ping) that the team was notified already.
+(without a ping) that the team was notified already. Outside support hours the ping is held until
+they start and the asker is told when that is; reminders follow a ping when nobody else writes
+(``bot.handoff_followups``).
 
 Refusals are told once per reason and window per user (``Limits.first_notice``), marked with
 ``NOTICE_TO`` so that platforms with private messages (Slack: ephemeral) tell only the sender.
@@ -29,12 +31,15 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from datetime import datetime
 
 from bot import logs, texts
 from bot.delivery import NOTICE_TO, ChatAdapter, HandoffNotifier, ReplyTarget, post_clean_notice
+from bot.handoff_followups import FollowupPolicy, back_at
 from bot.limits import Admission, Limits, Refusal
 from bot.prompt_room import PromptGauge
-from bot.records import EnqueueResult, Incoming, JobStatus, Rating
+from bot.records import EnqueueResult, FollowupKind, Incoming, JobStatus, Rating
+from bot.support_hours import SupportHours
 from storage.repository import Repository
 
 log = logging.getLogger(__name__)
@@ -65,11 +70,14 @@ class Intake:
         *,
         limits: Limits | None = None,
         handoff_keywords: Sequence[str] = (),
+        followups: FollowupPolicy | None = None,
     ) -> None:
         """``handoff_keywords``: a message containing one (any case, spaces collapsed) hands its
-        conversation to a human."""
+        conversation to a human. ``followups``: support hours and reminders for handoffs
+        (``bot.handoff_followups``)."""
         self._repository = repository
         self._limits = limits
+        self._followups = followups or FollowupPolicy()
         self._handoff_keywords = tuple(
             " ".join(keyword.lower().split()) for keyword in handoff_keywords if keyword.strip()
         )
@@ -138,6 +146,12 @@ class Intake:
                 await self._announce_handoff(incoming, result)
             else:
                 log.info("ignored a message in a conversation handed to a human")
+                if self._followups.reminder_minutes > 0:  # someone other than the asker: a human
+                    await asyncio.to_thread(
+                        self._repository.human_wrote_in_handoff,
+                        incoming.conversation,
+                        author_id=incoming.author_id,
+                    )
         elif result.created:
             log.debug("job %s enqueued for %s", result.job_id, incoming.dedupe_key)
             for listener in self._listeners:
@@ -236,6 +250,11 @@ class Intake:
             conversation=incoming.conversation,
             reply_target=incoming.reply_target,
         )
+        hours = self._followups.schedule.hours_for(incoming.workspace)
+        now = self._followups.clock()
+        if hours is not None and not hours.is_open(now):
+            await self._hold_ping(adapter, target, hours, now)
+            return
         held_back: str | None = None
         if self._limits is not None:
             settings = self._limits.settings
@@ -253,12 +272,53 @@ class Intake:
         try:
             if held_back is None:
                 await adapter.post_handoff(target)
+                await self._schedule(
+                    target.job_id, FollowupKind.REMINDER, now, asked=now, pinged=True
+                )
             else:
                 # The handoff stands (the conversation goes quiet); only the ping is held back.
                 log.info("handoff without a ping (%s)", held_back)
                 await post_clean_notice(adapter, target, texts.HANDOFF_ALREADY_NOTIFIED)
         except Exception as exc:  # the handoff stands; the platform is having a bad moment
             log.warning("could not announce a handoff on %s: %s", incoming.platform, exc)
+
+    async def _hold_ping(
+        self, adapter: ChatAdapter, target: ReplyTarget, hours: SupportHours, now: datetime
+    ) -> None:
+        """Outside support hours: the ping waits (stored) until they start; the asker is told
+        when the team is back."""
+        await self._schedule(target.job_id, FollowupKind.PING, hours.next_opening(now), asked=now)
+        log.info("handoff outside support hours: the ping is held")
+        try:
+            notice = texts.HANDOFF_AFTER_HOURS.format(back=back_at(hours, now))
+            await post_clean_notice(adapter, target, notice)
+        except Exception as exc:  # the handoff stands, and so does the held ping
+            log.warning("could not tell the asker about support hours: %s", exc)
+
+    async def _schedule(
+        self,
+        job_id: int,
+        kind: FollowupKind,
+        when: datetime,
+        *,
+        asked: datetime,
+        pinged: bool = False,
+    ) -> None:
+        """Store a follow-up of a handoff asked for at ``asked``: a held ping due ``when``, or
+        (``pinged``: the support group was pinged at ``when``) a reminder, if reminders are on."""
+        due = self._followups.reminder_due(when) if pinged else when
+        if due is None:
+            return
+        try:
+            await asyncio.to_thread(
+                self._repository.schedule_followup,
+                job_id=job_id,
+                kind=kind,
+                due_at=due,
+                asked_at=asked,
+            )
+        except Exception as exc:
+            log.warning("could not store a handoff %s: %s", kind.value, exc)
 
     async def _tell(self, incoming: Incoming, text: str) -> None:
         adapter = self._notifiers.get(incoming.platform)

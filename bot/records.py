@@ -254,3 +254,25 @@ class UsageReport:
     since: datetime
     users: tuple[UsageLine, ...]
     channels: tuple[UsageLine, ...]
+
+
+class FollowupKind(enum.StrEnum):
+    """What a handoff follow-up posts to the support group (``storage.repository.followups``)."""
+
+    PING = "ping"  # the ping held back outside support hours, due when they start
+    REMINDER = "reminder"  # nobody answered the handoff within the reminder time
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClaimedFollowup:
+    """A due follow-up leased to one sender until ``claimed_until``."""
+
+    id: int
+    kind: FollowupKind
+    job_id: int
+    conversation: ConversationKey
+    reply_target: Mapping[str, str]
+    handoff_at: datetime
+    asked_at: datetime
+    claimed_until: datetime
+    job_key: str

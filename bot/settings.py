@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from bot.errors import ConfigError, ContextWindowError
 from bot.generation.solar import DEFAULT_MODEL_ID
 from bot.quota import usage_zone
+from bot.support_hours import parse_support_hours
 
 ENV_PREFIX = "SOLARBOT_"
 # Variables under these prefixes belong to the test suite, not to the service.
@@ -250,6 +251,19 @@ class Settings(BaseSettings):
     handoff_ping_cooldown_seconds: float = Field(default=900.0, ge=0.0, le=7 * 86_400.0)
     handoff_workspace_pings: int = Field(default=5, ge=0, le=10_000)
     handoff_workspace_window_seconds: float = Field(default=3600.0, ge=0.0, le=7 * 86_400.0)
+
+    # Support hours per workspace (bot/support_hours.py): outside them a handoff's ping to the
+    # support group waits until they start; empty = always staffed.
+    support_hours: str = ""
+    # Remind the support group once when nobody but the asker wrote within this many minutes of a
+    # handoff's ping (0 = no reminders).
+    handoff_reminder_minutes: float = Field(default=0.0, ge=0.0, le=7 * 24 * 60.0)
+
+    @field_validator("support_hours")
+    @classmethod
+    def _support_hours(cls, value: str) -> str:
+        parse_support_hours(value)  # raises ValueError saying what is wrong
+        return value
 
     @field_validator("handoff_keywords", mode="before")
     @classmethod

@@ -240,3 +240,17 @@ HANDOFF_ALREADY_NOTIFIED = (
     "notified a short while ago, so I haven't pinged them again; someone will look here as soon "
     "as they can."
 )
+
+# Support hours and reminders (SOLARBOT_SUPPORT_HOURS, SOLARBOT_HANDOFF_REMINDER_MINUTES;
+# bot/handoff_followups.py). {back} is when the team is back, e.g. "Mon 09:00 Europe/Berlin time,
+# in 14 h 30 min"; {ago} how long ago the asker asked, e.g. "2 h 05 min".
+HANDOFF_AFTER_HOURS = (
+    "Someone here asked for a human, so I'm handing this conversation over and staying quiet in "
+    "it. The support team is off duty right now: they'll be notified when they're back ({back})."
+)
+HANDOFF_BACK = "{when} {zone} time, in {wait}"
+HANDOFF_HELD_PING = (
+    "Someone asked for a human here {ago} ago, outside support hours; the conversation is "
+    "waiting for you."
+)
+HANDOFF_REMINDER = "Reminder: someone asked for a human here {ago} ago and nobody has answered yet."

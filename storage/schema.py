@@ -203,3 +203,25 @@ class HandoffPing(Base):
     thread: Mapped[str] = mapped_column(String(128), default="")
     requester: Mapped[str] = mapped_column(String(64))
     pinged_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class HandoffFollowup(Base):
+    """Something to post to the support group later about a handoff (migration 0013): the ping
+    held back because the handoff came outside support hours (``kind`` "ping", due when the hours
+    start), or a reminder that nobody has answered (``kind`` "reminder"). Valid only while the
+    conversation is still handed off since ``handoff_at``. A sender claims a row (``claimed_until``,
+    a lease) and marks it ``sent_at``; a row claimed by a process that died is claimable again once
+    its lease is over."""
+
+    __tablename__ = "handoff_followups"
+    __table_args__ = (Index("ix_handoff_followups_due", "sent_at", "due_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))
+    handoff_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    asked_at: Mapped[datetime] = mapped_column(UTCDateTime)  # when the asker asked (the texts)
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -4,6 +4,7 @@
 - ``conversations``: conversations, their turns and history, transcripts, ``forget``.
 - ``feedback``: 👍/👎 on replies and the feedback report.
 - ``channels``: per-channel settings and human handoff.
+- ``followups``: support pings held outside support hours and reminders about handoffs.
 - ``usage``: what replies cost in tokens, per user and channel (the daily quota, `solarbot usage`).
 
 ``Repository`` is all of them on one engine. Its methods are synchronous and short (the asyncio
@@ -16,13 +17,16 @@ from storage import database
 from storage.repository.channels import ChannelStore
 from storage.repository.conversations import ConversationStore
 from storage.repository.feedback import FeedbackStore
+from storage.repository.followups import FollowupStore
 from storage.repository.jobs import JobQueue
 from storage.repository.usage import UsageStore
 
 __all__ = ["Repository"]
 
 
-class Repository(JobQueue, ConversationStore, FeedbackStore, ChannelStore, UsageStore):
+class Repository(
+    JobQueue, ConversationStore, FeedbackStore, ChannelStore, UsageStore, FollowupStore
+):
     @classmethod
     def open(cls, url: str, *, migrate: bool = True) -> Repository:
         engine = database.create_db_engine(url)

@@ -11,7 +11,15 @@ from sqlalchemy import Table
 from sqlalchemy.sql.elements import ColumnElement
 
 from bot.records import ConversationKey, JobStatus
-from storage.schema import ChannelSettings, Conversation, Feedback, HandoffPing, Job, Message
+from storage.schema import (
+    ChannelSettings,
+    Conversation,
+    Feedback,
+    HandoffFollowup,
+    HandoffPing,
+    Job,
+    Message,
+)
 
 PENDING = (JobStatus.QUEUED, JobStatus.RUNNING)
 
@@ -21,6 +29,7 @@ jobs = cast(Table, Job.__table__)
 channel_settings = cast(Table, ChannelSettings.__table__)
 feedback = cast(Table, Feedback.__table__)
 handoff_pings = cast(Table, HandoffPing.__table__)
+handoff_followups = cast(Table, HandoffFollowup.__table__)
 
 
 def key_filter(key: ConversationKey) -> tuple[ColumnElement[bool], ...]:
