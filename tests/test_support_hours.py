@@ -20,16 +20,20 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from adapters.discord import DiscordAdapter, DiscordOptions
 from adapters.slack import SlackAdapter, SlackOptions
 from bot import texts
 from bot.errors import ConfigError
 from bot.generation.fake import FakeEngine
+from bot.handoff_followups import FollowupPolicy, HandoffFollowups
+from bot.intake import Intake
 from bot.records import FollowupKind, Incoming
 from bot.service import Service
 from bot.settings import load_settings
 from bot.support_hours import SupportHours, parse_support_hours
 from storage import database
 from storage.repository import Repository
+from tests.discord_fake import BOT_ID, FakeDiscord
 from tests.slack_fake import BOT_TOKEN, SIGNING_SECRET, FakeSlack, event_body, signed_post
 from tests.test_slack import mention
 
@@ -428,3 +432,100 @@ def test_the_follow_up_table_cascades_with_forget(repository: Repository) -> Non
     )
     assert repository.forget_channel(platform="slack", workspace="T1", channel="C1") == 1
     assert repository.claim_due_followups(lease_seconds=1, now=now) == []
+
+
+# ------------------------------------------------- Discord: the support role, pinged later
+
+GUILD, GENERAL, THREAD = 10, 100, 102
+MEMBER_ROLE, SUPPORT_ROLE = 20, 21
+TOKYO = zoneinfo.ZoneInfo("Asia/Tokyo")
+
+
+@pytest.fixture
+async def discord_fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeDiscord]:
+    fake = FakeDiscord()
+    fake.add_guild(GUILD, "home", roles={MEMBER_ROLE: "members", SUPPORT_ROLE: "support"})
+    fake.add_channel(GUILD, GENERAL, "general")
+    fake.add_thread(GUILD, GENERAL, THREAD, "a thread")
+    await fake.start()
+    fake.point_discord_py_here(monkeypatch)
+    yield fake
+    await fake.close()
+
+
+async def test_discord_holds_the_role_ping_until_the_guilds_hours_and_reminds_once(
+    discord_fake: FakeDiscord, sqlite_url: str
+) -> None:
+    """The guild's own schedule (Tokyo); a handoff on Sunday is told Monday 09:00, the role is
+    pinged (that role only, as a reply to the asker) when Monday comes, and reminded once 15
+    minutes later; a handoff in hours pings at once and is reminded once too."""
+    clock = Clock(datetime(2026, 12, 6, 15, 0, tzinfo=TOKYO).astimezone(UTC))  # Sunday
+    policy = FollowupPolicy(
+        schedule=parse_support_hours(
+            f"Sat 10:00-11:00 UTC; {GUILD}=Mon-Fri 09:00-18:00 Asia/Tokyo"
+        ),
+        reminder_minutes=15,
+        clock=clock,
+    )
+    repository = Repository.open(sqlite_url)
+    adapter = DiscordAdapter(
+        DiscordOptions(
+            token=discord_fake.token,
+            support_role=SUPPORT_ROLE,
+            guild_ready_timeout=0.01,
+            ready_timeout=10.0,
+        )
+    )
+    intake = Intake(repository, handoff_keywords=("talk to a human",), followups=policy)
+    intake.register(adapter)
+    await adapter.start(intake)
+    followups = HandoffFollowups(repository, {"discord": adapter}, policy=policy)
+
+    async def posted(channel: int, count: int) -> list[dict[str, Any]]:
+        async with asyncio.timeout(10):
+            while len(discord_fake.bot_messages(channel)) < count:
+                await asyncio.sleep(0.01)
+        return discord_fake.bot_messages(channel)
+
+    try:
+        asked = await discord_fake.user_message(
+            THREAD, f"<@{BOT_ID}> I need to talk to a human", mentions=(BOT_ID,)
+        )
+        [told] = await posted(THREAD, 1)
+        back = "Mon 09:00 Asia/Tokyo time, in 18 h 00 min"
+        assert told["content"] == texts.HANDOFF_AFTER_HOURS.format(back=back)
+        pinged = told["allowed_mentions"]
+        assert not pinged.get("roles") and pinged["parse"] == []  # nobody pinged at night
+        assert await followups.send_due() == 0
+
+        clock.now = datetime(2026, 12, 7, 9, 0, tzinfo=TOKYO).astimezone(UTC)
+        assert await followups.send_due() == 1
+        assert await followups.send_due() == 0
+        ping = (await posted(THREAD, 2))[1]
+        assert ping["content"] == f"<@&{SUPPORT_ROLE}> " + texts.HANDOFF_HELD_PING.format(
+            ago="18 h 00 min"
+        )
+        assert [str(r) for r in ping["allowed_mentions"]["roles"]] == [str(SUPPORT_ROLE)]
+        assert ping["message_reference"]["message_id"] == asked["id"]
+
+        # In hours: pinged at once; nobody answers; one reminder each, 15 minutes on.
+        await discord_fake.user_message(
+            GENERAL, f"<@{BOT_ID}> talk to a human please", mentions=(BOT_ID,)
+        )
+        [notice] = await posted(GENERAL, 1)
+        assert notice["content"].startswith(f"<@&{SUPPORT_ROLE}> Someone here asked for a human")
+        clock.now += timedelta(minutes=14)
+        assert await followups.send_due() == 0
+        clock.now += timedelta(minutes=2)
+        assert await followups.send_due() == 2
+        assert (await posted(THREAD, 3))[2]["content"].endswith(
+            texts.HANDOFF_REMINDER.format(ago="18 h 16 min")
+        )
+        assert (await posted(GENERAL, 2))[1]["content"] == (
+            f"<@&{SUPPORT_ROLE}> " + texts.HANDOFF_REMINDER.format(ago="16 min")
+        )
+        clock.now += timedelta(hours=5)
+        assert await followups.send_due() == 0
+    finally:
+        await adapter.stop()
+        repository.close()
