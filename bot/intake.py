@@ -252,9 +252,6 @@ class Intake:
         )
         hours = self._followups.schedule.hours_for(incoming.workspace)
         now = self._followups.clock()
-        if hours is not None and not hours.is_open(now):
-            await self._hold_ping(adapter, target, hours, now)
-            return
         held_back: str | None = None
         if self._limits is not None:
             settings = self._limits.settings
@@ -266,9 +263,14 @@ class Intake:
                     cooldown_seconds=settings.handoff_ping_cooldown_seconds,
                     workspace_cap=settings.handoff_workspace_pings,
                     window_seconds=settings.handoff_workspace_window_seconds,
+                    now=now,
                 )
             except Exception as exc:  # someone asked for a human: rather one ping too many
                 log.warning("could not check the handoff ping limits, pinging: %s", exc)
+        if hours is not None and not hours.is_open(now):
+            # The ping limits count a held ping too: a night of requests is not a morning of pings.
+            await self._hold_ping(adapter, target, hours, now, hold=held_back is None)
+            return
         try:
             if held_back is None:
                 await adapter.post_handoff(target)
@@ -283,12 +285,23 @@ class Intake:
             log.warning("could not announce a handoff on %s: %s", incoming.platform, exc)
 
     async def _hold_ping(
-        self, adapter: ChatAdapter, target: ReplyTarget, hours: SupportHours, now: datetime
+        self,
+        adapter: ChatAdapter,
+        target: ReplyTarget,
+        hours: SupportHours,
+        now: datetime,
+        *,
+        hold: bool,
     ) -> None:
-        """Outside support hours: the ping waits (stored) until they start; the asker is told
-        when the team is back."""
-        await self._schedule(target.job_id, FollowupKind.PING, hours.next_opening(now), asked=now)
-        log.info("handoff outside support hours: the ping is held")
+        """Outside support hours: the ping waits (stored) until they start, unless the ping
+        limits hold it back (``hold`` False: this asker or conversation has one coming, or the
+        workspace is at its cap); the asker is told when the team is back."""
+        if hold:
+            opening = hours.next_opening(now)
+            await self._schedule(target.job_id, FollowupKind.PING, opening, asked=now)
+            log.info("handoff outside support hours: the ping is held")
+        else:
+            log.info("handoff outside support hours, within the ping limits: no ping held")
         try:
             notice = texts.HANDOFF_AFTER_HOURS.format(back=back_at(hours, now))
             await post_clean_notice(adapter, target, notice)

@@ -27,6 +27,7 @@ from bot.errors import ConfigError
 from bot.generation.fake import FakeEngine
 from bot.handoff_followups import FollowupPolicy, HandoffFollowups
 from bot.intake import Intake
+from bot.limits import Limits, LimitSettings
 from bot.records import FollowupKind, Incoming
 from bot.service import Service
 from bot.settings import load_settings
@@ -526,6 +527,55 @@ async def test_discord_holds_the_role_ping_until_the_guilds_hours_and_reminds_on
         )
         clock.now += timedelta(hours=5)
         assert await followups.send_due() == 0
+    finally:
+        await adapter.stop()
+        repository.close()
+
+
+async def test_a_night_of_requests_is_not_a_morning_of_pings(
+    discord_fake: FakeDiscord, sqlite_url: str
+) -> None:
+    """The ping limits (one per asker within the cooldown) count held pings: Ana asking for a
+    human in two conversations at night is told both times, and the role is pinged once."""
+    clock = Clock(datetime(2026, 12, 6, 15, 0, tzinfo=TOKYO).astimezone(UTC))  # Sunday
+    policy = FollowupPolicy(
+        schedule=parse_support_hours("Mon-Fri 09:00-18:00 Asia/Tokyo"), clock=clock
+    )
+    repository = Repository.open(sqlite_url)
+    adapter = DiscordAdapter(
+        DiscordOptions(
+            token=discord_fake.token, support_role=SUPPORT_ROLE, guild_ready_timeout=0.01
+        )
+    )
+    intake = Intake(
+        repository,
+        limits=Limits(LimitSettings()),
+        handoff_keywords=("talk to a human",),
+        followups=policy,
+    )
+    intake.register(adapter)
+    await adapter.start(intake)
+    try:
+        for channel in (THREAD, GENERAL):
+            await discord_fake.user_message(
+                channel, f"<@{BOT_ID}> talk to a human", mentions=(BOT_ID,)
+            )
+            async with asyncio.timeout(10):
+                while not discord_fake.bot_messages(channel):
+                    await asyncio.sleep(0.01)
+            [told] = discord_fake.bot_messages(channel)
+            assert told["content"].startswith(texts.HANDOFF_AFTER_HOURS.split("(")[0])
+        clock.now = datetime(2026, 12, 7, 9, 0, tzinfo=TOKYO).astimezone(UTC)
+        followups = HandoffFollowups(repository, {"discord": adapter}, policy=policy)
+        assert await followups.send_due() == 1
+        assert await followups.send_due() == 0
+        pings = [
+            m
+            for channel in (THREAD, GENERAL)
+            for m in discord_fake.bot_messages(channel)
+            if m["content"].startswith(f"<@&{SUPPORT_ROLE}>")
+        ]
+        assert len(pings) == 1 and pings[0]["channel_id"] == str(THREAD)
     finally:
         await adapter.stop()
         repository.close()
