@@ -80,6 +80,10 @@ class HandoffFollowups:
         self._adapters = adapters
         self._policy = policy
         self._poll_seconds = poll_seconds
+        # The platforms this process can ping on: the others' follow-ups are left to their own.
+        self._platforms = tuple(
+            name for name, adapter in adapters.items() if isinstance(adapter, HandoffNotifier)
+        )
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Send what is due every ``poll_seconds`` until ``stopping`` is set."""
@@ -95,7 +99,10 @@ class HandoffFollowups:
         """Post every follow-up due now; returns how many were sent."""
         now = self._policy.clock()
         claimed = await asyncio.to_thread(
-            self._repository.claim_due_followups, lease_seconds=LEASE_SECONDS, now=now
+            self._repository.claim_due_followups,
+            lease_seconds=LEASE_SECONDS,
+            platforms=self._platforms,
+            now=now,
         )
         sent = 0
         for followup in claimed:
@@ -104,9 +111,7 @@ class HandoffFollowups:
 
     async def _send(self, followup: ClaimedFollowup, now: datetime) -> int:
         adapter = self._adapters.get(followup.conversation.platform)
-        if not isinstance(adapter, HandoffNotifier):
-            # No adapter for that platform in this process: leave it to one that has it.
-            await asyncio.to_thread(self._repository.release_followup, followup)
+        if not isinstance(adapter, HandoffNotifier):  # not claimed: ``platforms`` filters
             return 0
         ago = quota.describe_wait((now - followup.asked_at).total_seconds())
         template = (
@@ -122,9 +127,13 @@ class HandoffFollowups:
         )
         try:
             await adapter.ping_support(target, clean_outgoing(template.format(ago=ago)))
-        except Exception as exc:
-            log.warning("could not send a handoff %s (retried): %s", followup.kind.value, exc)
-            await asyncio.to_thread(self._repository.release_followup, followup)
+        except Exception as exc:  # the claim runs out and the follow-up is tried again then
+            log.warning(
+                "could not send a handoff %s (retried in %.0f s): %s",
+                followup.kind.value,
+                LEASE_SECONDS,
+                exc,
+            )
             return 0
         if not await asyncio.to_thread(self._repository.finish_followup, followup, now=now):
             log.warning("handoff %s %s sent after its claim ran out", followup.kind, followup.id)

@@ -579,3 +579,36 @@ async def test_a_night_of_requests_is_not_a_morning_of_pings(
     finally:
         await adapter.stop()
         repository.close()
+
+
+async def test_a_ping_slack_refuses_is_tried_again_when_its_claim_runs_out_and_sent_once(
+    tmp_path: Path, slack_fake: FakeSlack
+) -> None:
+    clock = Clock(datetime(2026, 12, 5, 10, 0, tzinfo=BERLIN).astimezone(UTC))  # Saturday
+    async with serving(tmp_path, slack_fake, clock) as rig:
+        await rig.event(mention("talk to a human please", ts=ASKED))
+        await slack_fake.wait_for(lambda: bool(rig.thread()), within=10)
+        slack_fake.fail("chat.postMessage", "internal_error")
+        clock.now = datetime(2026, 12, 7, 9, 0, tzinfo=BERLIN).astimezone(UTC)
+        await slack_fake.wait_for(lambda: len(slack_fake.calls_to("chat.postMessage")) >= 2)
+        await settle(rig)
+        assert len(rig.thread()) == 1  # refused, and not hammered: one try per claim
+        tries = len(slack_fake.calls_to("chat.postMessage"))
+        clock.now += timedelta(seconds=61)
+        await slack_fake.wait_for(lambda: len(rig.thread()) == 2, within=10)
+        await settle(rig)
+        assert len(slack_fake.calls_to("chat.postMessage")) == tries + 1
+        assert rig.thread()[1].startswith(f"{SUPPORT} Someone asked for a human here 47 h")
+
+
+def test_a_process_claims_only_the_follow_ups_of_its_own_platforms(
+    repository: Repository,
+) -> None:
+    now = datetime.now(UTC)
+    job_id = handoff(repository)  # a Slack conversation
+    assert repository.schedule_followup(
+        job_id=job_id, kind=FollowupKind.PING, due_at=now, asked_at=now
+    )
+    assert repository.claim_due_followups(lease_seconds=60, platforms=["discord"], now=now) == []
+    [claimed] = repository.claim_due_followups(lease_seconds=60, platforms=["slack"], now=now)
+    assert claimed.conversation.platform == "slack"

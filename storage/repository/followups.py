@@ -11,6 +11,7 @@ writes in the conversation (``human_wrote_in_handoff``).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, insert, select, update
@@ -50,10 +51,17 @@ class FollowupStore(RepositoryBase):
             return True
 
     def claim_due_followups(
-        self, *, lease_seconds: float, limit: int = 50, now: datetime | None = None
+        self,
+        *,
+        lease_seconds: float,
+        limit: int = 50,
+        platforms: Iterable[str] | None = None,
+        now: datetime | None = None,
     ) -> list[ClaimedFollowup]:
-        """Lease the follow-ups due at ``now`` that nobody sent or holds; drop, unsent, those
-        whose conversation is no longer in the same handoff."""
+        """Lease the follow-ups due at ``now`` that nobody sent or holds (of ``platforms`` only,
+        when given: those this process can post to); drop, unsent, those whose conversation is
+        no longer in the same handoff. A claim not marked sent is claimable again once its lease
+        is over (a failed post is retried then)."""
         moment = now or utcnow()
         until = moment + timedelta(seconds=lease_seconds)
         f = handoff_followups
@@ -81,6 +89,8 @@ class FollowupStore(RepositoryBase):
             .order_by(f.c.due_at, f.c.id)
             .limit(limit)
         )
+        if platforms is not None:
+            query = query.where(conversations.c.platform.in_(list(platforms)))
         if self.dialect == "postgresql":
             query = query.with_for_update(skip_locked=True, of=f)
         claimed: list[ClaimedFollowup] = []
@@ -128,16 +138,6 @@ class FollowupStore(RepositoryBase):
                 .values(sent_at=now or utcnow(), claimed_until=None)
             )
             return result.rowcount == 1
-
-    def release_followup(self, followup: ClaimedFollowup) -> None:
-        """Sending failed: claimable again at once (the next round retries)."""
-        f = handoff_followups
-        with self._transaction() as connection:
-            connection.execute(
-                update(f)
-                .where(f.c.id == followup.id, f.c.claimed_until == followup.claimed_until)
-                .values(claimed_until=None)
-            )
 
     def human_wrote_in_handoff(self, key: ConversationKey, *, author_id: str) -> int:
         """Someone wrote in the handed-off conversation ``key``: unless it is the asker, the
