@@ -3,6 +3,11 @@
 Lines typed on stdin become ``Incoming`` messages in the current conversation (``#general`` until
 ``/channel NAME`` switches); replies stream to stdout as they are generated. End of input (Ctrl-D or
 a closed pipe) or ``/quit`` sets ``input_closed``; the service then finishes pending replies and exits.
+
+Every other slash word is a chat sub-command of ``bot.commands`` (``/status``, ``/prompt TEXT``,
+``/forget``, ``/help``, ...), the same ones Slack's ``/solar`` and Discord's ``@solarbot !`` take:
+the console routes them all to ``Commands`` (a sub-command added there works here at once) and the
+person at the terminal is the admin of their own terminal.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import asyncio
 import contextlib
 import getpass
 import itertools
+import re
 import sys
 import threading
 import uuid
@@ -19,11 +25,19 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from bot import texts
+from bot.commands import CommandContext, Commands, parse_prefixed
 from bot.delivery import IntakePort, ReplyTarget
 from bot.errors import InvalidIncomingError
 from bot.records import Incoming
 
 PLATFORM = "console"
+COMMAND_PREFIX = "/"
+# The console's own commands; every other slash word goes to ``bot.commands``.
+_QUIT = frozenset({"/quit", "/exit"})
+_CHANNEL = "/channel"
+# ``bot.commands`` texts name a sub-command as "{command} {p}name"; the console has no command word
+# before the prefix, which leaves a space after an opening ``**`` or backtick ("** /status**").
+_EMPTY_INVOCATION = re.compile(r"(?<![^\s(])(\*\*|`) (?=[/A-Z])")
 
 
 class ConsoleReplyStream:
@@ -78,6 +92,8 @@ class ConsoleOptions:
     author: str | None = None  # default: the login name
     interactive: bool | None = None
     wait_for_model: bool = False
+    model_id: str = ""  # shown by ``/status``
+    default_system_prompt: str = ""  # shown by ``/prompt`` in a channel without its own
 
 
 class ConsoleAdapter:
@@ -97,6 +113,7 @@ class ConsoleAdapter:
         self._deferred: list[str] = []
         self._lines: asyncio.Queue[str | None] = asyncio.Queue()
         self._reader: asyncio.Task[None] | None = None
+        self._commands: Commands | None = None
         self.input_closed = asyncio.Event()
 
     @property
@@ -143,6 +160,17 @@ class ConsoleAdapter:
 
     async def start(self, intake: IntakePort) -> None:
         loop = asyncio.get_running_loop()
+        self._commands = Commands(
+            intake.repository,
+            command="",
+            model_id=self.options.model_id,
+            default_system_prompt=self.options.default_system_prompt,
+            admin_setting="",  # the person at the terminal is its admin
+            private_answers=False,
+            help_extra=texts.CONSOLE_HELP,
+            prefix=COMMAND_PREFIX,
+            prompt_gauge=intake.prompt_gauge,
+        )
 
         def read_lines() -> None:  # a daemon thread: a blocked read never holds up the exit
             for line in self._input:
@@ -166,12 +194,12 @@ class ConsoleAdapter:
             if not text.strip():
                 self.prompt()
                 continue
-            if text.startswith("/"):
-                if not self._command(text.strip()):
+            if text.startswith(COMMAND_PREFIX):
+                if not await self._command(text.strip()):
                     break
                 continue
             try:
-                await intake.submit(
+                result = await intake.submit(
                     Incoming(
                         platform=PLATFORM,
                         channel=self.channel,
@@ -183,22 +211,44 @@ class ConsoleAdapter:
             except InvalidIncomingError as exc:
                 self.write(f"{exc}\n")
                 self.prompt()
+                continue
+            if result is None:  # switched off here (``/off``): say so instead of staying silent
+                self.write_block(texts.CHANNEL_DISABLED + "\n")
+                self.prompt()
         self.input_closed.set()
 
-    def _command(self, line: str) -> bool:
-        """Run a console command; False means leave."""
+    async def _command(self, line: str) -> bool:
+        """Run a console command or a chat sub-command; False means leave."""
         command, _, argument = line.partition(" ")
-        if command in ("/quit", "/exit"):
+        if command.lower() in _QUIT:
             return False
-        if command == "/help":
-            self.write(texts.CONSOLE_HELP + "\n")
-        elif command == "/channel" and argument.strip():
+        if command.lower() == _CHANNEL and argument.strip():
             self.channel = argument.strip().lstrip("#")
             self.write(texts.CONSOLE_SWITCHED.format(channel=self.channel) + "\n")
+        elif command.lower() == _CHANNEL:
+            self.write(texts.CONSOLE_CHANNEL.format(channel=self.channel) + "\n")
         else:
-            self.write(texts.CONSOLE_UNKNOWN_COMMAND.format(command=command) + "\n")
+            reply = await self._sub_command(line)
+            if reply:
+                self.write_block(reply + "\n")
         self.prompt()
         return True
+
+    async def _sub_command(self, line: str) -> str:
+        """``/status``, ``/prompt TEXT``, ... through ``bot.commands`` (an unknown word gets the
+        help). Unlike on the chat platforms they take no rate-limit tokens: the person at the
+        terminal runs this process, and a sub-command never reaches the model."""
+        parsed = parse_prefixed(line, prefix=COMMAND_PREFIX)
+        assert parsed is not None and self._commands is not None  # the line starts with "/"
+        context = CommandContext(
+            platform=PLATFORM,
+            workspace="",
+            channel=self.channel,
+            user_id=self._author,
+            is_admin=True,  # one person at their own terminal
+            admins_configured=True,
+        )
+        return for_terminal(await self._commands.run(parsed, context))
 
     async def stop(self) -> None:
         if self._reader is not None:
@@ -216,6 +266,12 @@ class ConsoleAdapter:
     async def post_notice(self, target: ReplyTarget, text: str) -> None:
         self.write_block(f"{texts.CONSOLE_BOT_NAME} [#{target.conversation.channel}]: {text}\n")
         self.prompt()
+
+
+def for_terminal(markdown: str) -> str:
+    """A sub-command's Markdown answer as terminal text: bold marks dropped, and sub-commands
+    named as typed here (``/status``, not `` /status``)."""
+    return _EMPTY_INVOCATION.sub(r"\1", markdown).replace("**", "")
 
 
 def _login_name() -> str:

@@ -703,6 +703,28 @@ class DiscordAdapter:
         except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
             raise delivery_error(exc) from exc
 
+    async def ping_support(self, target: ReplyTarget, text: str) -> None:
+        """A later word to the support role in the handed-off conversation, as a reply to the
+        message that asked for a human (that role is the only mention it may ping)."""
+        role = self.options.support_role
+        pings = (
+            discord.AllowedMentions(
+                everyone=False, users=False, roles=[discord.Object(id=role)], replied_user=False
+            )
+            if role
+            else _NO_PINGS
+        )
+        channel_id = int(target.reply_target["channel_id"])
+        reply_to = int(target.reply_target.get("message_id") or 0) or None
+        body = (f"<@&{role}> " if role else "") + text
+        try:
+            await self.client.http.send_message(
+                channel_id,
+                params=self._reply_params(body, channel_id, reply_to, allowed_mentions=pings),
+            )
+        except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
+            raise delivery_error(exc) from exc
+
     async def post_notice(self, target: ReplyTarget, text: str) -> None:
         stream = self._replies.pop(target.job_id, None)
         if stream is not None:

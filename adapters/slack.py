@@ -754,6 +754,19 @@ class SlackAdapter:
         body = to_mrkdwn(texts.HANDOFF_NOTICE.format(support="", resume=resume))
         await self._post_in_place(target, support + body)
 
+    async def ping_support(self, target: ReplyTarget, text: str) -> None:
+        """A later word to the support user group in the handed-off conversation (its thread)."""
+        support = f"<!subteam^{self._support_group}> " if self._support_group else ""
+        where: Mapping[str, str] = target.reply_target
+        try:
+            await self.client.chat_postMessage(
+                channel=where["channel"],
+                thread_ts=where.get("thread_ts") or where.get("ts") or None,
+                text=support + to_mrkdwn(text),
+            )
+        except Exception as exc:
+            raise delivery_error(exc) from exc
+
     async def _tell_privately(self, where: Mapping[str, str], body: str) -> None:
         """A refusal, for its sender only: through the slash command's response_url, else
         ``chat.postEphemeral`` in the channel (and thread)."""

@@ -122,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _configure_logging("WARNING" if quiet else settings.log_level, settings)
         if args.command == "db":
             return _db(settings, args.db_command)
-        if args.command in ("export", "forget", "report"):
+        if args.command in ("export", "forget", "report", "usage"):
             from bot.tools.data import run_data_command
 
             return run_data_command(settings, args)
@@ -201,7 +201,14 @@ async def _serve(settings: Settings, *, mode: str, channel: str | None) -> int:
             redacted_url(url),
         )
     if not adapters:
-        console = ConsoleAdapter(ConsoleOptions(channel=channel or "general", wait_for_model=True))
+        console = ConsoleAdapter(
+            ConsoleOptions(
+                channel=channel or "general",
+                wait_for_model=True,
+                model_id=engine.model_id,
+                default_system_prompt=settings.system_prompt,
+            )
+        )
         adapters = [console]
     service = Service(
         settings=settings,

@@ -11,7 +11,8 @@ What an adapter implements:
 - ``ChatAdapter`` (required): ``platform``, ``start(intake)``, ``stop()``, ``open_reply`` returning a
   ``ReplyStream``, ``post_notice``;
 - ``ReportsConnection`` (optional): a ``connected`` property, read by ``/readyz``;
-- ``HandoffNotifier`` (optional): ``post_handoff``, announcing that someone asked for a human.
+- ``HandoffNotifier`` (optional): ``post_handoff``, announcing that someone asked for a human, and
+  ``ping_support``, pinging the support group later (held pings, reminders).
   Only platforms whose adapter has it hand conversations to humans.
 
 Implementations: ``adapters.discord``, ``adapters.slack``, ``adapters.webhook``,
@@ -185,6 +186,12 @@ class HandoffNotifier(Protocol):
     """An adapter that announces a handoff itself (pinging its platform's support group/role)."""
 
     async def post_handoff(self, target: ReplyTarget) -> None: ...
+
+    async def ping_support(self, target: ReplyTarget, text: str) -> None:
+        """Post ``text`` (Markdown) in the handed-off conversation, pinging the support
+        group/role: a ping held back outside support hours, or a reminder
+        (``bot.handoff_followups``)."""
+        ...
 
 
 class CleanReply:

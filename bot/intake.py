@@ -4,7 +4,7 @@
 ``Repository.enqueue``); an event seen before (same dedupe key) is a no-op returning the same job.
 
 With ``limits`` (``bot.limits``) a message over the length limit, over the sender's or the channel's
-rate, or into a channel whose queue is full is refused before anything is stored: the user gets a
+rate, from a sender over their daily token quota, or into a channel whose queue is full is refused before anything is stored: the user gets a
 polite notice through the platform's adapter (``register``) and ``submit`` returns a result with
 ``refused`` set. A redelivered event that was already accepted is never refused.
 
@@ -16,7 +16,9 @@ command (``bot.commands``). An announcement that fails is logged; the handoff st
 ``limits`` the ping is rate-limited in the database (``Repository.claim_handoff_ping``, so every
 ingress process agrees): one per conversation and per asker within a cooldown, a cap per workspace
 and window; a handoff over those limits still silences its conversation, and the asker is told
-(without a ping) that the team was notified already.
+(without a ping) that the team was notified already. Outside support hours the ping is held until
+they start and the asker is told when that is; reminders follow a ping when nobody else writes
+(``bot.handoff_followups``).
 
 Refusals are told once per reason and window per user (``Limits.first_notice``), marked with
 ``NOTICE_TO`` so that platforms with private messages (Slack: ephemeral) tell only the sender.
@@ -29,13 +31,16 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from datetime import datetime
 
 from bot import answering, learning, logs, texts
 from bot.delivery import NOTICE_TO, ChatAdapter, HandoffNotifier, ReplyTarget, post_clean_notice
+from bot.handoff_followups import FollowupPolicy, back_at
 from bot.learning import ChatMessage
 from bot.limits import Admission, Limits, Refusal
 from bot.prompt_room import PromptGauge
-from bot.records import EnqueueResult, Incoming, JobStatus, Rating
+from bot.records import EnqueueResult, FollowupKind, Incoming, JobStatus, Rating
+from bot.support_hours import SupportHours
 from storage.repository import Repository
 
 log = logging.getLogger(__name__)
@@ -66,11 +71,14 @@ class Intake:
         *,
         limits: Limits | None = None,
         handoff_keywords: Sequence[str] = (),
+        followups: FollowupPolicy | None = None,
     ) -> None:
         """``handoff_keywords``: a message containing one (any case, spaces collapsed) hands its
-        conversation to a human."""
+        conversation to a human. ``followups``: support hours and reminders for handoffs
+        (``bot.handoff_followups``)."""
         self._repository = repository
         self._limits = limits
+        self._followups = followups or FollowupPolicy()
         self._handoff_keywords = tuple(
             " ".join(keyword.lower().split()) for keyword in handoff_keywords if keyword.strip()
         )
@@ -139,6 +147,12 @@ class Intake:
                 await self._announce_handoff(incoming, result)
             else:
                 log.info("ignored a message in a conversation handed to a human")
+                if self._followups.reminder_minutes > 0:  # someone other than the asker: a human
+                    await asyncio.to_thread(
+                        self._repository.human_wrote_in_handoff,
+                        incoming.conversation,
+                        author_id=incoming.author_id,
+                    )
         elif result.created:
             log.debug("job %s enqueued for %s", result.job_id, incoming.dedupe_key)
             for listener in self._listeners:
@@ -159,6 +173,8 @@ class Intake:
                 refusal = admitted
             else:
                 admission = admitted
+        if refusal is None and limits.quota_enabled:
+            refusal = await self._check_quota(limits, incoming)
         if refusal is None:
             return admission
         if admission is not None:
@@ -167,6 +183,21 @@ class Intake:
         if seen is not None:
             return seen  # a redelivery of a message we accepted: not a new message to refuse
         return await self._refuse(limits, incoming, refusal)
+
+    async def _check_quota(self, limits: Limits, incoming: Incoming) -> Refusal | None:
+        """The daily token quota: what the sender's replies of the day cost so far, read from
+        the day's jobs. Tokens are known once a reply is generated, so the questions a user has
+        queued or being answered when they reach the quota are still answered: the quota is
+        exceeded by at most what those in-flight replies cost (docs/operations-reliability.md)."""
+        now = limits.wall_clock()
+        used = await asyncio.to_thread(
+            self._repository.tokens_used,
+            platform=incoming.platform,
+            workspace=incoming.workspace,
+            author_id=incoming.author_id,
+            since=limits.usage_day_start(now),
+        )
+        return limits.check_quota(used, now=now)
 
     async def _refuse(self, limits: Limits, incoming: Incoming, refusal: Refusal) -> EnqueueResult:
         """Tell the user why (once per event: a redelivery is not told again)."""
@@ -220,6 +251,8 @@ class Intake:
             conversation=incoming.conversation,
             reply_target=incoming.reply_target,
         )
+        hours = self._followups.schedule.hours_for(incoming.workspace)
+        now = self._followups.clock()
         held_back: str | None = None
         if self._limits is not None:
             settings = self._limits.settings
@@ -231,18 +264,75 @@ class Intake:
                     cooldown_seconds=settings.handoff_ping_cooldown_seconds,
                     workspace_cap=settings.handoff_workspace_pings,
                     window_seconds=settings.handoff_workspace_window_seconds,
+                    now=now,
                 )
             except Exception as exc:  # someone asked for a human: rather one ping too many
                 log.warning("could not check the handoff ping limits, pinging: %s", exc)
+        if hours is not None and not hours.is_open(now):
+            # The ping limits count a held ping too: a night of requests is not a morning of pings.
+            await self._hold_ping(adapter, target, hours, now, hold=held_back is None)
+            return
         try:
             if held_back is None:
                 await adapter.post_handoff(target)
+                await self._schedule(
+                    target.job_id, FollowupKind.REMINDER, now, asked=now, pinged=True
+                )
             else:
                 # The handoff stands (the conversation goes quiet); only the ping is held back.
                 log.info("handoff without a ping (%s)", held_back)
                 await post_clean_notice(adapter, target, texts.HANDOFF_ALREADY_NOTIFIED)
         except Exception as exc:  # the handoff stands; the platform is having a bad moment
             log.warning("could not announce a handoff on %s: %s", incoming.platform, exc)
+
+    async def _hold_ping(
+        self,
+        adapter: ChatAdapter,
+        target: ReplyTarget,
+        hours: SupportHours,
+        now: datetime,
+        *,
+        hold: bool,
+    ) -> None:
+        """Outside support hours: the ping waits (stored) until they start, unless the ping
+        limits hold it back (``hold`` False: this asker or conversation has one coming, or the
+        workspace is at its cap); the asker is told when the team is back."""
+        if hold:
+            opening = hours.next_opening(now)
+            await self._schedule(target.job_id, FollowupKind.PING, opening, asked=now)
+            log.info("handoff outside support hours: the ping is held")
+        else:
+            log.info("handoff outside support hours, within the ping limits: no ping held")
+        try:
+            notice = texts.HANDOFF_AFTER_HOURS.format(back=back_at(hours, now))
+            await post_clean_notice(adapter, target, notice)
+        except Exception as exc:  # the handoff stands, and so does the held ping
+            log.warning("could not tell the asker about support hours: %s", exc)
+
+    async def _schedule(
+        self,
+        job_id: int,
+        kind: FollowupKind,
+        when: datetime,
+        *,
+        asked: datetime,
+        pinged: bool = False,
+    ) -> None:
+        """Store a follow-up of a handoff asked for at ``asked``: a held ping due ``when``, or
+        (``pinged``: the support group was pinged at ``when``) a reminder, if reminders are on."""
+        due = self._followups.reminder_due(when) if pinged else when
+        if due is None:
+            return
+        try:
+            await asyncio.to_thread(
+                self._repository.schedule_followup,
+                job_id=job_id,
+                kind=kind,
+                due_at=due,
+                asked_at=asked,
+            )
+        except Exception as exc:
+            log.warning("could not store a handoff %s: %s", kind.value, exc)
 
     async def _tell(self, incoming: Incoming, text: str) -> None:
         adapter = self._notifiers.get(incoming.platform)

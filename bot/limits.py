@@ -7,6 +7,11 @@ sub-commands take tokens from the same buckets (``admit_command``): their answer
 A user is told a refusal once per reason and window (``first_notice``); a flood of refused
 messages gets one notice, never one each.
 
+A daily token quota per user (``user_daily_tokens``; ``bot.quota`` says when a day starts and
+resets) refuses a user whose replies of the day already cost that many model tokens (prompt plus
+generated, summed by the repository over the day's jobs: ``Repository.tokens_used``); the notice
+says how long until the allowance resets.
+
 Rates are token buckets held in this process's memory: ``rate_per_minute`` tokens flow in per
 minute up to ``burst``; each accepted message takes one. With several ingress processes each keeps
 its own buckets (the limit is per process). A rate of 0 switches that limit off; so does a queue
@@ -21,12 +26,19 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime, tzinfo
 
-from bot import texts
+from bot import quota, texts
 from bot.dedupe import dedupe_key
 from bot.records import Incoming
 
 Clock = Callable[[], float]
+WallClock = Callable[[], datetime]  # aware datetimes: when the usage day resets
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
 
 # Buckets kept per key; the least recently used go first (a full bucket forgets nothing useful).
 MAX_BUCKETS = 100_000
@@ -49,13 +61,17 @@ class LimitSettings:
     handoff_ping_cooldown_seconds: float = 900.0
     handoff_workspace_pings: int = 5
     handoff_workspace_window_seconds: float = 3600.0
+    # Tokens (prompt + generated) a user's replies may cost per day (0: no quota); the day runs
+    # from midnight to midnight in ``usage_zone``.
+    user_daily_tokens: int = 0
+    usage_zone: tzinfo = UTC
 
 
 @dataclass(frozen=True, kw_only=True)
 class Refusal:
     """Why a message was not accepted, and what the user is told."""
 
-    reason: str  # "too_long", "user_rate", "channel_rate" or "queue_full"
+    reason: str  # "too_long", "user_rate", "channel_rate", "queue_full" or "daily_tokens"
     notice: str
     retry_after: float | None = None
     quiet: bool = False  # the user was told already within the window: say nothing
@@ -125,9 +141,18 @@ class Admission:
 
 
 class Limits:
-    def __init__(self, settings: LimitSettings | None = None, *, clock: Clock = time.monotonic):
+    def __init__(
+        self,
+        settings: LimitSettings | None = None,
+        *,
+        clock: Clock = time.monotonic,
+        wall_clock: WallClock = utc_now,
+    ):
+        """``clock`` paces the rate buckets and notice windows; ``wall_clock`` places the usage
+        day (both injectable for tests)."""
         self.settings = settings or LimitSettings()
         self._clock = clock
+        self.wall_clock = wall_clock
         self._lock = threading.Lock()
         self._users = _Buckets(
             per_minute=self.settings.user_rate_per_minute,
@@ -156,6 +181,30 @@ class Limits:
         repository counts them in the enqueue's own transaction)."""
         limit = self.settings.channel_queue_limit
         return Refusal(reason="queue_full", notice=texts.LIMIT_QUEUE_FULL.format(limit=limit))
+
+    @property
+    def quota_enabled(self) -> bool:
+        return self.settings.user_daily_tokens > 0
+
+    def usage_day_start(self, now: datetime) -> datetime:
+        """Where the day whose tokens count against the quota began (UTC)."""
+        return quota.day_start(now, self.settings.usage_zone)
+
+    def check_quota(self, used: int, *, now: datetime) -> Refusal | None:
+        """Refuse when the user's replies of the day already cost ``used`` >= the daily quota;
+        the notice says how long until midnight in the usage zone, and is told once until then."""
+        allowance = self.settings.user_daily_tokens
+        if allowance <= 0 or used < allowance:
+            return None
+        zone = self.settings.usage_zone
+        wait = (quota.next_reset(now, zone) - now).total_seconds()
+        return Refusal(
+            reason="daily_tokens",
+            notice=texts.LIMIT_DAILY_TOKENS.format(
+                quota=allowance, wait=quota.describe_wait(wait), zone=zone_name(zone)
+            ),
+            retry_after=wait,
+        )
 
     def admit(self, incoming: Incoming) -> Admission | Refusal:
         """Take one token from the user's and the channel's bucket, or refuse with the wait."""
@@ -214,3 +263,8 @@ class Limits:
             if len(self._told) > MAX_BUCKETS:
                 self._told.popitem(last=False)
             return refusal
+
+
+def zone_name(zone: tzinfo) -> str:
+    """``Europe/Berlin`` for a zone read from its IANA name, ``UTC`` for UTC."""
+    return str(getattr(zone, "key", None) or zone.tzname(None) or "UTC")

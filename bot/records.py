@@ -252,3 +252,53 @@ class DownvotedDocument:
     link: str
     replies: int  # replies with at least one 👎 whose prompt held a passage of it
     down: int  # the 👎 on those replies
+
+
+@dataclass(frozen=True, kw_only=True)
+class UsageLine:
+    """Tokens spent on replies for one user or one channel (``Repository.usage``): ``replies``
+    counts the jobs whose reply was generated; ``tokens_in`` are their prompts' tokens (the job
+    trace), ``tokens_out`` the reply's tokens (stored with the reply). ``who`` is the user id or
+    the channel."""
+
+    platform: str
+    workspace: str
+    who: str
+    replies: int
+    tokens_in: int
+    tokens_out: int
+
+    @property
+    def tokens(self) -> int:
+        return self.tokens_in + self.tokens_out
+
+
+@dataclass(frozen=True, kw_only=True)
+class UsageReport:
+    """Per-user and per-channel token totals since ``since`` (most tokens first)."""
+
+    since: datetime
+    users: tuple[UsageLine, ...]
+    channels: tuple[UsageLine, ...]
+
+
+class FollowupKind(enum.StrEnum):
+    """What a handoff follow-up posts to the support group (``storage.repository.followups``)."""
+
+    PING = "ping"  # the ping held back outside support hours, due when they start
+    REMINDER = "reminder"  # nobody answered the handoff within the reminder time
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClaimedFollowup:
+    """A due follow-up leased to one sender until ``claimed_until``."""
+
+    id: int
+    kind: FollowupKind
+    job_id: int
+    conversation: ConversationKey
+    reply_target: Mapping[str, str]
+    handoff_at: datetime
+    asked_at: datetime
+    claimed_until: datetime
+    job_key: str

@@ -18,15 +18,18 @@ from adapters.console import PLATFORM as CONSOLE
 from adapters.console import ConsoleAdapter
 from bot import texts
 from bot.answering import AnswerOptions
-from bot.delivery import ChatAdapter, ReportsConnection
+from bot.delivery import ChatAdapter, HandoffNotifier, ReportsConnection
 from bot.errors import ConfigError, ContextWindowError, SolarbotError
 from bot.generation.engine import Engine, SamplingParams, Tokenizer
+from bot.handoff_followups import FollowupPolicy, HandoffFollowups
 from bot.intake import Intake
-from bot.limits import Limits, LimitSettings
+from bot.limits import Limits, LimitSettings, WallClock, utc_now
 from bot.metrics import Metrics
 from bot.metrics_server import MetricsServer, Readiness
 from bot.prompt_room import load_tokenizer
+from bot.quota import usage_zone
 from bot.settings import Settings
+from bot.support_hours import parse_support_hours
 from bot.worker import Worker, WorkerOptions
 from storage.repository import Repository
 
@@ -36,6 +39,9 @@ if TYPE_CHECKING:  # the platforms' libraries load only when a platform is confi
     from adapters.webhook import WebhookOptions
 
 log = logging.getLogger(__name__)
+
+# Held support pings and reminders are looked for at most this often (or every poll, if slower).
+FOLLOWUP_MIN_POLL_SECONDS = 0.5
 
 
 def build_engine(settings: Settings) -> Engine:
@@ -214,6 +220,8 @@ def limit_settings(settings: Settings) -> LimitSettings:
         handoff_ping_cooldown_seconds=settings.handoff_ping_cooldown_seconds,
         handoff_workspace_pings=settings.handoff_workspace_pings,
         handoff_workspace_window_seconds=settings.handoff_workspace_window_seconds,
+        user_daily_tokens=settings.user_daily_tokens,
+        usage_zone=usage_zone(settings.usage_timezone),
     )
 
 
@@ -251,6 +259,7 @@ class Service:
     adapters: Sequence[ChatAdapter]
     run_worker: bool = True
     drain_seconds: float = 30.0
+    clock: WallClock = utc_now  # the wall clock of quotas and support hours (tests move it)
 
     def __post_init__(self) -> None:
         self.metrics = Metrics()
@@ -260,11 +269,26 @@ class Service:
         self.metrics_server: MetricsServer | None = None
         self._started_adapters: set[str] = set()
         self._model_loading = False
+        policy = FollowupPolicy(
+            schedule=parse_support_hours(self.settings.support_hours),
+            reminder_minutes=self.settings.handoff_reminder_minutes,
+            clock=self.clock,
+        )
         self.intake = Intake(
             self.repository,
-            limits=Limits(limit_settings(self.settings)),
+            limits=Limits(limit_settings(self.settings), wall_clock=self.clock),
             handoff_keywords=self.settings.handoff_keywords,
+            followups=policy,
         )
+        # Held support pings and reminders, sent by every process that has the adapters.
+        self.followups: HandoffFollowups | None = None
+        if policy.active and any(isinstance(a, HandoffNotifier) for a in self.adapters):
+            self.followups = HandoffFollowups(
+                self.repository,
+                {adapter.platform: adapter for adapter in self.adapters},
+                policy=policy,
+                poll_seconds=max(self.settings.poll_seconds, FOLLOWUP_MIN_POLL_SECONDS),
+            )
         for adapter in self.adapters:
             self.intake.register(adapter)
         self.worker: Worker | None = None
@@ -291,6 +315,7 @@ class Service:
             )
             await self.metrics_server.start()
         worker_task: asyncio.Task[None] | None = None
+        followups_task: asyncio.Task[None] | None = None
         if not self.run_worker:
             # No engine here (``--role adapters``): the ``prompt`` command still measures channel
             # prompts in tokens, with the tokenizer's files alone (bot/prompt_room.py). A daemon
@@ -303,6 +328,10 @@ class Service:
                 await adapter.start(self.intake)
                 self._started_adapters.add(adapter.platform)
                 log.info("adapter %s started", adapter.platform)
+            if self.followups is not None:
+                followups_task = asyncio.create_task(
+                    self.followups.run(self.stopping), name="handoff-followups"
+                )
             if self.run_worker:
                 if self.engine is None:
                     raise ConfigError("a worker needs an engine")
@@ -348,6 +377,10 @@ class Service:
             if self.ingress_failure is not None:  # after a clean shutdown (finally), exit non-zero
                 raise SolarbotError(self.ingress_failure)
         finally:
+            if followups_task is not None:
+                followups_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await followups_task
             if self.worker is not None:
                 await self.worker.stop(drain_seconds=self.drain_seconds)
             if worker_task is not None and not worker_task.done():

@@ -18,6 +18,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.errors import ConfigError, ContextWindowError
 from bot.generation.solar import DEFAULT_MODEL_ID
+from bot.quota import usage_zone
+from bot.support_hours import parse_support_hours
 
 ENV_PREFIX = "SOLARBOT_"
 # Variables under these prefixes belong to the test suite, not to the service.
@@ -128,6 +130,16 @@ class Settings(BaseSettings):
     channel_queue_limit: int = Field(default=20, ge=0)
     # A refused user is told once per reason within this many seconds; later refusals are silent.
     refusal_notice_seconds: float = Field(default=60.0, ge=0.0, le=86_400.0)
+    # Tokens (prompt + generated) one user's replies may cost per day; 0 = no quota. The day runs
+    # midnight to midnight in the usage time zone (an IANA name), also used by `solarbot usage`.
+    user_daily_tokens: int = Field(default=0, ge=0)
+    usage_timezone: str = "UTC"
+
+    @field_validator("usage_timezone")
+    @classmethod
+    def _usage_timezone(cls, value: str) -> str:
+        usage_zone(value)  # raises ValueError naming the zone
+        return value.strip()
 
     # The knowledge base (docs/knowledge-base.md): `solarbot kb` adds to this collection unless
     # told --collection; chunks aim at kb_chunk_min_tokens..kb_chunk_max_tokens SOLAR tokens.
@@ -266,6 +278,19 @@ class Settings(BaseSettings):
     kb_passages: int = Field(default=5, ge=1, le=20)
     kb_passage_tokens: int = Field(default=1500, ge=64, le=16_384)
     kb_min_relevance: float = Field(default=0.5, ge=0.0, le=1.0)
+
+    # Support hours per workspace (bot/support_hours.py): outside them a handoff's ping to the
+    # support group waits until they start; empty = always staffed.
+    support_hours: str = ""
+    # Remind the support group once when nobody but the asker wrote within this many minutes of a
+    # handoff's ping (0 = no reminders).
+    handoff_reminder_minutes: float = Field(default=0.0, ge=0.0, le=7 * 24 * 60.0)
+
+    @field_validator("support_hours")
+    @classmethod
+    def _support_hours(cls, value: str) -> str:
+        parse_support_hours(value)  # raises ValueError saying what is wrong
+        return value
 
     @field_validator("handoff_keywords", mode="before")
     @classmethod

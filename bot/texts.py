@@ -32,21 +32,27 @@ LIMIT_QUEUE_FULL = (
     "I already have {limit} questions waiting in this channel. Please wait for some answers "
     "before asking more."
 )
+# The daily token quota (SOLARBOT_USER_DAILY_TOKENS): {wait} is e.g. "3 h 05 min", {zone} the
+# usage time zone (SOLARBOT_USAGE_TIMEZONE).
+LIMIT_DAILY_TOKENS = (
+    "You've reached today's allowance of {quota:,} tokens, so I can't answer more questions from "
+    "you today. It resets in {wait} (at midnight, {zone} time)."
+)
 
 # The console adapter.
 CONSOLE_BANNER = (
     "solarbot console: type a message and press Enter. "
     "/channel NAME switches conversation, /help lists commands, /quit or Ctrl-D leaves."
 )
+# The console's own commands, after the chat sub-commands in the console's /help.
 CONSOLE_HELP = (
-    "/channel NAME  talk in another conversation (each keeps its own history)\n"
-    "/help          show this help\n"
-    "/quit          leave (replies still being written are finished first)"
+    "/channel NAME: talk in another conversation (each keeps its own history)\n"
+    "/quit: leave (replies still being written are finished first)"
 )
 CONSOLE_LOADING = "Loading the model: what you type now is answered once it is ready."
 CONSOLE_READY = "Model {model} ready ({seconds:.1f} s)."
 CONSOLE_SWITCHED = "Now talking in #{channel}."
-CONSOLE_UNKNOWN_COMMAND = "Unknown command {command!r}; /help lists commands."
+CONSOLE_CHANNEL = "You are talking in #{channel}; /channel NAME switches."
 CONSOLE_BOT_NAME = "solarbot"
 
 # Chat sub-commands (bot/commands.py), shared by the chat platforms. Markdown; adapters convert it.
@@ -195,6 +201,13 @@ REPORT_WORST_LINE = "job {job} in {where}: 👎 {down}, 👍 {up}"
 REPORT_QUESTION = "  Q: {text}"
 REPORT_ANSWER = "  A: {text}"
 
+# `solarbot usage` (bot/tools/data.py).
+USAGE_SINCE = "Tokens replies cost since {since} ({zone}; {days} day(s), today included):"
+USAGE_USERS = "Per user (prompt tokens in, generated tokens out):"
+USAGE_CHANNELS = "Per channel (threads count with their channel):"
+USAGE_NONE = "No replies generated."
+USAGE_TOTAL = "total"
+
 # solarbot export / forget --channel without --workspace (bot/tools/data.py).
 DATA_EXPORTED = "exported {count} message(s)"
 DATA_CHANNEL_FOUND_IN = "channel {channel} is stored under workspace {workspace}: using it"
@@ -306,3 +319,16 @@ REPORT_DOCUMENTS = "Knowledge-base documents in 👎-rated answers (most first):
 REPORT_NO_DOCUMENTS = "No 👎-rated answer was given knowledge-base passages."
 REPORT_DOCUMENT_LINE = "{replies} answer(s), 👎 {down}: [{collection}] {title} {link}"
 KB_OTHER_HOSTS = "{count} sitemap entries on other hosts left out (--any-host follows them)"
+# Support hours and reminders (SOLARBOT_SUPPORT_HOURS, SOLARBOT_HANDOFF_REMINDER_MINUTES;
+# bot/handoff_followups.py). {back} is when the team is back, e.g. "Mon 09:00 Europe/Berlin time,
+# in 14 h 30 min"; {ago} how long ago the asker asked, e.g. "2 h 05 min".
+HANDOFF_AFTER_HOURS = (
+    "Someone here asked for a human, so I'm handing this conversation over and staying quiet in "
+    "it. The support team is off duty right now: they'll be notified when they're back ({back})."
+)
+HANDOFF_BACK = "{when} {zone} time, in {wait}"
+HANDOFF_HELD_PING = (
+    "Someone asked for a human here {ago} ago, outside support hours; the conversation is "
+    "waiting for you."
+)
+HANDOFF_REMINDER = "Reminder: someone asked for a human here {ago} ago and nobody has answered yet."

@@ -79,7 +79,13 @@ class Conversation(Base):
 
 class Message(Base):
     __tablename__ = "messages"
-    __table_args__ = (Index("ix_messages_conversation_id_id", "conversation_id", "id"),)
+    __table_args__ = (
+        Index("ix_messages_conversation_id_id", "conversation_id", "id"),
+        # Migration 0012: a user's messages of the day (the daily token quota) and the reply to a
+        # message (its tokens; also what deleting a message cascades to).
+        Index("ix_messages_author_id_created_at", "author_id", "created_at"),
+        Index("ix_messages_reply_to_id", "reply_to_id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
@@ -106,6 +112,7 @@ class Job(Base):
     __table_args__ = (
         Index("ix_jobs_status_available_at", "status", "available_at"),
         Index("ix_jobs_conversation_id_status", "conversation_id", "status"),
+        Index("ix_jobs_created_at", "created_at"),  # migration 0012: `solarbot usage` by day
         # Migration 0006: ids are never handed out twice (they reach the platforms).
         {"sqlite_autoincrement": True},
     )
@@ -264,3 +271,25 @@ class KbChunk(Base):
     context: Mapped[str] = mapped_column(Text, default="")
     text: Mapped[str] = mapped_column(Text)
     token_count: Mapped[int] = mapped_column(Integer)
+
+
+class HandoffFollowup(Base):
+    """Something to post to the support group later about a handoff (migration 0013): the ping
+    held back because the handoff came outside support hours (``kind`` "ping", due when the hours
+    start), or a reminder that nobody has answered (``kind`` "reminder"). Valid only while the
+    conversation is still handed off since ``handoff_at``. A sender claims a row (``claimed_until``,
+    a lease) and marks it ``sent_at``; a row claimed by a process that died is claimable again once
+    its lease is over."""
+
+    __tablename__ = "handoff_followups"
+    __table_args__ = (Index("ix_handoff_followups_due", "sent_at", "due_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))
+    handoff_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    asked_at: Mapped[datetime] = mapped_column(UTCDateTime)  # when the asker asked (the texts)
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

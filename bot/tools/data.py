@@ -12,7 +12,10 @@
 - ``solarbot forget --platform slack --workspace T0123 --channel C0456`` deletes a channel's stored
   messages, threads and jobs;
 - ``solarbot report [--platform P] [--limit N]`` prints the 👍/👎 feedback per channel (and the
-  replies there) and the ``N`` worst-rated answers with their question and job id.
+  replies there) and the ``N`` worst-rated answers with their question and job id;
+- ``solarbot usage [--platform P] [--days N]`` prints the tokens replies cost (prompt tokens in,
+  generated tokens out) per user and per channel over the last ``N`` days, today included (days
+  run midnight to midnight in SOLARBOT_USAGE_TIMEZONE).
 
 Both work on the configured database (``SOLARBOT_DATABASE_URL`` / ``SOLARBOT_DATA_DIR``) while the
 service runs: each deletion is one transaction. ``forget`` then erases what it deleted from the
@@ -25,22 +28,26 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from bot import texts
+from bot.limits import zone_name
+from bot.quota import days_start, usage_zone
 from bot.settings import Settings
 from storage import database
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from bot.records import DownvotedDocument, FeedbackReport
+    from bot.records import DownvotedDocument, FeedbackReport, UsageLine, UsageReport
     from storage.repository import Repository
 
 
 def add_data_parsers(commands: Any) -> None:
-    """Add ``export``, ``forget`` and ``report`` to the ``solarbot`` sub-command parsers."""
+    """Add ``export``, ``forget``, ``report`` and ``usage`` to the ``solarbot`` sub-command
+    parsers."""
     export = commands.add_parser(
         "export",
         help="write a channel's stored conversation as JSONL",
@@ -75,6 +82,18 @@ def add_data_parsers(commands: Any) -> None:
         help="how many worst-rated answers to show (default: 10)",
     )
 
+    usage = commands.add_parser(
+        "usage",
+        help="tokens replies cost, per user and per channel",
+        description="Per user and per channel (threads included): replies generated, prompt "
+        "tokens in, generated tokens out and their total, over the last N days (today "
+        "included; days run midnight to midnight in SOLARBOT_USAGE_TIMEZONE).",
+    )
+    usage.add_argument("--platform", help="only this platform (slack, discord, ...)")
+    usage.add_argument(
+        "--days", type=_positive, default=1, help="how many days, today included (default: 1)"
+    )
+
 
 def _positive(value: str) -> int:
     try:
@@ -106,6 +125,12 @@ def run_data_command(settings: Settings, args: argparse.Namespace) -> int:
             report = repository.feedback_report(platform=args.platform, limit=args.limit)
             documents = repository.downvoted_documents(platform=args.platform, limit=args.limit)
             sys.stdout.write(format_report(report) + format_downvoted_documents(documents))
+            return 0
+        if args.command == "usage":
+            zone = usage_zone(settings.usage_timezone)
+            since = days_start(datetime.now(UTC), zone, args.days)
+            usage = repository.usage(since=since, platform=args.platform)
+            sys.stdout.write(format_usage(usage, zone=zone, days=args.days))
             return 0
         if getattr(args, "channel", None) is not None:
             workspace = channel_workspace(repository, args)
@@ -270,3 +295,55 @@ def format_downvoted_documents(documents: Sequence[DownvotedDocument]) -> str:
             )
         )
     return "\n".join(lines) + "\n"
+
+
+def format_usage(report: UsageReport, *, zone: tzinfo, days: int) -> str:
+    """The usage report as plain text: a table of users, then one of channels."""
+    since = report.since.astimezone(zone).strftime("%Y-%m-%d %H:%M")
+    lines = [texts.USAGE_SINCE.format(since=since, zone=zone_name(zone), days=days)]
+    for title, who, rows in (
+        (texts.USAGE_USERS, "user", report.users),
+        (texts.USAGE_CHANNELS, "channel", report.channels),
+    ):
+        lines.append("")
+        lines.append(title)
+        if not rows:
+            lines.append(texts.USAGE_NONE)
+            continue
+        lines.extend(_usage_table(who, rows))
+    return "\n".join(lines) + "\n"
+
+
+def _usage_table(who: str, rows: tuple[UsageLine, ...]) -> list[str]:
+    table = [("platform", "workspace", who, "replies", "tokens in", "tokens out", "total")]
+    table += [
+        (
+            row.platform,
+            row.workspace or "-",
+            row.who or "-",
+            str(row.replies),
+            str(row.tokens_in),
+            str(row.tokens_out),
+            str(row.tokens),
+        )
+        for row in rows
+    ]
+    table.append(
+        (
+            texts.USAGE_TOTAL,
+            "",
+            "",
+            str(sum(row.replies for row in rows)),
+            str(sum(row.tokens_in for row in rows)),
+            str(sum(row.tokens_out for row in rows)),
+            str(sum(row.tokens for row in rows)),
+        )
+    )
+    widths = [max(len(line[i]) for line in table) for i in range(7)]
+    return [
+        "  ".join(
+            [cell.ljust(width) for cell, width in zip(line[:3], widths[:3], strict=True)]
+            + [cell.rjust(width) for cell, width in zip(line[3:], widths[3:], strict=True)]
+        ).rstrip()
+        for line in table
+    ]

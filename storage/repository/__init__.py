@@ -5,6 +5,8 @@
 - ``feedback``: 👍/👎 on replies and the feedback report.
 - ``channels``: per-channel settings and human handoff.
 - ``knowledge``: knowledge-base collections, documents, chunks and their full-text search.
+- ``followups``: support pings held outside support hours and reminders about handoffs.
+- ``usage``: what replies cost in tokens, per user and channel (the daily quota, `solarbot usage`).
 
 ``Repository`` is all of them on one engine. Its methods are synchronous and short (the asyncio
 side calls them through ``asyncio.to_thread``), and every public method is one transaction.
@@ -16,13 +18,23 @@ from storage import database
 from storage.repository.channels import ChannelStore
 from storage.repository.conversations import ConversationStore
 from storage.repository.feedback import FeedbackStore
+from storage.repository.followups import FollowupStore
 from storage.repository.jobs import JobQueue
 from storage.repository.knowledge import KnowledgeStore
+from storage.repository.usage import UsageStore
 
 __all__ = ["Repository"]
 
 
-class Repository(JobQueue, ConversationStore, FeedbackStore, ChannelStore, KnowledgeStore):
+class Repository(
+    JobQueue,
+    ConversationStore,
+    FeedbackStore,
+    ChannelStore,
+    KnowledgeStore,
+    UsageStore,
+    FollowupStore,
+):
     @classmethod
     def open(cls, url: str, *, migrate: bool = True) -> Repository:
         engine = database.create_db_engine(url)

@@ -15,6 +15,7 @@ from storage.schema import (
     ChannelSettings,
     Conversation,
     Feedback,
+    HandoffFollowup,
     HandoffPing,
     Job,
     JobChunk,
@@ -33,6 +34,7 @@ channel_settings = cast(Table, ChannelSettings.__table__)
 feedback = cast(Table, Feedback.__table__)
 handoff_pings = cast(Table, HandoffPing.__table__)
 job_chunks = cast(Table, JobChunk.__table__)
+handoff_followups = cast(Table, HandoffFollowup.__table__)
 
 
 def key_filter(key: ConversationKey) -> tuple[ColumnElement[bool], ...]:

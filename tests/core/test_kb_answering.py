@@ -24,7 +24,7 @@ from bot.records import ChannelConfig, Incoming, JobTrace, KnowledgeMode, Rating
 from bot.tools.data import format_downvoted_documents
 from storage import database
 from storage.repository import Repository
-from tests import kb_corpus
+from tests.support import kb_corpus
 
 # ---------------------------------------------------------------------------- citations
 

@@ -21,8 +21,8 @@ from bot.kb.sources import FetchPolicy
 from bot.knowledge import ChunkDraft
 from bot.prompt_room import FileTokenizer
 from storage.repository import Repository
-from tests import processes
-from tests.kb_support import build_solar_tokenizer, minimal_pdf
+from tests.support import processes
+from tests.support.kb_support import build_solar_tokenizer, minimal_pdf
 
 LIMITS = ChunkLimits(max_tokens=120, min_tokens=60)
 

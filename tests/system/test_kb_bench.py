@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.processes import ROOT, clean_env
+from tests.support.processes import ROOT, clean_env
 
 
 def test_the_kb_benchmark_runs_on_a_tiny_corpus(tmp_path: Path) -> None:

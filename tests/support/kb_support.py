@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from bot.generation.solar import SOLAR_CHAT_TEMPLATE
-from tests.tiny_model import solar_tokenizer_file
+from tests.support.tiny_model import solar_tokenizer_file
 
 
 def build_solar_tokenizer(out: Path) -> Path:

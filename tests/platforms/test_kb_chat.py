@@ -32,9 +32,9 @@ from bot.service import Service
 from bot.settings import load_settings
 from bot.worker import Worker, WorkerOptions
 from storage.repository import Repository
-from tests import kb_corpus
-from tests.discord_fake import BOT_ID, FakeDiscord
-from tests.slack_fake import (
+from tests.support import kb_corpus
+from tests.support.discord_fake import BOT_ID, FakeDiscord
+from tests.support.slack_fake import (
     BOT_TOKEN,
     BOT_USER,
     SIGNING_SECRET,

@@ -10,7 +10,7 @@ from bot.errors import KnowledgeBaseError
 from bot.kb.chunking import ChunkLimits, TokenCounter, chunk_blocks, tokenizer_counter
 from bot.kb.extract import Block, BlockKind, Format, extract, format_for
 from bot.prompt_room import FileTokenizer
-from tests.kb_support import build_solar_tokenizer, minimal_pdf
+from tests.support.kb_support import build_solar_tokenizer, minimal_pdf
 
 
 @pytest.fixture(scope="module")
