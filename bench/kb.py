@@ -88,7 +88,7 @@ def tokenizer_folder(model: str | None, scratch: Path) -> Path:
     configured = os.environ.get("SOLARBOT_MODEL", "")
     if configured and Path(configured, "tokenizer.json").is_file():
         return Path(configured)
-    from tests.kb_support import build_solar_tokenizer
+    from tests.support.kb_support import build_solar_tokenizer
 
     return build_solar_tokenizer(scratch / "solar-tokenizer")
 
