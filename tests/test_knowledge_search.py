@@ -61,6 +61,19 @@ def fill(repository: Repository) -> None:
     )
 
 
+def assert_index_in_sync(repository: Repository) -> None:
+    """SQLite: the FTS5 index holds exactly the chunks' current text (the triggers kept it in
+    sync through every insert, replace and delete); PostgreSQL's column is generated."""
+    if repository.dialect != "sqlite":
+        return
+    with repository.engine.begin() as connection:
+        check = "INSERT INTO kb_chunks_fts(kb_chunks_fts, rank) VALUES ('integrity-check', 1)"
+        connection.execute(text(check))
+        [indexed] = connection.execute(text("SELECT count(*) FROM kb_chunks_fts")).scalars()
+        [stored] = connection.execute(text("SELECT count(*) FROM kb_chunks")).scalars()
+    assert indexed == stored
+
+
 @pytest.fixture
 def filled(repository: Repository) -> Iterator[Repository]:
     fill(repository)
@@ -122,6 +135,7 @@ def test_re_adding_unchanged_is_a_no_op_and_changed_replaces(filled: Repository)
     info = {c.name: c for c in filled.collections()}
     assert (info["docs"].documents, info["docs"].chunks) == (2, 2)
     assert (info["hr"].documents, info["hr"].chunks) == (1, 1)
+    assert_index_in_sync(filled)
 
 
 def test_remove_document_and_collection_take_their_chunks_out_of_the_index(
@@ -135,6 +149,7 @@ def test_remove_document_and_collection_take_their_chunks_out_of_the_index(
     assert filled.remove_collection(collection="hr") is None
     assert filled.search_passages(collections=["hr"], query="payroll") == []
     assert [c.name for c in filled.collections()] == ["docs"]
+    assert_index_in_sync(filled)
 
 
 def test_a_document_that_cannot_be_stored_is_refused_whole(filled: Repository) -> None:
