@@ -322,3 +322,42 @@ def test_a_small_collection_is_searched_whole_beside_a_big_one(repository: Repos
     assert hit.collection == "small"
     both = repository.search_passages(collections=["small", "big"], query="sorting", limit=5)
     assert {hit.collection for hit in both} == {"big"}
+
+
+def test_concurrent_writers_of_one_source_take_turns(database_url: str) -> None:
+    """Several threads (each its own connection) add the same new source at once: one adds it,
+    the others see it (replaced or unchanged), nobody hits the unique key."""
+    import threading
+
+    repository = Repository.open(database_url)
+    try:
+        outcomes: list[DocumentOutcome] = []
+        errors: list[BaseException] = []
+        start = threading.Barrier(6)
+
+        def add(n: int) -> None:
+            start.wait()
+            try:
+                result = repository.add_document(
+                    collection="race",
+                    source_uri="same.md",
+                    title="Same",
+                    link="same.md",
+                    checksum=str(n % 2),
+                    chunks=chunks([((), f"racing text {n}")]),
+                )
+                outcomes.append(result.outcome)
+            except BaseException as exc:  # collected for the assertion
+                errors.append(exc)
+
+        threads = [threading.Thread(target=add, args=(n,)) for n in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        assert outcomes.count(DocumentOutcome.ADDED) == 1
+        [info] = repository.collections()
+        assert (info.documents, info.chunks) == (1, 1)
+    finally:
+        repository.close()

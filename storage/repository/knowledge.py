@@ -33,7 +33,7 @@ from bot.knowledge import (
     Passage,
 )
 from bot.storable import text_problem
-from storage.repository.base import RepositoryBase, upsert
+from storage.repository.base import RepositoryBase, serialise_on, upsert
 from storage.repository.tables import kb_chunks, kb_collections, kb_documents
 from storage.schema import utcnow
 
@@ -346,6 +346,9 @@ class KnowledgeStore(RepositoryBase):
                 _check_storable(f"chunk {chunk.position} heading", heading)
         now = utcnow()
         with self._transaction() as connection:
+            # Two writers of one source (two `kb add` runs, a reaction delivered twice) take
+            # turns: the second sees the first's row instead of violating the unique key.
+            serialise_on(connection, "kb-document", collection, source_uri)
             collection_id = _collection_id(connection, collection)
             existing = connection.execute(
                 select(
