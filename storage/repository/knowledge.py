@@ -33,7 +33,7 @@ from bot.knowledge import (
     Passage,
 )
 from bot.storable import text_problem
-from storage.repository.base import RepositoryBase, upsert
+from storage.repository.base import RepositoryBase, serialise_on, upsert
 from storage.repository.tables import kb_chunks, kb_collections, kb_documents
 from storage.schema import utcnow
 
@@ -49,7 +49,8 @@ POSTGRES_NORMALISATION = 1
 COLLECTION_NAME_CHARS = 128
 
 # Words too common to help a keyword search: English stop words, and the words people wrap their
-# questions in ("how can I make ...", "is there a way to use ..."). PostgreSQL's 'english'
+# questions in ("how can I make ...", "is there a way to use ..."), and what is left of
+# contractions split at the apostrophe ("what's", "don't"). PostgreSQL's 'english'
 # configuration drops its own list; FTS5 has none, and an OR of "how", "do", "i" would match
 # nearly every chunk.
 _STOP_WORDS_TEXT = """a about above after again against all am an and any are as at be because been before being
@@ -60,7 +61,8 @@ _STOP_WORDS_TEXT = """a about above after again against all am an and any are as
     these they this those through to too under until up very was we were what when where which
     while who whom why will with would you your yours yourself yourselves
 also able anyone get help just know like make need please possible someone something tell thing
-things use used using want way"""
+things use used using want way
+s t d ll m re ve don doesn isn aren didn won wouldn shouldn couldn"""
 STOP_WORDS = frozenset(_STOP_WORDS_TEXT.split())
 # Letters and digits: "_" separates words for FTS5 (unicode61) and PostgreSQL's parser alike.
 _WORD = re.compile(r"[^\W_]+")
@@ -126,10 +128,11 @@ LIMIT :limit
 # out), joined by "or" for websearch_to_tsquery, which never fails on any input; the words hold
 # only letters, digits and "_", so none of them is websearch syntax (quotes, "-").
 # PostgreSQL ranks every passage that matches (ts_rank reads each one's tsvector), and an OR of a
-# question's words matches a large part of a corpus. So passages sharing at least two of the
-# words (of the first ``POSTGRES_QUORUM_TERMS``) are ranked first, through the GIN index; only
-# when fewer than ``limit`` do is any one word enough. The ranking itself is unchanged.
-POSTGRES_QUORUM_TERMS = 10
+# question's words matches a large part of a corpus. So only passages sharing several of the
+# words are ranked (found through the GIN index): three of a question of five words or more,
+# else two; only when fewer than ``limit`` match is the quorum lowered, down to any one word.
+# The ranking itself is unchanged.
+POSTGRES_QUORUM_TERMS = 8
 POSTGRES_SEARCH = f"""
 WITH q AS (
     SELECT websearch_to_tsquery('english', :query) AS query,
@@ -146,13 +149,22 @@ LIMIT :limit
 """
 
 
-def postgres_quorum(terms: Sequence[str]) -> str | None:
-    """A to_tsquery expression matching passages with at least two of ``terms`` (which hold
-    only letters, digits and "_", none of them tsquery syntax); None for fewer than three."""
+def postgres_quorums(terms: Sequence[str]) -> list[str]:
+    """to_tsquery expressions, strictest first, for passages sharing at least three (of five
+    words or more), at least two, and at least one of ``terms`` (the first ``POSTGRES_QUORUM_TERMS``
+    of them for the first two). The terms hold only letters and digits, none of them tsquery
+    syntax."""
     first = list(terms[:POSTGRES_QUORUM_TERMS])
-    if len(first) < 3:
-        return None
-    return " | ".join(f"({a} & {b})" for a, b in itertools.combinations(first, 2))
+    quorums = []
+    for need, from_words in ((3, 5), (2, 2)):
+        if len(first) >= from_words:
+            quorums.append(
+                " | ".join(
+                    "(" + " & ".join(group) + ")" for group in itertools.combinations(first, need)
+                )
+            )
+    quorums.append(" | ".join(terms))
+    return quorums
 
 
 class KnowledgeStore(RepositoryBase):
@@ -173,14 +185,11 @@ class KnowledgeStore(RepositoryBase):
             return []
         statement = text(POSTGRES_SEARCH)
         params: dict[str, Any] = {"query": " or ".join(terms), "names": names, "limit": limit}
-        quorum = postgres_quorum(terms)
         with self._transaction() as connection:
-            rows: list[Any] = []
-            if quorum is not None:
-                rows = list(connection.execute(statement, {**params, "matching": quorum}))
-            if len(rows) < limit:
-                any_word = " | ".join(terms)
-                rows = list(connection.execute(statement, {**params, "matching": any_word}))
+            for matching in postgres_quorums(terms):
+                rows = list(connection.execute(statement, {**params, "matching": matching}))
+                if len(rows) >= limit:
+                    break
         return [_passage(row) for row in rows]
 
     def _search_sqlite(self, names: list[str], match: str | None, limit: int) -> list[Passage]:
@@ -337,6 +346,9 @@ class KnowledgeStore(RepositoryBase):
                 _check_storable(f"chunk {chunk.position} heading", heading)
         now = utcnow()
         with self._transaction() as connection:
+            # Two writers of one source (two `kb add` runs, a reaction delivered twice) take
+            # turns: the second sees the first's row instead of violating the unique key.
+            serialise_on(connection, "kb-document", collection, source_uri)
             collection_id = _collection_id(connection, collection)
             existing = connection.execute(
                 select(
