@@ -76,6 +76,7 @@ HTML = """<!doctype html><html><head><title>Page title</title>
     return 1</pre>
 <dl><dt>sorted(iterable)</dt><dd><p>Return a new list.</p></dd></dl>
 </main>
+<div class="toctree-wrapper compound"><ul><li>toc entry</li></ul></div>
 <aside>related links</aside><footer>© footer</footer>
 <noscript>enable js</noscript></body></html>"""
 
@@ -95,6 +96,7 @@ def test_html_keeps_the_content_and_drops_the_boilerplate() -> None:
         "related links",
         "footer",
         "enable js",
+        "toc entry",
         "¶",
     ):
         assert dropped not in joined
@@ -241,3 +243,58 @@ def test_chunks_cover_the_text_in_order_within_bounds_never_cutting_words_or_cod
         assert chunk.token_count <= limits.max_tokens or indivisible
     headings = {b.text for b in blocks if b.kind is BlockKind.HEADING}
     assert all(set(c.heading_path) <= headings for c in chunks)
+
+
+VALID_PDF = minimal_pdf([["Refund policy", "Refunds take 5 days."], ["Page two"]], title="T")
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    cuts=st.lists(st.tuples(st.integers(0, len(VALID_PDF) - 1), st.binary(max_size=8)), max_size=6),
+    truncate=st.integers(0, len(VALID_PDF)),
+)
+def test_a_damaged_pdf_is_refused_in_one_line_or_read(
+    cuts: list[tuple[int, bytes]], truncate: int
+) -> None:
+    data = bytearray(VALID_PDF[:truncate] if truncate > 8 else VALID_PDF)
+    for at, junk in cuts:
+        data[at : at + len(junk)] = junk
+    try:
+        doc = extract(bytes(data), fmt=Format.PDF, fallback_title="x")
+    except KnowledgeBaseError as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert all("\x00" not in b.text for b in doc.blocks)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    text=st.text(
+        alphabet=st.sampled_from(list("<>/=\"' \n#`~-*[]()&;!abcdefgh")) | st.characters(),
+        max_size=400,
+    ),
+    fmt=st.sampled_from([Format.HTML, Format.MARKDOWN, Format.TEXT]),
+)
+def test_any_text_extracts_without_raising_and_stores_alike(text: str, fmt: Format) -> None:
+    data = text.encode("utf-8", "surrogatepass")
+    try:
+        doc = extract(data, fmt=fmt, fallback_title="x")
+    except KnowledgeBaseError:
+        return  # lone surrogates are not UTF-8, NUL is binary: refused in one line
+    for block in doc.blocks:
+        assert block.text == block.text.strip() or block.kind is BlockKind.CODE
+        assert not any(c in block.text for c in "\x00\ud800")
+
+
+def test_chunk_limit_settings_are_checked_together() -> None:
+    from bot.errors import ConfigError
+    from bot.settings import load_settings
+
+    with pytest.raises(ConfigError, match="SOLARBOT_KB_CHUNK_MIN_TOKENS=400 is larger than"):
+        load_settings(environ={"SOLARBOT_KB_CHUNK_MIN_TOKENS": "400"})
+    with pytest.raises(ConfigError, match="SOLARBOT_KB_FETCH_CONCURRENCY"):
+        load_settings(environ={"SOLARBOT_KB_FETCH_CONCURRENCY": "0"})
+    settings = load_settings(
+        environ={"SOLARBOT_KB_CHUNK_MAX_TOKENS": "500", "SOLARBOT_KB_COLLECTION": "support"}
+    )
+    assert (settings.kb_chunk_max_tokens, settings.kb_collection) == (500, "support")

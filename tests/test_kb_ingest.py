@@ -354,6 +354,13 @@ def test_the_kb_command_adds_lists_searches_and_removes(
         "kb", "add", "--collection", "support", str(tmp_path / "kb"), env=env
     )
     assert "0 added, 0 replaced, 5 unchanged" in again.stdout
+    files["md"].write_text("# Refunds\n\nRefunds are paid within two days.\n")
+    files["txt"].unlink()
+    synced = processes.solarbot("kb", "sync", "--collection", "support", env=env)
+    assert synced.returncode == 0, synced.stderr
+    assert "0 added, 1 replaced, 3 unchanged, 1 removed" in synced.stdout
+    files["txt"].write_text("Warranty lasts thirty-six months for every toaster.\n")
+    assert "1 added" in processes.solarbot("kb", "sync", env=env).stdout
 
     listed = processes.solarbot("kb", "list", env=env)
     assert listed.stdout.startswith("support\t5 document(s)")
@@ -400,3 +407,20 @@ def test_no_tokenizer_is_one_clear_error(sqlite_url: str, tmp_path: Path) -> Non
     assert result.returncode == 2
     assert "cannot load the tokenizer of SOLARBOT_MODEL" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_a_terminal_gets_a_bar_with_documents_chunks_and_errors(
+    repository: Repository, count: TokenCounter, tmp_path: Path
+) -> None:
+    (tmp_path / "a.md").write_text("# A\n\nSome text about herons.\n")
+    (tmp_path / "b.txt").write_bytes(b"\x00binary")
+    screen = io.StringIO()
+    with IngestProgress(bar=True, stream=screen) as progress:
+        ingestor = Ingestor(
+            repository, count=count, limits=LIMITS, policy=FetchPolicy(), progress=progress
+        )
+        await ingestor.add(collection="docs", sources=[str(tmp_path)])
+    drawn = screen.getvalue()
+    assert "kb: skipped" in drawn and "b.txt: binary data" in drawn
+    assert "1doc" in drawn.replace(" ", "") and "chunks=1" in drawn and "errors=1" in drawn
+    assert (progress.documents, progress.chunks, progress.errors) == (1, 1, 1)

@@ -61,6 +61,19 @@ def fill(repository: Repository) -> None:
     )
 
 
+def assert_index_in_sync(repository: Repository) -> None:
+    """SQLite: the FTS5 index holds exactly the chunks' current text (the triggers kept it in
+    sync through every insert, replace and delete); PostgreSQL's column is generated."""
+    if repository.dialect != "sqlite":
+        return
+    with repository.engine.begin() as connection:
+        check = "INSERT INTO kb_chunks_fts(kb_chunks_fts, rank) VALUES ('integrity-check', 1)"
+        connection.execute(text(check))
+        [indexed] = connection.execute(text("SELECT count(*) FROM kb_chunks_fts")).scalars()
+        [stored] = connection.execute(text("SELECT count(*) FROM kb_chunks")).scalars()
+    assert indexed == stored
+
+
 @pytest.fixture
 def filled(repository: Repository) -> Iterator[Repository]:
     fill(repository)
@@ -122,6 +135,7 @@ def test_re_adding_unchanged_is_a_no_op_and_changed_replaces(filled: Repository)
     info = {c.name: c for c in filled.collections()}
     assert (info["docs"].documents, info["docs"].chunks) == (2, 2)
     assert (info["hr"].documents, info["hr"].chunks) == (1, 1)
+    assert_index_in_sync(filled)
 
 
 def test_remove_document_and_collection_take_their_chunks_out_of_the_index(
@@ -135,6 +149,7 @@ def test_remove_document_and_collection_take_their_chunks_out_of_the_index(
     assert filled.remove_collection(collection="hr") is None
     assert filled.search_passages(collections=["hr"], query="payroll") == []
     assert [c.name for c in filled.collections()] == ["docs"]
+    assert_index_in_sync(filled)
 
 
 def test_a_document_that_cannot_be_stored_is_refused_whole(filled: Repository) -> None:
@@ -177,6 +192,10 @@ HOSTILE = [
     "-sort",
     "!sort & list | <->",
     "sort <-> list",
+    "_",
+    "sort_list __ x²",
+    "(sort & list) | (key & !value):*",
+    "how do I sort a list by the key of one of many dicts in a list of lists with keys",
     "",
     "   ",
     "sort " * 5000,
@@ -214,6 +233,10 @@ def test_hostile_queries_never_break_the_syntax(filled: Repository, query: str) 
                 "&",
                 "|",
                 "<->",
+                "_",
+                "a_b",
+                ":*",
+                "²",
                 "sort",
                 "list",
                 "key",
@@ -277,3 +300,64 @@ def test_migration_0010_adds_the_knowledge_base_and_goes_down_keeping_the_rest(
                 connection.execute(text(check))
     finally:
         engine.dispose()
+
+
+def test_a_small_collection_is_searched_whole_beside_a_big_one(repository: Repository) -> None:
+    """SQLite ranks a window of the best matches of every collection first: a collection whose
+    matches all rank below that window must still be found (and ranked among themselves)."""
+    big = [((), f"sorting sorting sorting note {n}") for n in range(260)]
+    repository.add_document(
+        collection="big",
+        source_uri="big",
+        title="sorting",
+        link="b",
+        checksum="1",
+        chunks=chunks(big),
+    )
+    small = [((), "a long text that mentions sorting once among many other words " * 3), ((), "x")]
+    repository.add_document(
+        collection="small", source_uri="s", title="s", link="s", checksum="1", chunks=chunks(small)
+    )
+    [hit] = repository.search_passages(collections=["small"], query="sorting", limit=3)
+    assert hit.collection == "small"
+    both = repository.search_passages(collections=["small", "big"], query="sorting", limit=5)
+    assert {hit.collection for hit in both} == {"big"}
+
+
+def test_concurrent_writers_of_one_source_take_turns(database_url: str) -> None:
+    """Several threads (each its own connection) add the same new source at once: one adds it,
+    the others see it (replaced or unchanged), nobody hits the unique key."""
+    import threading
+
+    repository = Repository.open(database_url)
+    try:
+        outcomes: list[DocumentOutcome] = []
+        errors: list[BaseException] = []
+        start = threading.Barrier(6)
+
+        def add(n: int) -> None:
+            start.wait()
+            try:
+                result = repository.add_document(
+                    collection="race",
+                    source_uri="same.md",
+                    title="Same",
+                    link="same.md",
+                    checksum=str(n % 2),
+                    chunks=chunks([((), f"racing text {n}")]),
+                )
+                outcomes.append(result.outcome)
+            except BaseException as exc:  # collected for the assertion
+                errors.append(exc)
+
+        threads = [threading.Thread(target=add, args=(n,)) for n in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        assert outcomes.count(DocumentOutcome.ADDED) == 1
+        [info] = repository.collections()
+        assert (info.documents, info.chunks) == (1, 1)
+    finally:
+        repository.close()

@@ -197,6 +197,10 @@ def _markdown(text: str, *, fallback_title: str) -> Extracted:
     return Extracted(title=title, blocks=tuple(blocks))
 
 
+def _line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200]
+
+
 def _pdf(data: bytes, *, fallback_title: str) -> Extracted:
     from pypdf import PdfReader
     from pypdf.errors import PyPdfError
@@ -207,7 +211,11 @@ def _pdf(data: bytes, *, fallback_title: str) -> Extracted:
         metadata = reader.metadata
         title = str(metadata.title) if metadata is not None and metadata.title else ""
     except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, OSError) as exc:
-        raise KnowledgeBaseError(f"not a readable PDF ({type(exc).__name__}: {exc})") from None
+        raise KnowledgeBaseError(
+            f"not a readable PDF ({type(exc).__name__}: {_line(exc)})"
+        ) from None
+    except Exception as exc:  # a hostile PDF can make pypdf raise anything
+        raise KnowledgeBaseError(f"not a readable PDF ({type(exc).__name__})") from None
     if not data.startswith(b"%PDF"):
         raise KnowledgeBaseError("not a readable PDF (no %PDF header)")
     blocks: list[Block] = []
@@ -260,6 +268,7 @@ SKIPPED_CLASSES = frozenset(
         "mobile-nav",
         "copybutton",
         "cookie-banner",
+        "toctree-wrapper",  # Sphinx: generated lists of links to other pages
     }
 )
 BLOCK_TAGS = frozenset(

@@ -7,14 +7,15 @@ ranked by ``ts_rank`` normalised by document length.
 
 User text never reaches either query language as syntax. For FTS5 every word becomes a quoted
 string (FTS5's own operators ``AND OR NOT NEAR * : ^ ( )`` and quotes are then only text); for
-PostgreSQL the text goes through ``websearch_to_tsquery``, which accepts any input. On both the
-words are OR-ed, not AND-ed: users ask in sentences, and requiring every word of a sentence to
-appear in one passage finds nothing; the ranking puts the passages with the most (and rarest)
-of the words first.
+PostgreSQL the same words, joined by "or", go through ``websearch_to_tsquery``, which accepts any
+input. On both the words are OR-ed, not AND-ed: users ask in sentences, and requiring every word
+of a sentence to appear in one passage finds nothing; the ranking puts the passages with the most
+(and rarest) of the words first.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Sequence
@@ -32,7 +33,7 @@ from bot.knowledge import (
     Passage,
 )
 from bot.storable import text_problem
-from storage.repository.base import RepositoryBase, upsert
+from storage.repository.base import RepositoryBase, serialise_on, upsert
 from storage.repository.tables import kb_chunks, kb_collections, kb_documents
 from storage.schema import utcnow
 
@@ -41,23 +42,30 @@ QUERY_MAX_CHARS = 2_000
 QUERY_MAX_TERMS = 32
 # bm25() weights of the FTS5 columns (context = title and headings, text), and the matching
 # ts_rank weights {D, C, B, A} on PostgreSQL (text at D, context at A).
-SQLITE_WEIGHTS = (3.0, 1.0)
+SQLITE_WEIGHTS = (2.0, 1.0)
 POSTGRES_WEIGHTS = "{0.4, 0.0, 0.0, 1.0}"
 # ts_rank normalisation 1: divide by 1 + log(document length), as BM25 does in spirit.
 POSTGRES_NORMALISATION = 1
 COLLECTION_NAME_CHARS = 128
 
-# Words too common to help a keyword search. PostgreSQL's 'english' configuration drops its own
-# list; FTS5 has none, and an OR of "how", "do", "i" would match nearly every chunk.
+# Words too common to help a keyword search: English stop words, and the words people wrap their
+# questions in ("how can I make ...", "is there a way to use ..."), and what is left of
+# contractions split at the apostrophe ("what's", "don't"). PostgreSQL's 'english'
+# configuration drops its own list; FTS5 has none, and an OR of "how", "do", "i" would match
+# nearly every chunk.
 _STOP_WORDS_TEXT = """a about above after again against all am an and any are as at be because been before being
     below between both but by can could did do does doing down during each few for from further
     had has have having he her here hers herself him himself his how i if in into is it its itself
     just me more most my myself no nor not now of off on once only or other our ours ourselves out
     over own same she should so some such than that the their theirs them themselves then there
     these they this those through to too under until up very was we were what when where which
-    while who whom why will with would you your yours yourself yourselves"""
+    while who whom why will with would you your yours yourself yourselves
+also able anyone get help just know like make need please possible someone something tell thing
+things use used using want way
+s t d ll m re ve don doesn isn aren didn won wouldn shouldn couldn"""
 STOP_WORDS = frozenset(_STOP_WORDS_TEXT.split())
-_WORD = re.compile(r"\w+")
+# Letters and digits: "_" separates words for FTS5 (unicode61) and PostgreSQL's parser alike.
+_WORD = re.compile(r"[^\W_]+")
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
@@ -94,36 +102,69 @@ def _check_storable(field: str, value: str) -> None:
         raise KnowledgeBaseError(f"{field}: {problem}")
 
 
-SQLITE_SEARCH = f"""
+# FTS5 ranks the matches alone first (bm25 needs only the index), and only that window is
+# joined to its documents and collections: the join per match cost more than the ranking. The
+# ranking does not depend on the collections, so when the window holds ``limit`` hits of the
+# given collections they are exactly the best ``limit``; otherwise the search runs unwindowed.
+SQLITE_WINDOW_MIN = 200
+SQLITE_RANKED = f"""
+SELECT rowid AS id, -bm25(kb_chunks_fts, {SQLITE_WEIGHTS[0]}, {SQLITE_WEIGHTS[1]}) AS score
+FROM kb_chunks_fts WHERE kb_chunks_fts MATCH :match ORDER BY score DESC
+"""
+SQLITE_SEARCH = """
+WITH ranked AS ({ranked})
 SELECT c.id, c.document_id, col.name, d.title, d.link, c.heading_path, c.text, c.token_count,
-       -bm25(kb_chunks_fts, {SQLITE_WEIGHTS[0]}, {SQLITE_WEIGHTS[1]}) AS score
-FROM kb_chunks_fts
-JOIN kb_chunks AS c ON c.id = kb_chunks_fts.rowid
+       ranked.score
+FROM ranked
+JOIN kb_chunks AS c ON c.id = ranked.id
 JOIN kb_documents AS d ON d.id = c.document_id
 JOIN kb_collections AS col ON col.id = d.collection_id
-WHERE kb_chunks_fts MATCH :match AND col.name IN ({{names}})
-ORDER BY score DESC, c.id
+WHERE col.name IN ({names})
+ORDER BY ranked.score DESC, c.id
 LIMIT :limit
 """
 
-# websearch_to_tsquery parses any text (quoted phrases, "or", "-word") without ever failing; its
-# AND between words becomes OR (see the module's docstring), and negations are dropped (an OR
-# with "not x" would match almost every chunk). The printed tsquery quotes every lexeme and
-# lexemes hold no spaces or "!", so these replacements only touch operators.
+# PostgreSQL gets the same words as FTS5 (``query_terms``: stop words and question wrappers left
+# out), joined by "or" for websearch_to_tsquery, which never fails on any input; the words hold
+# only letters, digits and "_", so none of them is websearch syntax (quotes, "-").
+# PostgreSQL ranks every passage that matches (ts_rank reads each one's tsvector), and an OR of a
+# question's words matches a large part of a corpus. So only passages sharing several of the
+# words are ranked (found through the GIN index): three of a question of five words or more,
+# else two; only when fewer than ``limit`` match is the quorum lowered, down to any one word.
+# The ranking itself is unchanged.
+POSTGRES_QUORUM_TERMS = 8
 POSTGRES_SEARCH = f"""
 WITH q AS (
-    SELECT CAST(replace(replace(CAST(websearch_to_tsquery('english', :query) AS text),
-                                ' & ', ' | '), '!', '') AS tsquery) AS query
+    SELECT websearch_to_tsquery('english', :query) AS query,
+           to_tsquery('english', :matching) AS matching
 )
 SELECT c.id, c.document_id, col.name, d.title, d.link, c.heading_path, c.text, c.token_count,
        ts_rank('{POSTGRES_WEIGHTS}', c.search, q.query, {POSTGRES_NORMALISATION}) AS score
 FROM q, kb_chunks AS c
 JOIN kb_documents AS d ON d.id = c.document_id
 JOIN kb_collections AS col ON col.id = d.collection_id
-WHERE c.search @@ q.query AND col.name = ANY(:names)
+WHERE c.search @@ q.matching AND col.name = ANY(:names)
 ORDER BY score DESC, c.id
 LIMIT :limit
 """
+
+
+def postgres_quorums(terms: Sequence[str]) -> list[str]:
+    """to_tsquery expressions, strictest first, for passages sharing at least three (of five
+    words or more), at least two, and at least one of ``terms`` (the first ``POSTGRES_QUORUM_TERMS``
+    of them for the first two). The terms hold only letters and digits, none of them tsquery
+    syntax."""
+    first = list(terms[:POSTGRES_QUORUM_TERMS])
+    quorums = []
+    for need, from_words in ((3, 5), (2, 2)):
+        if len(first) >= from_words:
+            quorums.append(
+                " | ".join(
+                    "(" + " & ".join(group) + ")" for group in itertools.combinations(first, need)
+                )
+            )
+    quorums.append(" | ".join(terms))
+    return quorums
 
 
 class KnowledgeStore(RepositoryBase):
@@ -136,35 +177,40 @@ class KnowledgeStore(RepositoryBase):
         if not names or limit < 1:
             return []
         if self.dialect == "postgresql":
-            cleaned = clean_query(query)
-            if not _WORD.search(cleaned):
-                return []
-            statement = text(POSTGRES_SEARCH)
-            params: dict[str, Any] = {"query": cleaned, "names": names, "limit": limit}
-        else:
-            match = fts5_query(query)
-            if match is None:
-                return []
-            placeholders = ", ".join(f":name{i}" for i in range(len(names)))
-            statement = text(SQLITE_SEARCH.format(names=placeholders))
-            params = {"match": match, "limit": limit}
-            params.update({f"name{i}": name for i, name in enumerate(names)})
+            return self._search_postgres(names, query_terms(query), limit)
+        return self._search_sqlite(names, fts5_query(query), limit)
+
+    def _search_postgres(self, names: list[str], terms: list[str], limit: int) -> list[Passage]:
+        if not terms:
+            return []
+        statement = text(POSTGRES_SEARCH)
+        params: dict[str, Any] = {"query": " or ".join(terms), "names": names, "limit": limit}
         with self._transaction() as connection:
-            rows = connection.execute(statement, params).all()
-        return [
-            Passage(
-                chunk_id=row[0],
-                document_id=row[1],
-                collection=row[2],
-                title=row[3],
-                link=row[4],
-                heading_path=tuple(_heading_path(row[5])),
-                text=row[6],
-                token_count=row[7],
-                score=float(row[8]),
-            )
-            for row in rows
-        ]
+            for matching in postgres_quorums(terms):
+                rows = list(connection.execute(statement, {**params, "matching": matching}))
+                if len(rows) >= limit:
+                    break
+        return [_passage(row) for row in rows]
+
+    def _search_sqlite(self, names: list[str], match: str | None, limit: int) -> list[Passage]:
+        if match is None:
+            return []
+        placeholders = ", ".join(f":name{i}" for i in range(len(names)))
+        params: dict[str, Any] = {
+            "match": match,
+            "limit": limit,
+            "window": max(SQLITE_WINDOW_MIN, 20 * limit),
+        }
+        params.update({f"name{i}": name for i, name in enumerate(names)})
+        windowed = text(
+            SQLITE_SEARCH.format(ranked=SQLITE_RANKED + " LIMIT :window", names=placeholders)
+        )
+        statement = text(SQLITE_SEARCH.format(ranked=SQLITE_RANKED, names=placeholders))
+        with self._transaction() as connection:
+            rows = list(connection.execute(windowed, params))
+            if len(rows) < limit:
+                rows = list(connection.execute(statement, params))
+        return [_passage(row) for row in rows]
 
     def collections(self) -> list[CollectionInfo]:
         """Every collection with its number of documents and chunks, by name."""
@@ -300,6 +346,9 @@ class KnowledgeStore(RepositoryBase):
                 _check_storable(f"chunk {chunk.position} heading", heading)
         now = utcnow()
         with self._transaction() as connection:
+            # Two writers of one source (two `kb add` runs, a reaction delivered twice) take
+            # turns: the second sees the first's row instead of violating the unique key.
+            serialise_on(connection, "kb-document", collection, source_uri)
             collection_id = _collection_id(connection, collection)
             existing = connection.execute(
                 select(
@@ -417,6 +466,20 @@ def _collection_id(connection: Connection, name: str) -> int:
         connection.execute(
             select(kb_collections.c.id).where(kb_collections.c.name == name)
         ).scalar_one()
+    )
+
+
+def _passage(row: Any) -> Passage:
+    return Passage(
+        chunk_id=row[0],
+        document_id=row[1],
+        collection=row[2],
+        title=row[3],
+        link=row[4],
+        heading_path=tuple(_heading_path(row[5])),
+        text=row[6],
+        token_count=row[7],
+        score=float(row[8]),
     )
 
 
