@@ -153,7 +153,9 @@ class _Pending:
     placeholder_id: str | None = None
     placeholder_text: str = ""
     adopted: bool = False
-    waiting_help: str = ""  # links from the channel's knowledge base, shown with the position
+    question: Incoming | None = None
+    # Links from the channel's knowledge base shown with the position (None: not looked up yet).
+    waiting_help: str | None = None
 
 
 class DiscordAdapter:
@@ -351,11 +353,9 @@ class DiscordAdapter:
             return
         result = await intake.submit(incoming)
         if result is not None and result.created and not result.handoff:
-            pending = _Pending(channel_id=message.channel.id, reply_to=message.id)
-            try:
-                pending.waiting_help = await intake.waiting_help(incoming)
-            except Exception as exc:  # the question is queued all the same
-                log.warning("discord: no knowledge-base links for the placeholder: %s", exc)
+            pending = _Pending(
+                channel_id=message.channel.id, reply_to=message.id, question=incoming
+            )
             self._pending[result.job_id] = pending
             self._spawn(
                 self._while_queued(result.job_id, pending), f"discord-queued-{result.job_id}"
@@ -599,6 +599,13 @@ class DiscordAdapter:
 
     async def _show_position(self, pending: _Pending, position: int) -> None:
         text = texts.DISCORD_QUEUED.format(position=position)
+        if pending.waiting_help is None:
+            pending.waiting_help = ""
+            if pending.question is not None and self._intake is not None:
+                try:
+                    pending.waiting_help = await self._intake.waiting_help(pending.question)
+                except Exception as exc:  # the question waits all the same
+                    log.warning("discord: no knowledge-base links for the placeholder: %s", exc)
         if pending.waiting_help and len(text) + len(pending.waiting_help) < MESSAGE_LIMIT:
             text = f"{text}\n{pending.waiting_help}"
         if pending.placeholder_id is None:
