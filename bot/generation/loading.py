@@ -9,6 +9,7 @@ Everything here blocks (file and network I/O, torch): engines call it from a wor
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -85,6 +86,15 @@ class LoadedModel:
     device: str
     dtype: Any
     context_window: int
+
+
+def preloaded_options(
+    model: Any, model_id: str | None, options: LocalEngineOptions | None
+) -> LocalEngineOptions:
+    """``options`` for an engine over a model already in memory: its model id and device are the
+    model's own (see ``loaded_identity``)."""
+    name, device = loaded_identity(model, model_id)
+    return dataclasses.replace(options or LocalEngineOptions(), model=name, device=device)
 
 
 def loaded_identity(model: Any, model_id: str | None) -> tuple[str, str]:

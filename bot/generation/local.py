@@ -50,7 +50,7 @@ from bot.generation.engine import (
     Tokenizer,
     checked_max_new_tokens,
 )
-from bot.generation.loading import LoadedModel, load, loaded_identity
+from bot.generation.loading import LoadedModel, load, preloaded_options
 from bot.generation.options import (
     DEFAULT_KV_MEMORY_FRACTION,
     MIN_TEMPERATURE,
@@ -204,10 +204,7 @@ class TransformersEngine(StartedState):
         is a Hugging Face tokenizer or any object with ``decode`` (and ``encode``/``render_chat``
         if the conversation builder uses it); ``bos_token_id``/``eos_token_id`` are optional.
         ``options.model`` and ``options.device`` are replaced by the model's own."""
-        name, device = loaded_identity(model, model_id)
-        engine = cls(
-            dataclasses.replace(options or LocalEngineOptions(), model=name, device=device)
-        )
+        engine = cls(preloaded_options(model, model_id, options))
         engine._preloaded = (model, tokenizer)
         return engine
 

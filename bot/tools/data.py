@@ -36,6 +36,7 @@ from bot import texts
 from bot.limits import zone_name
 from bot.quota import days_start, usage_zone
 from bot.settings import Settings
+from bot.tools.arguments import positive_int
 from storage import database
 
 if TYPE_CHECKING:
@@ -77,7 +78,7 @@ def add_data_parsers(commands: Any) -> None:
     report.add_argument("--platform", help="only this platform (slack, discord, ...)")
     report.add_argument(
         "--limit",
-        type=_positive,
+        type=positive_int,
         default=10,
         help="how many worst-rated answers to show (default: 10)",
     )
@@ -91,18 +92,8 @@ def add_data_parsers(commands: Any) -> None:
     )
     usage.add_argument("--platform", help="only this platform (slack, discord, ...)")
     usage.add_argument(
-        "--days", type=_positive, default=1, help="how many days, today included (default: 1)"
+        "--days", type=positive_int, default=1, help="how many days, today included (default: 1)"
     )
-
-
-def _positive(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, not {value!r}")
-    return number
 
 
 def _where(parser: argparse.ArgumentParser) -> None:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from bot import texts
 from bot.errors import KnowledgeBaseError
 from bot.settings import Settings
+from bot.tools.arguments import positive_int
 
 if TYPE_CHECKING:
     from bot.kb.chunking import TokenCounter
@@ -80,7 +81,7 @@ def add_kb_parser(commands: Any) -> None:
         action="append",
         help="search this collection (repeat for several; default: every collection)",
     )
-    search.add_argument("--limit", type=_positive, default=5, help="how many chunks (default 5)")
+    search.add_argument("--limit", type=positive_int, default=5, help="how many chunks (default 5)")
     search.add_argument("--json", action="store_true", help="one JSON object per hit")
     search.add_argument("query", nargs="+", metavar="QUERY")
 
@@ -97,16 +98,6 @@ def _any_host(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="follow sitemap entries and redirects to other hosts (default: same host only)",
     )
-
-
-def _positive(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, not {value!r}")
-    return number
 
 
 def run_kb_command(settings: Settings, args: argparse.Namespace) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import queue
 import threading
@@ -27,7 +26,7 @@ from bot.generation.engine import (
     Tokenizer,
     checked_max_new_tokens,
 )
-from bot.generation.loading import load, loaded_identity
+from bot.generation.loading import load, preloaded_options
 from bot.generation.options import DEFAULT_KV_MEMORY_FRACTION, LocalEngineOptions
 from bot.generation.static.runner import DecodeRunner
 from bot.generation.static.scheduler import SlotRequest, SlotScheduler, Step
@@ -95,10 +94,7 @@ class StaticCacheEngine(StartedState):
         options: LocalEngineOptions | None = None,
     ) -> StaticCacheEngine:
         """An engine over a model already in memory; see ``TransformersEngine.from_loaded``."""
-        name, device = loaded_identity(model, model_id)
-        engine = cls(
-            dataclasses.replace(options or LocalEngineOptions(), model=name, device=device)
-        )
+        engine = cls(preloaded_options(model, model_id, options))
         engine._preloaded = (model, tokenizer)
         return engine
 
