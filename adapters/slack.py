@@ -276,9 +276,8 @@ class SlackAdapter:
         self._intake: IntakePort | None = None
         self._commands: Commands | None = None
         self._bot_user_id = ""
-        self._names: dict[str, str] = {}
         self._listener: Listener | None = None
-        self._bots: dict[str, bool] = {}  # user id -> is a bot (reactions)
+        self._users: dict[str, dict[str, Any]] = {}  # users.info records, by user id
         self._socket: AsyncSocketModeHandler | None = None
         self._background: set[asyncio.Task[None]] = set()  # slash commands after their ack
         self.http_port: int | None = None
@@ -683,41 +682,38 @@ class SlackAdapter:
             return
         await self._submit(incoming)
 
+    async def _user(self, user: str) -> dict[str, Any] | None:
+        """``users.info``'s record of ``user``, asked once per person (at most 10,000 kept) for
+        both their name and whether they are a bot; None when the app lacks the users:read scope
+        or Slack does not answer (not kept: asked again next time)."""
+        if user not in self._users:
+            try:
+                info = await self.client.users_info(user=user)
+            except Exception as exc:
+                log.info("users.info for %s failed: %s", user, delivery_error(exc))
+                return None
+            if len(self._users) > 10_000:
+                self._users.clear()
+            self._users[user] = dict(info["user"])
+        return self._users[user]
+
     async def _is_bot(self, user: str) -> bool:
-        """``user`` is a bot or an app (users.info ``is_bot``, cached; Slackbot too). Reaction
-        events carry no ``bot_id`` as messages do. Without the users:read scope (or an answer)
-        the reaction is taken as a person's: feedback keeps working on apps without it."""
+        """``user`` is a bot or an app (users.info ``is_bot``; Slackbot too). Reaction events
+        carry no ``bot_id`` as messages do. Without an answer the reaction is taken as a
+        person's: feedback keeps working on apps without the users:read scope."""
         if user == "USLACKBOT":
             return True
-        if user not in self._bots:
-            try:
-                info = await self.client.users_info(user=user)
-            except Exception as exc:
-                log.info("could not tell whether %s is a bot: %s", user, delivery_error(exc))
-                return False
-            if len(self._bots) > 10_000:
-                self._bots.clear()
-            self._bots[user] = bool(info["user"].get("is_bot"))
-        return self._bots[user]
+        record = await self._user(user)
+        return record is not None and bool(record.get("is_bot"))
 
     async def _author_name(self, user: str, fallback: str = "") -> str:
-        """The user's display name for the prompt (users.info, cached); ``fallback`` when the app
-        lacks the users:read scope or Slack does not answer."""
-        if user not in self._names:
-            try:
-                info = await self.client.users_info(user=user)
-                profile = info["user"].get("profile") or {}
-                name = (
-                    profile.get("display_name")
-                    or profile.get("real_name")
-                    or info["user"].get("name")
-                    or fallback
-                )
-            except Exception as exc:
-                log.info("no name for %s: %s", user, delivery_error(exc))
-                return fallback
-            self._names[user] = str(name)
-        return self._names[user]
+        """The user's display name for the prompt (users.info); ``fallback`` without an answer."""
+        record = await self._user(user)
+        if record is None:
+            return fallback
+        profile = record.get("profile") or {}
+        name = profile.get("display_name") or profile.get("real_name") or record.get("name")
+        return str(name or fallback)
 
     async def _submit(self, incoming: Incoming) -> EnqueueResult | None:
         assert self._intake is not None, "start() the adapter first"
