@@ -32,6 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adapters.fake import FakeAdapter, FakeReplyStream
+from bench.measure import percentile
 from bot.delivery import ReplyTarget
 from bot.generation.engine import SamplingParams
 from bot.generation.fake import FakeEngine
@@ -72,11 +73,6 @@ class FirstTokenAdapter(FakeAdapter):
                 return tuple(ids)
 
         return Stream(self, target)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def run_burst(

@@ -46,6 +46,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.measure import percentile
 from bot.kb.chunking import ChunkLimits, tokenizer_counter
 from bot.kb.ingest import Ingestor, IngestProgress
 from bot.kb.sources import FetchPolicy
@@ -160,11 +161,6 @@ def search_all(
             )
             latencies.append((time.perf_counter() - began) * 1000)
     return ranked, latencies
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
 def copy_chunks(source: Repository, target: Repository) -> int:

@@ -42,6 +42,7 @@ from aiohttp import web
 from sqlalchemy.engine import make_url
 
 from adapters.fake import FakeAdapter, FakeReplyStream
+from bench.measure import percentile
 from bot.delivery import ReplyTarget
 from bot.generation.engine import GenerationRequest, SamplingParams
 from bot.generation.fake import FakeEngine
@@ -83,11 +84,6 @@ class TimedAdapter(FakeAdapter):
                 return tuple(ids)
 
         return Stream(self, target)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def run_ours(
