@@ -4,7 +4,6 @@ SOLAR-shaped model on the CPU."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Callable
@@ -18,7 +17,7 @@ from bot.generation.loading import HFTokenizer
 from bot.generation.local import TransformersEngine
 from bot.generation.options import LocalEngineOptions
 from bot.generation.static import StaticCacheEngine
-from tests.support.engine_support import collect, make_request, prompt_ids
+from tests.support.engine_support import collect, make_request, prompt_ids, wait_idle
 
 LocalEngine = TransformersEngine | StaticCacheEngine
 ENGINES: dict[str, type[TransformersEngine] | type[StaticCacheEngine]] = {
@@ -38,14 +37,6 @@ async def engine(
     await eng.start()
     yield eng
     await eng.close()
-
-
-async def wait_idle(engine: LocalEngine) -> None:
-    for _ in range(500):
-        if engine.health().active_requests == 0 and engine.queued_requests == 0:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"not idle: {engine.health()}, queued {engine.queued_requests}")
 
 
 @module_loop

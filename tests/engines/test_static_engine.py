@@ -21,7 +21,7 @@ from bot.generation.engine import Engine, SamplingParams
 from bot.generation.loading import HFTokenizer
 from bot.generation.options import LocalEngineOptions
 from bot.generation.static import StaticCacheEngine
-from tests.support.engine_support import collect, make_request, prompt_ids
+from tests.support.engine_support import collect, make_request, prompt_ids, wait_idle
 
 module_loop = pytest.mark.asyncio(loop_scope="module")
 
@@ -35,14 +35,6 @@ async def engine(tiny_model_dir: Path) -> AsyncIterator[StaticCacheEngine]:
     await eng.start()
     yield eng
     await eng.close()
-
-
-async def wait_idle(engine: StaticCacheEngine) -> None:
-    for _ in range(500):
-        if engine.health().active_requests == 0 and engine.queued_requests == 0:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"not idle: {engine.health()}, queued {engine.queued_requests}")
 
 
 @module_loop

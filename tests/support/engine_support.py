@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+from typing import Protocol
 
-from bot.generation.engine import Engine, GenerationRequest, SamplingParams, Tokenizer
+from bot.generation.engine import (
+    Engine,
+    EngineHealth,
+    GenerationRequest,
+    SamplingParams,
+    Tokenizer,
+)
 
 GREEDY = SamplingParams(temperature=0.0)
 _request_ids = itertools.count()
@@ -31,3 +39,21 @@ def make_request(
 
 async def collect(engine: Engine, request: GenerationRequest) -> list[str]:
     return [delta async for delta in engine.stream(request)]
+
+
+class QueueingEngine(Protocol):
+    """An engine that reports what it has admitted and what waits (the local engines)."""
+
+    def health(self) -> EngineHealth: ...
+
+    @property
+    def queued_requests(self) -> int: ...
+
+
+async def wait_idle(engine: QueueingEngine) -> None:
+    """Until no request is active in the engine and none waits (5 s at most)."""
+    for _ in range(500):
+        if engine.health().active_requests == 0 and engine.queued_requests == 0:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"not idle: {engine.health()}, queued {engine.queued_requests}")
