@@ -22,6 +22,7 @@ import itertools
 import json
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -53,6 +54,21 @@ def user_payload(user_id: int, name: str, *, bot: bool = False) -> Json:
         "avatar": None,
         "bot": bot,
         "public_flags": 0,
+    }
+
+
+def member_payload(roles: Iterable[int]) -> Json:
+    """A guild member object (without its ``user``, which MESSAGE_CREATE carries apart)."""
+    return {
+        "roles": [str(r) for r in roles],
+        "joined_at": now_iso(),
+        "deaf": False,
+        "mute": False,
+        "flags": 0,
+        "nick": None,
+        "avatar": None,
+        "premium_since": None,
+        "pending": False,
     }
 
 
@@ -321,17 +337,7 @@ class FakeDiscord:
         }
         if guild_id is not None:
             payload["guild_id"] = guild_id
-            payload["member"] = {
-                "roles": [str(r) for r in roles],
-                "joined_at": now_iso(),
-                "deaf": False,
-                "mute": False,
-                "flags": 0,
-                "nick": None,
-                "avatar": None,
-                "premium_since": None,
-                "pending": False,
-            }
+            payload["member"] = member_payload(roles)
         if reply_to is not None:
             payload["type"] = 19
             payload["message_reference"] = {
@@ -384,15 +390,7 @@ class FakeDiscord:
                 self.member_roles[(int(guild_id), user_id)] = roles
                 data["member"] = {
                     "user": user_payload(user_id, f"user{user_id}", bot=bot),
-                    "roles": [str(r) for r in roles],
-                    "joined_at": now_iso(),
-                    "deaf": False,
-                    "mute": False,
-                    "flags": 0,
-                    "nick": None,
-                    "avatar": None,
-                    "premium_since": None,
-                    "pending": False,
+                    **member_payload(roles),
                 }
         intent = GUILD_MESSAGE_REACTIONS if guild_id is not None else DIRECT_MESSAGE_REACTIONS
         event = "MESSAGE_REACTION_ADD" if added else "MESSAGE_REACTION_REMOVE"
@@ -544,15 +542,7 @@ class FakeDiscord:
             return self._json(
                 {
                     "user": user_payload(key[1], f"user{key[1]}"),
-                    "roles": [str(r) for r in self.member_roles[key]],
-                    "joined_at": now_iso(),
-                    "deaf": False,
-                    "mute": False,
-                    "flags": 0,
-                    "nick": None,
-                    "avatar": None,
-                    "premium_since": None,
-                    "pending": False,
+                    **member_payload(self.member_roles[key]),
                 }
             )
         if match := re.fullmatch(r"/channels/(\d+)/typing", path):
