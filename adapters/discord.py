@@ -48,6 +48,7 @@ import aiohttp
 import discord
 from discord.http import handle_message_parameters
 
+from adapters.discord_auto import DiscordAutoAnswer
 from adapters.discord_format import content, is_my_role, render_text
 from adapters.streaming import MessageGone, StreamedReply
 from bot import texts
@@ -176,6 +177,8 @@ class DiscordAdapter:
         self._closing = False
         self._ingress_lock = asyncio.Lock()
         self._replies: dict[int, DiscordReply] = {}  # open streams, by job id
+        # Messages without a mention in auto-answer channels (``adapters.discord_auto``).
+        self._auto = DiscordAutoAnswer(self.client.http, command_prefix=COMMAND_PREFIX)
 
     def __repr__(self) -> str:  # never show the token
         return f"DiscordAdapter(ingress={self.options.ingress})"
@@ -294,6 +297,7 @@ class DiscordAdapter:
         guild = message.guild
         thread_id = 0
         channel_id = message.channel.id
+        reply_channel, reply_to = message.channel.id, message.id
         if guild is None:
             if not self.options.dms:
                 return
@@ -302,8 +306,23 @@ class DiscordAdapter:
             parent_id, is_thread = await self._parent_of(message.channel)
             if is_thread:
                 thread_id, channel_id = message.channel.id, parent_id
-                if not addressed:
-                    addressed = await self._is_bot_thread(message.channel, parent_id, me.id)
+            if self._allowed(guild.id, channel_id, author):  # auto-answer channels first
+                auto = await self._auto.consider(
+                    message,
+                    intake=intake,
+                    my_id=me.id,
+                    channel_id=channel_id,
+                    thread_id=thread_id,
+                    addressed=addressed,
+                )
+                if auto.handled:
+                    return
+                if auto.thread_id:  # answered in the thread started on the message
+                    thread_id = reply_channel = auto.thread_id
+                    reply_to = 0
+                addressed = addressed or auto.answer or bool(auto.thread_id)
+            if is_thread and not addressed:
+                addressed = await self._is_bot_thread(message.channel, parent_id, me.id)
             if not addressed or not self._allowed(guild.id, channel_id, author):
                 return
         text = render_text(message, me.id)
@@ -344,18 +363,13 @@ class DiscordAdapter:
                 text=text,
                 message_id=str(message.id),
                 dedupe_key=dedupe_key(PLATFORM, str(message.id)),
-                reply_target={
-                    "channel_id": str(message.channel.id),
-                    "message_id": str(message.id),
-                },
+                reply_target={"channel_id": str(reply_channel), "message_id": str(reply_to)},
             )
         except InvalidIncomingError:
             return
         result = await intake.submit(incoming)
         if result is not None and result.created and not result.handoff:
-            pending = _Pending(
-                channel_id=message.channel.id, reply_to=message.id, question=incoming
-            )
+            pending = _Pending(channel_id=reply_channel, reply_to=reply_to, question=incoming)
             self._pending[result.job_id] = pending
             self._spawn(
                 self._while_queued(result.job_id, pending), f"discord-queued-{result.job_id}"

@@ -54,6 +54,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
+from adapters.slack_auto import SlackAutoAnswer
 from adapters.slack_format import from_slack, to_mrkdwn
 from adapters.slack_request import Refused, bolt_request, verified
 from adapters.streaming import StreamedReply
@@ -280,6 +281,12 @@ class SlackAdapter:
         self._users: dict[str, dict[str, Any]] = {}  # users.info records, by user id
         self._socket: AsyncSocketModeHandler | None = None
         self._background: set[asyncio.Task[None]] = set()  # slash commands after their ack
+        self._auto = SlackAutoAnswer(  # channel messages without a mention (auto-answer channels)
+            allowed=self._allowed,
+            is_bot=self._is_bot,
+            author_name=self._author_name,
+            answer_in_thread=self._on_mention,
+        )
         self.http_port: int | None = None
 
     @property
@@ -534,7 +541,12 @@ class SlackAdapter:
 
     async def _on_message(self, event: dict[str, Any], body: dict[str, Any]) -> None:
         if event.get("channel_type") != "im":
-            return  # channel messages reach us as app_mention
+            # Mentions come as app_mention; the rest matters to auto-answer channels.
+            assert self._intake is not None, "start() the adapter first"
+            await self._auto.on_channel_message(
+                event, body, intake=self._intake, bot_user_id=self._bot_user_id
+            )
+            return
         await self._on_user_message(event, body, in_thread=False)
 
     async def _on_reaction(self, event: dict[str, Any], body: dict[str, Any]) -> None:

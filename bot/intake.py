@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from bot import answering, learning, logs, texts
+from bot.auto_answer import AutoAnswer, Route
 from bot.delivery import NOTICE_TO, ChatAdapter, HandoffNotifier, ReplyTarget, post_clean_notice
 from bot.handoff_followups import FollowupPolicy, back_at
 from bot.learning import ChatMessage
@@ -90,6 +91,8 @@ class Intake:
         # Measures channel prompts in tokens for the ``prompt`` command (the service attaches a
         # tokenizer once it has one; ``bot.prompt_room``).
         self.prompt_gauge = PromptGauge()
+        # Messages nobody addressed to the bot: auto-answer channels (``bot.auto_answer``).
+        self._auto_answer = AutoAnswer(repository, reminders=self._followups.reminder_minutes > 0)
 
     def register(self, adapter: ChatAdapter) -> None:
         """The adapter that tells a platform's users why a message was refused."""
@@ -160,6 +163,12 @@ class Intake:
         else:
             log.info("duplicate event %s ignored (job %s)", incoming.dedupe_key, result.job_id)
         return result
+
+    async def unaddressed(self, message: Incoming, *, top_level: bool) -> Route:
+        """A person's message that does not mention the bot: answer it (auto-answer channels),
+        hand its thread to a human, or nothing (``bot.auto_answer``)."""
+        with logs.bound(conversation=logs.describe_conversation(message.conversation)):
+            return await self._auto_answer.route(message, top_level=top_level)
 
     async def _check_limits(
         self, limits: Limits, incoming: Incoming

@@ -40,6 +40,13 @@ class KnowledgeMode(enum.StrEnum):
     ASSIST = "assist"  # the sources first, general knowledge allowed
 
 
+class AnswerMode(enum.StrEnum):
+    """When a channel's messages get an answer (``mode``)."""
+
+    MENTION = "mention"  # only messages that mention (or command) the bot
+    AUTO = "auto"  # every new top-level message from a person, in a thread (bot.auto_answer)
+
+
 def _frozen(mapping: Mapping[str, str]) -> Mapping[str, str]:
     return MappingProxyType(dict(mapping))
 
@@ -202,6 +209,19 @@ class ChannelConfig:
     # Knowledge-base collections answers come from (``kb NAME[,NAME]``; empty = none) and how.
     kb_collections: tuple[str, ...] = ()
     kb_mode: KnowledgeMode = KnowledgeMode.ASSIST
+    answer_mode: AnswerMode = AnswerMode.MENTION  # ``mode auto|mention``
+
+
+@dataclass(frozen=True, kw_only=True)
+class ThreadState:
+    """What decides whether a message nobody addressed to the bot gets an answer
+    (``Repository.thread_state``, ``bot.auto_answer``): its channel's mode and switch, and its
+    conversation's first asker ("" when nothing is stored there) and handoff."""
+
+    answer_mode: AnswerMode
+    enabled: bool
+    asker: str
+    handed_off: bool
 
 
 @dataclass(frozen=True, kw_only=True)

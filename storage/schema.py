@@ -163,6 +163,9 @@ class ChannelSettings(Base):
     # None = none) and the answering mode ("strict"/"assist"; None = assist).
     kb_collections: Mapped[str | None] = mapped_column(Text, nullable=True)
     kb_mode: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # Migration 0014: "auto" (every new top-level message gets an answer in a thread) or
+    # "mention" (None = mention).
+    answer_mode: Mapped[str | None] = mapped_column(String(16), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 

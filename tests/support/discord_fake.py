@@ -12,6 +12,9 @@ delete message, typing. Like Discord: content over 2000 characters -> 400 code 5
 ``fail_next`` answers 429 (with ``Via`` and a JSON ``retry_after``, which is what discord.py needs to
 honour it) or any other status. Every REST call is recorded in ``calls``. Replies carry
 ``Content-Type: application/json`` exactly: discord.py mis-parses anything else.
+
+Threads: ``POST /channels/C/messages/M/threads`` starts a thread from a message (its id is the
+message's, its owner the bot; THREAD_CREATE follows; a second one on a message -> 400 160004).
 """
 
 from __future__ import annotations
@@ -554,6 +557,10 @@ class FakeDiscord:
             return self._json({"message": "Unknown Channel", "code": 10003}, 404)
         if (match := re.fullmatch(r"/channels/(\d+)/messages", path)) and method == "POST":
             return await self._create(int(match.group(1)), body or {})
+        if (
+            match := re.fullmatch(r"/channels/(\d+)/messages/(\d+)/threads", path)
+        ) and method == "POST":
+            return await self._start_thread(int(match.group(1)), int(match.group(2)), body or {})
         if match := re.fullmatch(r"/channels/(\d+)/messages/(\d+)", path):
             message = self.messages.get(int(match.group(2)))
             if message is None or int(message["id"]) in self.deleted:
@@ -641,6 +648,29 @@ class FakeDiscord:
         self.edits[message_id] = [content]
         await self.dispatch_message(message)  # Discord echoes the bot's own messages
         return self._json(message)
+
+    async def _start_thread(self, channel_id: int, message_id: int, body: Json) -> web.Response:
+        """A public thread from a message: its id is the message's, its owner the bot; a second
+        one on the same message is 400 code 160004, as on Discord. THREAD_CREATE follows."""
+        message = self.messages.get(message_id)
+        channel = self.channels.get(channel_id)
+        if message is None or message["channel_id"] != str(channel_id) or channel is None:
+            return self._not_found()
+        if message_id in self.channels:
+            return self._json(
+                {"message": "A thread has already been created for this message", "code": 160004},
+                400,
+            )
+        name = body.get("name")
+        if not isinstance(name, str) or not 1 <= len(name) <= 100:
+            return self._json({"message": "Invalid Form Body", "code": 50035}, 400)
+        self.add_thread(int(channel["guild_id"]), channel_id, message_id, name, owner_id=BOT_ID)
+        thread = self.channels[message_id]
+        thread["thread_metadata"]["auto_archive_duration"] = body.get("auto_archive_duration")
+        message["thread"] = thread
+        for connection in list(self._connections):
+            await self._dispatch(connection, "THREAD_CREATE", {**thread, "newly_created": True})
+        return self._json(thread)
 
     def _edit(self, message: Json, body: Json) -> web.Response:
         if "content" in body:
