@@ -5,7 +5,8 @@ adapter asks for). The adapter filters bots, webhooks, its own messages and ever
 a plain message or a reply, then asks ``DiscordAutoAnswer.consider`` about a person's message in an
 allowed channel before its own rules (mentions, replies to the bot, threads of the bot):
 
-- a sub-command (``@solarbot !mode auto``) or a message without text: the adapter's rules;
+- a sub-command (``@solarbot !mode auto``), or a top-level message without text: the adapter's
+  rules;
 - at the top level: the core says whether the channel answers it (``mode auto``); if so a public
   thread is created from the message (``POST /channels/{id}/messages/{id}/threads``; its id is the
   message's, so a replayed event finds the thread created already, Discord's error 160004, and
@@ -13,8 +14,8 @@ allowed channel before its own rules (mentions, replies to the bot, threads of t
   in the parent channel). When the thread cannot be created (no permission, a channel without
   threads) the answer is a reply in the channel, as for a mention;
 - in a thread, a message that does not mention the bot: the asker's follow-up is answered, someone
-  else's hands the thread to a human, and a handed-off thread stays quiet (the core decides).
-  Mentions in threads keep the adapter's rules.
+  else's (with text or without: someone wrote) hands the thread to a human, and a handed-off
+  thread stays quiet (the core decides). Mentions in threads keep the adapter's rules.
 """
 
 from __future__ import annotations
@@ -82,9 +83,9 @@ class DiscordAutoAnswer:
         guild = message.guild
         text = render_text(message, my_id)
         top_level = not thread_id
-        if guild is None or not text or parse_prefixed(text, prefix=self._prefix) is not None:
+        if guild is None or parse_prefixed(text, prefix=self._prefix) is not None:
             return PASS
-        if addressed and not top_level:
+        if (addressed and not top_level) or (top_level and not text):
             return PASS
         try:
             seen = Incoming(
@@ -94,7 +95,7 @@ class DiscordAutoAnswer:
                 thread=str(thread_id) if thread_id else "",
                 author_id=str(message.author.id),
                 author_name=message.author.display_name,
-                text=text,
+                text=text or texts.AUTO_NO_TEXT,  # no text still counts as someone writing
                 message_id=str(message.id),
                 dedupe_key=dedupe_key(PLATFORM, str(message.id)),
                 reply_target={"channel_id": str(message.channel.id), "message_id": str(message.id)},
@@ -103,8 +104,8 @@ class DiscordAutoAnswer:
             return PASS  # the adapter's own path says why
         route = await intake.unaddressed(seen, top_level=top_level)
         if route is Route.QUESTION:
-            if not top_level:
-                return AutoDecision(answer=True)
+            if not top_level:  # the asker's follow-up (nothing to answer without text)
+                return AutoDecision(answer=True) if text else AutoDecision(handled=True)
             started = await self._start_thread(message, text)
             return AutoDecision(thread_id=started) if started else AutoDecision(answer=True)
         if route is Route.NOT_AUTO or addressed:

@@ -301,8 +301,12 @@ class FakeDiscord:
         roles: tuple[int, ...] = (),
         attachments: tuple[tuple[str, str], ...] = (),
         stickers: tuple[str, ...] = (),
+        message_type: int = 0,
+        webhook_id: int | None = None,
     ) -> Json:
-        """A user posts ``content``; returns the MESSAGE_CREATE payload (replay it if you like)."""
+        """A user posts ``content``; returns the MESSAGE_CREATE payload (replay it if you like).
+        ``message_type``: a system message (7: a member joined, 18: a thread was created, ...);
+        ``webhook_id``: posted by that webhook."""
         channel = self.channels.get(channel_id)
         guild_id = channel.get("guild_id") if channel is not None else None
         message_id = self.snowflake()
@@ -341,6 +345,10 @@ class FakeDiscord:
         if guild_id is not None:
             payload["guild_id"] = guild_id
             payload["member"] = member_payload(roles)
+        if message_type:
+            payload["type"] = message_type
+        if webhook_id is not None:
+            payload["webhook_id"] = str(webhook_id)
         if reply_to is not None:
             payload["type"] = 19
             payload["message_reference"] = {
@@ -352,6 +360,13 @@ class FakeDiscord:
         self.messages[message_id] = payload
         await self.dispatch_message(payload)
         return payload
+
+    async def edit_user_message(self, message_id: int, content: str) -> None:
+        """A user edits their message: MESSAGE_UPDATE to every connected client."""
+        message = self.messages[message_id]
+        message.update(content=content, edited_timestamp=now_iso())
+        for connection in list(self._connections):
+            await self._dispatch(connection, "MESSAGE_UPDATE", dict(message))
 
     async def dispatch_message(self, payload: Json) -> None:
         """Send MESSAGE_CREATE to every connected client (call again to simulate a replay)."""
