@@ -12,23 +12,32 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
+from adapters.discord import DiscordAdapter, DiscordOptions
+from bot import texts
+from bot.handoff_followups import FollowupPolicy, HandoffFollowups
+from bot.intake import Intake
 from bot.records import AnswerMode
+from storage.repository import Repository
 from tests.platforms.test_discord import (
     ADMIN_ROLE,
+    FAST,
     GENERAL,
     GUILD,
     MEMBER_ROLE,
     MENTION,
     RANDOM,
+    THREAD,
     Rig,
     command,
     start_rig,
 )
 from tests.platforms.test_discord import fake as fake  # the fixture: guild, channels, a thread
+from tests.platforms.test_support_hours import Clock
 from tests.support.discord_fake import BOT_ID, FakeDiscord
 
 ANA, BOB = 500, 600  # the asker, a support agent
@@ -215,3 +224,41 @@ async def test_where_no_thread_can_be_started_the_answer_is_a_reply_in_the_chann
     (reply,) = fake.bot_messages(GENERAL)
     assert reply["content"] == "You said: Ana: any news?"
     assert reply["message_reference"]["message_id"] == str(question)
+
+
+async def test_a_persons_plain_message_in_a_handed_off_conversation_cancels_its_reminder(
+    fake: FakeDiscord, sqlite_url: str
+) -> None:
+    """Reminders on (15 min), mention channels: Ana asks for a human in GENERAL and in a thread.
+    Bob answers in GENERAL without mentioning the bot (the adapter sees it now): that reminder
+    goes; Ana's own plain message in the thread leaves the thread's reminder, sent once."""
+    clock = Clock(datetime(2026, 12, 7, 11, 0, tzinfo=UTC))  # no support hours: always open
+    policy = FollowupPolicy(reminder_minutes=15, clock=clock)
+    repository = Repository.open(sqlite_url)
+    adapter = DiscordAdapter(DiscordOptions(token=fake.token, **FAST))
+    intake = Intake(repository, handoff_keywords=("talk to a human",), followups=policy)
+    intake.register(adapter)
+    await adapter.start(intake)
+    followups = HandoffFollowups(repository, {"discord": adapter}, policy=policy)
+    try:
+        for channel in (GENERAL, THREAD):
+            await fake.user_message(channel, f"{MENTION} talk to a human", mentions=(BOT_ID,))
+        async with asyncio.timeout(10):
+            while not (fake.bot_messages(GENERAL) and fake.bot_messages(THREAD)):
+                await asyncio.sleep(0.01)
+        await fake.user_message(THREAD, "hello? anyone?", author_id=ANA)
+        await fake.user_message(GENERAL, "Ana, I'm here.", author_id=BOB, author_name="bob")
+        await fake.user_message(RANDOM, MENTION, mentions=(BOT_ID,))  # handled after them
+        async with asyncio.timeout(10):
+            while not fake.bot_messages(RANDOM):
+                await asyncio.sleep(0.01)
+        clock.now += timedelta(minutes=16)
+        assert await followups.send_due() == 1
+        assert await followups.send_due() == 0
+        assert len(fake.bot_messages(GENERAL)) == 1  # the handoff notice only
+        assert fake.bot_messages(THREAD)[-1]["content"] == texts.HANDOFF_REMINDER.format(
+            ago="16 min"
+        )
+    finally:
+        await adapter.stop()
+        repository.close()
