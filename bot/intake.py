@@ -20,6 +20,11 @@ and window; a handoff over those limits still silences its conversation, and the
 they start and the asker is told when that is; reminders follow a ping when nobody else writes
 (``bot.handoff_followups``).
 
+Messages that do not mention the bot reach ``unaddressed`` (auto-answer channels,
+``bot.auto_answer``): answered in a thread of their own in ``mode auto`` channels, the asker's
+follow-ups there too, someone else's hands the thread to a human (quietly: no ping), and in a
+handed-off conversation any person's message cancels the pending reminder.
+
 Refusals are told once per reason and window per user (``Limits.first_notice``), marked with
 ``NOTICE_TO`` so that platforms with private messages (Slack: ephemeral) tell only the sender.
 Chat sub-commands pass the same rate limits (``admit_command``).

@@ -262,3 +262,31 @@ async def test_a_persons_plain_message_in_a_handed_off_conversation_cancels_its_
     finally:
         await adapter.stop()
         repository.close()
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        {"content": "On my way."},
+        {"content": "", "attachments": (("fix.png", "image/png"),)},  # a screenshot alone
+        {"content": ""},  # no text Discord showed us (an embed, a poll)
+    ],
+    ids=["plain", "an attachment", "no text"],
+)
+async def test_any_message_of_another_person_in_an_auto_thread_hands_it_over(
+    rig: Rig, shape: dict[str, Any]
+) -> None:
+    auto_mode(rig)
+    question = await ask(rig, "my printer is on fire")
+    await rig.until(lambda: rig.jobs_done(1))
+    await rig.fake.user_message(question, author_id=BOB, author_name="bob", **shape)
+    await rig.fake.user_message(question, "thanks", author_id=ANA)
+    await asyncio.sleep(0.3)
+    assert (
+        rig.repository.handoffs_in_channel(
+            platform="discord", workspace=str(GUILD), channel=str(GENERAL)
+        )
+        == 1
+    )
+    assert len(rig.replies(question)) == 1 and len(rig.engine.requests) == 1
+    assert rig.stored(GENERAL, thread=question)[-1][0] == "user"

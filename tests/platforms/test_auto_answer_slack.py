@@ -272,3 +272,30 @@ async def test_a_persons_plain_message_in_a_handed_off_thread_cancels_the_remind
         assert rig.thread() == [notice]
         assert rig.repository.claim_due_followups(lease_seconds=1, now=clock.now) == []
         assert texts.HANDOFF_REMINDER.split("{")[0] not in "".join(rig.thread())
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"subtype": "file_share", "text": "", "files": [{"id": "F0LOG", "name": "trace.log"}]},
+        {"subtype": "thread_broadcast"},
+    ],
+    ids=["plain", "a file without text", "also sent to the channel"],
+)
+async def test_any_message_of_another_person_in_an_auto_thread_hands_it_over(
+    rig: Rig, extra: dict[str, Any]
+) -> None:
+    await auto_mode(rig)
+    await rig.event(said("my printer is on fire", ts=QUESTION_TS))
+    await rig.until(lambda: rig.jobs_done(1))
+    agent = said("On my way.", ts="1690100000.000002", thread_ts=QUESTION_TS, user="U0BOB")
+    await rig.event({**agent, **extra})
+    await rig.event(said("thanks", ts="1690100000.000003", thread_ts=QUESTION_TS))
+    await asyncio.sleep(0.3)
+    assert (
+        rig.repository.handoffs_in_channel(platform="slack", workspace=TEAM, channel=CHANNEL) == 1
+    )
+    assert len(answers(rig, QUESTION_TS)) == 1 and len(rig.engine.requests) == 1
+    stored = rig.stored(CHANNEL, QUESTION_TS)
+    assert stored[-1] == ("user", "On my way." if extra.get("text") != "" else texts.AUTO_NO_TEXT)
