@@ -13,7 +13,9 @@ they filter those) that does not mention the bot to ``AutoAnswer.route`` (throug
 - ``HANDED_OFF``: someone other than the asker wrote in an auto thread (a support agent): the
   conversation is handed to a human from now on, recorded as an explicit handoff is (the message is
   stored as a turn with a cancelled job, so a redelivery is recognised, and ``status`` counts the
-  conversation), without a ping (a person is already there), until ``resume``.
+  conversation), without a ping (a person is already there), until ``resume``. Questions of the
+  thread still waiting for their answer (no worker tried them yet) are cancelled: the person
+  answers them now.
 - ``QUIET``: nothing to do (the conversation is with a human, or the event was seen before). When
   the conversation waits for a human and reminders are on, a message from anyone but the person
   who asked for the human cancels the reminder (``Repository.human_wrote_in_handoff``): adapters
@@ -77,5 +79,10 @@ class AutoAnswer:
         result = await asyncio.to_thread(self._repository.enqueue, message, handoff=True)
         if result is None or not result.created:
             return Route.QUIET  # switched off meanwhile, or a redelivery of the agent's message
-        log.info("someone else wrote in an auto-answered thread: handed to a human")
+        waiting = await asyncio.to_thread(self._repository.cancel_waiting_jobs, key)
+        log.info(
+            "someone else wrote in an auto-answered thread: handed to a human (%d question(s) "
+            "waiting there cancelled)",
+            waiting,
+        )
         return Route.HANDED_OFF

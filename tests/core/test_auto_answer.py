@@ -204,7 +204,12 @@ async def test_auto_answers_the_asker_in_the_thread_until_someone_else_writes_th
     assert await follow_up(intake, "3.1", "3.0") is Route.NOT_AUTO
     assert queued(repository) == ["1.0", "2.0", "1.1"]
 
-    # An agent writes in the first thread: it is handed to a human, recorded as a handoff is.
+    # A worker takes the first question: being answered, it is not cancelled by what follows.
+    (taken,) = repository.claim(worker_id="w", limit=1, lease_seconds=60)
+    assert repository.job(taken.id).dedupe_key.endswith(":1.0")  # type: ignore[union-attr]
+
+    # An agent writes in the first thread: it is handed to a human, recorded as a handoff is, and
+    # the thread's question nobody started on is not answered any more (the agent has it).
     assert await follow_up(intake, "1.2", "1.0", author=AGENT) is Route.HANDED_OFF
     assert repository.handoffs_in_channel(**CHANNEL) == 1
     key = message("1.2", thread="1.0").conversation
@@ -217,11 +222,14 @@ async def test_auto_answers_the_asker_in_the_thread_until_someone_else_writes_th
     assert await follow_up(intake, "1.3", "1.0") is Route.QUIET
     assert await follow_up(intake, "1.4", "1.0", author=OTHER) is Route.QUIET
     assert await follow_up(intake, "2.1", "2.0", author=OTHER) is Route.QUESTION
-    assert queued(repository) == ["1.0", "2.0", "1.1", "2.1"]
+    assert queued(repository) == ["2.0", "2.1"]
+    statuses = {job.dedupe_key.rsplit(":", 1)[1]: job.status for job in repository.jobs()}
+    assert statuses["1.0"] is JobStatus.RUNNING and statuses["1.1"] is JobStatus.CANCELLED
 
     # ``resume`` brings the bot back in the thread (and a new agent message hands it over again).
     assert repository.resume_channel(**CHANNEL) == 1
     assert await follow_up(intake, "1.5", "1.0") is Route.QUESTION
+    assert queued(repository)[-1] == "1.5"
     assert await follow_up(intake, "1.6", "1.0", author=OTHER) is Route.HANDED_OFF
 
 
@@ -250,6 +258,7 @@ async def test_replayed_and_concurrent_duplicates_answer_once_and_hand_off_once(
     await asyncio.gather(*(ask(intake, "1.0") for _ in range(4)))
     await asyncio.gather(*(follow_up(intake, "1.1", "1.0") for _ in range(4)))
     assert queued(repository) == ["1.0", "1.1"]
+    assert len(repository.jobs()) == 2
     routes = await asyncio.gather(
         *(follow_up(intake, "1.2", "1.0", author=AGENT) for _ in range(4))
     )
@@ -281,12 +290,25 @@ def test_the_asker_is_answered_until_the_first_other_person_writes(
     try:
         set_mode(repository, AnswerMode.AUTO)
 
+        answered: list[str] = []
+
+        def answer_all() -> None:  # a worker answering everything waiting, between messages
+            for job in repository.claim(worker_id="w", limit=50, lease_seconds=60):
+                record = repository.job(job.id)
+                assert record is not None
+                answered.append(record.dedupe_key.rsplit(":", 1)[1])
+                assert repository.complete(
+                    job, reply_text="ok", reply_message_ids=["r"], token_count=1
+                )
+
         async def run() -> None:
             intake = Intake(repository)
             await ask(intake, "1.0")
+            answer_all()
             for index, (author, replayed) in enumerate(events, start=1):
                 for _ in range(2 if replayed else 1):
                     await follow_up(intake, f"1.{index}", "1.0", author=author)
+                    answer_all()
 
         asyncio.run(run())
         expected = ["1.0"]
@@ -294,7 +316,7 @@ def test_the_asker_is_answered_until_the_first_other_person_writes(
             if author != ASKER:
                 break
             expected.append(f"1.{index}")
-        assert queued(repository) == expected
+        assert answered == expected
         handed = any(author != ASKER for author, _ in events)
         assert repository.handoffs_in_channel(**CHANNEL) == int(handed)
     finally:

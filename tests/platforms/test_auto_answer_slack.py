@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from bot import texts
+from bot.generation.fake import FakeEngine
 from bot.records import AnswerMode, ConversationKey
 from tests.platforms.test_slack import ADMIN, Rig, mention, say, start_rig
 from tests.platforms.test_support_hours import ASKED, BERLIN, Clock, serving, settle
@@ -299,3 +300,26 @@ async def test_any_message_of_another_person_in_an_auto_thread_hands_it_over(
     assert len(answers(rig, QUESTION_TS)) == 1 and len(rig.engine.requests) == 1
     stored = rig.stored(CHANNEL, QUESTION_TS)
     assert stored[-1] == ("user", "On my way." if extra.get("text") != "" else texts.AUTO_NO_TEXT)
+
+
+async def test_an_agent_taking_over_cancels_the_questions_still_waiting_in_the_thread(
+    tmp_path: Path, fake: FakeSlack
+) -> None:
+    """The answer being written finishes; the asker's next question, queued behind it in the
+    same thread, is not answered once an agent has written there."""
+    engine = FakeEngine(delay_per_chunk=0.15)
+    async with start_rig(tmp_path, fake, engine=engine) as rig:
+        await auto_mode(rig)
+        await rig.event(said("first question here", ts=QUESTION_TS))
+        await rig.until(lambda: len(rig.engine.requests) == 1)  # being answered
+        await rig.event(said("and a second one", ts="1690100000.000002", thread_ts=QUESTION_TS))
+        agent = said(
+            "I'll handle this.", ts="1690100000.000003", thread_ts=QUESTION_TS, user="U0BOB"
+        )
+        await rig.event(agent)
+        await rig.until(lambda: rig.jobs_done(1))
+        await asyncio.sleep(0.4)
+        assert answers(rig, QUESTION_TS) == ["You said: Alice: first question here"]
+        assert len(rig.engine.requests) == 1
+        statuses = sorted(job.status.value for job in rig.repository.jobs())
+        assert statuses == ["cancelled", "cancelled", "done"]  # the follow-up and the handoff
