@@ -9,8 +9,8 @@ user by users.info, Slackbot), the bot's own, an edit or deletion (``message_cha
 ``message_deleted``), a join or leave, a topic change or any other subtype. Each goes
 to the core (``IntakePort.unaddressed``), where it was written: the channel (a top-level message)
 or its thread (``thread_ts``). A ``QUESTION`` is answered like a mention, in the message's thread
-(thread_ts = the message's ts at the top level); a person's message with a file but no text can
-hand a thread over, never start one.
+(thread_ts = the message's ts at the top level), where the mention's rules apply (files included);
+a message with neither text nor files can hand a thread over, never start one.
 """
 
 from __future__ import annotations
@@ -109,6 +109,7 @@ class SlackAutoAnswer:
             log.info("ignored a Slack channel message %s: %s", ts[:40], exc)
             return None
         route = await intake.unaddressed(message, top_level=top_level)
-        if route is Route.QUESTION and text:  # answered like a mention (its rules apply)
+        if route is Route.QUESTION and (text or event.get("files")):
+            # Answered like a mention (its rules apply: a file alone may be a question).
             await self._answer_in_thread(event, body)
         return route
