@@ -48,6 +48,7 @@ import aiohttp
 import discord
 from discord.http import handle_message_parameters
 
+from adapters.attachment_download import AttachmentOptions, AttachmentReader, discord_file_refs
 from adapters.discord_format import content, is_my_role, render_text
 from adapters.streaming import MessageGone, StreamedReply
 from bot import texts
@@ -56,7 +57,7 @@ from bot.dedupe import dedupe_key
 from bot.delivery import IntakePort, ReplyTarget
 from bot.errors import ConfigError, DeliveryError, InvalidIncomingError, SolarbotError
 from bot.learning import ChatMessage, is_learning
-from bot.records import ConversationKey, Incoming, JobStatus
+from bot.records import Attachment, ConversationKey, Incoming, JobStatus
 from bot.splitting import split_message
 
 if TYPE_CHECKING:
@@ -95,6 +96,8 @@ class DiscordOptions:
     support_role: int | None = None  # pinged when someone asks for a human
     model_id: str = ""  # shown by ``!status``
     default_system_prompt: str = ""  # shown by ``!prompt`` in a channel without its own
+    # Files on questions are downloaded (attachment URLs) and read; None: not read.
+    attachments: AttachmentOptions | None = None
 
 
 def intents() -> discord.Intents:
@@ -176,6 +179,9 @@ class DiscordAdapter:
         self._closing = False
         self._ingress_lock = asyncio.Lock()
         self._replies: dict[int, DiscordReply] = {}  # open streams, by job id
+        self._files: AttachmentReader | None = None
+        if options.attachments is not None and options.ingress:
+            self._files = AttachmentReader(options=options.attachments)
 
     def __repr__(self) -> str:  # never show the token
         return f"DiscordAdapter(ingress={self.options.ingress})"
@@ -260,6 +266,8 @@ class DiscordAdapter:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.client.close()
+        if self._files is not None:
+            await self._files.close()
         if self._gateway is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._gateway
@@ -333,6 +341,9 @@ class DiscordAdapter:
             elif not refusal.quiet:
                 await self._send_plain(message.channel.id, message.id, refusal.notice)
             return
+        files: tuple[Attachment, ...] = ()
+        if self._files is not None and message.attachments:
+            files = await self._files.read_all(discord_file_refs(message.attachments))
         try:
             incoming = Incoming(
                 platform=PLATFORM,
@@ -348,6 +359,7 @@ class DiscordAdapter:
                     "channel_id": str(message.channel.id),
                     "message_id": str(message.id),
                 },
+                attachments=files,
             )
         except InvalidIncomingError:
             return
