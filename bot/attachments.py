@@ -40,6 +40,9 @@ from bot.records import Attachment, AttachmentProblem, Role, StoredMessage
 # Files read per message; more are answered with a polite line (Discord allows 10 per message).
 MAX_FILES = 10
 
+# Tokens kept free where the question and its files meet: counts are not additive across a join.
+JOIN_MARGIN = 8
+
 FILE_CUT_MARKER = "[… the rest of this file was left out to fit the prompt]"
 
 _BINARY_PREFIXES = ("image/", "audio/", "video/", "font/", "model/")
@@ -270,7 +273,7 @@ def _room_after(tokenizer: Tokenizer, system_prompt: str, newest: Turn, prompt_b
     head = [{"role": "system", "content": system_prompt}] if system_prompt else []
     messages = [*head, {"role": "user", "content": turn_content(newest) + "\n\n"}]
     rendered = tokenizer.render_chat(messages, add_generation_prompt=True)
-    return prompt_budget - len(tokenizer.encode(rendered, add_bos=True))
+    return prompt_budget - len(tokenizer.encode(rendered, add_bos=True)) - JOIN_MARGIN
 
 
 def _header(name: str) -> str:

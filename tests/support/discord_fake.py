@@ -394,7 +394,7 @@ class FakeDiscord:
             return web.Response(status=404, text="not found")
         if upload.status != 200:
             return web.Response(status=upload.status, text="no")
-        return web.Response(body=upload.data, content_type=upload.content_type)
+        return web.Response(body=upload.data, headers={"Content-Type": upload.content_type})
 
     async def dispatch_message(self, payload: Json) -> None:
         """Send MESSAGE_CREATE to every connected client (call again to simulate a replay)."""
