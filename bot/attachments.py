@@ -335,8 +335,14 @@ def fit_files(
         block = _render(parts)
         over = measure(block) - budget
         if over <= 0:
-            cut = tuple(p for p, (_, _, was_cut) in zip(positions, parts, strict=True) if was_cut)
-            return FittedFiles(block=block, cut=cut)
+            marked = [
+                (p, kept) for p, (_, kept, was_cut) in zip(positions, parts, strict=True) if was_cut
+            ]
+            return FittedFiles(
+                block=block,
+                cut=tuple(p for p, kept in marked if kept),
+                left_out=tuple(p for p, kept in marked if not kept),  # only the marker shown
+            )
         available -= over  # token counts are not additive across the joins: take it back
     return FittedFiles(block="", left_out=tuple(positions))
 

@@ -153,7 +153,9 @@ def test_files_fit_their_budget_small_ones_whole_and_cut_ones_marked(
         start = fitted.block.index(f"[file: {attachment.name}]\n") + len(attachment.name) + 9
         end = fitted.block.index(f"[end of file: {attachment.name}]")
         shown = fitted.block[start:end]
-        if position in fitted.cut:
+        if position in fitted.left_out:  # no room for any of it: the marker says so
+            assert shown == FILE_CUT_MARKER + "\n" and attachment.text
+        elif position in fitted.cut:
             assert shown.endswith(FILE_CUT_MARKER + "\n")
             kept = shown.removesuffix(FILE_CUT_MARKER + "\n").removesuffix("\n")
             assert attachment.text.startswith(kept) and kept != attachment.text
@@ -162,12 +164,12 @@ def test_files_fit_their_budget_small_ones_whole_and_cut_ones_marked(
             assert shown.removesuffix("\n") == attachment.text
     # Water-filling: a file is cut only when it needs more than an even share of what the
     # headers (and cut markers) leave of the budget.
-    if fitted.cut:
+    if fitted.cut or fitted.left_out:
         frame = "\n\n".join(
             f"[file: {f.name}]\n{FILE_CUT_MARKER}\n[end of file: {f.name}]" for f in files
         )
         share = (budget - len(tiny_tokenizer.encode(frame, add_bos=False))) // len(files)
-        for position in fitted.cut:
+        for position in (*fitted.cut, *fitted.left_out):
             need = len(tiny_tokenizer.encode(files[position].text, add_bos=False))
             assert need > share - 8, (position, need, share)  # 8: the joins' re-counting
 
