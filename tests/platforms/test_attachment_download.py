@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from yarl import URL
 
 from adapters.attachment_download import (
@@ -241,3 +243,47 @@ async def test_images_are_not_downloaded(files: LoopbackFiles) -> None:
     finally:
         await files_reader.close()
     assert shot.problem is AttachmentProblem.BINARY and files.requests == []
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    size=st.integers(0, 3000),
+    limit=st.integers(1024, 2048),
+    chunked=st.booleans(),
+    piece=st.integers(1, 700),
+)
+def test_a_file_is_read_exactly_when_it_is_within_the_limit(
+    size: int, limit: int, chunked: bool, piece: int
+) -> None:
+    """Whatever the size and however the body comes (with a Content-Length, or chunked in pieces
+    of any size), a file is read whole when it has at most ``limit`` bytes and refused otherwise."""
+    body = bytes(ord("a") + n % 26 for n in range(size))
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        if not chunked:
+            return web.Response(body=body, content_type="text/plain")
+        response = web.StreamResponse()
+        response.content_type = "text/plain"
+        await response.prepare(request)
+        for start in range(0, size, piece):
+            await response.write(body[start : start + piece])
+        await response.write_eof()
+        return response
+
+    async def scenario() -> tuple[AttachmentProblem | None, str]:
+        server = LoopbackFiles()
+        await server.start()
+        files_reader = AttachmentReader(options=AttachmentOptions(max_bytes=limit))
+        try:
+            url = server.route("/f.txt", serve)
+            (read,) = await files_reader.read_all([FileRef(name="f.txt", url=url)])
+            return read.problem, read.text
+        finally:
+            await files_reader.close()
+            await server.stop()
+
+    problem, text = asyncio.run(scenario())
+    if size <= limit:
+        assert (problem, text) == (None, body.decode())
+    else:
+        assert (problem, text) == (AttachmentProblem.TOO_BIG, "")
