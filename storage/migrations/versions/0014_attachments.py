@@ -1,7 +1,7 @@
 """attachments: files attached to user messages, with the text read from them or why they could
 not be read (issue 15, attached files)
 
-Revision ID: 0014_attachments
+Revision ID: 0014
 Revises: 0013
 Create Date: 2026-12-02
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0014_attachments"
+revision = "0014"
 down_revision = "0013"
 branch_labels = None
 depends_on = None
