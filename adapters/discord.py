@@ -48,6 +48,7 @@ import aiohttp
 import discord
 from discord.http import handle_message_parameters
 
+from adapters.attachment_download import AttachmentOptions, AttachmentReader, discord_file_refs
 from adapters.discord_auto import DiscordAutoAnswer
 from adapters.discord_format import content, is_my_role, render_text
 from adapters.streaming import MessageGone, StreamedReply
@@ -57,7 +58,7 @@ from bot.dedupe import dedupe_key
 from bot.delivery import IntakePort, ReplyTarget
 from bot.errors import ConfigError, DeliveryError, InvalidIncomingError, SolarbotError
 from bot.learning import ChatMessage, is_learning
-from bot.records import ConversationKey, Incoming, JobStatus
+from bot.records import Attachment, ConversationKey, Incoming, JobStatus
 from bot.splitting import split_message
 
 if TYPE_CHECKING:
@@ -96,6 +97,8 @@ class DiscordOptions:
     support_role: int | None = None  # pinged when someone asks for a human
     model_id: str = ""  # shown by ``!status``
     default_system_prompt: str = ""  # shown by ``!prompt`` in a channel without its own
+    # Files on questions are downloaded (attachment URLs) and read; None: not read.
+    attachments: AttachmentOptions | None = None
 
 
 def intents() -> discord.Intents:
@@ -177,6 +180,9 @@ class DiscordAdapter:
         self._closing = False
         self._ingress_lock = asyncio.Lock()
         self._replies: dict[int, DiscordReply] = {}  # open streams, by job id
+        self._files: AttachmentReader | None = None
+        if options.attachments is not None and options.ingress:
+            self._files = AttachmentReader(options=options.attachments)
         # Messages without a mention in auto-answer channels (``adapters.discord_auto``).
         self._auto = DiscordAutoAnswer(self.client.http, command_prefix=COMMAND_PREFIX)
 
@@ -263,6 +269,8 @@ class DiscordAdapter:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.client.close()
+        if self._files is not None:
+            await self._files.close()
         if self._gateway is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._gateway
@@ -352,6 +360,9 @@ class DiscordAdapter:
             elif not refusal.quiet:
                 await self._send_plain(message.channel.id, message.id, refusal.notice)
             return
+        files: tuple[Attachment, ...] = ()
+        if self._files is not None and message.attachments:
+            files = await self._files.read_all(discord_file_refs(message.attachments))
         try:
             incoming = Incoming(
                 platform=PLATFORM,
@@ -364,6 +375,7 @@ class DiscordAdapter:
                 message_id=str(message.id),
                 dedupe_key=dedupe_key(PLATFORM, str(message.id)),
                 reply_target={"channel_id": str(reply_channel), "message_id": str(reply_to)},
+                attachments=files,
             )
         except InvalidIncomingError:
             return

@@ -1,7 +1,7 @@
 """Auto-answer channels in the core (bot/auto_answer.py through the real Intake and Repository, on
 SQLite and PostgreSQL): the mode setting and its command, which messages without a mention are
 answered, the implicit handoff when someone else writes in an auto thread, replays, reminders
-cancelled by any person's message, and migration 0014 up and down. The platforms are tested end
+cancelled by any person's message, and migration 0015 up and down. The platforms are tested end
 to end in tests/platforms/test_auto_answer_slack.py and test_auto_answer_discord.py."""
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def test_the_mode_is_a_channel_setting_that_defaults_to_mention(repository: Repo
     assert repository.channel_config(**CHANNEL).answer_mode is AnswerMode.MENTION
 
 
-def test_migration_0014_adds_the_mode_and_goes_down_keeping_the_other_settings(
+def test_migration_0015_adds_the_mode_and_goes_down_keeping_the_other_settings(
     database_url: str,
 ) -> None:
     engine = database.create_db_engine(database_url)
@@ -95,13 +95,13 @@ def test_migration_0014_adds_the_mode_and_goes_down_keeping_the_other_settings(
         set_mode(repository, AnswerMode.AUTO, system_prompt="Be brief.")
         assert repository.enqueue(message("1.0")) is not None
 
-        database.downgrade(engine, "0013")
+        database.downgrade(engine, "0014")
         names = {c["name"] for c in inspect(engine).get_columns("channel_settings")}
         assert "answer_mode" not in names and "system_prompt" in names
         assert repository.count_jobs() == 1
 
-        database.upgrade(engine, revision="0014_channel_mode")
-        assert database.current_revision(engine) == "0014_channel_mode"
+        database.upgrade(engine, revision="0015")
+        assert database.current_revision(engine) == "0015"
         # The mode went with the column (back to the default); the prompt stayed.
         assert repository.channel_config(**CHANNEL) == ChannelConfig(system_prompt="Be brief.")
         set_mode(repository, AnswerMode.AUTO)

@@ -15,6 +15,10 @@ honour it) or any other status. Every REST call is recorded in ``calls``. Replie
 
 Threads: ``POST /channels/C/messages/M/threads`` starts a thread from a message (its id is the
 message's, its owner the bot; THREAD_CREATE follows; a second one on a message -> 400 160004).
+
+CDN: files a user message carries (``user_message(uploads=...)``, ``Upload``) are served at their
+attachment URL (``/attachments/...``) like cdn.discordapp.com, without any token; every request
+for one is in ``cdn_requests`` with its headers.
 """
 
 from __future__ import annotations
@@ -75,6 +79,18 @@ def member_payload(roles: Iterable[int]) -> Json:
     }
 
 
+@dataclass(frozen=True)
+class Upload:
+    """A file attached to a user message and served by the fake's CDN: ``status`` other than 200
+    answers that status; ``declared_size`` is the size the message states (default: the real one)."""
+
+    name: str
+    content_type: str
+    data: bytes
+    status: int = 200
+    declared_size: int | None = None
+
+
 @dataclass
 class Call:
     method: str
@@ -122,6 +138,8 @@ class FakeDiscord:
         self._runner: web.AppRunner | None = None
         self.port = 0
         self.ready = asyncio.Event()
+        self.uploads: dict[str, Upload] = {}  # by CDN path
+        self.cdn_requests: list[tuple[str, dict[str, str]]] = []  # (path, headers)
 
     # ------------------------------------------------------------------ server
 
@@ -129,6 +147,7 @@ class FakeDiscord:
         app = web.Application()
         app.router.add_get("/", self._gateway)
         app.router.add_route("*", "/api/v10/{tail:.*}", self._rest)
+        app.router.add_get("/attachments/{channel}/{attachment}/{name}", self._cdn)
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -301,10 +320,12 @@ class FakeDiscord:
         roles: tuple[int, ...] = (),
         attachments: tuple[tuple[str, str], ...] = (),
         stickers: tuple[str, ...] = (),
+        uploads: tuple[Upload, ...] = (),
         message_type: int = 0,
         webhook_id: int | None = None,
     ) -> Json:
         """A user posts ``content``; returns the MESSAGE_CREATE payload (replay it if you like).
+        ``attachments`` (name, type) are listed only; ``uploads`` are served by the CDN too.
         ``message_type``: a system message (7: a member joined, 18: a thread was created, ...);
         ``webhook_id``: posted by that webhook."""
         channel = self.channels.get(channel_id)
@@ -333,7 +354,8 @@ class FakeDiscord:
                     "content_type": kind,
                 }
                 for name, kind in attachments
-            ],
+            ]
+            + [self._served(channel_id, upload) for upload in uploads],
             "sticker_items": [
                 {"id": str(self.snowflake()), "name": name, "format_type": 1} for name in stickers
             ],
@@ -367,6 +389,30 @@ class FakeDiscord:
         message.update(content=content, edited_timestamp=now_iso())
         for connection in list(self._connections):
             await self._dispatch(connection, "MESSAGE_UPDATE", dict(message))
+
+    def _served(self, channel_id: int, upload: Upload) -> Json:
+        attachment_id = self.snowflake()
+        path = f"/attachments/{channel_id}/{attachment_id}/{upload.name}"
+        self.uploads[path] = upload
+        url = f"http://127.0.0.1:{self.port}{path}?ex=1&is=2&hm=3"
+        size = len(upload.data) if upload.declared_size is None else upload.declared_size
+        return {
+            "id": str(attachment_id),
+            "filename": upload.name,
+            "size": size,
+            "url": url,
+            "proxy_url": url,
+            "content_type": upload.content_type,
+        }
+
+    async def _cdn(self, request: web.Request) -> web.Response:
+        self.cdn_requests.append((request.path, dict(request.headers)))
+        upload = self.uploads.get(request.path)
+        if upload is None:
+            return web.Response(status=404, text="not found")
+        if upload.status != 200:
+            return web.Response(status=upload.status, text="no")
+        return web.Response(body=upload.data, headers={"Content-Type": upload.content_type})
 
     async def dispatch_message(self, payload: Json) -> None:
         """Send MESSAGE_CREATE to every connected client (call again to simulate a replay)."""

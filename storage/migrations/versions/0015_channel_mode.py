@@ -1,8 +1,8 @@
 """channel mode: whether a channel answers only mentions ("mention", the default) or every new
 top-level message from a person, in a thread ("auto") (issue 15, auto-answer channels)
 
-Revision ID: 0014_channel_mode
-Revises: 0013
+Revision ID: 0015
+Revises: 0014
 Create Date: 2026-12-02
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0014_channel_mode"
-down_revision = "0013"
+revision = "0015"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 
