@@ -48,7 +48,11 @@ import aiohttp
 import discord
 from discord.http import handle_message_parameters
 
+from adapters.discord_commands import SlashCommands, sync_commands
+from adapters.discord_errors import delivery_error
 from adapters.discord_format import content, is_my_role, render_text
+from adapters.discord_interaction_reply import InteractionAnswers, InteractionReply, is_interaction
+from adapters.discord_interactions import InteractionPolicy
 from adapters.streaming import MessageGone, StreamedReply
 from bot import texts
 from bot.commands import CommandContext, Commands, ParsedCommand, parse_prefixed
@@ -95,6 +99,7 @@ class DiscordOptions:
     support_role: int | None = None  # pinged when someone asks for a human
     model_id: str = ""  # shown by ``!status``
     default_system_prompt: str = ""  # shown by ``!prompt`` in a channel without its own
+    command_guild: int | None = None  # register the slash commands in this guild only
 
 
 def intents() -> discord.Intents:
@@ -176,6 +181,9 @@ class DiscordAdapter:
         self._closing = False
         self._ingress_lock = asyncio.Lock()
         self._replies: dict[int, DiscordReply] = {}  # open streams, by job id
+        # Slash commands and answers to interactions (adapters/discord_commands.py).
+        self._answers = InteractionAnswers(self.client.http)
+        self.slash: SlashCommands | None = None
 
     def __repr__(self) -> str:  # never show the token
         return f"DiscordAdapter(ingress={self.options.ingress})"
@@ -212,11 +220,13 @@ class DiscordAdapter:
             default_system_prompt=self.options.default_system_prompt,
             admin_setting="SOLARBOT_DISCORD_ADMIN_ROLES",
             private_answers=False,
+            help_extra=texts.DISCORD_SLASH_HELP_EXTRA,
             prefix=COMMAND_PREFIX,
             prompt_gauge=intake.prompt_gauge,
         )
         if not self.options.ingress:
             return
+        await self._register_commands(intake, self._commands)
         self._gateway = asyncio.create_task(self.client.connect(reconnect=True), name="discord")
         ready = asyncio.create_task(self.ready.wait())
         await asyncio.wait(
@@ -238,6 +248,33 @@ class DiscordAdapter:
                 "discord: gateway not ready after %.0fs; still trying", self.options.ready_timeout
             )
         self._gateway.add_done_callback(self._gateway_ended)
+
+    async def _register_commands(self, intake: IntakePort, commands: Commands) -> None:
+        """``/ask`` and ``/solar`` on the command tree, registered with Discord before the
+        gateway connects (so no interaction arrives for a command the tree lacks)."""
+        self.slash = SlashCommands(
+            intake=intake,
+            commands=commands,
+            policy=InteractionPolicy(
+                is_admin=lambda user, in_guild: self._is_admin(user, in_guild=in_guild),
+                allowed=self._allowed,
+                parent_of=self._parent_of,
+                dms=self.options.dms,
+            ),
+            answers=self._answers,
+        )
+        tree = self.slash.build_tree(self.client, guild=self.options.command_guild)
+        try:
+            count = await sync_commands(tree, guild=self.options.command_guild)
+        except ConfigError:
+            await self.client.close()
+            raise
+        except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
+            # The commands registered before stay; questions by mention work regardless.
+            log.warning("discord: could not register the slash commands: %s", exc)
+            return
+        where = f"guild {self.options.command_guild}" if self.options.command_guild else "global"
+        log.info("discord: %d application commands registered (%s)", count, where)
 
     def _gateway_ended(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None and not self._closing:
@@ -663,7 +700,13 @@ class DiscordAdapter:
         )
         return str(data["id"])
 
-    async def open_reply(self, target: ReplyTarget) -> DiscordReply:
+    async def open_reply(self, target: ReplyTarget) -> DiscordReply | InteractionReply:
+        if is_interaction(target.reply_target):  # ``/ask``: through the interaction's webhook
+            answer = InteractionReply(
+                self.client.http, target, edit_interval=self.options.edit_interval
+            )
+            await answer.start(texts.DISCORD_THINKING)
+            return answer
         pending = self._pending.get(target.job_id)
         shown: tuple[str, ...] = ()
         if pending is not None:
@@ -736,6 +779,14 @@ class DiscordAdapter:
         stream = self._replies.pop(target.job_id, None)
         if stream is not None:
             stream.stop_typing()
+        if is_interaction(target.reply_target):
+            try:
+                await self._answers.answer(
+                    target.reply_target, text, answered=bool(target.existing_message_ids)
+                )
+            except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
+                raise delivery_error(exc) from exc
+            return
         channel_id = int(target.reply_target["channel_id"])
         reply_to = int(target.reply_target.get("message_id") or 0) or None
         try:
@@ -832,20 +883,6 @@ class DiscordReply(StreamedReply):
     def delivery_error(self, exc: Exception) -> DeliveryError:
         self.stop_typing()  # the worker abandons this stream and retries later
         return delivery_error(exc)
-
-
-def delivery_error(exc: BaseException) -> DeliveryError:
-    if isinstance(exc, discord.RateLimited):
-        return DeliveryError(
-            f"Discord rate limit ({exc.retry_after:.1f}s)", retry_after=exc.retry_after
-        )
-    if isinstance(exc, discord.HTTPException):
-        retry_after: float | None = None
-        if exc.status == 429:
-            with contextlib.suppress(TypeError, ValueError):
-                retry_after = float(exc.response.headers.get("Retry-After", "5"))
-        return DeliveryError(f"Discord HTTP {exc.status}: {exc.text}", retry_after=retry_after)
-    return DeliveryError(f"Discord unreachable: {type(exc).__name__}: {exc}")
 
 
 def reply_nonce(target: ReplyTarget, part: int) -> str | None:

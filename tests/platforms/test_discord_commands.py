@@ -1,0 +1,339 @@
+"""Discord application commands end to end: ``/ask`` and ``/solar`` registered through the real
+discord.py command tree with the fake Discord (tests/support/discord_fake.py), INTERACTION_CREATE
+in, the deferred callback and the interaction webhook's edits and follow-ups out, through the real
+intake, SQLite queue and worker."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from adapters.discord import DiscordAdapter, DiscordOptions
+from adapters.discord_commands import SUBCOMMANDS, available_subcommands
+from bot import texts
+from bot.commands import CommandName
+from bot.errors import ConfigError
+from bot.generation.fake import FakeEngine
+from bot.intake import Intake
+from bot.records import ConversationKey
+from bot.service import discord_options
+from bot.settings import load_settings
+from storage.repository import Repository
+from tests.platforms.test_discord import (
+    ADMIN_ROLE,
+    FAST,
+    GENERAL,
+    GUILD,
+    MANAGE_GUILD,
+    MEMBER_ROLE,
+    RANDOM,
+    THREAD,
+    Rig,
+    start_rig,
+)
+from tests.support.discord_fake import APP_ID, FakeDiscord, FakeInteraction
+
+EPHEMERAL = 64
+DEFERRED = 5  # DEFERRED_CHANNEL_MESSAGE_WITH_SOURCE
+OPTION_TYPES = {"sub_command": 1, "string": 3, "integer": 4, "boolean": 5}
+
+
+@pytest.fixture
+async def fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeDiscord]:
+    fake = FakeDiscord()
+    fake.add_guild(
+        GUILD,
+        "home",
+        roles={MEMBER_ROLE: "members", ADMIN_ROLE: "admins"},
+        permissions={ADMIN_ROLE: MANAGE_GUILD},
+    )
+    fake.add_channel(GUILD, GENERAL, "general")
+    fake.add_channel(GUILD, RANDOM, "random")
+    fake.add_thread(GUILD, GENERAL, THREAD, "a thread")
+    await fake.start()
+    fake.point_discord_py_here(monkeypatch)
+    yield fake
+    await fake.close()
+
+
+@pytest.fixture
+async def rig(fake: FakeDiscord, sqlite_url: str) -> AsyncIterator[Rig]:
+    rig = await start_rig(fake, sqlite_url, engine=FakeEngine(delay_per_chunk=0.005))
+    yield rig
+    await rig.stop()
+    rig.repository.close()
+
+
+def options_of(command: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {option["name"]: option for option in command.get("options", [])}
+
+
+def interaction(fake: FakeDiscord, payload: dict[str, Any]) -> FakeInteraction:
+    return fake.interactions[int(payload["id"])]
+
+
+async def answered(rig: Rig, payload: dict[str, Any], *, within: float = 15.0) -> list[str]:
+    """Wait until the interaction's original response is no longer "thinking…"; its messages."""
+    record = interaction(rig.fake, payload)
+
+    def done() -> bool:
+        messages = rig.fake.interaction_messages(record.id)
+        return bool(messages) and not int(messages[0]["flags"]) & 128
+
+    await rig.until(done, within=within)
+    return [m["content"] for m in rig.fake.interaction_messages(record.id)]
+
+
+# ---------------------------------------------------------------------------- registration
+
+
+def test_the_sub_command_table_covers_every_core_command() -> None:
+    """A core command without a row would be missing from ``/solar``; a row the core lacks is
+    not offered (so adding one to the core is all it takes to offer it)."""
+    core = {name.value for name in CommandName} - {CommandName.ASK, CommandName.UNKNOWN}
+    rows = {spec.name for spec in SUBCOMMANDS}
+    assert core <= rows
+    assert {spec.name for spec in available_subcommands()} == core
+    assert all(len(spec.description) <= 100 for spec in SUBCOMMANDS)
+    assert all(len(o.description) <= 100 for spec in SUBCOMMANDS for o in spec.options)
+
+
+async def test_commands_are_registered_globally_with_typed_options_and_descriptions(
+    rig: Rig,
+) -> None:
+    fake = rig.fake
+    (put,) = fake.rest("PUT", r"/commands$")
+    assert put.path == f"/applications/{APP_ID}/commands" and put.status == 200
+    assert set(fake.commands) == {"global"}
+    ask = fake.registered("ask")
+    assert ask["description"] == texts.DISCORD_ASK_DESCRIPTION
+    question, private = options_of(ask)["question"], options_of(ask)["private"]
+    assert question["type"] == OPTION_TYPES["string"] and question["required"] is True
+    assert question["description"] == texts.DISCORD_ASK_QUESTION
+    assert private["type"] == OPTION_TYPES["boolean"] and not private.get("required")
+    assert ask["contexts"] == [0]  # servers only: DMs are off
+
+    solar = fake.registered("solar")
+    subs = options_of(solar)
+    assert set(subs) == {spec.name for spec in available_subcommands()}
+    for spec in available_subcommands():
+        sub = subs[spec.name]
+        assert sub["type"] == OPTION_TYPES["sub_command"]
+        assert sub["description"] == texts.DISCORD_SLASH[spec.name]
+        assert [o["name"] for o in sub.get("options", [])] == [o.name for o in spec.options]
+        for option in sub.get("options", []):
+            assert option["description"] == texts.DISCORD_SLASH_OPTIONS[(spec.name, option["name"])]
+            assert not option.get("required")
+    length = options_of(subs["length"])
+    assert length["characters"]["type"] == OPTION_TYPES["integer"]
+    assert (length["characters"]["min_value"], length["characters"]["max_value"]) == (20, 100_000)
+    assert length["reset"]["type"] == OPTION_TYPES["boolean"]
+    prompt = options_of(subs["prompt"])["text"]
+    assert prompt["type"] == OPTION_TYPES["string"] and prompt["max_length"] == 4000
+    kb_mode = options_of(subs["kb"])["mode"]
+    assert [c["value"] for c in kb_mode["choices"]] == ["strict", "assist"]
+
+
+async def test_the_guild_setting_registers_in_that_guild_only(
+    fake: FakeDiscord, sqlite_url: str
+) -> None:
+    rig = await start_rig(fake, sqlite_url, command_guild=GUILD, dms=True)
+    try:
+        (put,) = fake.rest("PUT", r"/commands$")
+        assert put.path == f"/applications/{APP_ID}/guilds/{GUILD}/commands"
+        assert set(fake.commands) == {str(GUILD)}
+        assert fake.registered("ask", guild=GUILD)["guild_id"] == str(GUILD)
+        payload = await fake.slash(GENERAL, "solar", "status")
+        assert "**Model:**" in (await answered(rig, payload))[0]
+    finally:
+        await rig.stop()
+        rig.repository.close()
+
+
+def test_the_command_guild_setting_reaches_the_adapter() -> None:
+    settings = load_settings(
+        environ={"SOLARBOT_DISCORD_TOKEN": "abc.def", "SOLARBOT_DISCORD_COMMAND_GUILD": " 1234 "}
+    )
+    assert discord_options(settings, ingress=True, model_id="m").command_guild == 1234
+    unset = load_settings(environ={"SOLARBOT_DISCORD_TOKEN": "abc.def"})
+    assert discord_options(unset, ingress=True, model_id="m").command_guild is None
+
+
+async def test_a_guild_the_bot_cannot_register_in_is_a_clear_start_up_error(
+    fake: FakeDiscord, sqlite_url: str
+) -> None:
+    fake.fail_next("PUT", rf"/guilds/{GUILD}/commands$", status=403)
+    adapter = DiscordAdapter(DiscordOptions(token=fake.token, command_guild=GUILD, **FAST))
+    repository = Repository.open(sqlite_url)
+    try:
+        with pytest.raises(ConfigError) as caught:
+            await adapter.start(Intake(repository))
+        assert str(caught.value).startswith("SOLARBOT_DISCORD_COMMAND_GUILD: ")
+        assert fake.token not in str(caught.value)
+    finally:
+        await adapter.stop()
+        repository.close()
+
+
+# ---------------------------------------------------------------------------- /ask
+
+
+async def test_ask_is_deferred_at_once_then_streamed_into_the_original_and_follow_ups(
+    rig: Rig,
+) -> None:
+    answer = "word " * 500  # 2500 characters: the original and one follow-up
+    rig.engine._replies = [answer.strip()]
+    payload = await rig.fake.slash(GENERAL, "ask", question="what is SOLAR?")
+    record = interaction(rig.fake, payload)
+    await rig.until(lambda: rig.jobs_done(1))
+    shown = await answered(rig, payload)
+
+    assert record.callbacks == [{"type": DEFERRED}]  # public "thinking…", nothing else
+    assert record.acknowledged_at is not None and record.acknowledged_at - record.sent_at < 3.0
+    assert "".join(shown).split() == answer.split() and len(shown) == 2
+    original, follow_up = rig.fake.interaction_messages(record.id)
+    assert not int(original["flags"]) & EPHEMERAL and not int(follow_up["flags"]) & EPHEMERAL
+    edits = rig.fake.edits[int(original["id"])]
+    assert edits[0] == "" and edits[1] == texts.DISCORD_THINKING and len(edits) >= 3
+    assert all(m["allowed_mentions"] == {"parse": []} for m in (original, follow_up))
+    # Nothing went through the channel's own REST routes: only the interaction's webhook.
+    assert rig.fake.rest("POST", rf"/channels/{GENERAL}/messages$") == []
+    assert rig.fake.rest("PATCH", r"/messages/@original$")
+    assert [c.path for c in rig.fake.rest("POST", r"^/webhooks/")] == [
+        f"/webhooks/{APP_ID}/{record.token}"
+    ]
+    assert rig.stored(GENERAL) == [("user", "what is SOLAR?"), ("assistant", answer.strip())]
+    assert rig.engine.prompts[0].endswith("### User:\nAna: what is SOLAR?\n\n### Assistant:\n")
+    (job,) = rig.repository.jobs()
+    assert job.dedupe_key == f"discord:interaction:{payload['id']}"
+    assert job.reply_message_ids == (original["id"], follow_up["id"])
+
+
+async def test_a_private_ask_is_ephemeral_from_the_callback_to_the_last_follow_up(
+    rig: Rig,
+) -> None:
+    rig.engine._replies = ["secret " * 400]  # 2800 characters
+    payload = await rig.fake.slash(THREAD, "ask", question="just for me", private=True)
+    record = interaction(rig.fake, payload)
+    await rig.until(lambda: rig.jobs_done(1))
+    await answered(rig, payload)
+    assert record.callbacks == [{"type": DEFERRED, "data": {"flags": EPHEMERAL}}]
+    messages = rig.fake.interaction_messages(record.id)
+    assert len(messages) == 2 and all(int(m["flags"]) & EPHEMERAL for m in messages)
+    assert [c.body["flags"] & EPHEMERAL for c in rig.fake.rest("POST", r"^/webhooks/")] == [
+        EPHEMERAL
+    ]
+    # A thread: its own history, its channel's settings.
+    assert rig.stored(GENERAL, thread=THREAD)[0] == ("user", "just for me")
+
+
+async def test_a_replayed_interaction_is_one_job_and_one_answer_even_across_processes(
+    rig: Rig,
+) -> None:
+    """The same INTERACTION_CREATE delivered again to this process, and at the same time to a
+    second process on the same database: one callback accepted, one job, one answer."""
+    second = DiscordAdapter(DiscordOptions(token=rig.fake.token, **FAST))
+    await second.start(Intake(rig.repository))
+    try:
+        await rig.until(lambda: rig.fake.connections == 2)
+        rig.engine._replies = ["The one answer."]
+        payload = await rig.fake.slash(GENERAL, "ask", question="once?")
+        await rig.fake.dispatch_interaction(payload)
+        await rig.fake.dispatch_interaction(payload)
+        await rig.until(lambda: rig.jobs_done(1))
+        assert await answered(rig, payload) == ["The one answer."]
+        await asyncio.sleep(0.3)
+        record = interaction(rig.fake, payload)
+        assert len(record.callbacks) == 2  # one per process; Discord accepted the first only
+        assert len(rig.repository.jobs()) == 1 and len(rig.engine.requests) == 1
+        assert await answered(rig, payload) == ["The one answer."]
+        assert rig.fake.rest("POST", r"^/webhooks/") == []  # no second answer
+        assert rig.stored(GENERAL) == [("user", "once?"), ("assistant", "The one answer.")]
+    finally:
+        await second.stop()
+
+
+async def test_outside_the_allow_lists_an_interaction_gets_a_private_refusal_and_nothing_stored(
+    fake: FakeDiscord, sqlite_url: str
+) -> None:
+    rig = await start_rig(fake, sqlite_url, allowed_channels=frozenset({GENERAL}))
+    try:
+        for payload in (
+            await fake.slash(RANDOM, "ask", question="hello?"),
+            await fake.slash(RANDOM, "solar", "status"),
+        ):
+            record = interaction(fake, payload)
+            await rig.until(lambda record=record: record.original is not None)  # type: ignore[misc]
+            # Answered in the callback itself (type 4), privately.
+            [callback] = record.callbacks
+            assert callback["type"] == 4 and callback["data"]["flags"] == EPHEMERAL
+            assert callback["data"]["content"] == texts.DISCORD_NOT_HERE
+            assert int(fake.messages[record.original]["flags"]) & EPHEMERAL
+        assert rig.repository.jobs() == []
+    finally:
+        await rig.stop()
+        rig.repository.close()
+
+
+# ---------------------------------------------------------------------------- /solar
+
+
+async def solar(rig: Rig, sub: str, *, roles: tuple[int, ...] = (), **options: Any) -> str:
+    payload = await rig.fake.slash(GENERAL, "solar", sub, roles=roles, **options)
+    shown = await answered(rig, payload)
+    record = interaction(rig.fake, payload)
+    assert record.callbacks == [{"type": DEFERRED, "data": {"flags": EPHEMERAL}}]
+    assert all(int(m["flags"]) & EPHEMERAL for m in rig.fake.interaction_messages(record.id))
+    return "\n".join(shown)
+
+
+async def test_solar_sub_commands_run_in_the_core_with_its_admin_checks(rig: Rig) -> None:
+    status = await solar(rig, "status")
+    assert "**Model:**" in status and "**Reply length:** no limit" in status
+    assert "/solar" in await solar(rig, "help")
+    refused = await solar(rig, "length", characters=500, roles=(MEMBER_ROLE,))
+    assert refused == texts.COMMAND_ADMINS_ONLY.format(command="@solarbot", p="!", name="length")
+    assert await solar(rig, "length", characters=500, roles=(ADMIN_ROLE,)) == (
+        texts.COMMAND_LENGTH_SET.format(limit=500)
+    )
+    assert "at most 500 characters" in await solar(rig, "status")
+    assert await solar(rig, "length", reset=True, roles=(ADMIN_ROLE,)) == (
+        texts.COMMAND_LENGTH_RESET
+    )
+    assert await solar(rig, "language", name="German", roles=(ADMIN_ROLE,)) == (
+        texts.COMMAND_LANGUAGE_SET.format(language="German")
+    )
+    assert "Be brief." in await solar(rig, "prompt", text="Be brief.", roles=(ADMIN_ROLE,))
+    config = rig.repository.channel_config(
+        platform="discord", workspace=str(GUILD), channel=str(GENERAL)
+    )
+    assert (config.language, config.system_prompt, config.max_reply_chars) == (
+        "German",
+        "Be brief.",
+        None,
+    )
+
+    # Off: questions by /ask are refused privately and nothing is stored; an admin turns it on.
+    assert await solar(rig, "off", roles=(ADMIN_ROLE,)) == texts.COMMAND_SWITCHED_OFF.format(
+        command="@solarbot", p="!"
+    )
+    asked = await rig.fake.slash(GENERAL, "ask", question="anyone?")
+    assert await answered(rig, asked) == [texts.CHANNEL_DISABLED]
+    assert all(int(m["flags"]) & EPHEMERAL for m in rig.fake.interaction_messages(int(asked["id"])))
+    assert await solar(rig, "status", roles=(MEMBER_ROLE,)) == texts.CHANNEL_DISABLED
+    assert await solar(rig, "on", roles=(ADMIN_ROLE,)) == texts.COMMAND_SWITCHED_ON
+    assert rig.repository.jobs() == []
+    key = ConversationKey(platform="discord", workspace=str(GUILD), channel=str(GENERAL))
+    assert rig.repository.messages(key) == []
+
+
+async def test_a_replayed_sub_command_is_answered_once(rig: Rig) -> None:
+    payload = await rig.fake.slash(GENERAL, "solar", "off", roles=(ADMIN_ROLE,))
+    await rig.fake.dispatch_interaction(payload)
+    await answered(rig, payload)
+    await asyncio.sleep(0.2)
+    record = interaction(rig.fake, payload)
+    assert len(record.callbacks) == 1 and rig.fake.rest("POST", r"^/webhooks/") == []
