@@ -51,7 +51,13 @@ from discord.http import handle_message_parameters
 from adapters.discord_commands import SlashCommands, sync_commands
 from adapters.discord_errors import delivery_error
 from adapters.discord_format import content, is_my_role, render_text
-from adapters.discord_interaction_reply import InteractionAnswers, InteractionReply, is_interaction
+from adapters.discord_interaction_reply import (
+    InteractionAnswers,
+    InteractionReply,
+    is_interaction,
+    is_private,
+    token_expired,
+)
 from adapters.discord_interactions import InteractionPolicy
 from adapters.streaming import MessageGone, StreamedReply
 from bot import texts
@@ -694,9 +700,19 @@ class DiscordAdapter:
         except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
             log.debug("discord: typing in %s failed: %s", channel_id, exc)
 
-    async def _send_plain(self, channel_id: int, reply_to: int | None, text: str) -> str:
+    async def _send_plain(
+        self,
+        channel_id: int,
+        reply_to: int | None,
+        text: str,
+        *,
+        allowed_mentions: discord.AllowedMentions = _NO_PINGS,
+    ) -> str:
         data = await self.client.http.send_message(
-            channel_id, params=self._reply_params(text, channel_id, reply_to)
+            channel_id,
+            params=self._reply_params(
+                text, channel_id, reply_to, allowed_mentions=allowed_mentions
+            ),
         )
         return str(data["id"])
 
@@ -746,6 +762,13 @@ class DiscordAdapter:
         channel_id = int(target.reply_target["channel_id"])
         reply_to = int(target.reply_target.get("message_id") or 0) or None
         try:
+            if is_interaction(target.reply_target):
+                # ``/ask``: the answer to the interaction; a private one pings nobody, so the
+                # support role is pinged in the channel too.
+                if is_private(target.reply_target):
+                    await self._send_plain(channel_id, None, text, allowed_mentions=pings)
+                await self._answers.answer(target.reply_target, text, allowed_mentions=pings)
+                return
             await self.client.http.send_message(
                 channel_id,
                 params=self._reply_params(text, channel_id, reply_to, allowed_mentions=pings),
@@ -784,9 +807,13 @@ class DiscordAdapter:
                 await self._answers.answer(
                     target.reply_target, text, answered=bool(target.existing_message_ids)
                 )
-            except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
+                return
+            except discord.HTTPException as exc:
+                if not token_expired(exc) or is_private(target.reply_target):
+                    raise delivery_error(exc) from exc
+                # The token expired (15 minutes): a public notice goes to the channel.
+            except (aiohttp.ClientError, OSError) as exc:
                 raise delivery_error(exc) from exc
-            return
         channel_id = int(target.reply_target["channel_id"])
         reply_to = int(target.reply_target.get("message_id") or 0) or None
         try:

@@ -145,7 +145,10 @@ class InteractionWebhook:
 
 
 class InteractionReply(StreamedReply):
-    """One streamed answer to an interaction: its first message is the original response."""
+    """One streamed answer to an interaction: its first message is the original response.
+
+    Once Discord refuses the token (older than 15 minutes: the question waited long in the queue)
+    a public answer continues as plain messages in the channel; a private one cannot, and fails."""
 
     def __init__(
         self,
@@ -156,36 +159,86 @@ class InteractionReply(StreamedReply):
         buttons: discord.ui.View | None = None,
     ) -> None:
         super().__init__(target, limit=MESSAGE_LIMIT, min_interval=edit_interval)
+        self._http = http
         self._webhook = InteractionWebhook(http, target.reply_target)
+        self._channel_id = int(target.reply_target["channel_id"])
         self._original = target.existing_message_ids[0] if target.existing_message_ids else None
         self._buttons = buttons
+        self._expired = False
+        self._in_channel: set[str] = set()  # posted in the channel once the token expired
+
+    def _falls_back(self, exc: discord.HTTPException) -> bool:
+        """The token expired and the answer is public: continue in the channel."""
+        if token_expired(exc) and not self._webhook.private:
+            if not self._expired:
+                log.info(
+                    "job %s: interaction token expired; answering in the channel",
+                    self.target.job_id,
+                )
+            self._expired = True
+            return True
+        return False
 
     async def post(self, text: str) -> str:
-        if self._original is None:
-            data = await self._webhook.edit("@original", text)
-            self._original = str(data["id"])
-        else:
-            data = await self._webhook.follow_up(text)
-        return str(data["id"])
+        if not self._expired:
+            try:
+                if self._original is None:
+                    data = await self._webhook.edit("@original", text)
+                    self._original = str(data["id"])
+                else:
+                    data = await self._webhook.follow_up(text)
+                return str(data["id"])
+            except discord.HTTPException as exc:
+                if not self._falls_back(exc):
+                    raise
+        sent = await self._http.send_message(
+            self._channel_id,
+            params=handle_message_parameters(content=text, allowed_mentions=_NO_PINGS),
+        )
+        self._in_channel.add(str(sent["id"]))
+        return str(sent["id"])
 
     def _address(self, message_id: str) -> str:
         return "@original" if message_id == self._original else message_id
 
-    async def edit(self, message_id: str, text: str) -> None:
+    async def edit(
+        self, message_id: str, text: str, *, view: discord.ui.View | None = None
+    ) -> None:
         try:
-            await self._webhook.edit(self._address(message_id), text)
+            if message_id in self._in_channel:
+                await self._http.edit_message(
+                    self._channel_id,
+                    int(message_id),
+                    params=handle_message_parameters(
+                        content=text,
+                        view=view if view is not None else discord.utils.MISSING,
+                        allowed_mentions=_NO_PINGS,
+                    ),
+                )
+            elif self._expired:
+                raise MessageGone(message_id)  # no longer editable: posted again in the channel
+            else:
+                await self._webhook.edit(self._address(message_id), text, view=view)
         except discord.NotFound as exc:
             raise MessageGone(message_id) from exc
+        except discord.HTTPException as exc:
+            if self._falls_back(exc):
+                raise MessageGone(message_id) from exc
+            raise
 
     async def discard(self, message_id: str) -> None:
-        with contextlib.suppress(discord.NotFound):
-            await self._webhook.delete(self._address(message_id))
+        with contextlib.suppress(discord.HTTPException):
+            if message_id in self._in_channel:
+                await self._http.delete_message(self._channel_id, int(message_id))
+            else:
+                await self._webhook.delete(self._address(message_id))
 
     async def finish(self, text: str) -> tuple[str, ...]:
         ids = tuple(await super().finish(text))
         if self._buttons is not None and ids:
             # The buttons go under the last part, once the answer is complete.
-            await self._call(self._webhook.edit(self._address(ids[-1]), None, view=self._buttons))
+            last = split_message(text, limit=MESSAGE_LIMIT)[-1] if text.strip() else text
+            await self._call(self.edit(ids[-1], last, view=self._buttons))
         return ids
 
     def delivery_error(self, exc: Exception) -> DeliveryError:

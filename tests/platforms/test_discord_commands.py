@@ -337,3 +337,74 @@ async def test_a_replayed_sub_command_is_answered_once(rig: Rig) -> None:
     await asyncio.sleep(0.2)
     record = interaction(rig.fake, payload)
     assert len(record.callbacks) == 1 and rig.fake.rest("POST", r"^/webhooks/") == []
+
+
+# ---------------------------------------------------------------------------- handoff, expiry
+
+
+async def test_asking_for_a_human_by_ask_pings_the_support_role_in_the_answer(
+    fake: FakeDiscord, sqlite_url: str
+) -> None:
+    rig = await start_rig(
+        fake, sqlite_url, handoff_keywords=("talk to a human",), support_role=ADMIN_ROLE
+    )
+    try:
+        public = await fake.slash(GENERAL, "ask", question="I want to talk to a human")
+        (notice,) = await answered(rig, public)
+        assert notice.startswith(f"<@&{ADMIN_ROLE}> Someone here asked for a human")
+        (message,) = fake.interaction_messages(int(public["id"]))
+        assert [str(r) for r in message["allowed_mentions"]["roles"]] == [str(ADMIN_ROLE)]
+        assert rig.engine.requests == []
+
+        # Waiting for a human: a later /ask there is told so, privately, and nothing is stored.
+        later = await fake.slash(GENERAL, "ask", question="hello?")
+        assert await answered(rig, later) == [texts.HANDOFF_WAITING.format(command="/solar resume")]
+        assert all(int(m["flags"]) & EPHEMERAL for m in fake.interaction_messages(int(later["id"])))
+        assert rig.stored(GENERAL) == [("user", "I want to talk to a human")]
+
+        # In a thread, privately: the answer is the asker's alone, so the role is pinged in the
+        # thread itself.
+        private = await fake.slash(THREAD, "ask", question="talk to a human!", private=True)
+        (told,) = await answered(rig, private)
+        assert told.startswith(f"<@&{ADMIN_ROLE}> ")
+        await rig.until(lambda: len(rig.replies(THREAD)) == 1)
+        (ping,) = fake.bot_messages(THREAD)
+        assert ping["content"] == told
+        assert [str(r) for r in ping["allowed_mentions"]["roles"]] == [str(ADMIN_ROLE)]
+
+        assert "I'm back" in await solar(rig, "resume", roles=(MEMBER_ROLE,))
+        again = await fake.slash(GENERAL, "ask", question="and now?")
+        await rig.until(lambda: rig.jobs_done(1))
+        assert await answered(rig, again) == ["You said: Ana: and now?"]
+    finally:
+        await rig.stop()
+        rig.repository.close()
+
+
+async def test_a_public_answer_whose_token_expired_in_the_queue_is_posted_in_the_channel(
+    fake: FakeDiscord, sqlite_url: str
+) -> None:
+    """Interaction tokens live 15 minutes: a question that waited longer behind others is still
+    answered, in the channel; a private one cannot be and gets no public answer."""
+    rig = await start_rig(fake, sqlite_url, engine=FakeEngine(delay_per_chunk=0.02))
+    try:
+        rig.engine._replies = [" ".join(f"w{n}" for n in range(60)), "Late but here.", "Nope."]
+        first = await fake.slash(GENERAL, "ask", question="a long one")
+        public = await fake.slash(GENERAL, "ask", question="and me?")
+        private = await fake.slash(GENERAL, "ask", question="me too?", private=True)
+        for payload in (public, private):
+            await rig.until(lambda p=payload: interaction(fake, p).acknowledged_at is not None)  # type: ignore[misc]
+            fake.expire_interaction(int(payload["id"]))
+        await answered(rig, first)
+        await rig.until(lambda: rig.replies(GENERAL) == ["Late but here."])
+        (posted,) = fake.bot_messages(GENERAL)
+        assert posted["allowed_mentions"] == {"parse": []}
+        job = rig.repository.jobs()[1]
+        assert job.reply_message_ids == (posted["id"],)
+        # The private answer was never shown to anyone else.
+        await asyncio.sleep(0.5)
+        assert rig.replies(GENERAL) == ["Late but here."]
+        assert "Nope." not in str([m["content"] for m in fake.messages.values()])
+    finally:
+        await rig.stop(drain=0.1)
+        rig.repository.close()
