@@ -48,6 +48,8 @@ import aiohttp
 import discord
 from discord.http import handle_message_parameters
 
+from adapters.discord_buttons import PREFIX as BUTTON_PREFIX
+from adapters.discord_buttons import ButtonClicks, answer_buttons
 from adapters.discord_commands import SlashCommands, sync_commands
 from adapters.discord_errors import delivery_error
 from adapters.discord_format import content, is_my_role, render_text
@@ -134,6 +136,12 @@ class _GatewayClient(discord.Client):
     async def on_ready(self) -> None:
         self._adapter.ready.set()
 
+    async def on_interaction(self, interaction: discord.Interaction[Any]) -> None:
+        try:
+            await self._adapter.handle_interaction(interaction)
+        except Exception:
+            log.exception("discord: handling interaction %s failed", interaction.id)
+
     async def on_message(self, message: discord.Message) -> None:
         try:
             await self._adapter.handle_message(message)
@@ -190,6 +198,7 @@ class DiscordAdapter:
         # Slash commands and answers to interactions (adapters/discord_commands.py).
         self._answers = InteractionAnswers(self.client.http)
         self.slash: SlashCommands | None = None
+        self.buttons: ButtonClicks | None = None
 
     def __repr__(self) -> str:  # never show the token
         return f"DiscordAdapter(ingress={self.options.ingress})"
@@ -232,6 +241,8 @@ class DiscordAdapter:
         )
         if not self.options.ingress:
             return
+        self.buttons = ButtonClicks(intake=intake, policy=self._policy(), answers=self._answers)
+        self.client.add_dynamic_items(self.buttons.item_class())  # clicks on any answer, ever
         await self._register_commands(intake, self._commands)
         self._gateway = asyncio.create_task(self.client.connect(reconnect=True), name="discord")
         ready = asyncio.create_task(self.ready.wait())
@@ -259,15 +270,7 @@ class DiscordAdapter:
         """``/ask`` and ``/solar`` on the command tree, registered with Discord before the
         gateway connects (so no interaction arrives for a command the tree lacks)."""
         self.slash = SlashCommands(
-            intake=intake,
-            commands=commands,
-            policy=InteractionPolicy(
-                is_admin=lambda user, in_guild: self._is_admin(user, in_guild=in_guild),
-                allowed=self._allowed,
-                parent_of=self._parent_of,
-                dms=self.options.dms,
-            ),
-            answers=self._answers,
+            intake=intake, commands=commands, policy=self._policy(), answers=self._answers
         )
         tree = self.slash.build_tree(self.client, guild=self.options.command_guild)
         try:
@@ -281,6 +284,28 @@ class DiscordAdapter:
             return
         where = f"guild {self.options.command_guild}" if self.options.command_guild else "global"
         log.info("discord: %d application commands registered (%s)", count, where)
+
+    def _policy(self) -> InteractionPolicy:
+        """The rules for messages, for the interaction handlers."""
+        return InteractionPolicy(
+            is_admin=lambda user, in_guild: self._is_admin(user, in_guild=in_guild),
+            allowed=self._allowed,
+            parent_of=self._parent_of,
+            dms=self.options.dms,
+        )
+
+    async def handle_interaction(self, interaction: discord.Interaction[Any]) -> None:
+        """A click on a component that is none of ours (no ``solarbot:`` id: discord.py's
+        dispatch ignores it) still gets an answer, privately, instead of "interaction failed"."""
+        data: dict[str, Any] = dict(interaction.data or {})
+        if interaction.type is not discord.InteractionType.component or self._closing:
+            return
+        if str(data.get("custom_id", "")).startswith(BUTTON_PREFIX):
+            return
+        try:
+            await interaction.response.send_message(texts.DISCORD_BUTTON_UNKNOWN, ephemeral=True)
+        except discord.HTTPException as exc:
+            log.debug("discord: could not answer an unknown component: %s", exc)
 
     def _gateway_ended(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None and not self._closing:
@@ -719,7 +744,10 @@ class DiscordAdapter:
     async def open_reply(self, target: ReplyTarget) -> DiscordReply | InteractionReply:
         if is_interaction(target.reply_target):  # ``/ask``: through the interaction's webhook
             answer = InteractionReply(
-                self.client.http, target, edit_interval=self.options.edit_interval
+                self.client.http,
+                target,
+                edit_interval=self.options.edit_interval,
+                buttons=answer_buttons(target.job_id),
             )
             await answer.start(texts.DISCORD_THINKING)
             return answer
@@ -766,7 +794,7 @@ class DiscordAdapter:
                 # ``/ask``: the answer to the interaction; a private one pings nobody, so the
                 # support role is pinged in the channel too.
                 if is_private(target.reply_target):
-                    await self._send_plain(channel_id, None, text, allowed_mentions=pings)
+                    await self._send_plain(channel_id, reply_to, text, allowed_mentions=pings)
                 await self._answers.answer(target.reply_target, text, allowed_mentions=pings)
                 return
             await self.client.http.send_message(
@@ -866,7 +894,10 @@ class DiscordReply(StreamedReply):
 
     async def finish(self, text: str) -> Sequence[str]:
         try:
-            return await super().finish(text)
+            ids = await super().finish(text)
+            if ids:  # the buttons go under the last part, once the answer is complete
+                await self._call(self._add_buttons(ids[-1]))
+            return ids
         finally:
             self.stop_typing()
             self._adapter.reply_done(self)
@@ -891,6 +922,10 @@ class DiscordReply(StreamedReply):
         if self._typing is not None:
             await self._adapter._typing(self._channel_id)  # posting a message ends typing
         return str(data["id"])
+
+    async def _add_buttons(self, message_id: str) -> None:
+        params = handle_message_parameters(view=answer_buttons(self.target.job_id))
+        await self._http.edit_message(self._channel_id, int(message_id), params=params)
 
     async def edit(self, message_id: str, text: str) -> None:
         try:

@@ -371,3 +371,20 @@ DISCORD_COMMAND_GUILD_FORBIDDEN = (
     "{guild}: invite the bot to that server with the applications.commands scope (see "
     "docs/discord.md), or unset the variable to register them globally."
 )
+
+# Buttons under every Discord answer (adapters/discord_buttons.py): 👍, 👎 and this one.
+DISCORD_BUTTON_HUMAN = "Talk to a human"
+# The user turn stored when someone asks for a human with the button (history, exports).
+DISCORD_BUTTON_HUMAN_TURN = "(asked for a human with the button)"
+DISCORD_BUTTON_RATED = {
+    "up": "Thanks! Your 👍 on this answer is noted.",
+    "down": "Thanks! Your 👎 on this answer is noted; it helps us improve.",
+}
+DISCORD_BUTTON_UNKNOWN = (
+    "Sorry, this button is not one of mine (or its answer is gone): nothing was recorded."
+)
+DISCORD_BUTTON_NOT_YET = "This answer is still being finished; please try again in a moment."
+DISCORD_BUTTON_HUMAN_ASKER_ONLY = (
+    "Only the person who asked this question, or an admin, can hand it to a human. "
+    "Ask your own question if you need one."
+)
