@@ -18,6 +18,7 @@ from bot.commands import CommandName
 from bot.errors import ConfigError
 from bot.generation.fake import FakeEngine
 from bot.intake import Intake
+from bot.limits import Limits, LimitSettings
 from bot.records import ConversationKey
 from bot.service import discord_options
 from bot.settings import load_settings
@@ -407,4 +408,33 @@ async def test_a_public_answer_whose_token_expired_in_the_queue_is_posted_in_the
         assert "Nope." not in str([m["content"] for m in fake.messages.values()])
     finally:
         await rig.stop(drain=0.1)
+        rig.repository.close()
+
+
+async def test_a_refused_ask_is_told_to_the_asker_alone_and_never_twice(
+    fake: FakeDiscord, sqlite_url: str
+) -> None:
+    """Over the rate limit: the public "thinking…" goes away and only the asker is told, once
+    per window; later refusals in the window leave nothing behind."""
+    limits = Limits(LimitSettings(user_rate_per_minute=0.01, user_burst=1))
+    rig = await start_rig(fake, sqlite_url, limits=limits)
+    try:
+        accepted = await fake.slash(GENERAL, "ask", question="one")
+        await rig.until(lambda: rig.jobs_done(1))
+        assert await answered(rig, accepted) == ["You said: Ana: one"]
+        refused = await fake.slash(GENERAL, "ask", question="two")
+        record = interaction(fake, refused)
+        await rig.until(lambda: bool(record.followups))
+        assert record.original in fake.deleted  # the public "thinking…" is gone
+        (notice,) = fake.interaction_messages(record.id)
+        assert (
+            int(notice["flags"]) & EPHEMERAL and "faster than I can take them" in notice["content"]
+        )
+        quiet = await fake.slash(GENERAL, "ask", question="three")
+        quiet_record = interaction(fake, quiet)
+        await rig.until(lambda: quiet_record.original in fake.deleted)
+        assert fake.interaction_messages(quiet_record.id) == []
+        assert [t for _, t in rig.stored(GENERAL)] == ["one", "You said: Ana: one"]
+    finally:
+        await rig.stop()
         rig.repository.close()
