@@ -56,6 +56,7 @@ from adapters.discord_format import content, is_my_role, render_text
 from adapters.discord_interaction_reply import (
     InteractionAnswers,
     InteractionReply,
+    InteractionWait,
     is_interaction,
     is_private,
     token_expired,
@@ -199,6 +200,7 @@ class DiscordAdapter:
         self._answers = InteractionAnswers(self.client.http)
         self.slash: SlashCommands | None = None
         self.buttons: ButtonClicks | None = None
+        self._waits: dict[int, InteractionWait] = {}  # /ask questions waiting, by job id
 
     def __repr__(self) -> str:  # never show the token
         return f"DiscordAdapter(ingress={self.options.ingress})"
@@ -270,7 +272,11 @@ class DiscordAdapter:
         """``/ask`` and ``/solar`` on the command tree, registered with Discord before the
         gateway connects (so no interaction arrives for a command the tree lacks)."""
         self.slash = SlashCommands(
-            intake=intake, commands=commands, policy=self._policy(), answers=self._answers
+            intake=intake,
+            commands=commands,
+            policy=self._policy(),
+            answers=self._answers,
+            on_enqueued=self._interaction_queued,
         )
         tree = self.slash.build_tree(self.client, guild=self.options.command_guild)
         try:
@@ -284,6 +290,26 @@ class DiscordAdapter:
             return
         where = f"guild {self.options.command_guild}" if self.options.command_guild else "global"
         log.info("discord: %d application commands registered (%s)", count, where)
+
+    def _interaction_queued(self, job_id: int, incoming: Incoming) -> None:
+        """An ``/ask`` was queued: its response shows the queue position while it waits."""
+        wait = InteractionWait(self.client.http, incoming.reply_target)
+        self._waits[job_id] = wait
+        self._spawn(self._interaction_waits(job_id, wait), f"discord-ask-queued-{job_id}")
+
+    async def _interaction_waits(self, job_id: int, wait: InteractionWait) -> None:
+        assert self._intake is not None
+        try:
+            await wait.run(
+                job_id,
+                self._intake,
+                notice_after=self.options.queue_notice_after,
+                poll=self.options.status_poll,
+                closing=lambda: self._closing,
+            )
+        finally:
+            if self._waits.get(job_id) is wait:
+                del self._waits[job_id]
 
     def _policy(self) -> InteractionPolicy:
         """The rules for messages, for the interaction handlers."""
@@ -743,6 +769,9 @@ class DiscordAdapter:
 
     async def open_reply(self, target: ReplyTarget) -> DiscordReply | InteractionReply:
         if is_interaction(target.reply_target):  # ``/ask``: through the interaction's webhook
+            wait = self._waits.pop(target.job_id, None)
+            if wait is not None:
+                await wait.adopt()
             answer = InteractionReply(
                 self.client.http,
                 target,
@@ -925,7 +954,8 @@ class DiscordReply(StreamedReply):
 
     async def _add_buttons(self, message_id: str) -> None:
         params = handle_message_parameters(view=answer_buttons(self.target.job_id))
-        await self._http.edit_message(self._channel_id, int(message_id), params=params)
+        with contextlib.suppress(discord.NotFound):  # deleted meanwhile: no buttons
+            await self._http.edit_message(self._channel_id, int(message_id), params=params)
 
     async def edit(self, message_id: str, text: str) -> None:
         try:

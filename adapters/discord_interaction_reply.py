@@ -19,10 +19,12 @@ the interaction's webhook, with the interaction token and no gateway:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -31,8 +33,10 @@ from discord.http import Route, handle_message_parameters
 
 from adapters.discord_errors import delivery_error
 from adapters.streaming import MessageGone, StreamedReply
-from bot.delivery import NOTICE_TO, ReplyTarget
+from bot import texts
+from bot.delivery import NOTICE_TO, IntakePort, ReplyTarget
 from bot.errors import DeliveryError
+from bot.records import JobStatus
 from bot.splitting import split_message
 
 log = logging.getLogger(__name__)
@@ -202,15 +206,16 @@ class InteractionReply(StreamedReply):
         return "@original" if message_id == self._original else message_id
 
     async def edit(
-        self, message_id: str, text: str, *, view: discord.ui.View | None = None
+        self, message_id: str, text: str | None, *, view: discord.ui.View | None = None
     ) -> None:
+        """Replace a message's text (None: keep it) and, given ``view``, its buttons."""
         try:
             if message_id in self._in_channel:
                 await self._http.edit_message(
                     self._channel_id,
                     int(message_id),
                     params=handle_message_parameters(
-                        content=text,
+                        content=text if text is not None else discord.utils.MISSING,
                         view=view if view is not None else discord.utils.MISSING,
                         allowed_mentions=_NO_PINGS,
                     ),
@@ -236,9 +241,10 @@ class InteractionReply(StreamedReply):
     async def finish(self, text: str) -> tuple[str, ...]:
         ids = tuple(await super().finish(text))
         if self._buttons is not None and ids:
-            # The buttons go under the last part, once the answer is complete.
-            last = split_message(text, limit=MESSAGE_LIMIT)[-1] if text.strip() else text
-            await self._call(self.edit(ids[-1], last, view=self._buttons))
+            # The buttons go under the last part, once the answer is complete (a part that
+            # can no longer be edited keeps the answer without them).
+            with contextlib.suppress(MessageGone):
+                await self._call(self.edit(ids[-1], None, view=self._buttons))
         return ids
 
     def delivery_error(self, exc: Exception) -> DeliveryError:
@@ -303,3 +309,48 @@ class InteractionAnswers:
             await InteractionWebhook(self._http, reply_target).delete("@original")
         except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
             log.debug("discord: could not withdraw an interaction response: %s", exc)
+
+
+class InteractionWait:
+    """While an ``/ask`` waits behind other questions, its "thinking…" response shows its queue
+    position ("Queued (position N)…"), until the worker's reply takes the response over
+    (``adopt``)."""
+
+    def __init__(self, http: discord.http.HTTPClient, reply_target: Mapping[str, str]) -> None:
+        self._webhook = InteractionWebhook(http, reply_target)
+        self._lock = asyncio.Lock()
+        self._adopted = False
+        self._shown = ""
+
+    async def adopt(self) -> None:
+        """The reply starts: no queue position is shown from now on."""
+        async with self._lock:
+            self._adopted = True
+
+    async def run(
+        self,
+        job_id: int,
+        intake: IntakePort,
+        *,
+        notice_after: float,
+        poll: float,
+        closing: Callable[[], bool],
+    ) -> None:
+        started = time.monotonic()
+        try:
+            while not closing():
+                async with self._lock:
+                    if self._adopted:
+                        return
+                    status = await intake.job_status(job_id)
+                    if status is not JobStatus.QUEUED and status is not JobStatus.RUNNING:
+                        return
+                    if status is JobStatus.QUEUED and time.monotonic() - started >= notice_after:
+                        position = await intake.queue_position(job_id)
+                        text = texts.DISCORD_QUEUED.format(position=position) if position else ""
+                        if text and text != self._shown:
+                            await self._webhook.edit("@original", text)
+                            self._shown = text
+                await asyncio.sleep(poll)
+        except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
+            log.warning("discord: job %s: queue notice failed: %s", job_id, exc)

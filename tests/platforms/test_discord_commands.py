@@ -438,3 +438,25 @@ async def test_a_refused_ask_is_told_to_the_asker_alone_and_never_twice(
     finally:
         await rig.stop()
         rig.repository.close()
+
+
+async def test_a_waiting_ask_shows_its_queue_position_then_becomes_the_answer(
+    fake: FakeDiscord, sqlite_url: str
+) -> None:
+    engine = FakeEngine(delay_per_chunk=0.02, script=lambda p: "slow answer " * 15)
+    rig = await start_rig(fake, sqlite_url, engine=engine, concurrency=1)
+    try:
+        await fake.slash(GENERAL, "ask", question="first")
+        second = await fake.slash(RANDOM, "ask", question="second", private=True)
+        await rig.until(lambda: rig.jobs_done(2))
+        (original,) = fake.interaction_messages(int(second["id"]))
+        shown = fake.edits[int(original["id"])]
+        assert shown[1] == texts.DISCORD_QUEUED.format(position=1)  # after the empty "thinking…"
+        assert (
+            texts.DISCORD_THINKING in shown and shown[-1].strip() == ("slow answer " * 15).strip()
+        )
+        assert int(original["flags"]) & EPHEMERAL
+        assert fake.rest("POST", r"/typing$") == []  # Discord shows "thinking…" itself
+    finally:
+        await rig.stop()
+        rig.repository.close()
