@@ -25,6 +25,7 @@ from bot.settings import load_settings
 from storage.repository import Repository
 from tests.platforms.test_discord import (
     ADMIN_ROLE,
+    DM,
     FAST,
     GENERAL,
     GUILD,
@@ -253,6 +254,14 @@ async def test_a_replayed_interaction_is_one_job_and_one_answer_even_across_proc
         assert await answered(rig, payload) == ["The one answer."]
         assert rig.fake.rest("POST", r"^/webhooks/") == []  # no second answer
         assert rig.stored(GENERAL) == [("user", "once?"), ("assistant", "The one answer.")]
+
+        # A sub-command reaches both processes too: one of them answers it, once.
+        status = await rig.fake.slash(GENERAL, "solar", "status")
+        assert "**Model:**" in (await answered(rig, status))[0]
+        await asyncio.sleep(0.3)
+        assert len(interaction(rig.fake, status).callbacks) == 2
+        assert len(rig.fake.interaction_messages(int(status["id"]))) == 1
+        assert rig.fake.rest("POST", r"^/webhooks/") == []
     finally:
         await second.stop()
 
@@ -457,6 +466,38 @@ async def test_a_waiting_ask_shows_its_queue_position_then_becomes_the_answer(
         )
         assert int(original["flags"]) & EPHEMERAL
         assert fake.rest("POST", r"/typing$") == []  # Discord shows "thinking…" itself
+    finally:
+        await rig.stop()
+        rig.repository.close()
+
+
+async def test_direct_messages_take_slash_commands_only_when_switched_on(
+    fake: FakeDiscord, sqlite_url: str
+) -> None:
+    rig = await start_rig(fake, sqlite_url, dms=True)
+    try:
+        assert fake.registered("ask")["contexts"] == [0, 1]  # servers and DMs
+        payload = await fake.slash(DM, "ask", question="in a DM")
+        await rig.until(lambda: rig.jobs_done(1))
+        assert await answered(rig, payload) == ["You said: Ana: in a DM"]
+        assert rig.stored(DM, guild=0) == [
+            ("user", "in a DM"),
+            ("assistant", "You said: Ana: in a DM"),
+        ]
+        # In a DM the person is the admin of their own conversation.
+        assert await answered(rig, await fake.slash(DM, "solar", "length", characters=300)) == [
+            texts.COMMAND_LENGTH_SET.format(limit=300)
+        ]
+    finally:
+        await rig.stop()
+        rig.repository.close()
+    rig = await start_rig(fake, sqlite_url)  # DMs off (the default)
+    try:
+        payload = await fake.slash(DM, "ask", question="hello?")
+        record = interaction(fake, payload)
+        await rig.until(lambda: record.original is not None)
+        assert record.callbacks[0]["data"]["content"] == texts.DISCORD_NOT_HERE
+        assert len(rig.repository.jobs()) == 1  # only the one from before
     finally:
         await rig.stop()
         rig.repository.close()
