@@ -25,6 +25,10 @@ the ones addressed to the bot to the intake:
   expiry) and, once it has waited ``queue_notice_after`` seconds behind other jobs, a placeholder
   reply with its queue position; the worker's reply continues that placeholder.
 
+Interactions: ``/ask`` and ``/solar`` (``adapters.discord_commands``, registered at start-up by an
+ingress process) and the buttons under every answer (``adapters.discord_buttons``); an ``/ask``
+answer is streamed through the interaction's webhook (``adapters.discord_interaction_reply``).
+
 Egress (``open_reply``/``post_notice``) needs only REST and the bot token, so a separate worker
 process delivers replies without a gateway connection: a placeholder reply to the triggering message
 (no ping), typing while generating, edits at most every ``edit_interval`` seconds, follow-up messages
