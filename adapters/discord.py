@@ -52,6 +52,7 @@ import aiohttp
 import discord
 from discord.http import handle_message_parameters
 
+from adapters.attachment_download import AttachmentOptions, AttachmentReader, discord_file_refs
 from adapters.discord_buttons import PREFIX as BUTTON_PREFIX
 from adapters.discord_buttons import ButtonClicks, answer_buttons
 from adapters.discord_commands import SlashCommands, sync_commands
@@ -73,7 +74,7 @@ from bot.dedupe import dedupe_key
 from bot.delivery import IntakePort, ReplyTarget
 from bot.errors import ConfigError, DeliveryError, InvalidIncomingError, SolarbotError
 from bot.learning import ChatMessage, is_learning
-from bot.records import ConversationKey, Incoming, JobStatus
+from bot.records import Attachment, ConversationKey, Incoming, JobStatus
 from bot.splitting import split_message
 
 if TYPE_CHECKING:
@@ -113,6 +114,8 @@ class DiscordOptions:
     model_id: str = ""  # shown by ``!status``
     default_system_prompt: str = ""  # shown by ``!prompt`` in a channel without its own
     command_guild: int | None = None  # register the slash commands in this guild only
+    # Files on questions are downloaded (attachment URLs) and read; None: not read.
+    attachments: AttachmentOptions | None = None
 
 
 def intents() -> discord.Intents:
@@ -205,6 +208,9 @@ class DiscordAdapter:
         self.slash: SlashCommands | None = None
         self.buttons: ButtonClicks | None = None
         self._waits: dict[int, InteractionWait] = {}  # /ask questions waiting, by job id
+        self._files: AttachmentReader | None = None
+        if options.attachments is not None and options.ingress:
+            self._files = AttachmentReader(options=options.attachments)
 
     def __repr__(self) -> str:  # never show the token
         return f"DiscordAdapter(ingress={self.options.ingress})"
@@ -358,6 +364,8 @@ class DiscordAdapter:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.client.close()
+        if self._files is not None:
+            await self._files.close()
         if self._gateway is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._gateway
@@ -431,6 +439,9 @@ class DiscordAdapter:
             elif not refusal.quiet:
                 await self._send_plain(message.channel.id, message.id, refusal.notice)
             return
+        files: tuple[Attachment, ...] = ()
+        if self._files is not None and message.attachments:
+            files = await self._files.read_all(discord_file_refs(message.attachments))
         try:
             incoming = Incoming(
                 platform=PLATFORM,
@@ -446,6 +457,7 @@ class DiscordAdapter:
                     "channel_id": str(message.channel.id),
                     "message_id": str(message.id),
                 },
+                attachments=files,
             )
         except InvalidIncomingError:
             return

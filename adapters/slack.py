@@ -54,10 +54,17 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
+from adapters.attachment_download import (
+    AttachmentOptions,
+    AttachmentReader,
+    slack_file_origins,
+    slack_file_refs,
+)
 from adapters.slack_format import from_slack, to_mrkdwn
 from adapters.slack_request import Refused, bolt_request, verified
 from adapters.streaming import StreamedReply
 from bot import texts
+from bot.attachments import question_text
 from bot.commands import CommandContext, CommandName, Commands, parse_command
 from bot.dedupe import dedupe_key
 from bot.delivery import NOTICE_TO, IntakePort, ReplyTarget
@@ -227,6 +234,8 @@ class SlackOptions:
     edit_interval: float = 1.0
     message_limit: int = MESSAGE_LIMIT
     ingress: bool = True  # False: Web API only (a worker process delivering replies)
+    # Files on questions are downloaded (url_private, the bot token) and read; None: not read.
+    attachments: AttachmentOptions | None = None
 
 
 class SlackAdapter:
@@ -281,6 +290,13 @@ class SlackAdapter:
         self._socket: AsyncSocketModeHandler | None = None
         self._background: set[asyncio.Task[None]] = set()  # slash commands after their ack
         self.http_port: int | None = None
+        self._files: AttachmentReader | None = None
+        if options.attachments is not None and options.ingress:
+            self._files = AttachmentReader(
+                options=options.attachments,
+                bearer=options.bot_token,
+                auth_origins=slack_file_origins(options.api_url),
+            )
 
     @property
     def platform(self) -> str:
@@ -366,6 +382,8 @@ class SlackAdapter:
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
+        if self._files is not None:
+            await self._files.close()
 
     # ------------------------------------------------------------------ ingress
 
@@ -630,8 +648,10 @@ class SlackAdapter:
     async def _on_user_message(
         self, event: dict[str, Any], body: dict[str, Any], *, in_thread: bool
     ) -> None:
-        if event.get("subtype") or event.get("bot_id") or not event.get("user"):
-            return  # edits, deletions, joins, other bots (our own messages never get here)
+        if event.get("subtype") not in (None, "file_share"):
+            return  # edits, deletions, joins (a message with files is still a message)
+        if event.get("bot_id") or not event.get("user"):
+            return  # other bots (our own messages never get here)
         workspace = str(body.get("team_id") or event.get("team") or "")
         channel = str(event.get("channel", ""))
         if not self._allowed(workspace, channel):
@@ -640,6 +660,8 @@ class SlackAdapter:
         ts = str(event.get("ts", ""))
         thread = str(event.get("thread_ts") or (ts if in_thread else ""))
         text = from_slack(str(event.get("text", "")), bot_user_id=self._bot_user_id)
+        files = await self._files.read_all(slack_file_refs(event)) if self._files else ()
+        text = question_text(text, files)
         if not text:
             here = ConversationKey(
                 platform=PLATFORM, workspace=workspace, channel=channel, thread=thread
@@ -676,6 +698,7 @@ class SlackAdapter:
                 text=text,
                 message_id=ts,
                 reply_target={"channel": channel, "thread_ts": thread},
+                attachments=files,
             )
         except InvalidIncomingError as exc:  # acknowledged: Slack would send the same again
             log.info("ignored a Slack message %s in %s: %s", ts[:40], channel[:40], exc)

@@ -388,3 +388,16 @@ DISCORD_BUTTON_HUMAN_ASKER_ONLY = (
     "Only the person who asked this question, or an admin, can hand it to a human. "
     "Ask your own question if you need one."
 )
+# Attached files (bot/attachments.py): one line each in the reply, before the answer. {name} is
+# the file's name in code quotes.
+ATTACHMENT_TOO_BIG = "📎 I couldn't read {name}: it is larger than I can take."
+ATTACHMENT_BINARY = "📎 I couldn't read {name}: I can read text files and PDFs only."
+ATTACHMENT_UNREADABLE = (
+    "📎 I couldn't read {name}: it looks damaged, holds no text, or isn't UTF-8 text."
+)
+ATTACHMENT_DOWNLOAD_FAILED = "📎 I couldn't download {name}, so I answered without it."
+ATTACHMENT_TOO_MANY = "📎 I didn't read {name}: that's more files than I read in one message."
+ATTACHMENT_CUT = "📎 {name} is long: I read only its beginning."
+ATTACHMENT_NO_ROOM = "📎 I had no room left to read {name} along with your question."
+# The question stored (and given to the model) for a message that is only attached files.
+ATTACHMENT_ONLY_QUESTION = "(no question: please look at the attached files)"

@@ -13,7 +13,7 @@ delete message, typing. Like Discord: content over 2000 characters -> 400 code 5
 honour it) or any other status. Every REST call is recorded in ``calls``. Replies carry
 ``Content-Type: application/json`` exactly: discord.py mis-parses anything else.
 
-Interactions (``tests/support/discord_fake.py`` half two): application commands registered with
+Interactions: application commands registered with
 ``PUT /applications/{app}/commands`` (or the guild variant) are kept per scope; ``slash`` sends an
 INTERACTION_CREATE (type 2) whose options are typed from the registered schema (an option the
 schema lacks fails the test, as Discord refuses it), ``click`` one of component type (type 3) for
@@ -21,6 +21,10 @@ a button that is on the message. The callback (``POST /interactions/{id}/{token}
 accepted once per interaction (a second one: 400 code 40060, as Discord answers); webhook
 follow-ups and edits (``/webhooks/{app}/{token}[/messages/{id|@original}]``) need no bot token but
 a live interaction token (``expire_interaction``: 401 code 50027), and keep the ephemeral flag.
+
+CDN: files a user message carries (``user_message(uploads=...)``, ``Upload``) are served at their
+attachment URL (``/attachments/...``) like cdn.discordapp.com, without any token; every request
+for one is in ``cdn_requests`` with its headers.
 """
 
 from __future__ import annotations
@@ -79,6 +83,18 @@ def member_payload(roles: Iterable[int]) -> Json:
         "premium_since": None,
         "pending": False,
     }
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A file attached to a user message and served by the fake's CDN: ``status`` other than 200
+    answers that status; ``declared_size`` is the size the message states (default: the real one)."""
+
+    name: str
+    content_type: str
+    data: bytes
+    status: int = 200
+    declared_size: int | None = None
 
 
 @dataclass
@@ -151,6 +167,8 @@ class FakeDiscord:
         self._runner: web.AppRunner | None = None
         self.port = 0
         self.ready = asyncio.Event()
+        self.uploads: dict[str, Upload] = {}  # by CDN path
+        self.cdn_requests: list[tuple[str, dict[str, str]]] = []  # (path, headers)
 
     # ------------------------------------------------------------------ server
 
@@ -158,6 +176,7 @@ class FakeDiscord:
         app = web.Application()
         app.router.add_get("/", self._gateway)
         app.router.add_route("*", "/api/v10/{tail:.*}", self._rest)
+        app.router.add_get("/attachments/{channel}/{attachment}/{name}", self._cdn)
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -330,8 +349,10 @@ class FakeDiscord:
         roles: tuple[int, ...] = (),
         attachments: tuple[tuple[str, str], ...] = (),
         stickers: tuple[str, ...] = (),
+        uploads: tuple[Upload, ...] = (),
     ) -> Json:
-        """A user posts ``content``; returns the MESSAGE_CREATE payload (replay it if you like)."""
+        """A user posts ``content``; returns the MESSAGE_CREATE payload (replay it if you like).
+        ``attachments`` (name, type) are listed only; ``uploads`` are served by the CDN too."""
         channel = self.channels.get(channel_id)
         guild_id = channel.get("guild_id") if channel is not None else None
         message_id = self.snowflake()
@@ -358,7 +379,8 @@ class FakeDiscord:
                     "content_type": kind,
                 }
                 for name, kind in attachments
-            ],
+            ]
+            + [self._served(channel_id, upload) for upload in uploads],
             "sticker_items": [
                 {"id": str(self.snowflake()), "name": name, "format_type": 1} for name in stickers
             ],
@@ -381,6 +403,30 @@ class FakeDiscord:
         self.messages[message_id] = payload
         await self.dispatch_message(payload)
         return payload
+
+    def _served(self, channel_id: int, upload: Upload) -> Json:
+        attachment_id = self.snowflake()
+        path = f"/attachments/{channel_id}/{attachment_id}/{upload.name}"
+        self.uploads[path] = upload
+        url = f"http://127.0.0.1:{self.port}{path}?ex=1&is=2&hm=3"
+        size = len(upload.data) if upload.declared_size is None else upload.declared_size
+        return {
+            "id": str(attachment_id),
+            "filename": upload.name,
+            "size": size,
+            "url": url,
+            "proxy_url": url,
+            "content_type": upload.content_type,
+        }
+
+    async def _cdn(self, request: web.Request) -> web.Response:
+        self.cdn_requests.append((request.path, dict(request.headers)))
+        upload = self.uploads.get(request.path)
+        if upload is None:
+            return web.Response(status=404, text="not found")
+        if upload.status != 200:
+            return web.Response(status=upload.status, text="no")
+        return web.Response(body=upload.data, headers={"Content-Type": upload.content_type})
 
     async def dispatch_message(self, payload: Json) -> None:
         """Send MESSAGE_CREATE to every connected client (call again to simulate a replay)."""
