@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import tempfile
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from adapters.discord_buttons import answer_buttons, custom_id, parse_custom_id
 from bot import texts
@@ -128,6 +131,12 @@ def test_custom_ids_name_a_job_and_nothing_else_parses() -> None:
     ]
 
 
+@given(value=st.text(max_size=40) | st.from_regex(r"solarbot:[a-z]{0,6}:-?[0-9]{0,21}"))
+def test_a_custom_id_parses_only_when_it_is_exactly_one_of_ours(value: str) -> None:
+    parsed = parse_custom_id(value)
+    assert parsed is None or custom_id(*parsed) == value
+
+
 async def test_every_answer_carries_the_buttons_under_its_last_part(rig: Rig) -> None:
     rig.engine._replies = ["word " * 500, "Short."]  # 2500 characters: two parts
     last = await ask(rig, GENERAL, "long?", jobs=1)
@@ -183,6 +192,61 @@ async def test_ratings_are_stored_like_reactions_once_per_person_even_when_repla
     # The same table, the same report (`solarbot report`).
     (channel,) = rig.repository.feedback_report(platform="discord").channels
     assert (channel.channel, channel.up, channel.down) == (str(GENERAL), 1, 2)
+
+
+CLICKERS = (ASKER, OTHER, THIRD)
+
+
+@settings(
+    max_examples=6,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    clicks=st.lists(
+        st.tuples(st.sampled_from(CLICKERS), st.sampled_from(("up", "down")), st.booleans()),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_any_sequence_of_clicks_and_replays_stores_each_persons_last_rating(
+    clicks: list[tuple[int, str, bool]],
+) -> None:
+    """Whatever people click, in any order, with any click delivered twice: one row per person,
+    holding their last rating; every click acknowledged once and answered once."""
+
+    async def scenario(url: str) -> None:
+        fake = FakeDiscord()
+        fake.add_guild(GUILD, "home")
+        fake.add_channel(GUILD, GENERAL, "general")
+        await fake.start()
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            fake.point_discord_py_here(monkeypatch)
+            rig = await start_rig(fake, url)
+            try:
+                answer = await ask(rig, GENERAL, "rate me", jobs=1)
+                job = rig.repository.jobs()[0].id
+                expected: dict[str, str] = {}
+                for user, action, replayed in clicks:
+                    payload, shown = await click(rig, answer, action, user_id=user)
+                    assert shown == texts.DISCORD_BUTTON_RATED[action]
+                    if replayed:
+                        await fake.dispatch_interaction(payload)
+                    expected[str(user)] = action
+                await asyncio.sleep(0.1)
+                assert votes(rig, job) == set(expected.items())
+                assert len(rig.repository.feedback_for(job)) == len(expected)
+                for record in fake.interactions.values():
+                    assert len(record.callbacks) == 1
+                    assert len(fake.interaction_messages(record.id)) == 1
+            finally:
+                await rig.stop()
+                rig.repository.close()
+                await fake.close()
+
+    with tempfile.TemporaryDirectory() as folder:
+        asyncio.run(scenario(f"sqlite:///{folder}/solarbot.db"))
 
 
 async def test_buttons_on_an_answer_posted_before_a_restart_still_work(
