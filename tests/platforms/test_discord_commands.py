@@ -6,10 +6,13 @@ intake, SQLite queue and worker."""
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from adapters.discord import DiscordAdapter, DiscordOptions
 from adapters.discord_commands import SUBCOMMANDS, available_subcommands
@@ -264,6 +267,56 @@ async def test_a_replayed_interaction_is_one_job_and_one_answer_even_across_proc
         assert rig.fake.rest("POST", r"^/webhooks/") == []
     finally:
         await second.stop()
+
+
+@settings(
+    max_examples=5,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    deliveries=st.lists(st.integers(min_value=0, max_value=3), min_size=1, max_size=12),
+    private=st.lists(st.booleans(), min_size=4, max_size=4),
+)
+def test_any_interleaving_of_questions_and_replays_is_one_answer_per_question(
+    deliveries: list[int], private: list[bool]
+) -> None:
+    """Up to four ``/ask`` questions, each delivered once and then replayed in any order: one
+    job, one accepted callback and one answer (in the question's privacy) per question."""
+
+    async def scenario(url: str) -> None:
+        fake = FakeDiscord()
+        fake.add_guild(GUILD, "home")
+        fake.add_channel(GUILD, GENERAL, "general")
+        await fake.start()
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            fake.point_discord_py_here(monkeypatch)
+            rig = await start_rig(fake, url)
+            try:
+                sent: dict[int, dict[str, Any]] = {}
+                for number in deliveries:
+                    if number in sent:
+                        await fake.dispatch_interaction(sent[number])
+                    else:
+                        sent[number] = await fake.slash(
+                            GENERAL, "ask", question=f"question {number}", private=private[number]
+                        )
+                await rig.until(lambda: rig.jobs_done(len(sent)))
+                for number, payload in sent.items():
+                    assert await answered(rig, payload) == [f"You said: Ana: question {number}"]
+                    record = interaction(fake, payload)
+                    assert record.callback_type == DEFERRED and record.ephemeral == private[number]
+                await asyncio.sleep(0.1)
+                assert len(rig.repository.jobs()) == len(sent) == len(rig.engine.requests)
+                assert fake.rest("POST", r"^/webhooks/") == []  # no second answer anywhere
+            finally:
+                await rig.stop()
+                rig.repository.close()
+                await fake.close()
+
+    with tempfile.TemporaryDirectory() as folder:
+        asyncio.run(scenario(f"sqlite:///{folder}/solarbot.db"))
 
 
 async def test_outside_the_allow_lists_an_interaction_gets_a_private_refusal_and_nothing_stored(
