@@ -314,7 +314,12 @@ class SlashCommands:
             log.info("discord: /ask refused: %s", exc)
             await self._answers.answer(target, texts.DISCORD_EMPTY_MENTION, private_notice=True)
             return
-        result = await self._intake.submit(incoming)
+        try:
+            result = await self._intake.submit(incoming)
+        except Exception:  # the store failed: nothing was queued, and the asker is told
+            log.exception("discord: /ask could not be stored")
+            await self._answers.answer(target, texts.FAILED_REPLY, private_notice=True)
+            return
         if result is None:  # the channel is switched off
             await self._answers.answer(target, texts.CHANNEL_DISABLED, private_notice=True)
         elif result.refused is not None:
@@ -347,7 +352,11 @@ class SlashCommands:
             token=interaction.token,
             private=True,
         )
-        text = await self._run(interaction, place, spec, values)
+        try:
+            text = await self._run(interaction, place, spec, values)
+        except Exception:
+            log.exception("discord: /solar %s failed", spec.name)
+            text = texts.FAILED_REPLY
         await self._answers.answer(target, text)
 
     async def _run(

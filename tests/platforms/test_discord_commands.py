@@ -39,6 +39,7 @@ from tests.platforms.test_discord import (
     Rig,
     start_rig,
 )
+from tests.support.db_faults import refusing_inserts
 from tests.support.discord_fake import APP_ID, FakeDiscord, FakeInteraction
 
 EPHEMERAL = 64
@@ -554,3 +555,19 @@ async def test_direct_messages_take_slash_commands_only_when_switched_on(
     finally:
         await rig.stop()
         rig.repository.close()
+
+
+async def test_a_database_that_refuses_writes_costs_the_asker_a_private_apology_not_silence(
+    rig: Rig,
+) -> None:
+    with refusing_inserts(rig.repository, "messages"):
+        payload = await rig.fake.slash(GENERAL, "ask", question="stored?")
+        record = interaction(rig.fake, payload)
+        await rig.until(lambda: bool(record.followups))
+    assert record.original in rig.fake.deleted  # the public "thinking…" is gone
+    (apology,) = rig.fake.interaction_messages(record.id)
+    assert apology["content"] == texts.FAILED_REPLY and int(apology["flags"]) & EPHEMERAL
+    assert rig.repository.jobs() == []
+    again = await rig.fake.slash(GENERAL, "ask", question="stored now?")
+    await rig.until(lambda: rig.jobs_done(1))
+    assert await answered(rig, again) == ["You said: Ana: stored now?"]
