@@ -14,11 +14,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from adapters.discord import DiscordAdapter, DiscordOptions
 from adapters.discord_buttons import answer_buttons, custom_id, parse_custom_id
 from bot import texts
+from bot.intake import Intake
 from bot.records import ConversationKey
+from storage.repository import Repository
 from tests.platforms.test_discord import (
     ADMIN_ROLE,
+    FAST,
     GENERAL,
     GUILD,
     MANAGE_GUILD,
@@ -366,3 +370,32 @@ async def test_only_the_asker_or_an_admin_can_hand_off_and_a_replay_is_one_hando
     _, by_admin = await click(rig, other, "human", user_id=THIRD, roles=(ADMIN_ROLE,))
     assert by_admin.startswith(f"<@&{ADMIN_ROLE}> ")
     assert rig.repository.handoffs_waiting() == 2
+
+
+async def test_a_worker_process_answers_an_ask_with_buttons_that_the_gateway_process_handles(
+    fake: FakeDiscord, sqlite_url: str
+) -> None:
+    """Scale-out: the gateway process takes the ``/ask`` and the clicks; a REST-only worker
+    process (no websocket, no command registration) streams the answer and adds the buttons."""
+    repository = Repository.open(sqlite_url)
+    ingress = DiscordAdapter(DiscordOptions(token=fake.token, **FAST))
+    await ingress.start(Intake(repository))
+    worker = await start_rig(fake, sqlite_url, ingress=False)
+    try:
+        assert len(fake.rest("PUT", r"/commands$")) == 1  # registered by the gateway process
+        payload = await fake.slash(GENERAL, "ask", question="who answers?")
+        await worker.until(lambda: worker.jobs_done(1))
+        await worker.until(
+            lambda: bool(buttons_of(fake.interaction_messages(int(payload["id"]))[-1]))
+        )
+        (message,) = fake.interaction_messages(int(payload["id"]))
+        assert message["content"] == "You said: Ana: who answers?"
+        assert fake.connections == 1 and fake.identifies == 1  # the worker opened no gateway
+        _, shown = await click(worker, message, "up", user_id=OTHER)
+        assert shown == texts.DISCORD_BUTTON_RATED["up"]
+        assert votes(worker, worker.repository.jobs()[0].id) == {(str(OTHER), "up")}
+    finally:
+        await worker.stop()
+        worker.repository.close()
+        await ingress.stop()
+        repository.close()
