@@ -30,6 +30,7 @@ from discord import app_commands
 
 from adapters.discord_interaction_reply import InteractionAnswers, interaction_target
 from adapters.discord_interactions import (
+    ArrivalOrder,
     InteractionPolicy,
     Place,
     SeenInteractions,
@@ -242,6 +243,7 @@ class SlashCommands:
         self._policy = policy
         self._answers = answers
         self._seen = SeenInteractions()
+        self._order = ArrivalOrder()
         self._on_enqueued = on_enqueued
 
     # ------------------------------------------------------------------ registration
@@ -265,12 +267,12 @@ class SlashCommands:
         )
         for spec in available_subcommands():
             solar.add_command(
-                _command(spec.name, spec.description, spec.options, self._solar(spec))
+                _command(spec.name, spec.description, spec.options, self._runner(spec))
             )
         tree.add_command(solar, guild=scope)
         return tree
 
-    def _solar(self, spec: SlashSubcommand) -> Run:
+    def _runner(self, spec: SlashSubcommand) -> Run:
         async def run(interaction: discord.Interaction[Any], values: Values) -> None:
             await self.solar(interaction, spec, values)
 
@@ -279,23 +281,34 @@ class SlashCommands:
     # ------------------------------------------------------------------ /ask
 
     async def ask(self, interaction: discord.Interaction[Any], values: Values) -> None:
-        """A question: deferred at once, then stored and queued like a mention; the worker
-        answers through the interaction's webhook."""
+        """A question: deferred at once, then stored and queued like a mention (in the order the
+        questions arrived); the worker answers through the interaction's webhook."""
         if not self._seen.first_time(interaction.id):
             return
+        ticket = self._order.ticket()
+        try:
+            await self._ask(interaction, values, ticket)
+        finally:
+            self._order.release(ticket)
+
+    async def _ask(
+        self, interaction: discord.Interaction[Any], values: Values, ticket: int
+    ) -> None:
         private = bool(values.get("private"))
-        place = await place_of(interaction, self._policy)
-        if place is None:
-            await self._refuse_at_once(interaction, texts.DISCORD_NOT_HERE)
-            return
-        if not await self._defer(interaction, private=private):
-            log.info("discord: interaction %s was acknowledged elsewhere", interaction.id)
+        acknowledged = await self._defer(interaction, private=private)  # before anything slow
         target = interaction_target(
-            channel_id=place.channel_id,
+            channel_id=interaction.channel_id or 0,
             application_id=interaction.application_id,
             token=interaction.token,
             private=private,
         )
+        place = await place_of(interaction, self._policy)
+        if place is None:
+            if acknowledged:
+                await self._answers.answer(target, texts.DISCORD_NOT_HERE, private_notice=True)
+            return
+        if not acknowledged:  # the intake's dedupe decides whether it is new
+            log.info("discord: interaction %s was acknowledged elsewhere", interaction.id)
         user = interaction.user
         try:
             incoming = Incoming(
@@ -314,6 +327,7 @@ class SlashCommands:
             log.info("discord: /ask refused: %s", exc)
             await self._answers.answer(target, texts.DISCORD_EMPTY_MENTION, private_notice=True)
             return
+        await self._order.turn(ticket)
         try:
             result = await self._intake.submit(incoming)
         except Exception:  # the store failed: nothing was queued, and the asker is told
@@ -337,21 +351,36 @@ class SlashCommands:
     async def solar(
         self, interaction: discord.Interaction[Any], spec: SlashSubcommand, values: Values
     ) -> None:
-        """A sub-command, run by the core; only the user who ran it sees the answer."""
+        """A sub-command, run by the core (in the order the commands arrived); only the user who
+        ran it sees the answer."""
         if not self._seen.first_time(interaction.id):
             return
-        place = await place_of(interaction, self._policy)
-        if place is None:
-            await self._refuse_at_once(interaction, texts.DISCORD_NOT_HERE)
-            return
-        if not await self._defer(interaction, private=True):
+        ticket = self._order.ticket()
+        try:
+            await self._sub_command(interaction, spec, values, ticket)
+        finally:
+            self._order.release(ticket)
+
+    async def _sub_command(
+        self,
+        interaction: discord.Interaction[Any],
+        spec: SlashSubcommand,
+        values: Values,
+        ticket: int,
+    ) -> None:
+        if not await self._defer(interaction, private=True):  # before anything slow
             return  # another delivery of it is being answered
         target = interaction_target(
-            channel_id=place.channel_id,
+            channel_id=interaction.channel_id or 0,
             application_id=interaction.application_id,
             token=interaction.token,
             private=True,
         )
+        place = await place_of(interaction, self._policy)
+        if place is None:
+            await self._answers.answer(target, texts.DISCORD_NOT_HERE)
+            return
+        await self._order.turn(ticket)
         try:
             text = await self._run(interaction, place, spec, values)
         except Exception:
@@ -401,13 +430,6 @@ class SlashCommands:
                 return False
             raise
         return True
-
-    async def _refuse_at_once(self, interaction: discord.Interaction[Any], text: str) -> None:
-        try:
-            await interaction.response.send_message(text, ephemeral=True)
-        except discord.HTTPException as exc:
-            if not already_acknowledged(exc):
-                raise
 
 
 async def sync_commands(tree: app_commands.CommandTree, *, guild: int | None) -> int:

@@ -11,6 +11,7 @@ interaction can be acknowledged once).
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -95,3 +96,38 @@ def already_acknowledged(exc: discord.HTTPException) -> bool:
     """Discord refused a callback because the interaction was acknowledged already (a replay
     answered by this or another process)."""
     return exc.code == 40060
+
+
+class ArrivalOrder:
+    """Lets interaction handlers store in the order the interactions arrived, while their
+    acknowledgements (the slow part that must happen first) run concurrently: a handler takes a
+    ticket on arrival, before its first ``await``, waits for its turn before storing, and
+    releases its ticket when done (whatever happened, even without taking its turn). Two
+    ``/ask`` questions sent one after the other are queued, and answered, in that order."""
+
+    def __init__(self) -> None:
+        self._issued = 0
+        self._serving = 0
+        self._finished: set[int] = set()
+        self._advanced = asyncio.Event()
+
+    def ticket(self) -> int:
+        ticket = self._issued
+        self._issued += 1
+        return ticket
+
+    async def turn(self, ticket: int) -> None:
+        """Wait until every earlier ticket is released."""
+        while self._serving < ticket:
+            advanced = self._advanced
+            await advanced.wait()
+
+    def release(self, ticket: int) -> None:
+        if ticket < self._serving or ticket in self._finished:
+            return
+        self._finished.add(ticket)
+        while self._serving in self._finished:
+            self._finished.remove(self._serving)
+            self._serving += 1
+        advanced, self._advanced = self._advanced, asyncio.Event()
+        advanced.set()

@@ -330,12 +330,12 @@ async def test_outside_the_allow_lists_an_interaction_gets_a_private_refusal_and
             await fake.slash(RANDOM, "solar", "status"),
         ):
             record = interaction(fake, payload)
-            await rig.until(lambda record=record: record.original is not None)  # type: ignore[misc]
-            # Answered in the callback itself (type 4), privately.
-            [callback] = record.callbacks
-            assert callback["type"] == 4 and callback["data"]["flags"] == EPHEMERAL
-            assert callback["data"]["content"] == texts.DISCORD_NOT_HERE
-            assert int(fake.messages[record.original]["flags"]) & EPHEMERAL
+            await rig.until(lambda record=record: bool(fake.interaction_messages(record.id)))  # type: ignore[misc]
+            # Acknowledged at once, then told privately (a public "thinking…" is removed).
+            assert record.callback_type == DEFERRED
+            (notice,) = fake.interaction_messages(record.id)
+            assert notice["content"] == texts.DISCORD_NOT_HERE
+            assert int(notice["flags"]) & EPHEMERAL
         assert rig.repository.jobs() == []
     finally:
         await rig.stop()
@@ -549,8 +549,9 @@ async def test_direct_messages_take_slash_commands_only_when_switched_on(
     try:
         payload = await fake.slash(DM, "ask", question="hello?")
         record = interaction(fake, payload)
-        await rig.until(lambda: record.original is not None)
-        assert record.callbacks[0]["data"]["content"] == texts.DISCORD_NOT_HERE
+        await rig.until(lambda: bool(fake.interaction_messages(record.id)))
+        (notice,) = fake.interaction_messages(record.id)
+        assert notice["content"] == texts.DISCORD_NOT_HERE and int(notice["flags"]) & EPHEMERAL
         assert len(rig.repository.jobs()) == 1  # only the one from before
     finally:
         await rig.stop()
@@ -571,3 +572,21 @@ async def test_a_database_that_refuses_writes_costs_the_asker_a_private_apology_
     again = await rig.fake.slash(GENERAL, "ask", question="stored now?")
     await rig.until(lambda: rig.jobs_done(1))
     assert await answered(rig, again) == ["You said: Ana: stored now?"]
+
+
+async def test_questions_are_queued_in_the_order_they_were_asked_however_slow_the_acks(
+    rig: Rig,
+) -> None:
+    """Discord acknowledges the first question last: they are still stored, and answered, in
+    the order they were sent (as mentions are)."""
+    ids = [rig.fake.snowflake() for _ in range(4)]
+    for index, interaction_id in enumerate(ids):
+        rig.fake.callback_delays[interaction_id] = 0.1 * (len(ids) - index)
+    for index, interaction_id in enumerate(ids):
+        await rig.fake.slash(GENERAL, "ask", question=f"q{index}", interaction_id=interaction_id)
+    await rig.until(lambda: rig.jobs_done(len(ids)))
+    assert [text for role, text in rig.stored(GENERAL) if role == "user"] == [
+        f"q{index}" for index in range(len(ids))
+    ]
+    acknowledged = sorted(ids, key=lambda i: rig.fake.interactions[i].acknowledged_at or 0.0)
+    assert acknowledged == ids[::-1]  # the acknowledgements did come back in reverse

@@ -156,6 +156,8 @@ class FakeDiscord:
     # Application commands as last registered: "global" or the guild id -> the command payloads.
     commands: dict[str, list[Json]] = field(default_factory=dict)
     interactions: dict[int, FakeInteraction] = field(default_factory=dict)  # by interaction id
+    # Interaction id -> seconds its callback request takes (Discord answering slowly).
+    callback_delays: dict[int, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.bot = user_payload(BOT_ID, "solarbot", bot=True)
@@ -594,7 +596,7 @@ class FakeDiscord:
     async def _answer(self, request: web.Request, path: str, body: Any) -> web.Response:
         if path.startswith(("/webhooks/", "/interactions/")):
             # Interaction tokens authenticate these (no bot token needed), like Discord.
-            return self._interaction_rest(request.method, path, body or {})
+            return await self._interaction_rest(request.method, path, body or {})
         if request.headers.get("Authorization") != f"Bot {self.token}":
             return self._json({"message": "401: Unauthorized", "code": 0}, 401)
         for fault in self._faults:
@@ -851,6 +853,7 @@ class FakeDiscord:
         user_id: int = 500,
         user_name: str = "ana",
         roles: tuple[int, ...] = (),
+        interaction_id: int | None = None,
         **options: Any,
     ) -> Json:
         """A user runs ``/command [sub] option:value ...``; returns the INTERACTION_CREATE payload
@@ -880,7 +883,13 @@ class FakeDiscord:
         if "guild_id" in registered:
             data["guild_id"] = registered["guild_id"]
         payload = self._interaction_payload(
-            2, channel_id, data, user_id=user_id, user_name=user_name, roles=roles
+            2,
+            channel_id,
+            data,
+            user_id=user_id,
+            user_name=user_name,
+            roles=roles,
+            interaction_id=interaction_id,
         )
         await self.dispatch_interaction(payload)
         return payload
@@ -945,11 +954,13 @@ class FakeDiscord:
                 return interaction
         return None
 
-    def _interaction_rest(self, method: str, path: str, body: Json) -> web.Response:
+    async def _interaction_rest(self, method: str, path: str, body: Json) -> web.Response:
         if match := re.fullmatch(r"/interactions/(\d+)/([^/]+)/callback", path):
             interaction = self.interactions.get(int(match.group(1)))
             if interaction is None or interaction.token != match.group(2) or method != "POST":
                 return self._json({"message": "Unknown interaction", "code": 10062}, 404)
+            if interaction.id in self.callback_delays:  # a slow answer from Discord
+                await asyncio.sleep(self.callback_delays[interaction.id])
             return self._callback(interaction, body)
         match = re.fullmatch(r"/webhooks/(\d+)/([^/]+)(?:/messages/(@original|\d+))?", path)
         if match is None or int(match.group(1)) != APP_ID:
