@@ -30,6 +30,7 @@ import discord
 
 from adapters.discord_interaction_reply import InteractionAnswers, interaction_target
 from adapters.discord_interactions import (
+    ArrivalOrder,
     InteractionPolicy,
     SeenInteractions,
     already_acknowledged,
@@ -97,6 +98,7 @@ class ButtonClicks:
         self._policy = policy
         self._answers = answers
         self._seen = SeenInteractions()
+        self._order = ArrivalOrder()
 
     def item_class(self) -> type[discord.ui.DynamicItem[discord.ui.Button[Any]]]:
         """The ``DynamicItem`` to register with ``client.add_dynamic_items``: every ``solarbot:``
@@ -126,8 +128,17 @@ class ButtonClicks:
         return AnswerButton
 
     async def click(self, interaction: discord.Interaction[Any], value: str) -> None:
+        """Acknowledge, then (in the order the clicks arrived: 👍 then 👎 leaves 👎) do what
+        the button says, then tell the clicker privately."""
         if not self._seen.first_time(interaction.id):
             return
+        ticket = self._order.ticket()
+        try:
+            await self._click(interaction, value, ticket)
+        finally:
+            self._order.release(ticket)
+
+    async def _click(self, interaction: discord.Interaction[Any], value: str, ticket: int) -> None:
         try:
             await interaction.response.defer(ephemeral=True, thinking=True)
         except discord.HTTPException as exc:
@@ -145,11 +156,13 @@ class ButtonClicks:
             ),
             "message_id": str(message.id) if message is not None else "",
         }
+        await self._order.turn(ticket)
         try:
             text = await self._outcome(interaction, value, target)
         except Exception:
             log.exception("discord: a button click failed")
             text = texts.FAILED_REPLY
+        self._order.release(ticket)  # telling the clicker need not hold up the next click
         if text:
             await self._answers.answer(target, text)
 

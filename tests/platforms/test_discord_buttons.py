@@ -399,3 +399,20 @@ async def test_a_worker_process_answers_an_ask_with_buttons_that_the_gateway_pro
         worker.repository.close()
         await ingress.stop()
         repository.close()
+
+
+async def test_quick_clicks_count_in_the_order_they_were_made_however_slow_the_acks(
+    rig: Rig,
+) -> None:
+    """👍 then 👎 at once, the 👍 acknowledged last by Discord: the 👎 stands, as it was the
+    latest."""
+    answer = await ask(rig, GENERAL, "rate me quickly", jobs=1)
+    job = rig.repository.jobs()[0].id
+    up, down = (v for v in buttons_of(answer) if ":up:" in v or ":down:" in v)
+    slow = rig.fake.snowflake()
+    rig.fake.callback_delays[slow] = 0.3
+    first = await rig.fake.click(int(answer["id"]), up, user_id=OTHER, interaction_id=slow)
+    second = await rig.fake.click(int(answer["id"]), down, user_id=OTHER)
+    assert await told(rig, second) == texts.DISCORD_BUTTON_RATED["down"]
+    assert await told(rig, first) == texts.DISCORD_BUTTON_RATED["up"]
+    assert votes(rig, job) == {(str(OTHER), "down")}

@@ -902,6 +902,7 @@ class FakeDiscord:
         user_id: int = 500,
         user_name: str = "ana",
         roles: tuple[int, ...] = (),
+        interaction_id: int | None = None,
     ) -> Json:
         """A user clicks the button ``custom_id`` on a message (it must be on it, as Discord
         sends only clicks on components it shows); returns the INTERACTION_CREATE payload."""
@@ -920,6 +921,7 @@ class FakeDiscord:
             user_id=user_id,
             user_name=user_name,
             roles=roles,
+            interaction_id=interaction_id,
         )
         payload["message"] = message
         await self.dispatch_interaction(payload)
