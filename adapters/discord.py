@@ -303,7 +303,7 @@ class DiscordAdapter:
 
     def _interaction_queued(self, job_id: int, incoming: Incoming) -> None:
         """An ``/ask`` was queued: its response shows the queue position while it waits."""
-        wait = InteractionWait(self.client.http, incoming.reply_target)
+        wait = InteractionWait(self.client.http, incoming)
         self._waits[job_id] = wait
         self._spawn(self._interaction_waits(job_id, wait), f"discord-ask-queued-{job_id}")
 

@@ -36,7 +36,7 @@ from adapters.streaming import MessageGone, StreamedReply
 from bot import texts
 from bot.delivery import NOTICE_TO, IntakePort, ReplyTarget
 from bot.errors import DeliveryError
-from bot.records import JobStatus
+from bot.records import Incoming, JobStatus
 from bot.splitting import split_message
 
 log = logging.getLogger(__name__)
@@ -313,14 +313,17 @@ class InteractionAnswers:
 
 class InteractionWait:
     """While an ``/ask`` waits behind other questions, its "thinking…" response shows its queue
-    position ("Queued (position N)…"), until the worker's reply takes the response over
-    (``adopt``)."""
+    position ("Queued (position N)…", with links to the channel's top knowledge-base documents
+    for the question, as a mention's placeholder shows them), until the worker's reply takes the
+    response over (``adopt``)."""
 
-    def __init__(self, http: discord.http.HTTPClient, reply_target: Mapping[str, str]) -> None:
-        self._webhook = InteractionWebhook(http, reply_target)
+    def __init__(self, http: discord.http.HTTPClient, question: Incoming) -> None:
+        self._webhook = InteractionWebhook(http, question.reply_target)
+        self._question = question
         self._lock = asyncio.Lock()
         self._adopted = False
         self._shown = ""
+        self._help: str | None = None  # knowledge-base links (None: not looked up yet)
 
     async def adopt(self) -> None:
         """The reply starts: no queue position is shown from now on."""
@@ -347,10 +350,22 @@ class InteractionWait:
                         return
                     if status is JobStatus.QUEUED and time.monotonic() - started >= notice_after:
                         position = await intake.queue_position(job_id)
-                        text = texts.DISCORD_QUEUED.format(position=position) if position else ""
+                        text = await self._notice(intake, position) if position else ""
                         if text and text != self._shown:
                             await self._webhook.edit("@original", text)
                             self._shown = text
                 await asyncio.sleep(poll)
         except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
             log.warning("discord: job %s: queue notice failed: %s", job_id, exc)
+
+    async def _notice(self, intake: IntakePort, position: int) -> str:
+        text = texts.DISCORD_QUEUED.format(position=position)
+        if self._help is None:
+            self._help = ""
+            try:
+                self._help = await intake.waiting_help(self._question)
+            except Exception as exc:  # the question waits all the same
+                log.warning("discord: no knowledge-base links for the queue notice: %s", exc)
+        if self._help and len(text) + len(self._help) < MESSAGE_LIMIT:
+            text = f"{text}\n{self._help}"
+        return text
