@@ -25,6 +25,10 @@ the ones addressed to the bot to the intake:
   expiry) and, once it has waited ``queue_notice_after`` seconds behind other jobs, a placeholder
   reply with its queue position; the worker's reply continues that placeholder.
 
+Interactions: ``/ask`` and ``/solar`` (``adapters.discord_commands``, registered at start-up by an
+ingress process) and the buttons under every answer (``adapters.discord_buttons``); an ``/ask``
+answer is streamed through the interaction's webhook (``adapters.discord_interaction_reply``).
+
 Egress (``open_reply``/``post_notice``) needs only REST and the bot token, so a separate worker
 process delivers replies without a gateway connection: a placeholder reply to the triggering message
 (no ping), typing while generating, edits at most every ``edit_interval`` seconds, follow-up messages
@@ -50,7 +54,20 @@ from discord.http import handle_message_parameters
 
 from adapters.attachment_download import AttachmentOptions, AttachmentReader, discord_file_refs
 from adapters.discord_auto import DiscordAutoAnswer
+from adapters.discord_buttons import PREFIX as BUTTON_PREFIX
+from adapters.discord_buttons import ButtonClicks, answer_buttons
+from adapters.discord_commands import SlashCommands, sync_commands
+from adapters.discord_errors import delivery_error
 from adapters.discord_format import content, is_my_role, render_text
+from adapters.discord_interaction_reply import (
+    InteractionAnswers,
+    InteractionReply,
+    InteractionWait,
+    is_interaction,
+    is_private,
+    token_expired,
+)
+from adapters.discord_interactions import InteractionPolicy
 from adapters.streaming import MessageGone, StreamedReply
 from bot import texts
 from bot.commands import CommandContext, Commands, ParsedCommand, parse_prefixed
@@ -97,6 +114,7 @@ class DiscordOptions:
     support_role: int | None = None  # pinged when someone asks for a human
     model_id: str = ""  # shown by ``!status``
     default_system_prompt: str = ""  # shown by ``!prompt`` in a channel without its own
+    command_guild: int | None = None  # register the slash commands in this guild only
     # Files on questions are downloaded (attachment URLs) and read; None: not read.
     attachments: AttachmentOptions | None = None
 
@@ -126,6 +144,12 @@ class _GatewayClient(discord.Client):
 
     async def on_ready(self) -> None:
         self._adapter.ready.set()
+
+    async def on_interaction(self, interaction: discord.Interaction[Any]) -> None:
+        try:
+            await self._adapter.handle_interaction(interaction)
+        except Exception:
+            log.exception("discord: handling interaction %s failed", interaction.id)
 
     async def on_message(self, message: discord.Message) -> None:
         try:
@@ -180,6 +204,11 @@ class DiscordAdapter:
         self._closing = False
         self._ingress_lock = asyncio.Lock()
         self._replies: dict[int, DiscordReply] = {}  # open streams, by job id
+        # Slash commands and answers to interactions (adapters/discord_commands.py).
+        self._answers = InteractionAnswers(self.client.http)
+        self.slash: SlashCommands | None = None
+        self.buttons: ButtonClicks | None = None
+        self._waits: dict[int, InteractionWait] = {}  # /ask questions waiting, by job id
         self._files: AttachmentReader | None = None
         if options.attachments is not None and options.ingress:
             self._files = AttachmentReader(options=options.attachments)
@@ -221,11 +250,15 @@ class DiscordAdapter:
             default_system_prompt=self.options.default_system_prompt,
             admin_setting="SOLARBOT_DISCORD_ADMIN_ROLES",
             private_answers=False,
+            help_extra=texts.DISCORD_SLASH_HELP_EXTRA,
             prefix=COMMAND_PREFIX,
             prompt_gauge=intake.prompt_gauge,
         )
         if not self.options.ingress:
             return
+        self.buttons = ButtonClicks(intake=intake, policy=self._policy(), answers=self._answers)
+        self.client.add_dynamic_items(self.buttons.item_class())  # clicks on any answer, ever
+        await self._register_commands(intake, self._commands)
         self._gateway = asyncio.create_task(self.client.connect(reconnect=True), name="discord")
         ready = asyncio.create_task(self.ready.wait())
         await asyncio.wait(
@@ -247,6 +280,71 @@ class DiscordAdapter:
                 "discord: gateway not ready after %.0fs; still trying", self.options.ready_timeout
             )
         self._gateway.add_done_callback(self._gateway_ended)
+
+    async def _register_commands(self, intake: IntakePort, commands: Commands) -> None:
+        """``/ask`` and ``/solar`` on the command tree, registered with Discord before the
+        gateway connects (so no interaction arrives for a command the tree lacks)."""
+        self.slash = SlashCommands(
+            intake=intake,
+            commands=commands,
+            policy=self._policy(),
+            answers=self._answers,
+            on_enqueued=self._interaction_queued,
+        )
+        tree = self.slash.build_tree(self.client, guild=self.options.command_guild)
+        try:
+            count = await sync_commands(tree, guild=self.options.command_guild)
+        except ConfigError:
+            await self.client.close()
+            raise
+        except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
+            # The commands registered before stay; questions by mention work regardless.
+            log.warning("discord: could not register the slash commands: %s", exc)
+            return
+        where = f"guild {self.options.command_guild}" if self.options.command_guild else "global"
+        log.info("discord: %d application commands registered (%s)", count, where)
+
+    def _interaction_queued(self, job_id: int, incoming: Incoming) -> None:
+        """An ``/ask`` was queued: its response shows the queue position while it waits."""
+        wait = InteractionWait(self.client.http, incoming)
+        self._waits[job_id] = wait
+        self._spawn(self._interaction_waits(job_id, wait), f"discord-ask-queued-{job_id}")
+
+    async def _interaction_waits(self, job_id: int, wait: InteractionWait) -> None:
+        assert self._intake is not None
+        try:
+            await wait.run(
+                job_id,
+                self._intake,
+                notice_after=self.options.queue_notice_after,
+                poll=self.options.status_poll,
+                closing=lambda: self._closing,
+            )
+        finally:
+            if self._waits.get(job_id) is wait:
+                del self._waits[job_id]
+
+    def _policy(self) -> InteractionPolicy:
+        """The rules for messages, for the interaction handlers."""
+        return InteractionPolicy(
+            is_admin=lambda user, in_guild: self._is_admin(user, in_guild=in_guild),
+            allowed=self._allowed,
+            parent_of=self._parent_of,
+            dms=self.options.dms,
+        )
+
+    async def handle_interaction(self, interaction: discord.Interaction[Any]) -> None:
+        """A click on a component that is none of ours (no ``solarbot:`` id: discord.py's
+        dispatch ignores it) still gets an answer, privately, instead of "interaction failed"."""
+        data: dict[str, Any] = dict(interaction.data or {})
+        if interaction.type is not discord.InteractionType.component or self._closing:
+            return
+        if str(data.get("custom_id", "")).startswith(BUTTON_PREFIX):
+            return
+        try:
+            await interaction.response.send_message(texts.DISCORD_BUTTON_UNKNOWN, ephemeral=True)
+        except discord.HTTPException as exc:
+            log.debug("discord: could not answer an unknown component: %s", exc)
 
     def _gateway_ended(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None and not self._closing:
@@ -683,13 +781,35 @@ class DiscordAdapter:
         except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
             log.debug("discord: typing in %s failed: %s", channel_id, exc)
 
-    async def _send_plain(self, channel_id: int, reply_to: int | None, text: str) -> str:
+    async def _send_plain(
+        self,
+        channel_id: int,
+        reply_to: int | None,
+        text: str,
+        *,
+        allowed_mentions: discord.AllowedMentions = _NO_PINGS,
+    ) -> str:
         data = await self.client.http.send_message(
-            channel_id, params=self._reply_params(text, channel_id, reply_to)
+            channel_id,
+            params=self._reply_params(
+                text, channel_id, reply_to, allowed_mentions=allowed_mentions
+            ),
         )
         return str(data["id"])
 
-    async def open_reply(self, target: ReplyTarget) -> DiscordReply:
+    async def open_reply(self, target: ReplyTarget) -> DiscordReply | InteractionReply:
+        if is_interaction(target.reply_target):  # ``/ask``: through the interaction's webhook
+            wait = self._waits.pop(target.job_id, None)
+            if wait is not None:
+                await wait.adopt()
+            answer = InteractionReply(
+                self.client.http,
+                target,
+                edit_interval=self.options.edit_interval,
+                buttons=answer_buttons(target.job_id),
+            )
+            await answer.start(texts.DISCORD_THINKING)
+            return answer
         pending = self._pending.get(target.job_id)
         shown: tuple[str, ...] = ()
         if pending is not None:
@@ -729,6 +849,13 @@ class DiscordAdapter:
         channel_id = int(target.reply_target["channel_id"])
         reply_to = int(target.reply_target.get("message_id") or 0) or None
         try:
+            if is_interaction(target.reply_target):
+                # ``/ask``: the answer to the interaction; a private one pings nobody, so the
+                # support role is pinged in the channel too.
+                if is_private(target.reply_target):
+                    await self._send_plain(channel_id, reply_to, text, allowed_mentions=pings)
+                await self._answers.answer(target.reply_target, text, allowed_mentions=pings)
+                return
             await self.client.http.send_message(
                 channel_id,
                 params=self._reply_params(text, channel_id, reply_to, allowed_mentions=pings),
@@ -762,6 +889,18 @@ class DiscordAdapter:
         stream = self._replies.pop(target.job_id, None)
         if stream is not None:
             stream.stop_typing()
+        if is_interaction(target.reply_target):
+            try:
+                await self._answers.answer(
+                    target.reply_target, text, answered=bool(target.existing_message_ids)
+                )
+                return
+            except discord.HTTPException as exc:
+                if not token_expired(exc) or is_private(target.reply_target):
+                    raise delivery_error(exc) from exc
+                # The token expired (15 minutes): a public notice goes to the channel.
+            except (aiohttp.ClientError, OSError) as exc:
+                raise delivery_error(exc) from exc
         channel_id = int(target.reply_target["channel_id"])
         reply_to = int(target.reply_target.get("message_id") or 0) or None
         try:
@@ -814,7 +953,10 @@ class DiscordReply(StreamedReply):
 
     async def finish(self, text: str) -> Sequence[str]:
         try:
-            return await super().finish(text)
+            ids = await super().finish(text)
+            if ids:  # the buttons go under the last part, once the answer is complete
+                await self._call(self._add_buttons(ids[-1]))
+            return ids
         finally:
             self.stop_typing()
             self._adapter.reply_done(self)
@@ -840,6 +982,11 @@ class DiscordReply(StreamedReply):
             await self._adapter._typing(self._channel_id)  # posting a message ends typing
         return str(data["id"])
 
+    async def _add_buttons(self, message_id: str) -> None:
+        params = handle_message_parameters(view=answer_buttons(self.target.job_id))
+        with contextlib.suppress(discord.NotFound):  # deleted meanwhile: no buttons
+            await self._http.edit_message(self._channel_id, int(message_id), params=params)
+
     async def edit(self, message_id: str, text: str) -> None:
         try:
             await self._http.edit_message(
@@ -858,20 +1005,6 @@ class DiscordReply(StreamedReply):
     def delivery_error(self, exc: Exception) -> DeliveryError:
         self.stop_typing()  # the worker abandons this stream and retries later
         return delivery_error(exc)
-
-
-def delivery_error(exc: BaseException) -> DeliveryError:
-    if isinstance(exc, discord.RateLimited):
-        return DeliveryError(
-            f"Discord rate limit ({exc.retry_after:.1f}s)", retry_after=exc.retry_after
-        )
-    if isinstance(exc, discord.HTTPException):
-        retry_after: float | None = None
-        if exc.status == 429:
-            with contextlib.suppress(TypeError, ValueError):
-                retry_after = float(exc.response.headers.get("Retry-After", "5"))
-        return DeliveryError(f"Discord HTTP {exc.status}: {exc.text}", retry_after=retry_after)
-    return DeliveryError(f"Discord unreachable: {type(exc).__name__}: {exc}")
 
 
 def reply_nonce(target: ReplyTarget, part: int) -> str | None:

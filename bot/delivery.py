@@ -102,6 +102,12 @@ class IntakePort(Protocol):
         job). None when its channel is switched off; ``refused`` set when a limit refused it."""
         ...
 
+    async def ask_for_human(self, incoming: Incoming) -> EnqueueResult | None:
+        """Like ``submit``, for a message that asks for a human without the handoff keyword (a
+        "Talk to a human" button): stored without a reply, its conversation handed over and the
+        support group told, as the keyword does."""
+        ...
+
     async def reaction(
         self,
         *,

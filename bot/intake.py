@@ -123,7 +123,13 @@ class Intake:
         with logs.bound(conversation=logs.describe_conversation(incoming.conversation)):
             return await self._submit(incoming)
 
-    async def _submit(self, incoming: Incoming) -> EnqueueResult | None:
+    async def ask_for_human(self, incoming: Incoming) -> EnqueueResult | None:
+        """Store ``incoming`` and hand its conversation to a human, whatever its text says (a
+        "Talk to a human" button; platforms that hand over only)."""
+        with logs.bound(conversation=logs.describe_conversation(incoming.conversation)):
+            return await self._submit(incoming, asked=True)
+
+    async def _submit(self, incoming: Incoming, *, asked: bool = False) -> EnqueueResult | None:
         admission: Admission | None = None
         if self._limits is not None:
             checked = await self._check_limits(self._limits, incoming)
@@ -136,7 +142,7 @@ class Intake:
             result = await asyncio.to_thread(
                 self._repository.enqueue,
                 incoming,
-                handoff=self._hands_off(incoming),
+                handoff=self._hands_off(incoming, asked=asked),
                 channel_queue_limit=queue_limit,
             )
         except BaseException:
@@ -250,11 +256,12 @@ class Intake:
         flat = " ".join(text.lower().split())
         return any(keyword in flat for keyword in self._handoff_keywords)
 
-    def _hands_off(self, incoming: Incoming) -> bool:
+    def _hands_off(self, incoming: Incoming, *, asked: bool = False) -> bool:
         """Only platforms whose adapter announces handoffs (and so has people to ping and a
-        ``resume`` command) hand conversations over: the console and the webhook never do."""
+        ``resume`` command) hand conversations over: the console and the webhook never do.
+        ``asked``: the message asks for a human whatever its text (a button)."""
         adapter = self._notifiers.get(incoming.platform)
-        return isinstance(adapter, HandoffNotifier) and self.wants_human(incoming.text)
+        return isinstance(adapter, HandoffNotifier) and (asked or self.wants_human(incoming.text))
 
     async def _announce_handoff(self, incoming: Incoming, result: EnqueueResult) -> None:
         adapter = self._notifiers.get(incoming.platform)

@@ -252,6 +252,17 @@ class ThreadState:
 
 
 @dataclass(frozen=True, kw_only=True)
+class AnswerRecord:
+    """A bot reply as its buttons need it (``Repository.answer_of``): where it was posted, who
+    asked the question, and the platform ids of the messages that hold it."""
+
+    job_id: int
+    conversation: ConversationKey
+    asker_id: str
+    message_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
 class FeedbackRecord:
     job_id: int
     user_id: str

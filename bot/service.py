@@ -156,6 +156,7 @@ def discord_options(settings: Settings, *, ingress: bool, model_id: str) -> Disc
         ingress=ingress,
         edit_interval=settings.edit_interval_seconds,
         support_role=settings.discord_support_role,
+        command_guild=settings.discord_command_guild,
         model_id=model_id,
         default_system_prompt=settings.system_prompt,
         attachments=attachment_options(settings),

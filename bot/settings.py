@@ -260,6 +260,9 @@ class Settings(BaseSettings):
     discord_dms: bool = False
     # Human handoff: the role pinged ("<@&ID>") when someone asks for a human.
     discord_support_role: int | None = Field(default=None, gt=0, lt=2**64)
+    # Slash commands: registered in this server only (appear at once; for trying them out), else
+    # globally (every server the bot is in; Discord may take up to an hour to show changes).
+    discord_command_guild: int | None = Field(default=None, gt=0, lt=2**64)
 
     # Human handoff: a message containing one of these (comma-separated, any case) makes the bot
     # stop answering in that conversation and ping the support group/role; empty = off.

@@ -359,6 +359,61 @@ HANDOFF_HELD_PING = (
 )
 HANDOFF_REMINDER = "Reminder: someone asked for a human here {ago} ago and nobody has answered yet."
 
+# Discord application commands (adapters/discord_commands.py). Descriptions: at most 100 characters.
+DISCORD_ASK_DESCRIPTION = "Ask solarbot a question"
+DISCORD_ASK_QUESTION = "Your question"
+DISCORD_ASK_PRIVATE = "Only you see the answer"
+DISCORD_SOLAR_DESCRIPTION = "solarbot's settings and commands for this channel"
+DISCORD_SLASH = {
+    "help": "The commands",
+    "status": "The model, the queue and this channel's settings",
+    "forget": "Clear this channel's conversation history",
+    "prompt": "Show or set this channel's system prompt (setting: admins only)",
+    "on": "Start answering in this channel (admins only)",
+    "off": "Stop answering in this channel (admins only)",
+    "length": "Show or set the longest reply in characters (setting: admins only)",
+    "language": "Show or set the language I answer in (setting: admins only)",
+    "kb": "Show or set this channel's knowledge-base collections (setting: admins only)",
+    "mode": "Show or set when I answer here: auto or on mention (setting: admins only)",
+    "resume": "Answer again where someone asked for a human",
+}
+DISCORD_SLASH_OPTIONS = {
+    ("prompt", "text"): "The new system prompt, or reset; leave out to show it",
+    ("length", "characters"): "Stop replies at this many characters; leave out to show the limit",
+    ("length", "reset"): "Remove the limit",
+    ("language", "name"): "A language such as German, or reset; leave out to show it",
+    ("kb", "collections"): "Collections to answer from (comma-separated), or off",
+    ("kb", "mode"): "strict: only from the collections; assist: also general knowledge",
+    ("mode", "mode"): "auto: answer every new message here; mention: only when mentioned",
+}
+DISCORD_SLASH_HELP_EXTRA = (
+    "Slash commands: `/ask question:...` (`private:True`: only you see the answer) and "
+    "`/solar` followed by any command above, e.g. `/solar status`.\n"
+)
+DISCORD_NOT_HERE = "Sorry, I don't answer here."
+DISCORD_ALREADY_HANDLED = "I'm on it already."
+DISCORD_COMMAND_GUILD_FORBIDDEN = (
+    "SOLARBOT_DISCORD_COMMAND_GUILD: Discord refused to register the slash commands in server "
+    "{guild}: invite the bot to that server with the applications.commands scope (see "
+    "docs/discord.md), or unset the variable to register them globally."
+)
+
+# Buttons under every Discord answer (adapters/discord_buttons.py): 👍, 👎 and this one.
+DISCORD_BUTTON_HUMAN = "Talk to a human"
+# The user turn stored when someone asks for a human with the button (history, exports).
+DISCORD_BUTTON_HUMAN_TURN = "(asked for a human with the button)"
+DISCORD_BUTTON_RATED = {
+    "up": "Thanks! Your 👍 on this answer is noted.",
+    "down": "Thanks! Your 👎 on this answer is noted; it helps us improve.",
+}
+DISCORD_BUTTON_UNKNOWN = (
+    "Sorry, this button is not one of mine (or its answer is gone): nothing was recorded."
+)
+DISCORD_BUTTON_NOT_YET = "This answer is still being finished; please try again in a moment."
+DISCORD_BUTTON_HUMAN_ASKER_ONLY = (
+    "Only the person who asked this question, or an admin, can hand it to a human. "
+    "Ask your own question if you need one."
+)
 # Attached files (bot/attachments.py): one line each in the reply, before the answer. {name} is
 # the file's name in code quotes.
 ATTACHMENT_TOO_BIG = "📎 I couldn't read {name}: it is larger than I can take."

@@ -8,7 +8,9 @@ from sqlalchemy import Connection, Text, case, delete, func, select
 from sqlalchemy import cast as sql_cast
 
 from bot.records import (
+    AnswerRecord,
     ChannelFeedback,
+    ConversationKey,
     DownvotedDocument,
     FeedbackRecord,
     FeedbackReport,
@@ -98,6 +100,39 @@ class FeedbackStore(RepositoryBase):
                 )
             )
             return job_id
+
+    def answer_of(self, job_id: int) -> AnswerRecord | None:
+        """The reply of job ``job_id`` (its conversation, the asker, the messages holding it so
+        far), for buttons under it; None when there is no such job."""
+        query = (
+            select(
+                jobs.c.id,
+                jobs.c.reply_message_ids,
+                conversations.c.platform,
+                conversations.c.workspace,
+                conversations.c.channel,
+                conversations.c.thread,
+                messages.c.author_id,
+            )
+            .join(conversations, conversations.c.id == jobs.c.conversation_id)
+            .join(messages, messages.c.id == jobs.c.message_id)
+            .where(jobs.c.id == job_id)
+        )
+        with self._transaction() as connection:
+            row = connection.execute(query).first()
+        if row is None:
+            return None
+        return AnswerRecord(
+            job_id=int(row.id),
+            conversation=ConversationKey(
+                platform=row.platform,
+                workspace=row.workspace,
+                channel=row.channel,
+                thread=row.thread,
+            ),
+            asker_id=row.author_id,
+            message_ids=tuple(str(i) for i in row.reply_message_ids or ()),
+        )
 
     def feedback_for(self, job_id: int) -> list[FeedbackRecord]:
         with self._transaction() as connection:

@@ -51,6 +51,9 @@ def test_id_lists_parse_from_comma_separated_env_values() -> None:
         ("SOLARBOT_DISCORD_TOKEN", "   "),
         ("SOLARBOT_DISCORD_TOKEN", "Bot abc.def"),
         ("SOLARBOT_DISCORD_DMS", "sometimes"),
+        ("SOLARBOT_DISCORD_COMMAND_GUILD", "my-server"),
+        ("SOLARBOT_DISCORD_COMMAND_GUILD", "0"),
+        ("SOLARBOT_DISCORD_COMMAND_GUILD", "99999999999999999999999"),
     ],
 )
 def test_a_bad_discord_value_fails_with_one_line_naming_the_key(key: str, value: str) -> None:

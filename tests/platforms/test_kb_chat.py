@@ -464,3 +464,22 @@ async def test_slack_an_admins_books_reaction_teaches_the_channel(slack_rig: Sla
     assert learned() == [uri]
     await rig.event(books(ts, user=ADMIN, added=False))
     await rig.until(lambda: learned() == [])
+
+
+async def test_discord_a_queued_ask_shows_source_links_until_its_answer_replaces_them(
+    discord_rig: DiscordRig,
+) -> None:
+    """The same for ``/ask``: its deferred response shows the position and the top documents."""
+    rig = discord_rig
+    await rig.admin_says("!kb tidewater")
+    rig.engine._replies = [" ".join(f"word{n}" for n in range(200)), ANSWER]
+    await rig.fake.user_message(GENERAL, f"{MENTION} tell me everything", mentions=(BOT_ID,))
+    await rig.until(lambda: len(rig.repository.jobs()) == 1)
+    payload = await rig.fake.slash(GENERAL, "ask", question=QUESTION)
+    await rig.until(lambda: rig.done(2))
+    (answer,) = rig.fake.interaction_messages(int(payload["id"]))
+    waiting = rig.fake.edits[int(answer["id"])][1]  # after Discord's own "thinking…"
+    assert waiting.startswith("Queued (position 1)…\nWhile I write an answer, these may help: ")
+    links = re.findall(r"\[([^\]]+)\]\(<(https://[^>]+)>\)", waiting)
+    assert links[0] == ("Installing the Tidewater agent", kb_corpus.link("install"))
+    await rig.until(lambda: answer["content"].startswith(CHECKED))

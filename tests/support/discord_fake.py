@@ -16,6 +16,15 @@ honour it) or any other status. Every REST call is recorded in ``calls``. Replie
 Threads: ``POST /channels/C/messages/M/threads`` starts a thread from a message (its id is the
 message's, its owner the bot; THREAD_CREATE follows; a second one on a message -> 400 160004).
 
+Interactions: application commands registered with
+``PUT /applications/{app}/commands`` (or the guild variant) are kept per scope; ``slash`` sends an
+INTERACTION_CREATE (type 2) whose options are typed from the registered schema (an option the
+schema lacks fails the test, as Discord refuses it), ``click`` one of component type (type 3) for
+a button that is on the message. The callback (``POST /interactions/{id}/{token}/callback``) is
+accepted once per interaction (a second one: 400 code 40060, as Discord answers); webhook
+follow-ups and edits (``/webhooks/{app}/{token}[/messages/{id|@original}]``) need no bot token but
+a live interaction token (``expire_interaction``: 401 code 50027), and keep the ephemeral flag.
+
 CDN: files a user message carries (``user_message(uploads=...)``, ``Upload``) are served at their
 attachment URL (``/attachments/...``) like cdn.discordapp.com, without any token; every request
 for one is in ``cdn_requests`` with its headers.
@@ -108,6 +117,26 @@ class Fault:
 
 
 @dataclass
+class FakeInteraction:
+    """One interaction sent to the bot and what the bot did with it."""
+
+    id: int
+    token: str
+    channel_id: int
+    sent_at: float  # time.monotonic() when INTERACTION_CREATE was dispatched
+    callbacks: list[Json] = field(default_factory=list)  # every callback body (accepted or not)
+    acknowledged_at: float | None = None  # when the one accepted callback arrived
+    ephemeral: bool = False  # the response (original and, by default, follow-ups) is ephemeral
+    original: int | None = None  # the original response message
+    followups: list[int] = field(default_factory=list)
+    expired: bool = False
+
+    @property
+    def callback_type(self) -> int | None:
+        return int(self.callbacks[0]["type"]) if self.callbacks else None
+
+
+@dataclass
 class _Connection:
     ws: web.WebSocketResponse
     intents: int
@@ -127,6 +156,11 @@ class FakeDiscord:
     identifies: int = 0
     # (guild id, user id) -> role ids of members seen reacting (GET /guilds/G/members/U)
     member_roles: dict[tuple[int, int], tuple[int, ...]] = field(default_factory=dict)
+    # Application commands as last registered: "global" or the guild id -> the command payloads.
+    commands: dict[str, list[Json]] = field(default_factory=dict)
+    interactions: dict[int, FakeInteraction] = field(default_factory=dict)  # by interaction id
+    # Interaction id -> seconds its callback request takes (Discord answering slowly).
+    callback_delays: dict[int, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.bot = user_payload(BOT_ID, "solarbot", bot=True)
@@ -578,6 +612,9 @@ class FakeDiscord:
         return response
 
     async def _answer(self, request: web.Request, path: str, body: Any) -> web.Response:
+        if path.startswith(("/webhooks/", "/interactions/")):
+            # Interaction tokens authenticate these (no bot token needed), like Discord.
+            return await self._interaction_rest(request.method, path, body or {})
         if request.headers.get("Authorization") != f"Bot {self.token}":
             return self._json({"message": "401: Unauthorized", "code": 0}, 401)
         for fault in self._faults:
@@ -609,6 +646,10 @@ class FakeDiscord:
                     **member_payload(self.member_roles[key]),
                 }
             )
+        if (
+            match := re.fullmatch(r"/applications/(\d+)(?:/guilds/(\d+))?/commands", path)
+        ) and method == "PUT":
+            return self._register_commands(int(match.group(1)), match.group(2), body or [])
         if match := re.fullmatch(r"/channels/(\d+)/typing", path):
             return web.Response(status=204) if method == "POST" else self._not_found()
         if match := re.fullmatch(r"/channels/(\d+)", path):
@@ -694,6 +735,7 @@ class FakeDiscord:
             "flags": 0,
             "nonce": nonce,
             "allowed_mentions": body.get("allowed_mentions"),
+            "components": body.get("components") or [],
         }
         if channel is not None and channel.get("guild_id"):
             message["guild_id"] = channel["guild_id"]
@@ -744,6 +786,8 @@ class FakeDiscord:
             message["content"] = content
             message["edited_timestamp"] = now_iso()
             self.edits.setdefault(int(message["id"]), []).append(content)
+        if "components" in body:
+            message["components"] = body["components"] or []
         return self._json(message)
 
     def _application(self) -> Json:
@@ -762,3 +806,337 @@ class FakeDiscord:
             "flags": 1 << 19 if self.message_content_enabled else 0,
             "interactions_endpoint_url": None,
         }
+
+    # ------------------------------------------------------------------ interactions
+
+    def _register_commands(self, app_id: int, guild: str | None, body: Any) -> web.Response:
+        if app_id != APP_ID or not isinstance(body, list):
+            return self._json({"message": "Invalid Form Body", "code": 50035}, 400)
+        registered = []
+        for command in body:
+            payload = {
+                **command,
+                "id": str(self.snowflake()),
+                "application_id": str(APP_ID),
+                "version": str(self.snowflake()),
+            }
+            if guild is not None:
+                payload["guild_id"] = guild
+            registered.append(payload)
+        self.commands[guild or "global"] = registered
+        return self._json(registered)
+
+    def registered(self, name: str, *, guild: int | None = None) -> Json:
+        """The registered command ``name`` (the guild's, else the global one)."""
+        for scope in ((str(guild),) if guild else ()) + ("global",):
+            for command in self.commands.get(scope, []):
+                if command["name"] == name:
+                    return command
+        raise AssertionError(f"/{name} is not registered (scopes: {sorted(self.commands)})")
+
+    def _interaction_payload(
+        self,
+        kind: int,
+        channel_id: int,
+        data: Json,
+        *,
+        user_id: int,
+        user_name: str,
+        roles: tuple[int, ...],
+        interaction_id: int | None = None,
+    ) -> Json:
+        channel = self.channels.get(channel_id)
+        guild_id = channel.get("guild_id") if channel is not None else None
+        interaction_id = interaction_id or self.snowflake()
+        token = f"itok-{interaction_id}-{self.snowflake()}"
+        payload: Json = {
+            "id": str(interaction_id),
+            "application_id": str(APP_ID),
+            "type": kind,
+            "data": data,
+            "token": token,
+            "version": 1,
+            "channel_id": str(channel_id),
+            "channel": {
+                "id": str(channel_id),
+                "type": channel["type"] if channel is not None else 1,
+                **(
+                    {"parent_id": channel["parent_id"]}
+                    if channel and channel.get("parent_id")
+                    else {}
+                ),
+            },
+            "locale": "en-US",
+            "app_permissions": "0",
+            "entitlements": [],
+            "authorizing_integration_owners": {"0": str(guild_id or user_id)},
+            "context": 0 if guild_id else 1,
+            "attachment_size_limit": 10 * 1024 * 1024,
+        }
+        if guild_id is not None:
+            permissions = 0
+            for role in self.guilds[int(guild_id)]["roles"]:
+                if int(role["id"]) in roles or int(role["id"]) == int(guild_id):
+                    permissions |= int(role["permissions"])
+            payload["guild_id"] = str(guild_id)
+            payload["guild_locale"] = "en-US"
+            payload["member"] = {
+                "user": user_payload(user_id, user_name),
+                **member_payload(roles),
+                "permissions": str(permissions),
+            }
+        else:
+            payload["user"] = user_payload(user_id, user_name)
+        return payload
+
+    async def slash(
+        self,
+        channel_id: int,
+        command: str,
+        sub: str | None = None,
+        *,
+        user_id: int = 500,
+        user_name: str = "ana",
+        roles: tuple[int, ...] = (),
+        interaction_id: int | None = None,
+        **options: Any,
+    ) -> Json:
+        """A user runs ``/command [sub] option:value ...``; returns the INTERACTION_CREATE payload
+        (``dispatch_interaction`` it again to replay it). Options are typed from the registered
+        schema, as Discord does; one the schema does not have fails here."""
+        channel = self.channels.get(channel_id)
+        guild = int(channel["guild_id"]) if channel and channel.get("guild_id") else None
+        registered = self.registered(command, guild=guild)
+        schema = registered.get("options", [])
+        if sub is not None:
+            (group,) = [o for o in schema if o["name"] == sub and o["type"] == 1]
+            schema = group.get("options", [])
+        values = []
+        for name, value in options.items():
+            matching = [o for o in schema if o["name"] == name]
+            if not matching:
+                raise AssertionError(f"/{command} {sub or ''} has no option {name!r}")
+            values.append({"name": name, "type": matching[0]["type"], "value": value})
+        missing = [o["name"] for o in schema if o.get("required") and o["name"] not in options]
+        if missing:
+            raise AssertionError(f"/{command} {sub or ''} needs {missing}")
+        data: Json = {"id": registered["id"], "name": command, "type": 1}
+        if sub is not None:
+            data["options"] = [{"name": sub, "type": 1, "options": values}]
+        else:
+            data["options"] = values
+        if "guild_id" in registered:
+            data["guild_id"] = registered["guild_id"]
+        payload = self._interaction_payload(
+            2,
+            channel_id,
+            data,
+            user_id=user_id,
+            user_name=user_name,
+            roles=roles,
+            interaction_id=interaction_id,
+        )
+        await self.dispatch_interaction(payload)
+        return payload
+
+    async def click(
+        self,
+        message_id: int,
+        custom_id: str,
+        *,
+        user_id: int = 500,
+        user_name: str = "ana",
+        roles: tuple[int, ...] = (),
+        interaction_id: int | None = None,
+    ) -> Json:
+        """A user clicks the button ``custom_id`` on a message (it must be on it, as Discord
+        sends only clicks on components it shows); returns the INTERACTION_CREATE payload."""
+        message = self.messages[message_id]
+        shown = [
+            item["custom_id"]
+            for row in message.get("components") or []
+            for item in row.get("components", [])
+        ]
+        if custom_id not in shown:
+            raise AssertionError(f"no button {custom_id!r} on message {message_id} ({shown})")
+        payload = self._interaction_payload(
+            3,
+            int(message["channel_id"]),
+            {"custom_id": custom_id, "component_type": 2},
+            user_id=user_id,
+            user_name=user_name,
+            roles=roles,
+            interaction_id=interaction_id,
+        )
+        payload["message"] = message
+        await self.dispatch_interaction(payload)
+        return payload
+
+    async def dispatch_interaction(self, payload: Json) -> None:
+        """Send INTERACTION_CREATE to every connected client (again: a replay)."""
+        interaction_id = int(payload["id"])
+        if interaction_id not in self.interactions:
+            self.interactions[interaction_id] = FakeInteraction(
+                id=interaction_id,
+                token=payload["token"],
+                channel_id=int(payload["channel_id"]),
+                sent_at=time.monotonic(),
+            )
+        for connection in list(self._connections):
+            await self._dispatch(connection, "INTERACTION_CREATE", payload)
+
+    def expire_interaction(self, interaction_id: int) -> None:
+        """The interaction's token is past its 15 minutes: its webhook calls fail."""
+        self.interactions[interaction_id].expired = True
+
+    def interaction_messages(self, interaction_id: int) -> list[Json]:
+        """The response messages of an interaction not deleted: the original, then follow-ups."""
+        interaction = self.interactions[interaction_id]
+        ids = ([interaction.original] if interaction.original else []) + interaction.followups
+        return [self.messages[i] for i in ids if i not in self.deleted]
+
+    def _interaction_by_token(self, token: str) -> FakeInteraction | None:
+        for interaction in self.interactions.values():
+            if interaction.token == token:
+                return interaction
+        return None
+
+    async def _interaction_rest(self, method: str, path: str, body: Json) -> web.Response:
+        if match := re.fullmatch(r"/interactions/(\d+)/([^/]+)/callback", path):
+            interaction = self.interactions.get(int(match.group(1)))
+            if interaction is None or interaction.token != match.group(2) or method != "POST":
+                return self._json({"message": "Unknown interaction", "code": 10062}, 404)
+            if interaction.id in self.callback_delays:  # a slow answer from Discord
+                await asyncio.sleep(self.callback_delays[interaction.id])
+            return self._callback(interaction, body)
+        match = re.fullmatch(r"/webhooks/(\d+)/([^/]+)(?:/messages/(@original|\d+))?", path)
+        if match is None or int(match.group(1)) != APP_ID:
+            return self._json({"message": "Unknown Webhook", "code": 10015}, 404)
+        interaction = self._interaction_by_token(match.group(2))
+        if interaction is None or interaction.expired:
+            return self._json({"message": "Invalid Webhook Token", "code": 50027}, 401)
+        if interaction.acknowledged_at is None:
+            return self._json({"message": "Unknown Webhook", "code": 10015}, 404)
+        target = match.group(3)
+        if target is None:
+            if method != "POST":
+                return self._json({"message": "405: Method Not Allowed", "code": 0}, 405)
+            return self._followup(interaction, body)
+        if target == "@original":
+            message_id = interaction.original
+        else:
+            message_id = int(target)
+            if message_id != interaction.original and message_id not in interaction.followups:
+                message_id = None
+        if message_id is None or message_id in self.deleted:
+            return self._not_found()
+        message = self.messages[message_id]
+        if method == "GET":
+            return self._json(message)
+        if method == "DELETE":
+            self.deleted.add(message_id)
+            return web.Response(status=204)
+        if method == "PATCH":
+            if "content" in body:
+                invalid = self._invalid_content(body["content"])
+                if invalid is not None:
+                    return invalid
+                message["content"] = body["content"] or ""
+                self.edits.setdefault(message_id, []).append(message["content"])
+            if "components" in body:
+                message["components"] = body["components"] or []
+            if "allowed_mentions" in body:
+                message["allowed_mentions"] = body["allowed_mentions"]
+            message["flags"] = int(message["flags"]) & ~128  # no longer "thinking"
+            return self._json(message)
+        return self._json({"message": "405: Method Not Allowed", "code": 0}, 405)
+
+    def _callback(self, interaction: FakeInteraction, body: Json) -> web.Response:
+        interaction.callbacks.append(body)
+        if interaction.acknowledged_at is not None:
+            return self._json(
+                {"message": "Interaction has already been acknowledged.", "code": 40060}, 400
+            )
+        interaction.acknowledged_at = time.monotonic()
+        kind = int(body.get("type", 0))
+        data = body.get("data") or {}
+        interaction.ephemeral = bool(int(data.get("flags", 0)) & 64)
+        if kind in (4, 5):  # a message (5: "thinking…" until the original is edited)
+            message = self._webhook_message(
+                interaction,
+                content=str(data.get("content") or ""),
+                flags=int(data.get("flags", 0)) | (128 if kind == 5 else 0),
+                components=data.get("components") or [],
+                allowed_mentions=data.get("allowed_mentions"),
+            )
+            interaction.original = int(message["id"])
+        return self._json(
+            {
+                "interaction": {
+                    "id": str(interaction.id),
+                    "type": 2,
+                    "response_message_loading": kind == 5,
+                    "response_message_ephemeral": interaction.ephemeral,
+                    **(
+                        {"response_message_id": str(interaction.original)}
+                        if interaction.original
+                        else {}
+                    ),
+                }
+            }
+        )
+
+    def _followup(self, interaction: FakeInteraction, body: Json) -> web.Response:
+        content = body.get("content")
+        if not isinstance(content, str) or not content.strip():
+            return self._json({"message": "Cannot send an empty message", "code": 50006}, 400)
+        invalid = self._invalid_content(content)
+        if invalid is not None:
+            return invalid
+        message = self._webhook_message(
+            interaction,
+            content=content,
+            flags=int(body.get("flags") or 0),
+            components=body.get("components") or [],
+            allowed_mentions=body.get("allowed_mentions"),
+        )
+        interaction.followups.append(int(message["id"]))
+        return self._json(message)
+
+    def _webhook_message(
+        self,
+        interaction: FakeInteraction,
+        *,
+        content: str,
+        flags: int,
+        components: list[Json],
+        allowed_mentions: Any,
+    ) -> Json:
+        message_id = self.snowflake()
+        channel = self.channels.get(interaction.channel_id)
+        message: Json = {
+            "id": str(message_id),
+            "channel_id": str(interaction.channel_id),
+            "author": self.bot,
+            "webhook_id": str(APP_ID),
+            "application_id": str(APP_ID),
+            "content": content,
+            "timestamp": now_iso(),
+            "edited_timestamp": None,
+            "tts": False,
+            "mention_everyone": False,
+            "mentions": [],
+            "mention_roles": [],
+            "attachments": [],
+            "embeds": [],
+            "pinned": False,
+            "type": 20,
+            "flags": flags,
+            "components": components,
+            "allowed_mentions": allowed_mentions,
+        }
+        if channel is not None and channel.get("guild_id"):
+            message["guild_id"] = channel["guild_id"]
+        self.messages[message_id] = message
+        self.edits[message_id] = [content]
+        return message
