@@ -10,7 +10,8 @@ One run reports:
 - ingestion into a fresh SQLite file through the real pipeline (read, extract, chunk with
   SOLAR's tokenizer, store): wall time, chunks/s, database size;
 - the same chunks copied into PostgreSQL (``--database-url``), with its table size;
-- query latency p50/p95 of ``Repository.search_passages`` on each database (every question,
+- query latency p50/p95 of ``Repository.search_passages`` (storage/repository/kb_ranking.py:
+  BM25, document evidence, each document's best passage first) on each database (every question,
   ``--rounds`` times after one warm-up round);
 - recall@5 (a page that answers is among the first five passages returned) and MRR@10 (the
   reciprocal rank of the first passage from such a page among ten) of our search, against
@@ -185,6 +186,7 @@ def postgres_size(repository: Repository) -> int:
         return int(
             connection.exec_driver_sql(
                 "SELECT pg_total_relation_size('kb_chunks') + pg_total_relation_size('kb_documents')"
+                " + pg_total_relation_size('kb_terms')"
             ).scalar_one()
         )
 
@@ -281,7 +283,7 @@ def main() -> int:
             pg_p95 = f"{pg_p95_value:.1f} ms"
             print(
                 f"postgresql: {copied} chunks copied in {copy_s:.1f} s, tables "
-                f"{postgres_size(postgres) / 1e6:.1f} MB; search (tsvector, ts_rank): "
+                f"{postgres_size(postgres) / 1e6:.1f} MB; search (GIN candidates, BM25 from kb_terms): "
                 f"recall@5 {pg.recall_at_5:.3f}, mrr@10 {pg.mrr_at_10:.3f}, "
                 f"p50 {pg_p50:.1f} ms, p95 {pg_p95}"
             )
