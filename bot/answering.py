@@ -9,8 +9,8 @@ without repeats.
 Relevance (``relevance``) is the share of the question's search words (``query_terms``: stop words
 left out) that a passage contains, in its title, headings or text, a word counting as contained
 when one of the passage's words begins with its first ``STEM_CHARS`` letters (``sorting`` finds
-``sort``). It is used instead of the search's own score, which is BM25 on SQLite and ``ts_rank`` on
-PostgreSQL, on scales that differ between the two backends and between queries, so that one
+``sort``). It is used instead of the search's own score, BM25 with document evidence, which
+depends on the corpus and varies between queries, so that one
 threshold means the same everywhere. ``DEFAULT_MIN_RELEVANCE`` was calibrated on the collection of
 tests/test_kb_answering.py (docs/knowledge-base-answering.md has the figures).
 """
