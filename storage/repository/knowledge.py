@@ -496,6 +496,9 @@ def _count_postgres_statistics(
     deleting them) its collection's ranking statistics (PostgreSQL: ``kb_ranking``)."""
     if connection.dialect.name != "postgresql":
         return
+    # Writers of one collection take turns from here: a replacement counts out and then in, each
+    # in lexeme order, and two such writers could otherwise each hold a row the other needs.
+    serialise_on(connection, "kb-statistics", str(collection_id))
     params = {"collection_id": collection_id, "document_id": document_id, "sign": sign}
     counted = connection.execute(text(POSTGRES_COUNT_TERMS), params).all()
     emptied = [lexeme for lexeme, chunks in counted if chunks <= 0]

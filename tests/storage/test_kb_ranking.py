@@ -216,3 +216,37 @@ def test_hostile_words_stay_words_in_the_bm25_statistics(
     add(repository, "k", ["a kiwi and a walrus"])
     hits = repository.search_passages(collections=["c"], query=query)
     assert [hit.text for hit in hits] == ["a kiwi and a walrus"]
+
+
+def test_concurrent_writers_of_one_collection_keep_the_statistics_exact(database_url: str) -> None:
+    """Threads (each its own connection) replace different documents of one collection at once,
+    each swapping its words for another's (a replacement counts its old words out and the new
+    ones in: without taking turns two such writers wait on each other's rows): nobody deadlocks
+    or fails, and the statistics stay exact."""
+    import threading
+
+    repository = Repository.open(database_url)
+    try:
+        writers = len(WORDS)  # writer n moves from word n+r-1 to n+r: a ring of waits
+        errors: list[BaseException] = []
+        start = threading.Barrier(writers)
+
+        def write(n: int) -> None:
+            try:
+                for round_ in range(8):
+                    start.wait()
+                    word = WORDS[(n + round_) % len(WORDS)]
+                    add(repository, f"s{n}", [f"{word} {word}"])
+            except BaseException as exc:  # collected for the assertion
+                errors.append(exc)
+                start.abort()
+
+        threads = [threading.Thread(target=write, args=(n,)) for n in range(writers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        assert_ranking_statistics_exact(repository.engine)
+    finally:
+        repository.close()
