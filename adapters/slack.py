@@ -56,6 +56,7 @@ from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from adapters.slack_format import from_slack, to_mrkdwn
 from adapters.slack_request import Refused, bolt_request, verified
+from adapters.slack_waiting import WaitingLinks
 from adapters.streaming import StreamedReply
 from bot import texts
 from bot.commands import CommandContext, CommandName, Commands, parse_command
@@ -280,6 +281,7 @@ class SlackAdapter:
         self._users: dict[str, dict[str, Any]] = {}  # users.info records, by user id
         self._socket: AsyncSocketModeHandler | None = None
         self._background: set[asyncio.Task[None]] = set()  # slash commands after their ack
+        self._waiting_links = WaitingLinks(self.client)  # source links while queued (issue 14)
         self.http_port: int | None = None
 
     @property
@@ -366,6 +368,7 @@ class SlackAdapter:
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
+        await self._waiting_links.close()
 
     # ------------------------------------------------------------------ ingress
 
@@ -507,6 +510,9 @@ class SlackAdapter:
                     "placeholder",
                 )
             return
+        self._waiting_links.queued(
+            self._intake, dataclasses.replace(incoming, reply_target=where), result
+        )
         if result is not None and result.handoff and not result.created:
             waiting = texts.HANDOFF_WAITING.format(command=f"{self._command} resume")
             await respond(text=to_mrkdwn(waiting), response_type="ephemeral")
@@ -680,7 +686,8 @@ class SlackAdapter:
         except InvalidIncomingError as exc:  # acknowledged: Slack would send the same again
             log.info("ignored a Slack message %s in %s: %s", ts[:40], channel[:40], exc)
             return
-        await self._submit(incoming)
+        result = await self._submit(incoming)
+        self._waiting_links.queued(self._intake, incoming, result)
 
     async def _user(self, user: str) -> dict[str, Any] | None:
         """``users.info``'s record of ``user``, asked once per person (at most 10,000 kept) for
@@ -728,6 +735,7 @@ class SlackAdapter:
     # ------------------------------------------------------------------ egress
 
     async def open_reply(self, target: ReplyTarget) -> SlackReply | SlackEphemeralReply:
+        target = await self._waiting_links.adopt(target)
         if target.reply_target.get("ephemeral") == "1":
             return SlackEphemeralReply(target, limit=self._limit)
         return SlackReply(self.client, target, limit=self._limit, min_interval=self._edit_interval)

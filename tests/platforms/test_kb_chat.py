@@ -334,6 +334,7 @@ async def slack_rig(tmp_path: Path) -> AsyncIterator[SlackRig]:
             "SOLARBOT_POLL_SECONDS": "0.05",
             "SOLARBOT_HANDOFF_KEYWORDS": HANDOFF,
             "SOLARBOT_KB_PASSAGES": "3",
+            "SOLARBOT_WORKER_CONCURRENCY": "1",  # a second question waits in the queue
         }
     )
     repository = Repository.open(settings.resolved_database_url())
@@ -403,6 +404,74 @@ async def test_slack_answers_from_the_collection_with_checked_linked_citations(
         "[1] <https://docs.tidewater.example/install|Installing the Tidewater agent>"
     )
     assert "[9]" not in "".join(answer.history[-1:])
+
+
+def slack_links(text: str) -> list[tuple[str, str]]:
+    return [(title, url) for url, title in re.findall(r"<(https://[^|>]+)\|([^>]+)>", text)]
+
+
+def assert_waiting_links(text: str) -> None:
+    """``text`` is a placeholder with the top documents for QUESTION as Slack links."""
+    assert f"{texts.SLACK_THINKING}\nWhile I write an answer, these may help: " in text
+    links = slack_links(text)
+    assert links[0] == ("Installing the Tidewater agent", kb_corpus.link("install"))
+    assert 1 <= len(links) <= answering.WAITING_LINKS
+    assert len({url for _, url in links}) == len(links)
+
+
+async def test_slack_a_queued_mention_shows_source_links_until_its_answer_replaces_them(
+    slack_rig: SlackRig,
+) -> None:
+    rig = slack_rig
+    await rig.command("kb tidewater")
+    rig.engine._replies = [" ".join(f"word{n}" for n in range(200)), ANSWER]
+    await rig.event(mention("tell me everything", "1690000000.000011"))
+    await rig.event(mention(QUESTION, "1690000000.000012"))
+    await rig.until(lambda: rig.done(2))
+    # The first question did not wait: its answer came without links.
+    [first] = rig.fake.thread("C0GENERAL", "1690000000.000011")
+    assert not any("While I write" in text for text in first.history)
+    # The second waited behind it: one message, the links placeholder, which became the answer.
+    [answer] = rig.fake.thread("C0GENERAL", "1690000000.000012")
+    assert_waiting_links(answer.history[0])
+    assert answer.text.startswith(CHECKED)
+    assert "While I write" not in answer.text
+
+
+async def test_slack_a_queued_solar_question_shows_source_links_until_its_answer_replaces_them(
+    slack_rig: SlackRig,
+) -> None:
+    rig = slack_rig
+    await rig.command("kb tidewater")
+    rig.engine._replies = [" ".join(f"word{n}" for n in range(200)), ANSWER]
+    for question in ("tell me everything", QUESTION):
+        body = command_body(question, response_url=rig.fake.response_url("q"))
+        status, _ = await signed_post(rig.session, rig.url, body, content_type=FORM)
+        assert status == 200
+    await rig.until(lambda: rig.done(2))
+    placeholders = rig.fake.thread("C0GENERAL", None)
+    [asked] = [m for m in placeholders if QUESTION in m.history[0]]
+    header = asked.history[0].split("\n\n")[0]
+    assert header == f"<@U0ALICE> asked: {QUESTION}"
+    # The placeholder quoting the question got the links while it waited, then the answer.
+    [with_links] = [text for text in asked.history if "While I write" in text]
+    assert with_links.startswith(f"{header}\n\n")
+    assert_waiting_links(with_links)
+    assert asked.text.startswith(f"{header}\n\n{CHECKED}")
+    [first] = [m for m in placeholders if "tell me everything" in m.history[0]]
+    assert not any("While I write" in text for text in first.history)
+
+
+async def test_slack_a_queued_question_in_a_channel_without_a_knowledge_base_gets_no_links(
+    slack_rig: SlackRig,
+) -> None:
+    rig = slack_rig
+    rig.engine._replies = [" ".join(f"word{n}" for n in range(200)), ANSWER]
+    await rig.event(mention("tell me everything", "1690000000.000021"))
+    await rig.event(mention(QUESTION, "1690000000.000022"))
+    await rig.until(lambda: rig.done(2))
+    [answer] = rig.fake.thread("C0GENERAL", "1690000000.000022")
+    assert not any("While I write" in text for text in answer.history)
 
 
 async def test_slack_strict_mode_says_it_does_not_know_and_offers_the_handoff(
