@@ -36,6 +36,7 @@ CANDIDATES = 200
 POSTINGS_BUDGET = 700
 DOCUMENT_EVIDENCE = 0.2
 EVIDENCE_PASSAGES = 3
+RRF_K = 60  # reciprocal rank fusion's constant (Cormack et al. 2009)
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,21 @@ def rerank(candidates: Sequence[Candidate], *, limit: int) -> list[Candidate]:
         (rest if candidate.document_id in seen else firsts).append(candidate)
         seen.add(candidate.document_id)
     return (firsts + rest)[: max(limit, 0)]
+
+
+def fuse(rankings: Sequence[Sequence[Candidate]], *, k: int = RRF_K) -> list[Candidate]:
+    """Reciprocal rank fusion: each passage scores the sum of 1 / (``k`` + its rank) over the
+    rankings that hold it (rank 1 first); best first, ties by the best rank, then id."""
+    scores: dict[int, float] = {}
+    best: dict[int, int] = {}
+    documents: dict[int, int] = {}
+    for ranking in rankings:
+        for rank, candidate in enumerate(ranking, start=1):
+            scores[candidate.chunk_id] = scores.get(candidate.chunk_id, 0.0) + 1 / (k + rank)
+            best[candidate.chunk_id] = min(best.get(candidate.chunk_id, rank), rank)
+            documents[candidate.chunk_id] = candidate.document_id
+    order = sorted(scores, key=lambda chunk: (-scores[chunk], best[chunk], chunk))
+    return [Candidate(chunk, documents[chunk], scores[chunk]) for chunk in order]
 
 
 # The lexemes of the query words (PostgreSQL's 'english' configuration: stemmed, its stop words

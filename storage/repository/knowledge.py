@@ -18,8 +18,10 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from sqlalchemy import Connection, delete, func, insert, select, text, update
 
 from bot.errors import KnowledgeBaseError
@@ -45,10 +47,11 @@ from storage.repository.kb_ranking import (
     Candidate,
     TermStatistics,
     essential_terms,
+    fuse,
     idf,
     rerank,
 )
-from storage.repository.tables import kb_chunks, kb_collections, kb_documents
+from storage.repository.tables import kb_chunks, kb_collections, kb_documents, kb_vectors
 from storage.schema import utcnow
 
 # How much of a query is read: a question is a sentence or two; more is noise (and cost).
@@ -81,6 +84,22 @@ STOP_WORDS = frozenset(_STOP_WORDS_TEXT.split())
 # Letters and digits: "_" separates words for FTS5 (unicode61) and PostgreSQL's parser alike.
 _WORD = re.compile(r"[^\W_]+")
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+@dataclass(frozen=True)
+class QueryVector:
+    """A query's embedding (normalised) and the model that made it."""
+
+    model: str
+    vector: Sequence[float]
+
+
+@dataclass(frozen=True)
+class DocumentVectors:
+    """A document's chunk embeddings, one per chunk in order, and the model that made them."""
+
+    model: str
+    vectors: Sequence[Sequence[float]]
 
 
 def clean_query(query: str) -> str:
@@ -147,11 +166,18 @@ WHERE c.id IN ({ids})
 
 class KnowledgeStore(RepositoryBase):
     def search_passages(
-        self, *, collections: Sequence[str], query: str, limit: int = 5
+        self,
+        *,
+        collections: Sequence[str],
+        query: str,
+        limit: int = 5,
+        query_vector: QueryVector | None = None,
     ) -> list[Passage]:
         """The ``limit`` best passages for ``query`` in ``collections``, best first (BM25 with
         document evidence, the best passage of each document first: ``kb_ranking``). Any text is
-        a valid query: one without words (or in no existing collection) finds nothing."""
+        a valid query: one without words (or in no existing collection) finds nothing.
+        ``query_vector``: the query's embedding: the keyword ranking is fused with the passages
+        nearest to it (of the same model) by reciprocal rank fusion (hybrid retrieval)."""
         names = list(dict.fromkeys(collections))
         if not names or limit < 1:
             return []
@@ -160,7 +186,12 @@ class KnowledgeStore(RepositoryBase):
                 candidates = _postgres_candidates(connection, names, query_terms(query))
             else:
                 candidates = _sqlite_candidates(connection, names, fts5_query(query))
-            chosen = rerank(candidates, limit=limit)
+            if query_vector is None:
+                chosen = rerank(candidates, limit=limit)
+            else:
+                keyword = rerank(candidates, limit=CANDIDATES)
+                nearest = _nearest(connection, names, query_vector)
+                chosen = fuse([keyword, nearest])[:limit]
             if not chosen:
                 return []
             ids = {f"id{i}": candidate.chunk_id for i, candidate in enumerate(chosen)}
@@ -276,12 +307,14 @@ class KnowledgeStore(RepositoryBase):
         checksum: str,
         chunks: Sequence[ChunkDraft],
         origin: str | None = None,
+        vectors: DocumentVectors | None = None,
     ) -> DocumentResult:
         """Store a document and its chunks in one transaction, creating the collection when new.
         A document with this ``source_uri`` in the collection is replaced, unless its checksum,
         title and link are the same (then nothing is written: ``UNCHANGED``). ``origin``: what
         ``kb add`` was given that led to this source (a folder, a sitemap; default the source
-        itself), which ``kb sync`` reads again."""
+        itself), which ``kb sync`` reads again. ``vectors``: the chunks' embeddings, one per
+        chunk in order (hybrid retrieval); they go with their chunks."""
         origin = source_uri if origin is None else origin
         if not collection or len(collection) > COLLECTION_NAME_CHARS:
             raise KnowledgeBaseError(
@@ -374,6 +407,8 @@ class KnowledgeStore(RepositoryBase):
             _count_postgres_statistics(
                 connection, collection_id=collection_id, document_id=document_id, sign=1
             )
+            if vectors is not None and chunks:
+                _store_vectors(connection, document_id, vectors, len(chunks))
         return DocumentResult(document_id=document_id, outcome=outcome, chunks=len(chunks))
 
     def remove_document(self, *, collection: str, source_uri: str) -> bool:
@@ -487,6 +522,52 @@ def _postgres_candidates(
         Candidate(int(row[0]), int(row[1]), float(row[2]))
         for row in connection.execute(text(POSTGRES_BM25), params)
     ]
+
+
+def _nearest(connection: Connection, names: list[str], query: QueryVector) -> list[Candidate]:
+    """The ``CANDIDATES`` passages of ``names`` whose vectors (of ``query.model``) are nearest to
+    ``query.vector`` (cosine: the vectors are normalised), nearest first. Every vector of the
+    collections is read and compared: the cost grows with the collections."""
+    rows = connection.execute(
+        select(kb_vectors.c.chunk_id, kb_chunks.c.document_id, kb_vectors.c.vector)
+        .join(kb_chunks, kb_chunks.c.id == kb_vectors.c.chunk_id)
+        .join(kb_documents, kb_documents.c.id == kb_chunks.c.document_id)
+        .join(kb_collections, kb_collections.c.id == kb_documents.c.collection_id)
+        .where(kb_collections.c.name.in_(names), kb_vectors.c.model == query.model)
+    ).all()
+    width = len(query.vector)
+    rows = [row for row in rows if len(row[2]) == 4 * width]
+    if not rows:
+        return []
+    matrix = np.frombuffer(b"".join(row[2] for row in rows), dtype=np.float32)
+    similarity = matrix.reshape(len(rows), width) @ np.asarray(query.vector, dtype=np.float32)
+    order = np.argsort(-similarity, kind="stable")[:CANDIDATES]
+    return [
+        Candidate(int(rows[i][0]), int(rows[i][1]), float(similarity[i])) for i in order.tolist()
+    ]
+
+
+def _store_vectors(
+    connection: Connection, document_id: int, vectors: DocumentVectors, count: int
+) -> None:
+    if len(vectors.vectors) != count:
+        raise KnowledgeBaseError(f"{len(vectors.vectors)} vectors for {count} chunks")
+    ids = connection.execute(
+        select(kb_chunks.c.id)
+        .where(kb_chunks.c.document_id == document_id)
+        .order_by(kb_chunks.c.position, kb_chunks.c.id)
+    ).scalars()
+    connection.execute(
+        insert(kb_vectors),
+        [
+            {
+                "chunk_id": chunk_id,
+                "model": vectors.model,
+                "vector": np.asarray(vector, dtype=np.float32).tobytes(),
+            }
+            for chunk_id, vector in zip(ids, vectors.vectors, strict=True)
+        ],
+    )
 
 
 def _count_postgres_statistics(

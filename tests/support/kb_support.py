@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from sqlalchemy import Engine, inspect, text
@@ -103,3 +104,29 @@ def assert_ranking_statistics_exact(engine: Engine) -> None:
     # A collection whose documents all went keeps a row of zeros.
     assert {row for row in sizes if row[1] != 0} == recounted
     assert all(row[2] == 0 for row in sizes if row[1] == 0)
+
+
+def build_tiny_embedder(folder: Path, words: Sequence[str]) -> Path:
+    """A sentence-embedding model for ``SOLARBOT_KB_EMBEDDINGS`` in ``folder``: a BERT-like
+    encoder (2 layers, 32 wide) with random weights (seeded) and a WordPiece tokenizer knowing
+    ``words``. Nothing is downloaded."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = folder / "vocab.txt"
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    known = sorted({word.lower() for word in words})
+    vocab.write_text("\n".join(specials + known) + "\n")
+    BertTokenizer(vocab_file=str(vocab)).save_pretrained(folder)
+    torch.manual_seed(14)
+    config = BertConfig(
+        vocab_size=len(specials) + len(known),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+    )
+    BertModel(config).save_pretrained(folder)
+    return folder

@@ -1,4 +1,5 @@
-"""knowledge-base ranking: BM25 statistics on PostgreSQL, the number of passages holding each
+"""knowledge-base ranking: chunk vectors for optional hybrid retrieval (kb_vectors, both
+databases), and BM25 statistics on PostgreSQL: the number of passages holding each
 lexeme (kb_terms) and the number and total token count of the passages (kb_collection_sizes) per
 collection, counted from the chunks already stored (issue 14). SQLite's FTS5 keeps the same
 statistics inside its index: nothing changes there.
@@ -35,6 +36,19 @@ GROUP BY d.collection_id
 
 
 def upgrade() -> None:
+    op.create_table(
+        "kb_vectors",
+        sa.Column("chunk_id", sa.Integer(), nullable=False),
+        sa.Column("model", sa.String(length=200), nullable=False),
+        sa.Column("vector", sa.LargeBinary(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["chunk_id"],
+            ["kb_chunks.id"],
+            name=op.f("fk_kb_vectors_chunk_id_kb_chunks"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("chunk_id", name=op.f("pk_kb_vectors")),
+    )
     if op.get_bind().dialect.name != "postgresql":
         return
     op.create_table(
@@ -68,7 +82,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    if op.get_bind().dialect.name != "postgresql":
-        return
-    op.drop_table("kb_collection_sizes")
-    op.drop_table("kb_terms")
+    if op.get_bind().dialect.name == "postgresql":
+        op.drop_table("kb_collection_sizes")
+        op.drop_table("kb_terms")
+    op.drop_table("kb_vectors")
