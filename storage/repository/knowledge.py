@@ -4,6 +4,8 @@ SQLite searches the external-content FTS5 table ``kb_chunks_fts`` (migration 001
 ``bm25()``; PostgreSQL finds candidates through the GIN index of the generated ``search`` tsvector
 and ranks them by the same BM25, from term statistics kept with the documents (migration 0014).
 Both then weigh document evidence and put each document's best passage first: ``kb_ranking``.
+With a query vector (hybrid retrieval, ``SOLARBOT_KB_EMBEDDINGS``) that ranking is fused with the
+passages whose stored vectors (``kb_vectors``) are nearest.
 
 User text never reaches either query language as syntax. For FTS5 every word becomes a quoted
 string (FTS5's own operators ``AND OR NOT NEAR * : ^ ( )`` and quotes are then only text); for

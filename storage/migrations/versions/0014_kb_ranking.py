@@ -2,7 +2,7 @@
 databases), and BM25 statistics on PostgreSQL: the number of passages holding each
 lexeme (kb_terms) and the number and total token count of the passages (kb_collection_sizes) per
 collection, counted from the chunks already stored (issue 14). SQLite's FTS5 keeps the same
-statistics inside its index: nothing changes there.
+statistics inside its index.
 
 Revision ID: 0014_kb_ranking
 Revises: 0013
