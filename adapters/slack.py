@@ -63,6 +63,7 @@ from adapters.attachment_download import (
 from adapters.slack_auto import SlackAutoAnswer
 from adapters.slack_format import from_slack, to_mrkdwn
 from adapters.slack_request import Refused, bolt_request, verified
+from adapters.slack_waiting import WaitingLinks
 from adapters.streaming import StreamedReply
 from bot import texts
 from bot.attachments import question_text
@@ -296,6 +297,7 @@ class SlackAdapter:
             author_name=self._author_name,
             answer_in_thread=self._on_mention,
         )
+        self._waiting_links = WaitingLinks(self.client)  # source links while queued (issue 14)
         self.http_port: int | None = None
         self._files: AttachmentReader | None = None
         if options.attachments is not None and options.ingress:
@@ -391,6 +393,7 @@ class SlackAdapter:
             await asyncio.gather(*late, return_exceptions=True)
         if self._files is not None:
             await self._files.close()
+        await self._waiting_links.close()
 
     # ------------------------------------------------------------------ ingress
 
@@ -532,6 +535,9 @@ class SlackAdapter:
                     "placeholder",
                 )
             return
+        self._waiting_links.queued(
+            self._intake, dataclasses.replace(incoming, reply_target=where), result
+        )
         if result is not None and result.handoff and not result.created:
             waiting = texts.HANDOFF_WAITING.format(command=f"{self._command} resume")
             await respond(text=to_mrkdwn(waiting), response_type="ephemeral")
@@ -715,7 +721,8 @@ class SlackAdapter:
         except InvalidIncomingError as exc:  # acknowledged: Slack would send the same again
             log.info("ignored a Slack message %s in %s: %s", ts[:40], channel[:40], exc)
             return
-        await self._submit(incoming)
+        result = await self._submit(incoming)
+        self._waiting_links.queued(self._intake, incoming, result)
 
     async def _user(self, user: str) -> dict[str, Any] | None:
         """``users.info``'s record of ``user``, asked once per person (at most 10,000 kept) for
@@ -763,6 +770,7 @@ class SlackAdapter:
     # ------------------------------------------------------------------ egress
 
     async def open_reply(self, target: ReplyTarget) -> SlackReply | SlackEphemeralReply:
+        target = await self._waiting_links.adopt(target)
         if target.reply_target.get("ephemeral") == "1":
             return SlackEphemeralReply(target, limit=self._limit)
         return SlackReply(self.client, target, limit=self._limit, min_interval=self._edit_interval)

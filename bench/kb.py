@@ -10,12 +10,17 @@ One run reports:
 - ingestion into a fresh SQLite file through the real pipeline (read, extract, chunk with
   SOLAR's tokenizer, store): wall time, chunks/s, database size;
 - the same chunks copied into PostgreSQL (``--database-url``), with its table size;
-- query latency p50/p95 of ``Repository.search_passages`` on each database (every question,
+- query latency p50/p95 of ``Repository.search_passages`` (storage/repository/kb_ranking.py:
+  BM25, document evidence, each document's best passage first) on each database (every question,
   ``--rounds`` times after one warm-up round);
 - recall@5 (a page that answers is among the first five passages returned) and MRR@10 (the
   reciprocal rank of the first passage from such a page among ten) of our search, against
   an in-memory Okapi BM25 baseline (k1 1.2, b 0.75, words lower-cased, no stemming) over the same
   chunks (title, headings and text) in the same run.
+
+- with ``--embeddings FOLDER`` (default SOLARBOT_KB_EMBEDDINGS), a hybrid row: a second SQLite
+  database ingested with the chunks' vectors, searched with keyword and vector ranks fused (else
+  one line saying that no model was given).
 
 Ends with one line:
 ``kb: N chunks, recall@5 R, mrr@10 M, p95 X ms (sqlite), p95 Y ms (postgresql)``
@@ -43,16 +48,20 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.measure import percentile
+from bot.answering import retrieve
 from bot.kb.chunking import ChunkLimits, tokenizer_counter
+from bot.kb.embeddings import Embedder
 from bot.kb.ingest import Ingestor, IngestProgress
 from bot.kb.sources import FetchPolicy
 from bot.prompt_room import FileTokenizer
 from storage import database
 from storage.repository import Repository
+from storage.repository.kb_ranking import CANDIDATES
 
 CORPUS = Path("/usr/share/doc/python3.11/html")
 QUESTIONS = Path(__file__).with_name("kb_questions.json")
@@ -139,28 +148,74 @@ class BM25:
         return [index for index, _ in scores.most_common(k)]
 
 
+def best_passage_per_page(links: list[str]) -> list[str]:
+    """The baseline's ranking with each page's best passage first, as our search orders its
+    hits (without its document evidence): how much of our gain that ordering alone explains."""
+    seen: set[str] = set()
+    firsts, rest = [], []
+    for link in links:
+        (rest if link in seen else firsts).append(link)
+        seen.add(link)
+    return firsts + rest
+
+
 def words(text: str) -> list[str]:
     return [word.lower() for word in _WORD.findall(text)]
 
 
 def search_all(
-    repository: Repository, questions: list[dict], rounds: int
+    repository: Repository, questions: list[dict], rounds: int, embedder: Embedder | None = None
 ) -> tuple[list[list[str]], list[float]]:
-    ranked: list[list[str]] = []
-    for question in questions:  # warm-up round, and the ranking
-        hits = repository.search_passages(
-            collections=[COLLECTION], query=question["question"], limit=10
+    """Every question searched as the bot does (``answering.retrieve``; with ``embedder``:
+    hybrid, the question's embedding included in the time)."""
+
+    def search(question: dict) -> list[str]:
+        hits = retrieve(
+            repository,
+            collections=[COLLECTION],
+            newest=question["question"],
+            previous=None,
+            limit=10,
+            embedder=embedder,
         )
-        ranked.append([hit.link for hit in hits])
+        return [hit.link for hit in hits]
+
+    ranked = [search(question) for question in questions]  # warm-up round, and the ranking
     latencies: list[float] = []
     for _ in range(rounds):
         for question in questions:
             began = time.perf_counter()
-            repository.search_passages(
-                collections=[COLLECTION], query=question["question"], limit=10
-            )
+            search(question)
             latencies.append((time.perf_counter() - began) * 1000)
     return ranked, latencies
+
+
+def hybrid_row(
+    args: argparse.Namespace, files: list[Path], questions: list[dict], **ingest: Any
+) -> str:
+    """The hybrid line: a second SQLite database ingested with ``--embeddings`` (the chunks'
+    vectors included in the ingestion time), searched with keyword and vector ranks fused."""
+    if args.embeddings is None:
+        return (
+            "hybrid: no embedding model given (set SOLARBOT_KB_EMBEDDINGS or pass --embeddings "
+            "FOLDER, a local sentence-embedding model)"
+        )
+    embedder = Embedder(args.embeddings)
+    repository = Repository.open(f"sqlite:///{ingest.pop('scratch') / 'hybrid.db'}")
+    began = time.perf_counter()
+    with IngestProgress(bar=False, stream=io.StringIO()) as progress:
+        ingestor = Ingestor(repository, progress=progress, embedder=embedder, **ingest)
+        report = asyncio.run(ingestor.add(collection=COLLECTION, sources=[str(f) for f in files]))
+    ingest_s = time.perf_counter() - began
+    ranked, latencies = search_all(repository, questions, args.rounds, embedder)
+    scores = relevance(ranked, questions, args.corpus)
+    repository.close()
+    return (
+        f"hybrid (sqlite, {embedder.model_id}, reciprocal rank fusion): {report.chunks} chunks "
+        f"with vectors in {ingest_s:.1f} s; recall@5 {scores.recall_at_5:.3f}, mrr@10 "
+        f"{scores.mrr_at_10:.3f}, p50 {percentile(latencies, 0.5):.1f} ms, "
+        f"p95 {percentile(latencies, 0.95):.1f} ms"
+    )
 
 
 def copy_chunks(source: Repository, target: Repository) -> int:
@@ -185,6 +240,7 @@ def postgres_size(repository: Repository) -> int:
         return int(
             connection.exec_driver_sql(
                 "SELECT pg_total_relation_size('kb_chunks') + pg_total_relation_size('kb_documents')"
+                " + pg_total_relation_size('kb_terms')"
             ).scalar_one()
         )
 
@@ -202,6 +258,15 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds over the questions")
     parser.add_argument("--max-tokens", type=int, default=300)
     parser.add_argument("--min-tokens", type=int, default=200)
+    parser.add_argument(
+        "--embeddings",
+        type=Path,
+        default=Path(os.environ["SOLARBOT_KB_EMBEDDINGS"])
+        if os.environ.get("SOLARBOT_KB_EMBEDDINGS")
+        else None,
+        help="a local sentence-embedding model folder: adds a hybrid row "
+        "(default SOLARBOT_KB_EMBEDDINGS)",
+    )
     args = parser.parse_args()
 
     ensure_corpus(args.corpus)
@@ -252,16 +317,21 @@ def main() -> int:
                 )
         baseline = BM25([tokens for _, tokens in rows])
         base_ranked = []
+        diverse_ranked = []
         base_latencies = []
         for question in questions:
             began = time.perf_counter()
-            top = baseline.top(words(question["question"]), 10)
+            top = baseline.top(words(question["question"]), CANDIDATES)
             base_latencies.append((time.perf_counter() - began) * 1000)
-            base_ranked.append([rows[i][0] for i in top])
+            base_ranked.append([rows[i][0] for i in top[:10]])
+            diverse_ranked.append(best_passage_per_page([rows[i][0] for i in top])[:10])
         base = relevance(base_ranked, questions, args.corpus)
+        diverse = relevance(diverse_ranked, questions, args.corpus)
         print(
             f"baseline (in-memory Okapi BM25, same chunks): recall@5 {base.recall_at_5:.3f}, "
-            f"mrr@10 {base.mrr_at_10:.3f}, p95 {percentile(base_latencies, 0.95):.1f} ms"
+            f"mrr@10 {base.mrr_at_10:.3f}, p95 {percentile(base_latencies, 0.95):.1f} ms; "
+            f"with each page's best passage first: recall@5 {diverse.recall_at_5:.3f}, "
+            f"mrr@10 {diverse.mrr_at_10:.3f}"
         )
 
         pg_p95 = "n/a"
@@ -281,11 +351,22 @@ def main() -> int:
             pg_p95 = f"{pg_p95_value:.1f} ms"
             print(
                 f"postgresql: {copied} chunks copied in {copy_s:.1f} s, tables "
-                f"{postgres_size(postgres) / 1e6:.1f} MB; search (tsvector, ts_rank): "
+                f"{postgres_size(postgres) / 1e6:.1f} MB; search (GIN candidates, BM25 from kb_terms): "
                 f"recall@5 {pg.recall_at_5:.3f}, mrr@10 {pg.mrr_at_10:.3f}, "
                 f"p50 {pg_p50:.1f} ms, p95 {pg_p95}"
             )
             postgres.close()
+        print(
+            hybrid_row(
+                args,
+                files,
+                questions,
+                scratch=scratch,
+                count=count,
+                limits=limits,
+                policy=FetchPolicy(),
+            )
+        )
         missed = [
             q["question"]
             for q, links in zip(questions, ranked, strict=True)

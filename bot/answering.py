@@ -9,8 +9,8 @@ without repeats.
 Relevance (``relevance``) is the share of the question's search words (``query_terms``: stop words
 left out) that a passage contains, in its title, headings or text, a word counting as contained
 when one of the passage's words begins with its first ``STEM_CHARS`` letters (``sorting`` finds
-``sort``). It is used instead of the search's own score, which is BM25 on SQLite and ``ts_rank`` on
-PostgreSQL, on scales that differ between the two backends and between queries, so that one
+``sort``). It is used instead of the search's own score, BM25 with document evidence, which
+depends on the corpus and varies between queries, so that one
 threshold means the same everywhere. ``DEFAULT_MIN_RELEVANCE`` was calibrated on the collection of
 tests/test_kb_answering.py (docs/knowledge-base-answering.md has the figures).
 """
@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from bot import texts
 from bot.citations import Source, render_link
 from bot.hygiene import clean_outgoing
+from bot.kb.embeddings import Embedder
 from bot.knowledge import Passage
 from bot.records import KnowledgeMode
 from storage.repository import Repository
-from storage.repository.knowledge import query_terms
+from storage.repository.knowledge import QueryVector, query_terms
 
 STEM_CHARS = 5
 DEFAULT_MIN_RELEVANCE = 0.5
@@ -39,6 +40,7 @@ class AnswerOptions:
     passages: int = 5  # passages retrieved per question (SOLARBOT_KB_PASSAGES)
     passage_tokens: int = 1500  # their budget in the prompt (SOLARBOT_KB_PASSAGE_TOKENS)
     min_relevance: float = DEFAULT_MIN_RELEVANCE  # strict mode (SOLARBOT_KB_MIN_RELEVANCE)
+    embedder: Embedder | None = None  # hybrid retrieval (SOLARBOT_KB_EMBEDDINGS)
 
 
 def relevance(question: str, passage: Passage) -> float:
@@ -68,14 +70,24 @@ def retrieve(
     newest: str,
     previous: str | None,
     limit: int,
+    embedder: Embedder | None = None,
 ) -> list[Passage]:
-    """The passages for the newest message, then for it with the previous user turn."""
-    hits = repository.search_passages(collections=collections, query=newest, limit=limit)
+    """The passages for the newest message, then for it with the previous user turn. With an
+    ``embedder`` (hybrid retrieval) each query is embedded here: call this on a thread."""
+
+    def search(query: str) -> list[Passage]:
+        vector = None
+        if embedder is not None:
+            [row] = embedder.embed([query])
+            vector = QueryVector(model=embedder.model_id, vector=row.tolist())
+        return repository.search_passages(
+            collections=collections, query=query, limit=limit, query_vector=vector
+        )
+
+    hits = search(newest)
     if previous:
         seen = {hit.chunk_id for hit in hits}
-        context = repository.search_passages(
-            collections=collections, query=f"{previous}\n{newest}", limit=limit
-        )
+        context = search(f"{previous}\n{newest}")
         hits += [hit for hit in context if hit.chunk_id not in seen]
     return hits[:limit]
 

@@ -23,6 +23,7 @@ from bot.errors import ConfigError, ContextWindowError, SolarbotError
 from bot.generation.engine import Engine, SamplingParams, Tokenizer
 from bot.handoff_followups import FollowupPolicy, HandoffFollowups
 from bot.intake import Intake
+from bot.kb.embeddings import Embedder, load_embedder
 from bot.limits import Limits, LimitSettings, WallClock, utc_now
 from bot.metrics import Metrics
 from bot.metrics_server import MetricsServer, Readiness
@@ -242,7 +243,7 @@ def limit_settings(settings: Settings) -> LimitSettings:
     )
 
 
-def worker_options(settings: Settings) -> WorkerOptions:
+def worker_options(settings: Settings, *, embedder: Embedder | None = None) -> WorkerOptions:
     return WorkerOptions(
         system_prompt=settings.system_prompt,
         max_new_tokens=settings.max_new_tokens,
@@ -257,6 +258,7 @@ def worker_options(settings: Settings) -> WorkerOptions:
             passages=settings.kb_passages,
             passage_tokens=settings.kb_passage_tokens,
             min_relevance=settings.kb_min_relevance,
+            embedder=embedder,
         ),
         handoff_keyword=settings.handoff_keywords[0] if settings.handoff_keywords else "",
         attachment_tokens=settings.attachment_token_budget,
@@ -378,7 +380,12 @@ class Service:
                     repository=self.repository,
                     engine=self.engine,
                     adapters={adapter.platform: adapter for adapter in self.adapters},
-                    options=worker_options(self.settings),
+                    options=worker_options(
+                        self.settings,
+                        embedder=await asyncio.to_thread(
+                            load_embedder, self.settings.kb_embeddings
+                        ),
+                    ),
                     metrics=self.metrics,
                 )
                 self.intake.on_enqueued(self.worker.wake)

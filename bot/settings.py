@@ -281,6 +281,18 @@ class Settings(BaseSettings):
     kb_passages: int = Field(default=5, ge=1, le=20)
     kb_passage_tokens: int = Field(default=1500, ge=64, le=16_384)
     kb_min_relevance: float = Field(default=0.5, ge=0.0, le=1.0)
+    # Optional hybrid retrieval: a local folder with a sentence-embedding model (transformers
+    # format, never downloaded); unset = keyword search only (bot/kb/embeddings.py).
+    kb_embeddings: Path | None = None
+
+    @field_validator("kb_embeddings")
+    @classmethod
+    def _kb_embeddings(cls, value: Path | None) -> Path | None:
+        if value is None or not str(value).strip():
+            return None
+        if not (value / "config.json").is_file():
+            raise ValueError(f"{value} is not a folder holding a model (no config.json in it)")
+        return value
 
     # Attached files (docs/support.md, "Attached files"): text-like files and PDFs on a question are
     # read into its turn, at most this many SOLAR tokens of them per message (0 = files are not

@@ -413,6 +413,7 @@ class Worker:
             newest=newest,
             previous=previous,
             limit=options.passages,
+            embedder=options.embedder,
         )
         if job.kb_mode is KnowledgeMode.STRICT:
             best = answering.best_relevance(passages, newest=newest, previous=previous)

@@ -13,6 +13,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -274,6 +275,20 @@ class KbChunk(Base):
     context: Mapped[str] = mapped_column(Text, default="")
     text: Mapped[str] = mapped_column(Text)
     token_count: Mapped[int] = mapped_column(Integer)
+
+
+class KbVector(Base):
+    """A chunk's sentence embedding for hybrid retrieval (``SOLARBOT_KB_EMBEDDINGS``, migration
+    0016_kb_ranking): float32 bytes, L2-normalised, from the model ``model`` (bot/kb/embeddings.py).
+    Goes with its chunk."""
+
+    __tablename__ = "kb_vectors"
+
+    chunk_id: Mapped[int] = mapped_column(
+        ForeignKey("kb_chunks.id", ondelete="CASCADE"), primary_key=True
+    )
+    model: Mapped[str] = mapped_column(String(200))
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class HandoffFollowup(Base):

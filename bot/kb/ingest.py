@@ -23,6 +23,7 @@ from typing import Any, TextIO
 from bot import texts
 from bot.errors import KnowledgeBaseError
 from bot.kb.chunking import ChunkLimits, TokenCounter, chunk_blocks
+from bot.kb.embeddings import Embedder, passage_text
 from bot.kb.extract import Format, extract, format_for
 from bot.kb.sources import (
     Fetched,
@@ -39,6 +40,7 @@ from bot.kb.sources import (
 from bot.knowledge import DocumentInfo, DocumentOutcome
 from bot.logs import progress_bars_enabled
 from storage.repository import Repository
+from storage.repository.knowledge import DocumentVectors
 
 logger = logging.getLogger(__name__)
 LOG_EVERY_S = 15.0
@@ -111,9 +113,16 @@ class IngestProgress:
             print(line, file=self._stream, flush=True)
 
 
-def content_checksum(title: str, blocks: Sequence[Any], limits: ChunkLimits) -> str:
+def content_checksum(
+    title: str, blocks: Sequence[Any], limits: ChunkLimits, *, embedding_model: str = ""
+) -> str:
+    """What decides whether a stored document is still current: its title, blocks and chunking
+    limits, and the embedding model when there is one (switching hybrid retrieval on, or to
+    another model, makes ``kb sync`` write every document again, with vectors)."""
     digest = hashlib.sha256()
     digest.update(json.dumps([title, limits.min_tokens, limits.max_tokens]).encode())
+    if embedding_model:
+        digest.update(json.dumps(["embeddings", embedding_model]).encode())
     for block in blocks:
         digest.update(json.dumps([block.kind.value, block.level, block.text]).encode())
     return digest.hexdigest()
@@ -128,8 +137,11 @@ class Ingestor:
         limits: ChunkLimits,
         policy: FetchPolicy,
         progress: IngestProgress,
+        embedder: Embedder | None = None,
     ) -> None:
+        """``embedder``: hybrid retrieval is on; every chunk written gets its vector."""
         self.repository = repository
+        self.embedder = embedder
         self.count = count
         self.limits = limits
         self.policy = policy
@@ -263,7 +275,12 @@ class Ingestor:
         try:
             fallback = Path(fetched.name).stem or fetched.source_uri
             document = extract(fetched.data, fmt=fmt, fallback_title=fallback)
-            checksum = content_checksum(document.title, document.blocks, self.limits)
+            checksum = content_checksum(
+                document.title,
+                document.blocks,
+                self.limits,
+                embedding_model=self.embedder.model_id if self.embedder else "",
+            )
             known = stored.get(fetched.source_uri)
             if known is not None and (known.checksum, known.title, known.link, known.origin) == (
                 checksum,
@@ -277,6 +294,12 @@ class Ingestor:
             chunks = chunk_blocks(document.blocks, count=self.count, limits=self.limits)
             if not chunks:
                 raise KnowledgeBaseError("no text in it")
+            vectors = None
+            if self.embedder is not None:  # on this thread, not the event loop
+                embedded = self.embedder.embed(
+                    [passage_text(document.title, c.heading_path, c.text) for c in chunks]
+                )
+                vectors = DocumentVectors(model=self.embedder.model_id, vectors=embedded.tolist())
             result = self.repository.add_document(
                 collection=collection,
                 source_uri=fetched.source_uri,
@@ -285,6 +308,7 @@ class Ingestor:
                 checksum=checksum,
                 chunks=chunks,
                 origin=origin,
+                vectors=vectors,
             )
         except KnowledgeBaseError as exc:
             self.progress.error(fetched.source_uri, str(exc))

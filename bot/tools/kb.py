@@ -112,7 +112,7 @@ def run_kb_command(settings: Settings, args: argparse.Namespace) -> int:
             return _list(repository, args.collection)
         if action == "rm":
             return _remove(repository, args.collection or settings.kb_collection, args)
-        return _search(repository, args)
+        return _search(settings, repository, args)
     finally:
         repository.close()
 
@@ -133,6 +133,7 @@ def token_counter(settings: Settings) -> TokenCounter:
 
 def _ingest(settings: Settings, repository: Repository, args: argparse.Namespace) -> int:
     from bot.kb.chunking import ChunkLimits
+    from bot.kb.embeddings import load_embedder
     from bot.kb.ingest import Ingestor, IngestProgress
     from bot.kb.sources import FetchPolicy
 
@@ -148,7 +149,12 @@ def _ingest(settings: Settings, repository: Repository, args: argparse.Namespace
     count = token_counter(settings)
     with IngestProgress() as progress:
         ingestor = Ingestor(
-            repository, count=count, limits=limits, policy=policy, progress=progress
+            repository,
+            count=count,
+            limits=limits,
+            policy=policy,
+            progress=progress,
+            embedder=load_embedder(settings.kb_embeddings),
         )
         if args.kb_command == "add":
             collection = args.collection or settings.kb_collection
@@ -212,10 +218,18 @@ def _remove(repository: Repository, collection: str, args: argparse.Namespace) -
     return 1 if missing else 0
 
 
-def _search(repository: Repository, args: argparse.Namespace) -> int:
+def _search(settings: Settings, repository: Repository, args: argparse.Namespace) -> int:
+    from bot.answering import retrieve
+    from bot.kb.embeddings import load_embedder
+
     collections = args.collection or [info.name for info in repository.collections()]
-    hits = repository.search_passages(
-        collections=collections, query=" ".join(args.query), limit=args.limit
+    hits = retrieve(  # as the bot retrieves: hybrid when SOLARBOT_KB_EMBEDDINGS is set
+        repository,
+        collections=collections,
+        newest=" ".join(args.query),
+        previous=None,
+        limit=args.limit,
+        embedder=load_embedder(settings.kb_embeddings),
     )
     if not hits and not args.json:
         print(texts.KB_NO_HITS, file=sys.stderr)

@@ -1,26 +1,29 @@
 """The knowledge base: collections, documents and their chunks, and full-text search over them.
 
 SQLite searches the external-content FTS5 table ``kb_chunks_fts`` (migration 0010) ranked by
-``bm25()`` with the title/heading line weighed above the text; PostgreSQL searches the generated
-``search`` tsvector (the title/heading line at weight A, the text at D) through its GIN index,
-ranked by ``ts_rank`` normalised by document length.
+``bm25()``; PostgreSQL finds candidates through the GIN index of the generated ``search`` tsvector
+and ranks them by the same BM25, from term statistics kept with the documents (migration 0016).
+Both then weigh document evidence and put each document's best passage first: ``kb_ranking``.
+With a query vector (hybrid retrieval, ``SOLARBOT_KB_EMBEDDINGS``) that ranking is fused with the
+passages whose stored vectors (``kb_vectors``) are nearest.
 
 User text never reaches either query language as syntax. For FTS5 every word becomes a quoted
 string (FTS5's own operators ``AND OR NOT NEAR * : ^ ( )`` and quotes are then only text); for
-PostgreSQL the same words, joined by "or", go through ``websearch_to_tsquery``, which accepts any
-input. On both the words are OR-ed, not AND-ed: users ask in sentences, and requiring every word
+PostgreSQL the same words, holding only letters and digits, are bound values of
+``to_tsvector``, and joined by "|" for ``to_tsquery`` (none of them is tsquery syntax). On both the words are OR-ed, not AND-ed: users ask in sentences, and requiring every word
 of a sentence to appear in one passage finds nothing; the ranking puts the passages with the most
 (and rarest) of the words first.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from sqlalchemy import Connection, delete, func, insert, select, text, update
 
 from bot.errors import KnowledgeBaseError
@@ -34,7 +37,23 @@ from bot.knowledge import (
 )
 from bot.storable import text_problem
 from storage.repository.base import RepositoryBase, serialise_on, upsert
-from storage.repository.tables import kb_chunks, kb_collections, kb_documents
+from storage.repository.kb_ranking import (
+    CANDIDATES,
+    CONTEXT_WEIGHT,
+    POSTGRES_BM25,
+    POSTGRES_COUNT_SIZE,
+    POSTGRES_COUNT_TERMS,
+    POSTGRES_DROP_TERMS,
+    POSTGRES_SIZES,
+    POSTGRES_TERMS,
+    Candidate,
+    TermStatistics,
+    essential_terms,
+    fuse,
+    idf,
+    rerank,
+)
+from storage.repository.tables import kb_chunks, kb_collections, kb_documents, kb_vectors
 from storage.schema import utcnow
 
 # How much of a query is read: a question is a sentence or two; more is noise (and cost).
@@ -67,6 +86,22 @@ STOP_WORDS = frozenset(_STOP_WORDS_TEXT.split())
 # Letters and digits: "_" separates words for FTS5 (unicode61) and PostgreSQL's parser alike.
 _WORD = re.compile(r"[^\W_]+")
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+@dataclass(frozen=True)
+class QueryVector:
+    """A query's embedding (normalised) and the model that made it."""
+
+    model: str
+    vector: Sequence[float]
+
+
+@dataclass(frozen=True)
+class DocumentVectors:
+    """A document's chunk embeddings, one per chunk in order, and the model that made them."""
+
+    model: str
+    vectors: Sequence[Sequence[float]]
 
 
 def clean_query(query: str) -> str:
@@ -102,115 +137,69 @@ def _check_storable(field: str, value: str) -> None:
         raise KnowledgeBaseError(f"{field}: {problem}")
 
 
-# FTS5 ranks the matches alone first (bm25 needs only the index), and only that window is
-# joined to its documents and collections: the join per match cost more than the ranking. The
-# ranking does not depend on the collections, so when the window holds ``limit`` hits of the
-# given collections they are exactly the best ``limit``; otherwise the search runs unwindowed.
-SQLITE_WINDOW_MIN = 200
+# FTS5 ranks the matches alone first (bm25 needs only the index), and only the best
+# ``CANDIDATES`` are joined to their documents and collections: the join per match cost more than
+# the ranking. The ranking does not depend on the collections, so when that window holds
+# ``CANDIDATES`` passages of the given collections they are exactly the best; otherwise the search
+# runs unwindowed.
 SQLITE_RANKED = f"""
-SELECT rowid AS id, -bm25(kb_chunks_fts, {SQLITE_WEIGHTS[0]}, {SQLITE_WEIGHTS[1]}) AS score
+SELECT rowid AS id, -bm25(kb_chunks_fts, {CONTEXT_WEIGHT}, 1.0) AS score
 FROM kb_chunks_fts WHERE kb_chunks_fts MATCH :match ORDER BY score DESC
 """
-SQLITE_SEARCH = """
+SQLITE_CANDIDATES = """
 WITH ranked AS ({ranked})
-SELECT c.id, c.document_id, col.name, d.title, d.link, c.heading_path, c.text, c.token_count,
-       ranked.score
+SELECT ranked.id, c.document_id, ranked.score
 FROM ranked
 JOIN kb_chunks AS c ON c.id = ranked.id
 JOIN kb_documents AS d ON d.id = c.document_id
 JOIN kb_collections AS col ON col.id = d.collection_id
 WHERE col.name IN ({names})
-ORDER BY ranked.score DESC, c.id
-LIMIT :limit
+ORDER BY ranked.score DESC, ranked.id
+LIMIT :candidates
 """
-
-# PostgreSQL gets the same words as FTS5 (``query_terms``: stop words and question wrappers left
-# out), joined by "or" for websearch_to_tsquery, which never fails on any input; the words hold
-# only letters, digits and "_", so none of them is websearch syntax (quotes, "-").
-# PostgreSQL ranks every passage that matches (ts_rank reads each one's tsvector), and an OR of a
-# question's words matches a large part of a corpus. So only passages sharing several of the
-# words are ranked (found through the GIN index): three of a question of five words or more,
-# else two; only when fewer than ``limit`` match is the quorum lowered, down to any one word.
-# The ranking itself is unchanged.
-POSTGRES_QUORUM_TERMS = 8
-POSTGRES_SEARCH = f"""
-WITH q AS (
-    SELECT websearch_to_tsquery('english', :query) AS query,
-           to_tsquery('english', :matching) AS matching
-)
-SELECT c.id, c.document_id, col.name, d.title, d.link, c.heading_path, c.text, c.token_count,
-       ts_rank('{POSTGRES_WEIGHTS}', c.search, q.query, {POSTGRES_NORMALISATION}) AS score
-FROM q, kb_chunks AS c
+PASSAGES = """
+SELECT c.id, c.document_id, col.name, d.title, d.link, c.heading_path, c.text, c.token_count
+FROM kb_chunks AS c
 JOIN kb_documents AS d ON d.id = c.document_id
 JOIN kb_collections AS col ON col.id = d.collection_id
-WHERE c.search @@ q.matching AND col.name = ANY(:names)
-ORDER BY score DESC, c.id
-LIMIT :limit
+WHERE c.id IN ({ids})
 """
-
-
-def postgres_quorums(terms: Sequence[str]) -> list[str]:
-    """to_tsquery expressions, strictest first, for passages sharing at least three (of five
-    words or more), at least two, and at least one of ``terms`` (the first ``POSTGRES_QUORUM_TERMS``
-    of them for the first two). The terms hold only letters and digits, none of them tsquery
-    syntax."""
-    first = list(terms[:POSTGRES_QUORUM_TERMS])
-    quorums = []
-    for need, from_words in ((3, 5), (2, 2)):
-        if len(first) >= from_words:
-            quorums.append(
-                " | ".join(
-                    "(" + " & ".join(group) + ")" for group in itertools.combinations(first, need)
-                )
-            )
-    quorums.append(" | ".join(terms))
-    return quorums
 
 
 class KnowledgeStore(RepositoryBase):
     def search_passages(
-        self, *, collections: Sequence[str], query: str, limit: int = 5
+        self,
+        *,
+        collections: Sequence[str],
+        query: str,
+        limit: int = 5,
+        query_vector: QueryVector | None = None,
     ) -> list[Passage]:
-        """The ``limit`` best passages for ``query`` in ``collections``, best first. Any text is
-        a valid query: one without words (or in no existing collection) finds nothing."""
+        """The ``limit`` best passages for ``query`` in ``collections``, best first (BM25 with
+        document evidence, the best passage of each document first: ``kb_ranking``). Any text is
+        a valid query: one without words (or in no existing collection) finds nothing.
+        ``query_vector``: the query's embedding: the keyword ranking is fused with the passages
+        nearest to it (of the same model) by reciprocal rank fusion (hybrid retrieval)."""
         names = list(dict.fromkeys(collections))
         if not names or limit < 1:
             return []
-        if self.dialect == "postgresql":
-            return self._search_postgres(names, query_terms(query), limit)
-        return self._search_sqlite(names, fts5_query(query), limit)
-
-    def _search_postgres(self, names: list[str], terms: list[str], limit: int) -> list[Passage]:
-        if not terms:
-            return []
-        statement = text(POSTGRES_SEARCH)
-        params: dict[str, Any] = {"query": " or ".join(terms), "names": names, "limit": limit}
         with self._transaction() as connection:
-            for matching in postgres_quorums(terms):
-                rows = list(connection.execute(statement, {**params, "matching": matching}))
-                if len(rows) >= limit:
-                    break
-        return [_passage(row) for row in rows]
-
-    def _search_sqlite(self, names: list[str], match: str | None, limit: int) -> list[Passage]:
-        if match is None:
-            return []
-        placeholders = ", ".join(f":name{i}" for i in range(len(names)))
-        params: dict[str, Any] = {
-            "match": match,
-            "limit": limit,
-            "window": max(SQLITE_WINDOW_MIN, 20 * limit),
-        }
-        params.update({f"name{i}": name for i, name in enumerate(names)})
-        windowed = text(
-            SQLITE_SEARCH.format(ranked=SQLITE_RANKED + " LIMIT :window", names=placeholders)
-        )
-        statement = text(SQLITE_SEARCH.format(ranked=SQLITE_RANKED, names=placeholders))
-        with self._transaction() as connection:
-            rows = list(connection.execute(windowed, params))
-            if len(rows) < limit:
-                rows = list(connection.execute(statement, params))
-        return [_passage(row) for row in rows]
+            if self.dialect == "postgresql":
+                candidates = _postgres_candidates(connection, names, query_terms(query))
+            else:
+                candidates = _sqlite_candidates(connection, names, fts5_query(query))
+            if query_vector is None:
+                chosen = rerank(candidates, limit=limit)
+            else:
+                keyword = rerank(candidates, limit=CANDIDATES)
+                nearest = _nearest(connection, names, query_vector)
+                chosen = fuse([keyword, nearest])[:limit]
+            if not chosen:
+                return []
+            ids = {f"id{i}": candidate.chunk_id for i, candidate in enumerate(chosen)}
+            statement = text(PASSAGES.format(ids=", ".join(f":{key}" for key in ids)))
+            rows = {row[0]: row for row in connection.execute(statement, ids)}
+        return [_passage(rows[c.chunk_id], c.score) for c in chosen if c.chunk_id in rows]
 
     def collections(self) -> list[CollectionInfo]:
         """Every collection with its number of documents and chunks, by name."""
@@ -320,12 +309,14 @@ class KnowledgeStore(RepositoryBase):
         checksum: str,
         chunks: Sequence[ChunkDraft],
         origin: str | None = None,
+        vectors: DocumentVectors | None = None,
     ) -> DocumentResult:
         """Store a document and its chunks in one transaction, creating the collection when new.
         A document with this ``source_uri`` in the collection is replaced, unless its checksum,
         title and link are the same (then nothing is written: ``UNCHANGED``). ``origin``: what
         ``kb add`` was given that led to this source (a folder, a sitemap; default the source
-        itself), which ``kb sync`` reads again."""
+        itself), which ``kb sync`` reads again. ``vectors``: the chunks' embeddings, one per
+        chunk in order (hybrid retrieval); they go with their chunks."""
         origin = source_uri if origin is None else origin
         if not collection or len(collection) > COLLECTION_NAME_CHARS:
             raise KnowledgeBaseError(
@@ -373,6 +364,9 @@ class KnowledgeStore(RepositoryBase):
                         outcome=DocumentOutcome.UNCHANGED,
                         chunks=int(count),
                     )
+                _count_postgres_statistics(
+                    connection, collection_id=collection_id, document_id=document_id, sign=-1
+                )
                 connection.execute(delete(kb_chunks).where(kb_chunks.c.document_id == document_id))
                 connection.execute(
                     update(kb_documents)
@@ -412,19 +406,29 @@ class KnowledgeStore(RepositoryBase):
                         for chunk in chunks
                     ],
                 )
+            _count_postgres_statistics(
+                connection, collection_id=collection_id, document_id=document_id, sign=1
+            )
+            if vectors is not None and chunks:
+                _store_vectors(connection, document_id, vectors, len(chunks))
         return DocumentResult(document_id=document_id, outcome=outcome, chunks=len(chunks))
 
     def remove_document(self, *, collection: str, source_uri: str) -> bool:
         """Delete a document and its chunks; False when there was none."""
         with self._transaction() as connection:
-            collection_ids = select(kb_collections.c.id).where(kb_collections.c.name == collection)
-            result = connection.execute(
-                delete(kb_documents).where(
-                    kb_documents.c.collection_id.in_(collection_ids),
-                    kb_documents.c.source_uri == source_uri,
-                )
+            found = connection.execute(
+                select(kb_documents.c.id, kb_documents.c.collection_id)
+                .join(kb_collections, kb_collections.c.id == kb_documents.c.collection_id)
+                .where(kb_collections.c.name == collection, kb_documents.c.source_uri == source_uri)
+            ).first()
+            if found is None:
+                return False
+            document_id, collection_id = int(found[0]), int(found[1])
+            _count_postgres_statistics(
+                connection, collection_id=collection_id, document_id=document_id, sign=-1
             )
-        return bool(result.rowcount)
+            connection.execute(delete(kb_documents).where(kb_documents.c.id == document_id))
+        return True
 
     def remove_collection(self, *, collection: str) -> int | None:
         """Delete a collection with its documents; the number of documents it had, None when
@@ -469,7 +473,126 @@ def _collection_id(connection: Connection, name: str) -> int:
     )
 
 
-def _passage(row: Any) -> Passage:
+def _sqlite_candidates(
+    connection: Connection, names: list[str], match: str | None
+) -> list[Candidate]:
+    if match is None:
+        return []
+    placeholders = ", ".join(f":name{i}" for i in range(len(names)))
+    params: dict[str, Any] = {"match": match, "candidates": CANDIDATES}
+    params.update({f"name{i}": name for i, name in enumerate(names)})
+    windowed = SQLITE_RANKED + f" LIMIT {CANDIDATES}"
+    for ranked in (windowed, SQLITE_RANKED):
+        statement = text(SQLITE_CANDIDATES.format(ranked=ranked, names=placeholders))
+        rows = connection.execute(statement, params).all()
+        if len(rows) >= CANDIDATES:
+            break
+    return [Candidate(int(row[0]), int(row[1]), float(row[2])) for row in rows]
+
+
+def _postgres_candidates(
+    connection: Connection, names: list[str], words: list[str]
+) -> list[Candidate]:
+    """BM25 of the best candidates (``kb_ranking``). ``words`` hold only letters and digits."""
+    if not words:
+        return []
+    sizes = connection.execute(text(POSTGRES_SIZES), {"names": names}).all()
+    collection_ids = [int(row[0]) for row in sizes]
+    passages = sum(int(row[1]) for row in sizes)
+    tokens = sum(int(row[2]) for row in sizes)
+    if passages == 0:
+        return []
+    statistics: dict[str, TermStatistics] = {}
+    rows = connection.execute(
+        text(POSTGRES_TERMS), {"words": words, "collection_ids": collection_ids}
+    ).all()
+    for word, lexeme, holding in sorted(rows, key=lambda row: words.index(row[0])):
+        statistics.setdefault(lexeme, TermStatistics(word, lexeme, int(holding)))
+    matching = essential_terms(list(statistics.values()))
+    if not matching:
+        return []
+    lexemes = list(statistics)
+    params = {
+        "lexemes": lexemes,
+        "idfs": [idf(passages=passages, holding=statistics[x].passages) for x in lexemes],
+        "matching": " | ".join(matching),
+        "collection_ids": collection_ids,
+        "average_length": max(tokens / passages, 1.0),
+        "candidates": CANDIDATES,
+    }
+    return [
+        Candidate(int(row[0]), int(row[1]), float(row[2]))
+        for row in connection.execute(text(POSTGRES_BM25), params)
+    ]
+
+
+def _nearest(connection: Connection, names: list[str], query: QueryVector) -> list[Candidate]:
+    """The ``CANDIDATES`` passages of ``names`` whose vectors (of ``query.model``) are nearest to
+    ``query.vector`` (cosine: the vectors are normalised), nearest first. Every vector of the
+    collections is read and compared: the cost grows with the collections."""
+    rows = connection.execute(
+        select(kb_vectors.c.chunk_id, kb_chunks.c.document_id, kb_vectors.c.vector)
+        .join(kb_chunks, kb_chunks.c.id == kb_vectors.c.chunk_id)
+        .join(kb_documents, kb_documents.c.id == kb_chunks.c.document_id)
+        .join(kb_collections, kb_collections.c.id == kb_documents.c.collection_id)
+        .where(kb_collections.c.name.in_(names), kb_vectors.c.model == query.model)
+    ).all()
+    width = len(query.vector)
+    rows = [row for row in rows if len(row[2]) == 4 * width]
+    if not rows:
+        return []
+    matrix = np.frombuffer(b"".join(row[2] for row in rows), dtype=np.float32)
+    similarity = matrix.reshape(len(rows), width) @ np.asarray(query.vector, dtype=np.float32)
+    order = np.argsort(-similarity, kind="stable")[:CANDIDATES]
+    return [
+        Candidate(int(rows[i][0]), int(rows[i][1]), float(similarity[i])) for i in order.tolist()
+    ]
+
+
+def _store_vectors(
+    connection: Connection, document_id: int, vectors: DocumentVectors, count: int
+) -> None:
+    if len(vectors.vectors) != count:
+        raise KnowledgeBaseError(f"{len(vectors.vectors)} vectors for {count} chunks")
+    ids = connection.execute(
+        select(kb_chunks.c.id)
+        .where(kb_chunks.c.document_id == document_id)
+        .order_by(kb_chunks.c.position, kb_chunks.c.id)
+    ).scalars()
+    connection.execute(
+        insert(kb_vectors),
+        [
+            {
+                "chunk_id": chunk_id,
+                "model": vectors.model,
+                "vector": np.asarray(vector, dtype=np.float32).tobytes(),
+            }
+            for chunk_id, vector in zip(ids, vectors.vectors, strict=True)
+        ],
+    )
+
+
+def _count_postgres_statistics(
+    connection: Connection, *, collection_id: int, document_id: int, sign: int
+) -> None:
+    """Count a document's chunks into (``sign`` 1, after writing them) or out of (-1, before
+    deleting them) its collection's ranking statistics (PostgreSQL: ``kb_ranking``)."""
+    if connection.dialect.name != "postgresql":
+        return
+    # Writers of one collection take turns from here: a replacement counts out and then in, each
+    # in lexeme order, and two such writers could otherwise each hold a row the other needs.
+    serialise_on(connection, "kb-statistics", str(collection_id))
+    params = {"collection_id": collection_id, "document_id": document_id, "sign": sign}
+    counted = connection.execute(text(POSTGRES_COUNT_TERMS), params).all()
+    emptied = [lexeme for lexeme, chunks in counted if chunks <= 0]
+    if emptied:
+        connection.execute(
+            text(POSTGRES_DROP_TERMS), {"collection_id": collection_id, "lexemes": emptied}
+        )
+    connection.execute(text(POSTGRES_COUNT_SIZE), params)
+
+
+def _passage(row: Any, score: float) -> Passage:
     return Passage(
         chunk_id=row[0],
         document_id=row[1],
@@ -479,7 +602,7 @@ def _passage(row: Any) -> Passage:
         heading_path=tuple(_heading_path(row[5])),
         text=row[6],
         token_count=row[7],
-        score=float(row[8]),
+        score=score,
     )
 
 

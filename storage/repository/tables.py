@@ -22,6 +22,7 @@ from storage.schema import (
     KbChunk,
     KbCollection,
     KbDocument,
+    KbVector,
     Message,
     MessageAttachment,
 )
@@ -70,3 +71,4 @@ def settings_filter(platform: str, workspace: str, channel: str) -> tuple[Column
 kb_collections = cast(Table, KbCollection.__table__)
 kb_documents = cast(Table, KbDocument.__table__)
 kb_chunks = cast(Table, KbChunk.__table__)
+kb_vectors = cast(Table, KbVector.__table__)

@@ -11,6 +11,7 @@ the 📚 away forgets it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import AsyncIterator, Callable
@@ -27,6 +28,7 @@ from bot import answering, texts
 from bot.generation.engine import SamplingParams
 from bot.generation.fake import FakeEngine
 from bot.intake import Intake
+from bot.kb.embeddings import load_embedder
 from bot.records import JobStatus, KnowledgeMode
 from bot.service import Service
 from bot.settings import load_settings
@@ -34,6 +36,7 @@ from bot.worker import Worker, WorkerOptions
 from storage.repository import Repository
 from tests.support import kb_corpus
 from tests.support.discord_fake import BOT_ID, FakeDiscord
+from tests.support.kb_support import build_tiny_embedder
 from tests.support.slack_fake import (
     BOT_TOKEN,
     BOT_USER,
@@ -323,8 +326,12 @@ class SlackRig:
         return len(self.repository.jobs(status=JobStatus.DONE)) >= count
 
 
-@pytest.fixture
-async def slack_rig(tmp_path: Path) -> AsyncIterator[SlackRig]:
+@contextlib.asynccontextmanager
+async def running_slack_rig(
+    tmp_path: Path, *, embeddings: Path | None = None
+) -> AsyncIterator[SlackRig]:
+    """The service with the Slack adapter against the fake; ``embeddings``: a model folder for
+    hybrid retrieval (SOLARBOT_KB_EMBEDDINGS), whose vectors the collection then holds."""
     fake = FakeSlack()
     await fake.start()
     settings = load_settings(
@@ -334,10 +341,12 @@ async def slack_rig(tmp_path: Path) -> AsyncIterator[SlackRig]:
             "SOLARBOT_POLL_SECONDS": "0.05",
             "SOLARBOT_HANDOFF_KEYWORDS": HANDOFF,
             "SOLARBOT_KB_PASSAGES": "3",
+            "SOLARBOT_WORKER_CONCURRENCY": "1",  # a second question waits in the queue
+            **({"SOLARBOT_KB_EMBEDDINGS": str(embeddings)} if embeddings else {}),
         }
     )
     repository = Repository.open(settings.resolved_database_url())
-    kb_corpus.fill(repository)
+    kb_corpus.fill(repository, embedder=load_embedder(settings.kb_embeddings))
     engine = FakeEngine(delay_per_chunk=0.002)
     slack = SlackAdapter(
         SlackOptions(
@@ -373,6 +382,12 @@ async def slack_rig(tmp_path: Path) -> AsyncIterator[SlackRig]:
         await fake.stop()
 
 
+@pytest.fixture
+async def slack_rig(tmp_path: Path) -> AsyncIterator[SlackRig]:
+    async with running_slack_rig(tmp_path) as rig:
+        yield rig
+
+
 def mention(text: str, ts: str) -> dict[str, Any]:
     return {
         "type": "app_mention",
@@ -403,6 +418,96 @@ async def test_slack_answers_from_the_collection_with_checked_linked_citations(
         "[1] <https://docs.tidewater.example/install|Installing the Tidewater agent>"
     )
     assert "[9]" not in "".join(answer.history[-1:])
+
+
+def slack_links(text: str) -> list[tuple[str, str]]:
+    return [(title, url) for url, title in re.findall(r"<(https://[^|>]+)\|([^>]+)>", text)]
+
+
+def assert_waiting_links(text: str) -> None:
+    """``text`` is a placeholder with the top documents for QUESTION as Slack links."""
+    assert f"{texts.SLACK_THINKING}\nWhile I write an answer, these may help: " in text
+    links = slack_links(text)
+    assert links[0] == ("Installing the Tidewater agent", kb_corpus.link("install"))
+    assert 1 <= len(links) <= answering.WAITING_LINKS
+    assert len({url for _, url in links}) == len(links)
+
+
+async def test_slack_a_queued_mention_shows_source_links_until_its_answer_replaces_them(
+    slack_rig: SlackRig,
+) -> None:
+    rig = slack_rig
+    await rig.command("kb tidewater")
+    rig.engine._replies = [" ".join(f"word{n}" for n in range(200)), ANSWER]
+    await rig.event(mention("tell me everything", "1690000000.000011"))
+    await rig.event(mention(QUESTION, "1690000000.000012"))
+    await rig.until(lambda: rig.done(2))
+    # The first question did not wait: its answer came without links.
+    [first] = rig.fake.thread("C0GENERAL", "1690000000.000011")
+    assert not any("While I write" in text for text in first.history)
+    # The second waited behind it: one message, the links placeholder, which became the answer.
+    [answer] = rig.fake.thread("C0GENERAL", "1690000000.000012")
+    assert_waiting_links(answer.history[0])
+    assert answer.text.startswith(CHECKED)
+    assert "While I write" not in answer.text
+
+
+async def test_slack_a_queued_solar_question_shows_source_links_until_its_answer_replaces_them(
+    slack_rig: SlackRig,
+) -> None:
+    rig = slack_rig
+    await rig.command("kb tidewater")
+    rig.engine._replies = [" ".join(f"word{n}" for n in range(200)), ANSWER]
+    for question in ("tell me everything", QUESTION):
+        body = command_body(question, response_url=rig.fake.response_url("q"))
+        status, _ = await signed_post(rig.session, rig.url, body, content_type=FORM)
+        assert status == 200
+    await rig.until(lambda: rig.done(2))
+    placeholders = rig.fake.thread("C0GENERAL", None)
+    [asked] = [m for m in placeholders if QUESTION in m.history[0]]
+    header = asked.history[0].split("\n\n")[0]
+    assert header == f"<@U0ALICE> asked: {QUESTION}"
+    # The placeholder quoting the question got the links while it waited, then the answer.
+    [with_links] = [text for text in asked.history if "While I write" in text]
+    assert with_links.startswith(f"{header}\n\n")
+    assert_waiting_links(with_links)
+    assert asked.text.startswith(f"{header}\n\n{CHECKED}")
+    [first] = [m for m in placeholders if "tell me everything" in m.history[0]]
+    assert not any("While I write" in text for text in first.history)
+
+
+async def test_slack_a_queued_question_in_a_channel_without_a_knowledge_base_gets_no_links(
+    slack_rig: SlackRig,
+) -> None:
+    rig = slack_rig
+    rig.engine._replies = [" ".join(f"word{n}" for n in range(200)), ANSWER]
+    await rig.event(mention("tell me everything", "1690000000.000021"))
+    await rig.event(mention(QUESTION, "1690000000.000022"))
+    await rig.until(lambda: rig.done(2))
+    [answer] = rig.fake.thread("C0GENERAL", "1690000000.000022")
+    assert not any("While I write" in text for text in answer.history)
+
+
+async def test_slack_hybrid_retrieval_finds_passages_for_a_question_no_keyword_matches(
+    tmp_path: Path,
+) -> None:
+    """With SOLARBOT_KB_EMBEDDINGS the worker embeds the question and fuses the nearest passages
+    with the keyword ranking: a question sharing no word with the docs still gets passages."""
+    words = " ".join(title for title, _ in kb_corpus.PAGES.values()).lower().split()
+    model = build_tiny_embedder(tmp_path / "embedder", words)
+    unknown = "qqqq xyzzy?"
+    async with running_slack_rig(tmp_path / "service", embeddings=model) as rig:
+        assert (
+            rig.repository.search_passages(collections=[kb_corpus.COLLECTION], query=unknown) == []
+        )
+        await rig.command("kb tidewater")
+        rig.engine._replies = ["An answer."]
+        await rig.event(mention(unknown, "1690000000.000041"))
+        await rig.until(lambda: rig.done(1))
+    system = rig.engine.prompts[0].split("### User:", 1)[0]
+    titles = {title for title, _ in kb_corpus.PAGES.values()}
+    assert "[1] " in system and "[3] " in system and "[4] " not in system  # SOLARBOT_KB_PASSAGES=3
+    assert any(f"[1] {title}" in system for title in titles)
 
 
 async def test_slack_strict_mode_says_it_does_not_know_and_offers_the_handoff(

@@ -22,7 +22,11 @@ from bot.knowledge import ChunkDraft
 from bot.prompt_room import FileTokenizer
 from storage.repository import Repository
 from tests.support import processes
-from tests.support.kb_support import build_solar_tokenizer, minimal_pdf
+from tests.support.kb_support import (
+    assert_ranking_statistics_exact,
+    build_solar_tokenizer,
+    minimal_pdf,
+)
 
 LIMITS = ChunkLimits(max_tokens=120, min_tokens=60)
 
@@ -142,6 +146,7 @@ async def test_sync_replaces_edited_removes_deleted_and_finds_new_files(
     assert run.repository.search_passages(collections=["docs"], query="walruses") == []
     assert run.top("kiwis") == str(tmp_path / "kb" / "new.md")
     assert run.errors() == [f"kb: skipped {single}: {single}: no such file or folder"]
+    assert_ranking_statistics_exact(run.repository.engine)
 
 
 async def test_bad_sources_get_one_line_each_and_the_rest_carries_on(

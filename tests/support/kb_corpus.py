@@ -8,8 +8,10 @@ that no off-topic question's does."""
 
 from __future__ import annotations
 
+from bot.kb.embeddings import Embedder, passage_text
 from bot.knowledge import ChunkDraft
 from storage.repository import Repository
+from storage.repository.knowledge import DocumentVectors
 
 COLLECTION = "tidewater"
 BASE = "https://docs.tidewater.example"
@@ -101,8 +103,15 @@ def link(source: str) -> str:
     return f"{BASE}/{source}"
 
 
-def fill(repository: Repository, collection: str = COLLECTION) -> None:
+def fill(
+    repository: Repository, collection: str = COLLECTION, *, embedder: Embedder | None = None
+) -> None:
+    """Store the pages (with their chunks' vectors when given an ``embedder``)."""
     for source, (title, parts) in PAGES.items():
+        vectors = None
+        if embedder is not None:
+            rows = embedder.embed([passage_text(title, path, text) for path, text in parts])
+            vectors = DocumentVectors(model=embedder.model_id, vectors=rows.tolist())
         repository.add_document(
             collection=collection,
             source_uri=link(source),
@@ -118,4 +127,5 @@ def fill(repository: Repository, collection: str = COLLECTION) -> None:
                 )
                 for position, (headings, text) in enumerate(parts)
             ],
+            vectors=vectors,
         )

@@ -1,11 +1,15 @@
 """Helpers for the knowledge-base tests: SOLAR's tokenizer as files (no model, no torch), and a
-PDF written by hand (so a test controls every byte of it)."""
+PDF written by hand (so a test controls every byte of it), and the check that PostgreSQL's BM25
+statistics match the stored chunks."""
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+
+from sqlalchemy import Engine, inspect, text
 
 from bot.generation.solar import SOLAR_CHAT_TEMPLATE
 from tests.support.tiny_model import solar_tokenizer_file
@@ -65,3 +69,64 @@ def minimal_pdf(pages: list[list[str]], *, title: str | None = None) -> bytes:
         trailer += f" /Info {info_id} 0 R"
     out += f"trailer\n{trailer} >>\nstartxref\n{xref}\n%%EOF\n".encode()
     return out
+
+
+RECOUNT_TERMS = """
+SELECT d.collection_id, u.lexeme, count(*)
+FROM kb_chunks AS c
+JOIN kb_documents AS d ON d.id = c.document_id
+CROSS JOIN LATERAL unnest(tsvector_to_array(c.search)) AS u(lexeme)
+GROUP BY d.collection_id, u.lexeme
+"""
+RECOUNT_SIZES = """
+SELECT d.collection_id, count(*), sum(c.token_count)
+FROM kb_chunks AS c JOIN kb_documents AS d ON d.id = c.document_id
+GROUP BY d.collection_id
+"""
+
+
+def assert_ranking_statistics_exact(engine: Engine) -> None:
+    """PostgreSQL: the BM25 statistics (``kb_terms``, ``kb_collection_sizes``, migration 0016)
+    are exactly what the stored chunks give, counted afresh. SQLite: there are none (FTS5 keeps
+    its own)."""
+    with engine.connect() as connection:
+        if engine.dialect.name != "postgresql":
+            names = set(inspect(connection).get_table_names())
+            assert not {"kb_terms", "kb_collection_sizes"} & names
+            return
+        kept = {tuple(row) for row in connection.execute(text("SELECT * FROM kb_terms"))}
+        counted = {tuple(row) for row in connection.execute(text(RECOUNT_TERMS))}
+        sizes = {
+            tuple(row) for row in connection.execute(text("SELECT * FROM kb_collection_sizes"))
+        }
+        recounted = {tuple(row) for row in connection.execute(text(RECOUNT_SIZES))}
+    assert kept == counted
+    # A collection whose documents all went keeps a row of zeros.
+    assert {row for row in sizes if row[1] != 0} == recounted
+    assert all(row[2] == 0 for row in sizes if row[1] == 0)
+
+
+def build_tiny_embedder(folder: Path, words: Sequence[str]) -> Path:
+    """A sentence-embedding model for ``SOLARBOT_KB_EMBEDDINGS`` in ``folder``: a BERT-like
+    encoder (2 layers, 32 wide) with random weights (seeded) and a WordPiece tokenizer knowing
+    ``words``. Nothing is downloaded."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = folder / "vocab.txt"
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    known = sorted({word.lower() for word in words})
+    vocab.write_text("\n".join(specials + known) + "\n")
+    BertTokenizer(vocab_file=str(vocab)).save_pretrained(folder)
+    torch.manual_seed(14)
+    config = BertConfig(
+        vocab_size=len(specials) + len(known),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+    )
+    BertModel(config).save_pretrained(folder)
+    return folder
