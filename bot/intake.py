@@ -42,6 +42,7 @@ from bot import answering, learning, logs, texts
 from bot.auto_answer import AutoAnswer, Route
 from bot.delivery import NOTICE_TO, ChatAdapter, HandoffNotifier, ReplyTarget, post_clean_notice
 from bot.handoff_followups import FollowupPolicy, back_at
+from bot.kb.embeddings import Embedder
 from bot.learning import ChatMessage
 from bot.limits import Admission, Limits, Refusal
 from bot.prompt_room import PromptGauge
@@ -96,6 +97,9 @@ class Intake:
         # Measures channel prompts in tokens for the ``prompt`` command (the service attaches a
         # tokenizer once it has one; ``bot.prompt_room``).
         self.prompt_gauge = PromptGauge()
+        # Hybrid retrieval's model (SOLARBOT_KB_EMBEDDINGS): 📚-learned messages get vectors as
+        # `kb add` gives them. The service sets it once loaded, before the adapters start.
+        self.embedder: Embedder | None = None
         # Messages nobody addressed to the bot: auto-answer channels (``bot.auto_answer``).
         self._auto_answer = AutoAnswer(repository, reminders=self._followups.reminder_minutes > 0)
 
@@ -417,6 +421,7 @@ class Intake:
                 self._repository,
                 message,
                 tokenizer=self.prompt_gauge.tokenizer,
+                embedder=self.embedder,
             )
         else:
             collection = await asyncio.to_thread(

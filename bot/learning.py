@@ -5,20 +5,26 @@ The message becomes a document of the channel's first attached collection (``kb 
 source is ``chat:PLATFORM:WORKSPACE:CHANNEL:MESSAGE`` (``kb sync`` leaves such sources alone: they
 cannot be read again) and whose link goes back to the message, so an answer citing it links
 there. Its text is chunked like any document (``bot.kb.chunking``, Markdown), counted with SOLAR's
-tokenizer once one is loaded (before that, by words, an estimate only used for display). A channel
-without a collection learns nothing. Adapters decide who is an admin and fetch the message.
+tokenizer once one is loaded (before that, by words, an estimate only used for display). With
+hybrid retrieval on (``SOLARBOT_KB_EMBEDDINGS``) its chunks get their vectors as ``kb add`` gives
+them (``bot.kb.embeddings.chunk_vectors``, on the intake's thread, never the event loop), and
+its checksum names the model as ``kb add``'s does, so a message learned before the model was
+set gets its vectors when an admin reacts again. Removing the reaction removes the document,
+chunks and vectors. A channel without a collection learns nothing. Adapters decide who is an
+admin and fetch the message.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bot import texts
 from bot.generation.engine import Tokenizer
 from bot.kb.chunking import ChunkLimits, chunk_blocks, tokenizer_counter
+from bot.kb.embeddings import Embedder, chunk_vectors
 from bot.kb.extract import Format, extract
+from bot.kb.ingest import content_checksum
 from bot.knowledge import ChunkDraft
 from storage.repository import Repository
 
@@ -57,26 +63,53 @@ def title_of(message: ChatMessage) -> str:
     )
 
 
-def chunks_of(text: str, tokenizer: Tokenizer | None) -> list[ChunkDraft]:
+@dataclass(frozen=True, kw_only=True)
+class LearnedDocument:
+    """What a learned message is stored as: its chunks and the checksum ``kb add`` would give."""
+
+    chunks: list[ChunkDraft]
+    checksum: str
+
+
+def document_of(
+    text: str, *, title: str, tokenizer: Tokenizer | None, embedding_model: str = ""
+) -> LearnedDocument:
     extracted = extract(text.encode("utf-8"), fmt=Format.MARKDOWN, fallback_title="")
 
     def by_words(parts: Sequence[str]) -> list[int]:
         return [max(1, len(part.split())) for part in parts]
 
+    limits = ChunkLimits()
     count = tokenizer_counter(tokenizer) if tokenizer is not None else by_words
-    return chunk_blocks(extracted.blocks, count=count, limits=ChunkLimits())
+    return LearnedDocument(
+        chunks=chunk_blocks(extracted.blocks, count=count, limits=limits),
+        checksum=content_checksum(title, extracted.blocks, limits, embedding_model=embedding_model),
+    )
 
 
 def learn(
-    repository: Repository, message: ChatMessage, *, tokenizer: Tokenizer | None
+    repository: Repository,
+    message: ChatMessage,
+    *,
+    tokenizer: Tokenizer | None,
+    embedder: Embedder | None = None,
 ) -> str | None:
-    """Add ``message`` to its channel's first collection; returns the collection (None: the
-    channel has none, or the message has no text)."""
+    """Add ``message`` to its channel's first collection, with vectors when ``embedder`` is given
+    (hybrid retrieval; slow: call this on a thread); returns the collection (None: the channel
+    has none, or the message has no text)."""
     config = repository.channel_config(
         platform=message.platform, workspace=message.workspace, channel=message.channel
     )
-    chunks = chunks_of(message.text, tokenizer) if message.text.strip() else []
-    if not config.kb_collections or not chunks:
+    if not config.kb_collections or not message.text.strip():
+        return None
+    title = title_of(message)
+    document = document_of(
+        message.text,
+        title=title,
+        tokenizer=tokenizer,
+        embedding_model=embedder.model_id if embedder is not None else "",
+    )
+    if not document.chunks:
         return None
     collection = config.kb_collections[0]
     repository.add_document(
@@ -84,10 +117,11 @@ def learn(
         source_uri=source_uri(
             message.platform, message.workspace, message.channel, message.message_id
         ),
-        title=title_of(message),
+        title=title,
         link=message.link,
-        checksum=hashlib.sha256(message.text.encode("utf-8", "surrogatepass")).hexdigest(),
-        chunks=chunks,
+        checksum=document.checksum,
+        chunks=document.chunks,
+        vectors=chunk_vectors(embedder, title, document.chunks),
     )
     return collection
 

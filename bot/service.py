@@ -344,6 +344,10 @@ class Service:
                 target=self._load_prompt_gauge, name="prompt-gauge", daemon=True
             ).start()
         try:
+            # Hybrid retrieval's model, loaded once for the worker's questions and the intake's 📚
+            # learning, before any adapter can deliver a reaction (a bad setting stops start-up).
+            embedder = await asyncio.to_thread(load_embedder, self.settings.kb_embeddings)
+            self.intake.embedder = embedder
             for adapter in self.adapters:
                 await adapter.start(self.intake)
                 self._started_adapters.add(adapter.platform)
@@ -380,12 +384,7 @@ class Service:
                     repository=self.repository,
                     engine=self.engine,
                     adapters={adapter.platform: adapter for adapter in self.adapters},
-                    options=worker_options(
-                        self.settings,
-                        embedder=await asyncio.to_thread(
-                            load_embedder, self.settings.kb_embeddings
-                        ),
-                    ),
+                    options=worker_options(self.settings, embedder=embedder),
                     metrics=self.metrics,
                 )
                 self.intake.on_enqueued(self.worker.wake)

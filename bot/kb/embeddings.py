@@ -7,8 +7,9 @@ that a dot product is the cosine similarity. Stored as float32 bytes with the ch
 0016_kb_ranking); ``model_id`` (the folder's name and the vector size) tells vectors of different
 models apart.
 
-Embedding is CPU work: callers run it on a thread (ingestion's ``_store``, the worker's
-``_prepare_sync``), never on the event loop. One lock makes the model safe to share between
+Embedding is CPU work: callers run it on a thread (ingestion's ``_store``, 📚 learning's
+``bot.learning.learn``, the worker's ``_prepare_sync``), never on the event loop. Both writers of
+documents get their vectors from ``chunk_vectors``. One lock makes the model safe to share between
 threads.
 """
 
@@ -22,6 +23,8 @@ from typing import Any
 import numpy as np
 
 from bot.errors import ConfigError
+from bot.knowledge import ChunkDraft
+from storage.repository.knowledge import DocumentVectors
 
 MAX_TOKENS = (
     256  # what a passage's vector reads of it (sentence encoders are trained on short text)
@@ -81,3 +84,16 @@ def load_embedder(folder: Path | None) -> Embedder | None:
 def passage_text(title: str, heading_path: Sequence[str], text: str) -> str:
     """What a passage's vector is computed from: its title and headings, then its text."""
     return " › ".join([title, *heading_path]) + "\n" + text
+
+
+def chunk_vectors(
+    embedder: Embedder | None, title: str, chunks: Sequence[ChunkDraft]
+) -> DocumentVectors | None:
+    """The vectors stored with a document's chunks, one per chunk in order (None: hybrid
+    retrieval is off). What ``kb add``/``kb sync`` and 📚 learning write. Slow: on a thread."""
+    if embedder is None:
+        return None
+    embedded = embedder.embed(
+        [passage_text(title, chunk.heading_path, chunk.text) for chunk in chunks]
+    )
+    return DocumentVectors(model=embedder.model_id, vectors=embedded.tolist())

@@ -23,7 +23,7 @@ from typing import Any, TextIO
 from bot import texts
 from bot.errors import KnowledgeBaseError
 from bot.kb.chunking import ChunkLimits, TokenCounter, chunk_blocks
-from bot.kb.embeddings import Embedder, passage_text
+from bot.kb.embeddings import Embedder, chunk_vectors
 from bot.kb.extract import Format, extract, format_for
 from bot.kb.sources import (
     Fetched,
@@ -40,7 +40,6 @@ from bot.kb.sources import (
 from bot.knowledge import DocumentInfo, DocumentOutcome
 from bot.logs import progress_bars_enabled
 from storage.repository import Repository
-from storage.repository.knowledge import DocumentVectors
 
 logger = logging.getLogger(__name__)
 LOG_EVERY_S = 15.0
@@ -294,12 +293,8 @@ class Ingestor:
             chunks = chunk_blocks(document.blocks, count=self.count, limits=self.limits)
             if not chunks:
                 raise KnowledgeBaseError("no text in it")
-            vectors = None
-            if self.embedder is not None:  # on this thread, not the event loop
-                embedded = self.embedder.embed(
-                    [passage_text(document.title, c.heading_path, c.text) for c in chunks]
-                )
-                vectors = DocumentVectors(model=self.embedder.model_id, vectors=embedded.tolist())
+            # On this thread, not the event loop.
+            vectors = chunk_vectors(self.embedder, document.title, chunks)
             result = self.repository.add_document(
                 collection=collection,
                 source_uri=fetched.source_uri,

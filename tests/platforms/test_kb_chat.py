@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import numpy as np
 import pytest
+from sqlalchemy import text
 
 from adapters.discord import DiscordAdapter, DiscordOptions
 from adapters.slack import SlackAdapter, SlackOptions
@@ -34,6 +36,7 @@ from bot.service import Service
 from bot.settings import load_settings
 from bot.worker import Worker, WorkerOptions
 from storage.repository import Repository
+from storage.repository.knowledge import QueryVector
 from tests.support import kb_corpus
 from tests.support.discord_fake import BOT_ID, FakeDiscord
 from tests.support.kb_support import build_tiny_embedder
@@ -588,3 +591,49 @@ async def test_discord_a_queued_ask_shows_source_links_until_its_answer_replaces
     links = re.findall(r"\[([^\]]+)\]\(<(https://[^>]+)>\)", waiting)
     assert links[0] == ("Installing the Tidewater agent", kb_corpus.link("install"))
     await rig.until(lambda: answer["content"].startswith(CHECKED))
+
+
+async def test_slack_a_learned_message_gets_vectors_with_hybrid_retrieval_on(
+    tmp_path: Path,
+) -> None:
+    """With SOLARBOT_KB_EMBEDDINGS an admin's 📚 stores the message with a vector per chunk, as
+    `kb add` does, so a question no keyword matches can find it; taking the 📚 back removes
+    them."""
+    carol = "Carol here: restarts fix most agent hangs after an upgrade."
+    words = " ".join(title for title, _ in kb_corpus.PAGES.values()).lower().split()
+    model = build_tiny_embedder(tmp_path / "embedder", [*words, *carol.lower().split()])
+    ts = "1690000500.000200"
+    uri = f"chat:slack:{TEAM}:C0GENERAL:{ts}"
+    async with running_slack_rig(tmp_path / "service", embeddings=model) as rig:
+        await rig.command("kb tidewater")
+        rig.fake.add_user_message("C0GENERAL", ts, carol, user="U0CAROL")
+        embedder = load_embedder(model)
+        assert embedder is not None
+
+        def learned_vectors() -> list[bytes]:
+            with rig.repository.engine.connect() as connection:
+                return [
+                    bytes(row[0])
+                    for row in connection.execute(
+                        text(
+                            "SELECT v.vector FROM kb_chunks c "
+                            "JOIN kb_documents d ON d.id = c.document_id "
+                            "JOIN kb_vectors v ON v.chunk_id = c.id "
+                            "WHERE d.source_uri = :uri AND v.model = :model"
+                        ),
+                        {"uri": uri, "model": embedder.model_id},
+                    )
+                ]
+
+        await rig.event(books(ts, user=ADMIN))
+        await rig.until(lambda: len(learned_vectors()) == 1)
+        [row] = learned_vectors()
+        vector = QueryVector(
+            model=embedder.model_id, vector=np.frombuffer(row, dtype=np.float32).tolist()
+        )
+        [hit] = rig.repository.search_passages(
+            collections=[kb_corpus.COLLECTION], query="qqqq xyzzy", query_vector=vector, limit=1
+        )
+        assert hit.link == "https://test.slack.com/archives/C0GENERAL/p1690000500000200"
+        await rig.event(books(ts, user=ADMIN, added=False))
+        await rig.until(lambda: learned_vectors() == [])
