@@ -182,6 +182,8 @@ class ClaimedJob:
     reply_target: Mapping[str, str]
     reply_text: str | None  # set when an earlier attempt generated the reply but could not post it
     reply_message_ids: tuple[str, ...]
+    # What that reply opens with (attachment notes, the shortened-question notice; "" for none).
+    reply_notice: str = ""
     system_prompt: str | None = None  # the channel's override (threads use their channel's)
     max_reply_chars: int | None = None  # the channel's reply cap in characters (None = no cap)
     language: str | None = None  # the channel's reply language (None = not set)

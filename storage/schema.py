@@ -133,6 +133,9 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     reply_target: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     reply_text: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Migration 0017: what the reply opens with before ``reply_text`` (notes about attached
+    # files, the shortened-question notice), kept with it so a later attempt posts the same text.
+    reply_notice: Mapped[str | None] = mapped_column(Text, nullable=True)
     reply_message_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

@@ -239,6 +239,7 @@ class JobQueue(RepositoryBase):
                     jobs.c.attempts,
                     jobs.c.reply_target,
                     jobs.c.reply_text,
+                    jobs.c.reply_notice,
                     jobs.c.reply_message_ids,
                     jobs.c.dedupe_key,
                     jobs.c.created_at,
@@ -289,6 +290,7 @@ class JobQueue(RepositoryBase):
                         reply_target=dict(row.reply_target or {}),
                         reply_text=row.reply_text,
                         reply_message_ids=tuple(row.reply_message_ids or ()),
+                        reply_notice=row.reply_notice or "",
                         system_prompt=row.system_prompt,
                         max_reply_chars=row.max_reply_chars,
                         language=row.language,
@@ -319,16 +321,19 @@ class JobQueue(RepositoryBase):
         *,
         reply_message_ids: Sequence[str],
         reply_text: str | None = None,
+        reply_notice: str = "",
         trace: JobTrace | None = None,
     ) -> bool:
-        """Remember what was already posted (and, once generated, the full reply text and how it
-        was made, so a later attempt that only delivers it keeps the trace)."""
+        """Remember what was already posted (and, once generated, the full reply text, what it
+        opens with (``reply_notice``) and how it was made, so a later attempt that only delivers
+        it posts the same text and keeps the trace)."""
         values: dict[str, Any] = {
             "reply_message_ids": list(reply_message_ids),
             "updated_at": utcnow(),
         }
         if reply_text is not None:
             values["reply_text"] = reply_text
+            values["reply_notice"] = reply_notice
         values.update(_trace_values(trace))
         with self._transaction() as connection:
             if not _update_owned(connection, job, values):
@@ -386,9 +391,16 @@ class JobQueue(RepositoryBase):
             return True
 
     def retry_later(
-        self, job: ClaimedJob, *, error: str, delay_seconds: float, reply_text: str | None = None
+        self,
+        job: ClaimedJob,
+        *,
+        error: str,
+        delay_seconds: float,
+        reply_text: str | None = None,
+        reply_notice: str = "",
     ) -> bool:
-        """Put the job back in the queue after ``delay_seconds``, keeping what was generated."""
+        """Put the job back in the queue after ``delay_seconds``, keeping what was generated
+        (``reply_text``, and ``reply_notice``, what the reply opens with)."""
         moment = utcnow()
         values: dict[str, Any] = {
             "status": JobStatus.QUEUED,
@@ -400,6 +412,7 @@ class JobQueue(RepositoryBase):
         }
         if reply_text is not None:
             values["reply_text"] = reply_text
+            values["reply_notice"] = reply_notice
         return self._update_owned(job, **values)
 
     def fail(self, job: ClaimedJob, *, error: str) -> bool:
@@ -445,7 +458,7 @@ class JobQueue(RepositoryBase):
 
     def job(self, job_id: int) -> JobRecord | None:
         with self._transaction() as connection:
-            row = connection.execute(select(jobs).where(jobs.c.id == job_id)).first()
+            row = connection.execute(select(*RECORD_COLUMNS).where(jobs.c.id == job_id)).first()
         return None if row is None else _record(row)
 
     def job_chunk_ids(self, job_id: int) -> tuple[int, ...]:
@@ -461,7 +474,7 @@ class JobQueue(RepositoryBase):
             )
 
     def jobs(self, *, status: JobStatus | None = None) -> list[JobRecord]:
-        query = select(jobs).order_by(jobs.c.id)
+        query = select(*RECORD_COLUMNS).order_by(jobs.c.id)
         if status is not None:
             query = query.where(jobs.c.status == status)
         with self._transaction() as connection:
@@ -564,7 +577,26 @@ def _job_by_dedupe_key(connection: Connection, dedupe_key: str) -> EnqueueResult
     )
 
 
-def _record(row: Row[Any]) -> JobRecord:
+# What a ``JobRecord`` is read from (named, not ``select(jobs)``: a column added later, such as
+# 0017's ``reply_notice``, does not break reading jobs in a database migrated to an older revision).
+RECORD_COLUMNS = (
+    jobs.c.id,
+    jobs.c.conversation_id,
+    jobs.c.message_id,
+    jobs.c.dedupe_key,
+    jobs.c.status,
+    jobs.c.attempts,
+    jobs.c.worker_id,
+    jobs.c.error,
+    jobs.c.reply_text,
+    jobs.c.reply_message_ids,
+    jobs.c.prompt_tokens,
+    jobs.c.generation_ms,
+    jobs.c.model_id,
+)
+
+
+def _record(row: Row[*tuple[Any, ...]]) -> JobRecord:
     return JobRecord(
         id=row.id,
         conversation_id=row.conversation_id,
