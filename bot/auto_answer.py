@@ -14,8 +14,8 @@ they filter those) that does not mention the bot to ``AutoAnswer.route`` (throug
   conversation is handed to a human from now on, recorded as an explicit handoff is (the message is
   stored as a turn with a cancelled job, so a redelivery is recognised, and ``status`` counts the
   conversation), without a ping (a person is already there), until ``resume``. Questions of the
-  thread still waiting for their answer (no worker tried them yet) are cancelled: the person
-  answers them now.
+  thread still waiting for their answer (no worker tried them yet) are cancelled, as with every
+  handoff (``Repository.enqueue``): the person answers them now.
 - ``QUIET``: nothing to do (the conversation is with a human, or the event was seen before). When
   the conversation waits for a human and reminders are on, a message from anyone but the person
   who asked for the human cancels the reminder (``Repository.human_wrote_in_handoff``): adapters
@@ -79,10 +79,9 @@ class AutoAnswer:
         result = await asyncio.to_thread(self._repository.enqueue, message, handoff=True)
         if result is None or not result.created:
             return Route.QUIET  # switched off meanwhile, or a redelivery of the agent's message
-        waiting = await asyncio.to_thread(self._repository.cancel_waiting_jobs, key)
         log.info(
             "someone else wrote in an auto-answered thread: handed to a human (%d question(s) "
             "waiting there cancelled)",
-            waiting,
+            result.cancelled,
         )
         return Route.HANDED_OFF

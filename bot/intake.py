@@ -161,7 +161,11 @@ class Intake:
             log.info("ignored a message in disabled channel %s", incoming.channel)
         elif result.handoff:
             if result.created:
-                log.info("conversation handed to a human (job %s)", result.job_id)
+                log.info(
+                    "conversation handed to a human (job %s; %d waiting question(s) cancelled)",
+                    result.job_id,
+                    result.cancelled,
+                )
                 await self._announce_handoff(incoming, result)
             else:
                 log.info("ignored a message in a conversation handed to a human")

@@ -153,6 +153,8 @@ class EnqueueResult:
     # The conversation is handed to a human: with ``created`` this message asked for one (its
     # turn is stored, its job cancelled); without, it was ignored (nothing stored).
     handoff: bool = False
+    # With a new handoff: the conversation's questions no worker had started, cancelled with it.
+    cancelled: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -3,21 +3,18 @@ addressed to the bot, in one transaction."""
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
-from bot.records import ConversationKey, JobStatus, Role, ThreadState
+from bot.records import ConversationKey, Role, ThreadState
 from storage.repository.base import RepositoryBase
 from storage.repository.channels import answer_mode_of
-from storage.repository.jobs import HANDOFF_ERROR
 from storage.repository.tables import (
     channel_settings,
     conversations,
-    jobs,
     key_filter,
     messages,
     settings_filter,
 )
-from storage.schema import utcnow
 
 
 class AutoThreadStore(RepositoryBase):
@@ -50,26 +47,3 @@ class AutoThreadStore(RepositoryBase):
             asker=str(asker or ""),
             handed_off=conversation is not None and conversation.handoff_at is not None,
         )
-
-    def cancel_waiting_jobs(self, key: ConversationKey) -> int:
-        """Cancel the jobs of the conversation ``key`` that no worker has tried yet (handed to a
-        human: the questions waiting there are not answered); returns how many. A job being
-        answered, or retried after a part of its reply was posted, is left to finish."""
-        moment = utcnow()
-        in_conversation = select(conversations.c.id).where(*key_filter(key)).scalar_subquery()
-        with self._transaction() as connection:
-            result = connection.execute(
-                update(jobs)
-                .where(
-                    jobs.c.conversation_id == in_conversation,
-                    jobs.c.status == JobStatus.QUEUED,
-                    jobs.c.attempts == 0,
-                )
-                .values(
-                    status=JobStatus.CANCELLED,
-                    finished_at=moment,
-                    updated_at=moment,
-                    error=HANDOFF_ERROR,
-                )
-            )
-            return int(result.rowcount)

@@ -60,6 +60,7 @@ from storage.repository.tables import (
 from storage.schema import utcnow
 
 HANDOFF_ERROR = "handed to a human (no reply)"
+HANDED_OFF_WAITING = "handed to a human before a worker started it (no reply)"
 QUEUE_FULL = "queue_full"  # EnqueueResult.refused: the channel's queue limit (bot.limits)
 
 
@@ -86,8 +87,10 @@ class JobQueue(RepositoryBase):
         IMMEDIATE; on PostgreSQL the transaction first takes the channel's advisory lock.
 
         Human handoff: in a conversation handed to a human nothing is stored (``handoff`` set,
-        ``created`` False). ``handoff=True`` (the message asks for a human) stores the turn with a
-        cancelled job (so a redelivery is recognised) and hands the conversation over."""
+        ``created`` False). ``handoff=True`` (the message asks for a human: a keyword, a button,
+        someone else writing in an auto-answered thread) stores the turn with a cancelled job (so
+        a redelivery is recognised), hands the conversation over and, in the same transaction,
+        cancels its questions that no worker has started (``cancel_unstarted_jobs``)."""
         moment = now or utcnow()
         try:
             with self._transaction() as connection:
@@ -149,14 +152,17 @@ class JobQueue(RepositoryBase):
                     )
                     .returning(jobs.c.id)
                 ).scalar_one()
+                cancelled = 0
                 if handoff:
                     hand_off(connection, conversation_id, moment)
+                    cancelled = cancel_unstarted_jobs(connection, conversation_id, moment)
                 return EnqueueResult(
                     job_id=job_id,
                     conversation_id=conversation_id,
                     message_id=message_id,
                     created=True,
                     handoff=handoff,
+                    cancelled=cancelled,
                 )
         except IntegrityError:
             # Another process stored the same event between our check and our insert.
@@ -575,6 +581,33 @@ def _job_by_dedupe_key(connection: Connection, dedupe_key: str) -> EnqueueResult
     return EnqueueResult(
         job_id=row.id, conversation_id=row.conversation_id, message_id=row.message_id, created=False
     )
+
+
+def cancel_unstarted_jobs(connection: Connection, conversation_id: int, moment: datetime) -> int:
+    """The conversation was handed to a human: its questions that no worker has started (queued,
+    never attempted) are cancelled, never to be answered (their turns stay in the history); a
+    reply being written, or retried after an attempt, finishes. Every handoff path comes here
+    (``enqueue`` with ``handoff``). Returns how many were cancelled.
+
+    A worker's claim and this update exclude each other: both change the row only while it is
+    queued and untried (SQLite: one writer at a time; PostgreSQL: the later of the two waits for
+    the row and then finds it changed), so a job is either claimed or cancelled, never both."""
+    result = connection.execute(
+        update(jobs)
+        .where(
+            jobs.c.conversation_id == conversation_id,
+            jobs.c.status == JobStatus.QUEUED,
+            jobs.c.attempts == 0,
+        )
+        .values(
+            status=JobStatus.CANCELLED,
+            finished_at=moment,
+            updated_at=moment,
+            error=HANDED_OFF_WAITING,
+            lease_until=None,
+        )
+    )
+    return int(result.rowcount)
 
 
 # What a ``JobRecord`` is read from (named, not ``select(jobs)``: a column added later, such as
