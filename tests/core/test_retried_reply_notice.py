@@ -17,9 +17,11 @@ from bot.generation.fake import FakeEngine
 from bot.records import (
     Attachment,
     AttachmentProblem,
+    ChannelConfig,
     ConversationKey,
     Incoming,
     JobStatus,
+    KnowledgeMode,
     Rating,
     Role,
 )
@@ -73,8 +75,18 @@ def question(channel: str, *, text: str, files: bool) -> Incoming:
     )
 
 
-async def ask(rig: Rig, channel: str, *, text: str, files: bool) -> tuple[str, str]:
-    """The reply's final text and the assistant turn stored for it."""
+async def ask(
+    rig: Rig, channel: str, *, text: str, files: bool, strict: bool = False
+) -> tuple[str, str]:
+    """The reply's final text and the assistant turn stored for it. ``strict``: the channel
+    answers only from an (empty) knowledge base: "I don't know", without the engine."""
+    if strict:
+        rig.repository.set_channel_config(
+            platform="fake",
+            workspace="",
+            channel=channel,
+            config=ChannelConfig(kb_collections=("docs",), kb_mode=KnowledgeMode.STRICT),
+        )
     result = await rig.intake.submit(question(channel, text=text, files=files))
     assert result is not None and result.created
     await rig.until(lambda: rig.pending() == 0)
@@ -87,20 +99,21 @@ async def ask(rig: Rig, channel: str, *, text: str, files: bool) -> tuple[str, s
 
 
 @pytest.mark.parametrize(
-    ("text", "files", "opening"),
+    ("text", "files", "strict", "opening"),
     [
-        (LONG_QUESTION, True, f"{NOTE}\n\n{texts.TRUNCATED_NOTICE}\n\n"),
-        ("what does this mean?", True, f"{NOTE}\n\n"),
-        (LONG_QUESTION, False, f"{texts.TRUNCATED_NOTICE}\n\n"),
+        (LONG_QUESTION, True, False, f"{NOTE}\n\n{texts.TRUNCATED_NOTICE}\n\n"),
+        ("what does this mean?", True, False, f"{NOTE}\n\n"),
+        (LONG_QUESTION, False, False, f"{texts.TRUNCATED_NOTICE}\n\n"),
+        ("what is the capital of Australia?", True, True, f"{NOTE}\n\n"),
     ],
-    ids=["notes-and-truncation", "notes", "truncation"],
+    ids=["notes-and-truncation", "notes", "truncation", "notes-strict-dont-know"],
 )
 async def test_whichever_write_fails_the_retry_posts_what_the_first_attempt_would_have(
-    database_url: str, text: str, files: bool, opening: str
+    database_url: str, text: str, files: bool, strict: bool, opening: str
 ) -> None:
     rig = await start(database_url)
     try:
-        expected, turn = await ask(rig, "clean", text=text, files=files)
+        expected, turn = await ask(rig, "clean", text=text, files=files, strict=strict)
         assert expected.startswith(opening) and expected.count(opening) == 1
         assert turn == expected.removeprefix(opening)  # the turn is the generated text alone
         writes = rig.adapter.writes
@@ -110,9 +123,10 @@ async def test_whichever_write_fails_the_retry_posts_what_the_first_attempt_woul
         for number, pattern in enumerate(patterns):
             channel = f"flaky-{number}"
             rig.adapter.failing = {rig.adapter.writes + n for n in pattern}
-            reply, stored = await ask(rig, channel, text=text, files=files)
+            reply, stored = await ask(rig, channel, text=text, files=files, strict=strict)
             assert (reply, stored) == (expected, turn), pattern
-        assert len(rig.engine.requests) == 1 + len(patterns)  # never generated twice
+        # Never generated twice (a strict channel's "I don't know" never asks the engine).
+        assert len(rig.engine.requests) == (0 if strict else 1 + len(patterns))
         retried = [j for j in rig.repository.jobs() if j.attempts > 1]
         assert len(retried) == len(patterns)
     finally:
