@@ -19,10 +19,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
+from adapters.fake import FakeAdapter
+from bot.errors import ConfigError
 from bot.intake import Intake
 from bot.kb.embeddings import Embedder, passage_text
 from bot.learning import ChatMessage, source_uri
 from bot.records import ChannelConfig
+from bot.service import Service
+from bot.settings import load_settings
 from storage.repository import Repository
 from storage.repository.knowledge import QueryVector
 from tests.support.kb_support import build_tiny_embedder
@@ -65,8 +69,13 @@ class ThreadNoting(Embedder):
 
 
 @pytest.fixture(scope="module")
-def embedder(tmp_path_factory: pytest.TempPathFactory) -> ThreadNoting:
-    return ThreadNoting(build_tiny_embedder(tmp_path_factory.mktemp("embedder"), WORDS))
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_embedder(tmp_path_factory.mktemp("embedder"), WORDS)
+
+
+@pytest.fixture(scope="module")
+def embedder(model_dir: Path) -> ThreadNoting:
+    return ThreadNoting(model_dir)
 
 
 def message(text: str, message_id: str = "1690000000.000100") -> ChatMessage:
@@ -197,3 +206,58 @@ def test_every_chunk_of_any_learned_message_has_its_vector(
     assert np.allclose(norms, 1.0, atol=1e-5)
     assert asyncio.run(intake.learn(learned, added=False)) == "team"
     assert count(repository, "kb_vectors") == count(repository, "kb_chunks") == 0
+
+
+async def serve_adapters(tmp_path: Path, embeddings: Path) -> tuple[Service, asyncio.Task[None]]:
+    """The service as ``solarbot run --role adapters`` runs it: adapters, no worker."""
+    settings = load_settings(
+        environ={
+            "SOLARBOT_DATA_DIR": str(tmp_path),
+            "SOLARBOT_ENGINE": "fake",
+            "SOLARBOT_KB_EMBEDDINGS": str(embeddings),
+        }
+    )
+    service = Service(
+        settings=settings,
+        repository=Repository.open(settings.resolved_database_url()),
+        engine=None,
+        adapters=[FakeAdapter(platform="slack")],
+        run_worker=False,
+        drain_seconds=1,
+    )
+    return service, asyncio.create_task(service.run())
+
+
+async def test_a_process_without_a_worker_learns_with_vectors_too(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    service, task = await serve_adapters(tmp_path / "data", model_dir)
+    [adapter] = service.adapters
+    try:
+        async with asyncio.timeout(10):
+            while not adapter.started:  # type: ignore[attr-defined]
+                await asyncio.sleep(0.01)
+        with_collection(service.repository)
+        learned = message("Parcels travel by zeppelin overnight.")
+        assert await service.intake.learn(learned, added=True) == "team"
+        stored = stored_vectors(
+            service.repository, source_uri("slack", "T1", "C1", learned.message_id)
+        )
+        assert [model for _, model, _ in stored] == [f"{model_dir.name}/32"]
+    finally:
+        service.stopping.set()
+        await task
+        service.repository.close()
+
+
+async def test_an_embedding_model_that_cannot_load_stops_start_up_before_the_adapters(
+    tmp_path: Path,
+) -> None:
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    (empty / "config.json").write_text("{}")  # looks like a model folder; holds none
+    service, task = await serve_adapters(tmp_path / "data", empty)
+    with pytest.raises(ConfigError, match="SOLARBOT_KB_EMBEDDINGS: cannot load"):
+        await task
+    assert not service.adapters[0].started  # type: ignore[attr-defined]
+    service.repository.close()
