@@ -43,7 +43,12 @@ from bot.service import Service
 from bot.settings import load_settings
 from storage import database
 from storage.repository import Repository
-from tests.platforms.test_discord import (
+from tests.platforms.test_slack import ADMIN, ack_text, mention, say, slack_settings
+from tests.platforms.test_slack import reaction as slack_reaction
+from tests.platforms.test_slack import start_rig as start_slack_rig
+from tests.support.db_faults import refusing_inserts
+from tests.support.discord_fake import BOT_ID, FakeDiscord
+from tests.support.discord_rig import (
     ADMIN_ROLE,
     GENERAL,
     GUILD,
@@ -55,12 +60,7 @@ from tests.platforms.test_discord import (
     command,
     start_rig,
 )
-from tests.platforms.test_discord import Rig as DiscordRig
-from tests.platforms.test_slack import ADMIN, ack_text, mention, say, slack_settings
-from tests.platforms.test_slack import reaction as slack_reaction
-from tests.platforms.test_slack import start_rig as start_slack_rig
-from tests.support.db_faults import refusing_inserts
-from tests.support.discord_fake import BOT_ID, FakeDiscord
+from tests.support.discord_rig import Rig as DiscordRig
 from tests.support.slack_fake import BOT_TOKEN as SLACK_BOT_TOKEN
 from tests.support.slack_fake import SIGNING_SECRET as SLACK_SIGNING_SECRET
 from tests.support.slack_fake import TEAM, FakeSlack
