@@ -55,12 +55,13 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from adapters.slack_format import from_slack, to_mrkdwn
+from adapters.slack_native_stream import native_surface, open_native_reply
 from adapters.slack_request import Refused, bolt_request, verified
 from adapters.streaming import StreamedReply
 from bot import texts
 from bot.commands import CommandContext, CommandName, Commands, parse_command
 from bot.dedupe import dedupe_key
-from bot.delivery import NOTICE_TO, IntakePort, ReplyTarget
+from bot.delivery import NOTICE_TO, IntakePort, ReplyStream, ReplyTarget
 from bot.errors import ConfigError, DeliveryError, InvalidIncomingError
 from bot.http_listener import Listener, start_listener
 from bot.hygiene import clean_outgoing
@@ -80,6 +81,7 @@ RATE_LIMIT_RETRIES = 3
 NOT_IN_CHANNEL_ERRORS = ("not_in_channel", "channel_not_found", "is_archived")
 
 Mode = Literal["http", "socket"]
+Streaming = Literal["native", "edit"]  # how thread replies stream (adapters.slack_native_stream)
 
 
 def rate_limited_client(token: str, *, base_url: str) -> AsyncWebClient:
@@ -227,6 +229,9 @@ class SlackOptions:
     edit_interval: float = 1.0
     message_limit: int = MESSAGE_LIMIT
     ingress: bool = True  # False: Web API only (a worker process delivering replies)
+    # "native": thread replies stream with chat.startStream/appendStream/stopStream in standard
+    # Markdown; "edit": every reply is edited in place in mrkdwn (SOLARBOT_SLACK_STREAMING).
+    streaming: Streaming = "native"
 
 
 class SlackAdapter:
@@ -675,7 +680,8 @@ class SlackAdapter:
                 author_name=await self._author_name(str(event["user"])),
                 text=text,
                 message_id=ts,
-                reply_target={"channel": channel, "thread_ts": thread},
+                # ``user``: the asker, the recipient of a natively streamed answer.
+                reply_target={"channel": channel, "thread_ts": thread, "user": str(event["user"])},
             )
         except InvalidIncomingError as exc:  # acknowledged: Slack would send the same again
             log.info("ignored a Slack message %s in %s: %s", ts[:40], channel[:40], exc)
@@ -727,9 +733,17 @@ class SlackAdapter:
 
     # ------------------------------------------------------------------ egress
 
-    async def open_reply(self, target: ReplyTarget) -> SlackReply | SlackEphemeralReply:
+    async def open_reply(self, target: ReplyTarget) -> ReplyStream:
         if target.reply_target.get("ephemeral") == "1":
             return SlackEphemeralReply(target, limit=self._limit)
+        if self.options.streaming == "native" and native_surface(target.reply_target):
+            return open_native_reply(
+                self.client,
+                target,
+                limit=self._limit,
+                error=delivery_error,
+                min_interval=self._edit_interval,
+            )
         return SlackReply(self.client, target, limit=self._limit, min_interval=self._edit_interval)
 
     async def post_notice(self, target: ReplyTarget, text: str) -> None:

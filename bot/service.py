@@ -187,6 +187,7 @@ def slack_options(settings: Settings, *, ingress: bool, model_id: str) -> SlackO
         default_system_prompt=settings.system_prompt,
         edit_interval=settings.edit_interval_seconds,
         ingress=ingress,
+        streaming=settings.slack_streaming,
     )
 
 

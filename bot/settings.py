@@ -193,6 +193,9 @@ class Settings(BaseSettings):
     slack_api_url: str = "https://slack.com/api/"
     # Human handoff: the user group pinged ("<!subteam^ID>") when someone asks for a human.
     slack_support_group: str | None = None
+    # Thread replies: "native" streams (chat.startStream, standard Markdown), "edit" edits in
+    # mrkdwn; /solar answers and top-level DMs are always edited (docs/slack.md, "Streaming").
+    slack_streaming: Literal["native", "edit"] = "native"
 
     @field_validator(
         "slack_allowed_workspaces", "slack_allowed_channels", "slack_admin_users", mode="before"

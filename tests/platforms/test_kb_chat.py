@@ -350,6 +350,7 @@ async def slack_rig(tmp_path: Path) -> AsyncIterator[SlackRig]:
             model_id="fake-solar",
             default_system_prompt=settings.system_prompt,
             edit_interval=0.02,
+            streaming="edit",  # answers checked in mrkdwn (native: test_slack_native_stream.py)
         )
     )
     service = Service(

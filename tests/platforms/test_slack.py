@@ -124,6 +124,9 @@ async def start_rig(
         "model_id": "fake-solar",
         "default_system_prompt": settings.system_prompt,
         "edit_interval": 0.02,
+        # This file covers the edit-based path (mrkdwn, chat.update) on every surface; native
+        # streaming is tests/platforms/test_slack_native_stream.py.
+        "streaming": "edit",
     }
     options.update(adapter)
     repository = Repository.open(settings.resolved_database_url())

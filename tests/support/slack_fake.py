@@ -1,7 +1,8 @@
 """A local fake of Slack for the real slack-bolt / slack_sdk clients, on 127.0.0.1.
 
 - Web API at ``api_url`` (``POST /api/<method>``): auth.test, chat.postMessage, chat.update,
-  chat.delete, chat.getPermalink, conversations.history/.replies (people's messages are added with
+  chat.delete, chat.startStream/appendStream/stopStream (``FakeMessage.stream``: None for an
+  ordinary message, else "streaming" or "stopped"; ``appended`` lists what each call added), chat.getPermalink, conversations.history/.replies (people's messages are added with
   ``add_user_message``), apps.connections.open. Every call is recorded in ``calls``; posted messages live in
   ``messages`` (ts -> message with its text history). ``rate_limit(method, count, retry_after)``
   answers the next calls with HTTP 429 + Retry-After; ``fail(method, error)`` with ``ok: false``.
@@ -34,6 +35,7 @@ SIGNING_SECRET = "test-signing-secret-abcdef"
 TEAM = "T0TEAM"
 BOT_USER = "U0BOT"
 BOT_ID = "B0BOT"
+STREAM_TEXT_LIMIT = 12_000  # markdown_text per chat.startStream/appendStream/stopStream call
 
 
 @dataclass
@@ -52,6 +54,10 @@ class FakeMessage:
     history: list[str] = field(default_factory=list)
     deleted: bool = False
     user: str = ""  # who wrote it ("" = the bot)
+    blocks: list[dict[str, Any]] = field(default_factory=list)
+    stream: str | None = None  # None: not a stream; "streaming"; "stopped"
+    appended: list[str] = field(default_factory=list)  # markdown each stream call added
+    recipient: tuple[str, str] | None = None  # (team, user) a channel stream was started for
 
 
 class FakeSlack:
@@ -189,13 +195,17 @@ class FakeSlack:
 
     def _chat_postMessage(self, params: dict[str, Any]) -> dict[str, Any]:
         ts = f"1700000000.{next(self._ts):06d}"
-        text = str(params.get("text", ""))
+        markdown = params.get("markdown_text")
+        if markdown is not None and (params.get("text") or params.get("blocks")):
+            return {"ok": False, "error": "markdown_text_conflict"}
+        text = str(markdown if markdown is not None else params.get("text", ""))
         message = FakeMessage(
             channel=str(params["channel"]),
             ts=ts,
             thread_ts=params.get("thread_ts") or None,
             text=text,
             history=[text],
+            blocks=_blocks(params.get("blocks")),
         )
         self.messages[ts] = message
         return {"ok": True, "channel": message.channel, "ts": ts, "message": {"text": text}}
@@ -216,8 +226,98 @@ class FakeSlack:
         message = self.messages.get(str(params.get("ts")))
         if message is None or message.deleted or message.channel != params.get("channel"):
             return {"ok": False, "error": "message_not_found"}
-        message.text = str(params.get("text", ""))
+        if message.stream == "streaming":
+            return {"ok": False, "error": "message_is_streaming"}  # stop the stream first
+        markdown = params.get("markdown_text")
+        if markdown is not None and (params.get("text") or params.get("blocks")):
+            return {"ok": False, "error": "markdown_text_conflict"}
+        message.text = str(markdown if markdown is not None else params.get("text", ""))
+        message.blocks = _blocks(params.get("blocks"))
         message.history.append(message.text)
+        return {"ok": True, "channel": message.channel, "ts": message.ts}
+
+    # ------------------------------------------------------------------ streaming (2025 AI apps)
+
+    def _stream_markdown(self, params: dict[str, Any]) -> str | dict[str, Any]:
+        """The markdown a stream call adds (``markdown_text`` or markdown_text ``chunks``), or
+        the error answer Slack gives."""
+        text = params.get("markdown_text")
+        chunks = params.get("chunks")
+        if text is not None and chunks:
+            return {"ok": False, "error": "invalid_arguments"}
+        if chunks:
+            if isinstance(chunks, str):
+                chunks = json.loads(chunks)
+            if any(chunk.get("type") != "markdown_text" for chunk in chunks):
+                return {"ok": False, "error": "invalid_chunks"}
+            text = "".join(str(chunk.get("text", "")) for chunk in chunks)
+        text = str(text or "")
+        if len(text) > STREAM_TEXT_LIMIT:
+            return {"ok": False, "error": "msg_too_long"}
+        return text
+
+    def _chat_startStream(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel = str(params.get("channel") or "")
+        thread_ts = str(params.get("thread_ts") or "")
+        if not channel or not thread_ts:
+            return {"ok": False, "error": "invalid_arguments"}  # streams are thread replies
+        team, user = params.get("recipient_team_id"), params.get("recipient_user_id")
+        if not channel.startswith("D") and not (team and user):
+            return {"ok": False, "error": "missing_recipient_user_id"}  # channels need them
+        text = self._stream_markdown(params)
+        if isinstance(text, dict):
+            return text
+        ts = f"1700000000.{next(self._ts):06d}"
+        self.messages[ts] = FakeMessage(
+            channel=channel,
+            ts=ts,
+            thread_ts=thread_ts,
+            text=text,
+            history=[text],
+            stream="streaming",
+            appended=[text],
+            recipient=(str(team), str(user)) if team and user else None,
+        )
+        return {"ok": True, "channel": channel, "ts": ts}
+
+    def _streaming(self, params: dict[str, Any]) -> FakeMessage | dict[str, Any]:
+        ts, channel = str(params.get("ts") or ""), str(params.get("channel") or "")
+        if not ts or not channel:
+            return {"ok": False, "error": "invalid_arguments"}
+        message = self.messages.get(ts)
+        if message is None or message.deleted or message.channel != channel:
+            return {"ok": False, "error": "message_not_found"}
+        if message.stream != "streaming":
+            return {"ok": False, "error": "message_not_in_streaming_state"}
+        return message
+
+    def _chat_appendStream(self, params: dict[str, Any]) -> dict[str, Any]:
+        message = self._streaming(params)
+        if isinstance(message, dict):
+            return message
+        text = self._stream_markdown(params)
+        if isinstance(text, dict):
+            return text
+        if not text:
+            return {"ok": False, "error": "invalid_arguments"}  # nothing to append
+        message.text += text
+        message.appended.append(text)
+        message.history.append(message.text)
+        return {"ok": True, "channel": message.channel, "ts": message.ts}
+
+    def _chat_stopStream(self, params: dict[str, Any]) -> dict[str, Any]:
+        message = self._streaming(params)
+        if isinstance(message, dict):
+            return message
+        text = self._stream_markdown(params)
+        if isinstance(text, dict):
+            return text
+        if text:
+            message.text += text
+            message.appended.append(text)
+            message.history.append(message.text)
+        message.blocks = _blocks(params.get("blocks"))
+        message.stream = "stopped"
         return {"ok": True, "channel": message.channel, "ts": message.ts}
 
     def add_user_message(
@@ -311,6 +411,13 @@ class FakeSlack:
             }
         )
         return envelope_id
+
+
+def _blocks(value: Any) -> list[dict[str, Any]]:
+    """Blocks as sent: a JSON list (form-encoded calls send them as a JSON string)."""
+    if not value:
+        return []
+    return list(json.loads(value) if isinstance(value, str) else value)
 
 
 class _suppress_timeout:
