@@ -54,6 +54,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
+from adapters.slack_buttons import SlackButtons, answer_blocks, mrkdwn_sections
 from adapters.slack_format import from_slack, to_mrkdwn
 from adapters.slack_native_stream import native_surface, open_native_reply
 from adapters.slack_request import Refused, bolt_request, verified
@@ -122,6 +123,7 @@ class SlackReply(StreamedReply):
         *,
         limit: int = MESSAGE_LIMIT,
         min_interval: float = 1.0,
+        closing_blocks: Sequence[dict[str, Any]] = (),
     ) -> None:
         where = target.reply_target
         placeholder = where.get("ts", "")
@@ -133,6 +135,24 @@ class SlackReply(StreamedReply):
         self._channel = where["channel"]
         self._thread = where.get("thread_ts", "")
         self._header = where.get("header", "")
+        self._closing = list(closing_blocks)
+
+    async def finish(self, text: str) -> Sequence[str]:
+        ids = await super().finish(text)
+        if self._closing and ids:
+            # The answer ends with the buttons (adapters.slack_buttons): a message with blocks
+            # shows them instead of its text, so its text goes into section blocks above them.
+            chunks = split_message(text, limit=self.limit) or [text]
+            shown = self._text(chunks[-1], first=len(chunks) == 1)
+            await self._call(
+                self._client.chat_update(
+                    channel=self._channel,
+                    ts=ids[-1],
+                    text=shown,
+                    blocks=[*mrkdwn_sections(shown), *self._closing],
+                )
+            )
+        return ids
 
     def _text(self, chunk: str, *, first: bool) -> str:
         body = to_mrkdwn(chunk)
@@ -232,6 +252,10 @@ class SlackOptions:
     # "native": thread replies stream with chat.startStream/appendStream/stopStream in standard
     # Markdown; "edit": every reply is edited in place in mrkdwn (SOLARBOT_SLACK_STREAMING).
     streaming: Streaming = "native"
+    # Buttons under every answer (adapters.slack_buttons): 👍/👎, and "Talk to a human" when
+    # ``handoff_keyword`` (the first SOLARBOT_HANDOFF_KEYWORDS entry) is set.
+    feedback_buttons: bool = True
+    handoff_keyword: str = ""
 
 
 class SlackAdapter:
@@ -278,6 +302,19 @@ class SlackAdapter:
         self.app.event("message")(self._on_message)
         self.app.event("reaction_added")(self._on_reaction)
         self.app.event("reaction_removed")(self._on_reaction)
+        SlackButtons(
+            platform=PLATFORM,
+            intake=self._started_intake,
+            allowed=self._allowed,
+            is_bot=self._is_bot,
+            author_name=self._author_name,
+            admins=options.admin_users,
+            handoff_keyword=options.handoff_keyword,
+            command=options.command,
+        ).register(self.app)
+        self._closing = (
+            answer_blocks(handoff=bool(options.handoff_keyword)) if options.feedback_buttons else []
+        )
         self._intake: IntakePort | None = None
         self._commands: Commands | None = None
         self._bot_user_id = ""
@@ -290,6 +327,10 @@ class SlackAdapter:
     @property
     def platform(self) -> str:
         return PLATFORM
+
+    def _started_intake(self) -> IntakePort:
+        assert self._intake is not None, "start() the adapter first"
+        return self._intake
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -743,8 +784,15 @@ class SlackAdapter:
                 limit=self._limit,
                 error=delivery_error,
                 min_interval=self._edit_interval,
+                closing_blocks=self._closing,
             )
-        return SlackReply(self.client, target, limit=self._limit, min_interval=self._edit_interval)
+        return SlackReply(
+            self.client,
+            target,
+            limit=self._limit,
+            min_interval=self._edit_interval,
+            closing_blocks=self._closing,
+        )
 
     async def post_notice(self, target: ReplyTarget, text: str) -> None:
         where: Mapping[str, str] = target.reply_target

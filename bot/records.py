@@ -214,6 +214,17 @@ class FeedbackRecord:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ReplyOrigin:
+    """What a posted bot reply answers (found from the reply's platform message id, never from
+    an id a client sends): its job, conversation, the question's author and its reply target."""
+
+    job_id: int
+    conversation: ConversationKey
+    asker_id: str
+    reply_target: Mapping[str, str]
+
+
+@dataclass(frozen=True, kw_only=True)
 class ChannelFeedback:
     """A channel's replies (done jobs, threads included) and the reactions on them."""
 

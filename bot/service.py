@@ -188,6 +188,7 @@ def slack_options(settings: Settings, *, ingress: bool, model_id: str) -> SlackO
         edit_interval=settings.edit_interval_seconds,
         ingress=ingress,
         streaming=settings.slack_streaming,
+        handoff_keyword=settings.handoff_keywords[0] if settings.handoff_keywords else "",
     )
 
 

@@ -160,6 +160,14 @@ SLACK_NOT_IN_CHANNEL = (
     "(invite me with `/invite @solarbot` to answer in the channel)."
 )
 SLACK_EMPTY_MENTION = "Yes? Ask me something after the mention, e.g. `@solarbot what is SOLAR?`"
+# Buttons under every Slack answer (adapters/slack_buttons.py; button texts: at most 75 chars).
+SLACK_FEEDBACK_GOOD = "Good answer"
+SLACK_FEEDBACK_BAD = "Bad answer"
+SLACK_HANDOFF_BUTTON = "Talk to a human"
+SLACK_HANDOFF_NOT_YOURS = (
+    "Only the person who asked (or an admin) can hand this conversation to a human. "
+    'You can ask for one yourself by writing "{keyword}".'
+)
 
 # The Discord adapter.
 DISCORD_THINKING = "Thinking…"

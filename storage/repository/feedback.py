@@ -9,12 +9,14 @@ from sqlalchemy import cast as sql_cast
 
 from bot.records import (
     ChannelFeedback,
+    ConversationKey,
     DownvotedDocument,
     FeedbackRecord,
     FeedbackReport,
     JobStatus,
     RatedReply,
     Rating,
+    ReplyOrigin,
     Role,
 )
 from storage.repository.base import RepositoryBase, upsert
@@ -98,6 +100,41 @@ class FeedbackStore(RepositoryBase):
                 )
             )
             return job_id
+
+    def reply_origin(
+        self, *, platform: str, workspace: str, message_id: str, channel: str | None = None
+    ) -> ReplyOrigin | None:
+        """What the bot reply posted as ``message_id`` (any part of it) answers: its job, the
+        conversation and who asked (a button under the reply identifies it by its message, so
+        a client never names a job). None when ``message_id`` is not a finished bot reply."""
+        with self._transaction() as connection:
+            job_id = reply_job(connection, platform, workspace, channel, message_id)
+            if job_id is None:
+                return None
+            row = connection.execute(
+                select(
+                    jobs.c.reply_target,
+                    messages.c.author_id,
+                    conversations.c.platform,
+                    conversations.c.workspace,
+                    conversations.c.channel,
+                    conversations.c.thread,
+                )
+                .join(messages, messages.c.id == jobs.c.message_id)
+                .join(conversations, conversations.c.id == jobs.c.conversation_id)
+                .where(jobs.c.id == job_id)
+            ).one()
+        return ReplyOrigin(
+            job_id=job_id,
+            conversation=ConversationKey(
+                platform=row.platform,
+                workspace=row.workspace,
+                channel=row.channel,
+                thread=row.thread,
+            ),
+            asker_id=row.author_id,
+            reply_target=dict(row.reply_target or {}),
+        )
 
     def feedback_for(self, job_id: int) -> list[FeedbackRecord]:
         with self._transaction() as connection:

@@ -9,7 +9,9 @@
 - A response_url endpoint (``response_url(name)``): bodies posted to it are in ``responses``.
 - Socket Mode: apps.connections.open answers with ``ws://.../socket``; ``send_envelope`` pushes an
   envelope to the connected client and ``acks`` collects what it answers.
-- ``sign``/``signed_post`` make correctly signed HTTP requests to an app under test.
+- ``sign``/``signed_post`` make correctly signed HTTP requests to an app under test;
+  ``action_body`` is a button click (``block_actions``). Blocks sent to any method are checked
+  against the limits of the block types solarbot sends (``invalid_blocks``).
 """
 
 from __future__ import annotations
@@ -167,6 +169,9 @@ class FakeSlack:
         handler = getattr(self, "_" + method.replace(".", "_"), None)
         if handler is None:
             return _json({"ok": False, "error": "unknown_method"})
+        refused = invalid_blocks(params.get("blocks"))
+        if refused is not None:
+            return _json({"ok": False, "error": "invalid_blocks", "errors": [refused]})
         return _json(handler(params))
 
     def _auth_test(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -420,6 +425,25 @@ def _blocks(value: Any) -> list[dict[str, Any]]:
     return list(json.loads(value) if isinstance(value, str) else value)
 
 
+def invalid_blocks(value: Any) -> str | None:
+    """What Slack would refuse in ``blocks`` (the limits of the block types solarbot sends), or
+    None: a context_actions block holds 1-5 feedback_buttons/icon_button elements; section text
+    at most 3,000 characters, markdown text at most 12,000."""
+    for block in _blocks(value):
+        kind = block.get("type")
+        if kind == "context_actions":
+            elements = block.get("elements") or []
+            if not 1 <= len(elements) <= 5:
+                return f"context_actions holds {len(elements)} elements"
+            if any(e.get("type") not in ("feedback_buttons", "icon_button") for e in elements):
+                return "context_actions holds only feedback_buttons and icon_button elements"
+        elif kind == "section" and len(block.get("text", {}).get("text", "")) > 3000:
+            return "section text over 3,000 characters"
+        elif kind == "markdown" and not 0 < len(block.get("text", "")) <= 12_000:
+            return "markdown text empty or over 12,000 characters"
+    return None
+
+
 class _suppress_timeout:
     def __enter__(self) -> None:
         return None
@@ -488,6 +512,54 @@ def event_body(event: dict[str, Any], *, event_id: str | None = None, team: str 
             "authorizations": [{"team_id": team, "user_id": BOT_USER, "is_bot": True}],
         }
     )
+
+
+def action_body(
+    action_id: str,
+    value: str,
+    *,
+    user: str,
+    channel: str,
+    message_ts: str,
+    response_url: str,
+    thread_ts: str | None = None,
+    action_type: str = "button",
+    team: str = TEAM,
+) -> str:
+    """A ``block_actions`` payload (a button clicked under a message), form-encoded as Slack
+    posts it."""
+    message: dict[str, Any] = {"type": "message", "ts": message_ts, "bot_id": BOT_ID}
+    container: dict[str, Any] = {
+        "type": "message",
+        "message_ts": message_ts,
+        "channel_id": channel,
+        "is_ephemeral": False,
+    }
+    if thread_ts is not None:
+        message["thread_ts"] = thread_ts
+        container["thread_ts"] = thread_ts
+    payload = {
+        "type": "block_actions",
+        "token": "legacy-verification-token",
+        "api_app_id": "A0APP",
+        "user": {"id": user, "username": user.lower(), "team_id": team},
+        "team": {"id": team, "domain": "test"},
+        "container": container,
+        "channel": {"id": channel, "name": "general"},
+        "message": message,
+        "trigger_id": uuid.uuid4().hex,
+        "response_url": response_url,
+        "actions": [
+            {
+                "type": action_type,
+                "action_id": action_id,
+                "block_id": "b" + uuid.uuid4().hex[:6],
+                "value": value,
+                "action_ts": f"{time.time():.6f}",
+            }
+        ],
+    }
+    return urlencode({"payload": json.dumps(payload)})
 
 
 async def signed_post(
