@@ -54,6 +54,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
+from adapters.slack_assistant import SlackAssistant
 from adapters.slack_buttons import SlackButtons, answer_blocks, mrkdwn_sections
 from adapters.slack_format import from_slack, to_mrkdwn
 from adapters.slack_native_stream import native_surface, open_native_reply
@@ -256,6 +257,10 @@ class SlackOptions:
     # ``handoff_keyword`` (the first SOLARBOT_HANDOFF_KEYWORDS entry) is set.
     feedback_buttons: bool = True
     handoff_keyword: str = ""
+    # Assistant threads (adapters.slack_assistant): greeting, suggested prompts, status, title.
+    assistant: bool = True
+    suggested_prompts: tuple[tuple[str, str], ...] = texts.SLACK_SUGGESTED_PROMPTS
+    status_poll_seconds: float = 1.0  # how often a waiting question's status is checked
 
 
 class SlackAdapter:
@@ -312,6 +317,17 @@ class SlackAdapter:
             handoff_keyword=options.handoff_keyword,
             command=options.command,
         ).register(self.app)
+        self._assistant: SlackAssistant | None = None
+        if options.assistant:
+            self._assistant = SlackAssistant(
+                client=self.client,
+                intake=self._started_intake,
+                submit=self._on_assistant_message,
+                allowed=self._allowed,
+                prompts=options.suggested_prompts,
+                poll_seconds=options.status_poll_seconds,
+            )
+            self.app.assistant(self._assistant.middleware)
         self._closing = (
             answer_blocks(handoff=bool(options.handoff_keyword)) if options.feedback_buttons else []
         )
@@ -401,6 +417,8 @@ class SlackAdapter:
         log.info("Slack Socket Mode connected")
 
     async def stop(self) -> None:
+        if self._assistant is not None:
+            await self._assistant.close()
         if self._socket is not None:
             await self._socket.close_async()  # type: ignore[no-untyped-call]
             self._socket = None
@@ -583,6 +601,12 @@ class SlackAdapter:
             return  # channel messages reach us as app_mention
         await self._on_user_message(event, body, in_thread=False)
 
+    async def _on_assistant_message(
+        self, event: dict[str, Any], body: dict[str, Any]
+    ) -> EnqueueResult | None:
+        """A person's message in an assistant thread (a DM thread): answered like any DM."""
+        return await self._on_user_message(event, body, in_thread=False)
+
     async def _on_reaction(self, event: dict[str, Any], body: dict[str, Any]) -> None:
         """A 👍/👎 (``+1``/``-1``, any skin tone) added to or removed from one of our replies is
         feedback on it; other reactions and reactions on other messages are ignored."""
@@ -675,14 +699,14 @@ class SlackAdapter:
 
     async def _on_user_message(
         self, event: dict[str, Any], body: dict[str, Any], *, in_thread: bool
-    ) -> None:
+    ) -> EnqueueResult | None:
         if event.get("subtype") or event.get("bot_id") or not event.get("user"):
-            return  # edits, deletions, joins, other bots (our own messages never get here)
+            return None  # edits, deletions, joins, other bots (our own messages never get here)
         workspace = str(body.get("team_id") or event.get("team") or "")
         channel = str(event.get("channel", ""))
         if not self._allowed(workspace, channel):
             log.info("ignored a message from %s/%s (not in the allowlist)", workspace, channel)
-            return
+            return None
         ts = str(event.get("ts", ""))
         thread = str(event.get("thread_ts") or (ts if in_thread else ""))
         text = from_slack(str(event.get("text", "")), bot_user_id=self._bot_user_id)
@@ -691,7 +715,7 @@ class SlackAdapter:
                 platform=PLATFORM, workspace=workspace, channel=channel, thread=thread
             )
             if await self._stays_silent(here):
-                return
+                return None
             # A hint is a post too: it passes the rate limits like a command (told privately).
             assert self._intake is not None, "start() the adapter first"
             user = str(event["user"])
@@ -710,7 +734,7 @@ class SlackAdapter:
                 await self._quietly(
                     self._tell_privately(where, to_mrkdwn(refusal.notice)), "refusal"
                 )
-            return
+            return None
         try:
             incoming = Incoming(
                 platform=PLATFORM,
@@ -726,8 +750,8 @@ class SlackAdapter:
             )
         except InvalidIncomingError as exc:  # acknowledged: Slack would send the same again
             log.info("ignored a Slack message %s in %s: %s", ts[:40], channel[:40], exc)
-            return
-        await self._submit(incoming)
+            return None
+        return await self._submit(incoming)
 
     async def _user(self, user: str) -> dict[str, Any] | None:
         """``users.info``'s record of ``user``, asked once per person (at most 10,000 kept) for

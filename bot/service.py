@@ -189,6 +189,8 @@ def slack_options(settings: Settings, *, ingress: bool, model_id: str) -> SlackO
         ingress=ingress,
         streaming=settings.slack_streaming,
         handoff_keyword=settings.handoff_keywords[0] if settings.handoff_keywords else "",
+        assistant=settings.slack_assistant,
+        suggested_prompts=settings.slack_suggested_prompts,
     )
 
 

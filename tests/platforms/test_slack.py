@@ -671,6 +671,8 @@ def test_the_manifest_matches_what_the_adapter_handles() -> None:
     assert command["command"] == load_settings(environ={}).slack_command
     assert set(manifest["settings"]["event_subscriptions"]["bot_events"]) == {
         "app_mention",
+        "assistant_thread_started",
+        "assistant_thread_context_changed",
         "message.im",
         "reaction_added",
         "reaction_removed",

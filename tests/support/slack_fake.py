@@ -1,7 +1,8 @@
 """A local fake of Slack for the real slack-bolt / slack_sdk clients, on 127.0.0.1.
 
 - Web API at ``api_url`` (``POST /api/<method>``): auth.test, chat.postMessage, chat.update,
-  chat.delete, chat.startStream/appendStream/stopStream (``FakeMessage.stream``: None for an
+  chat.delete, assistant.threads.setStatus/setTitle/setSuggestedPrompts (``statuses``,
+  ``status_now``, ``titles``, ``suggested``), chat.startStream/appendStream/stopStream (``FakeMessage.stream``: None for an
   ordinary message, else "streaming" or "stopped"; ``appended`` lists what each call added), chat.getPermalink, conversations.history/.replies (people's messages are added with
   ``add_user_message``), apps.connections.open. Every call is recorded in ``calls``; posted messages live in
   ``messages`` (ts -> message with its text history). ``rate_limit(method, count, retry_after)``
@@ -70,6 +71,12 @@ class FakeSlack:
         self.acks: list[dict[str, Any]] = []
         self.ephemerals: list[dict[str, Any]] = []  # chat.postEphemeral
         self.bot_users: set[str] = set()  # users.info says is_bot for these
+        # Assistant threads, by (channel, thread_ts): every status set, in order; the status
+        # shown now (cleared, as Slack does, when the app posts in the thread); titles; prompts.
+        self.statuses: list[tuple[str, str, str]] = []
+        self.status_now: dict[tuple[str, str], str] = {}
+        self.titles: dict[tuple[str, str], str] = {}
+        self.suggested: dict[tuple[str, str], tuple[str, list[dict[str, str]]]] = {}
         self._ts = itertools.count(1)
         self._rate_limits: dict[str, list[int]] = {}
         self._failures: dict[str, list[str]] = {}
@@ -172,7 +179,49 @@ class FakeSlack:
         refused = invalid_blocks(params.get("blocks"))
         if refused is not None:
             return _json({"ok": False, "error": "invalid_blocks", "errors": [refused]})
-        return _json(handler(params))
+        answer = handler(params)
+        if answer.get("ok") and method in ("chat.postMessage", "chat.startStream"):
+            thread = params.get("thread_ts")
+            if thread:  # the app answered in the thread: Slack clears its status
+                self.status_now.pop((str(params.get("channel")), str(thread)), None)
+        return _json(answer)
+
+    # ------------------------------------------------------------------ assistant threads
+
+    def _assistant_thread(self, params: dict[str, Any]) -> tuple[str, str] | None:
+        channel, thread = str(params.get("channel_id") or ""), str(params.get("thread_ts") or "")
+        return (channel, thread) if channel and thread else None
+
+    def _assistant_threads_setStatus(self, params: dict[str, Any]) -> dict[str, Any]:
+        key = self._assistant_thread(params)
+        if key is None or "status" not in params:
+            return {"ok": False, "error": "invalid_arguments"}
+        status = str(params["status"])
+        self.statuses.append((*key, status))
+        if status:
+            self.status_now[key] = status
+        else:
+            self.status_now.pop(key, None)
+        return {"ok": True}
+
+    def _assistant_threads_setTitle(self, params: dict[str, Any]) -> dict[str, Any]:
+        key = self._assistant_thread(params)
+        if key is None or not str(params.get("title") or "").strip():
+            return {"ok": False, "error": "invalid_arguments"}
+        self.titles[key] = str(params["title"])
+        return {"ok": True}
+
+    def _assistant_threads_setSuggestedPrompts(self, params: dict[str, Any]) -> dict[str, Any]:
+        key = self._assistant_thread(params)
+        prompts = params.get("prompts")
+        if isinstance(prompts, str):
+            prompts = json.loads(prompts)
+        if key is None or not isinstance(prompts, list) or not 1 <= len(prompts) <= 4:
+            return {"ok": False, "error": "invalid_arguments"}
+        if any(not p.get("title") or not p.get("message") for p in prompts):
+            return {"ok": False, "error": "invalid_arguments"}
+        self.suggested[key] = (str(params.get("title") or ""), list(prompts))
+        return {"ok": True}
 
     def _auth_test(self, params: dict[str, Any]) -> dict[str, Any]:
         return {
