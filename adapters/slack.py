@@ -57,7 +57,7 @@ from slack_sdk.webhook.async_client import AsyncWebhookClient
 from adapters.slack_assistant import SlackAssistant
 from adapters.slack_buttons import SlackButtons, answer_blocks, mrkdwn_sections
 from adapters.slack_format import from_slack, to_mrkdwn
-from adapters.slack_native_stream import native_surface, open_native_reply
+from adapters.slack_native_stream import native_surface, open_native_reply, stop_streams
 from adapters.slack_request import Refused, bolt_request, verified
 from adapters.streaming import StreamedReply
 from bot import texts
@@ -820,6 +820,9 @@ class SlackAdapter:
 
     async def post_notice(self, target: ReplyTarget, text: str) -> None:
         where: Mapping[str, str] = target.reply_target
+        if self.options.streaming == "native" and native_surface(where):
+            # An apology after a streamed attempt: its stream ends before the notice follows.
+            await stop_streams(self.client, where["channel"], target.existing_message_ids)
         if where.get(NOTICE_TO):
             await self._tell_privately(where, to_mrkdwn(text))
             return

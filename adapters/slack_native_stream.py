@@ -84,13 +84,28 @@ def fence_reopening(text: str) -> str:
 
 def cut_point(rest: str, *, sent: int, room: int) -> int:
     """Where a segment of ``rest`` ends (at most ``room`` characters, never before the ``sent``
-    characters already streamed): at the last line break, else the last space, else hard."""
+    characters already streamed, though at the break those end with): at the last line break,
+    else the last space (not one before a backtick fence, which would open a code block at the
+    head of the next part), else hard at ``room``."""
     window = rest[:room]
-    for separator in ("\n", " "):
-        at = window.rfind(separator)
-        if at >= max(sent, 1):
+    earliest = max(sent - 1, 1)
+    at = window.rfind("\n")
+    if at >= earliest:
+        return at
+    at = window.rfind(" ")
+    while at >= earliest:
+        if not rest.startswith(FENCE, at + 1):
             return at
+        at = window.rfind(" ", 0, at)
     return max(sent, room)
+
+
+def sendable(rest: str, *, final: bool) -> int:
+    """How much of ``rest`` (a stream's part so far) to stream now: all of it at the end, else up
+    to its last space or line break, so that a cut can still fall between words."""
+    if final:
+        return len(rest)
+    return max(rest.rfind(" "), rest.rfind("\n")) + 1
 
 
 class SlackMarkdownEditReply(StreamedReply):
@@ -282,7 +297,7 @@ class SlackNativeReply:
                 rest = text[self._offset :]
                 room = max(self._limit - len(self._prefix) - FENCE_RESERVE, 1)
                 if len(rest) <= room:
-                    piece = rest[self._sent :]
+                    piece = rest[self._sent : max(self._sent, sendable(rest, final=final))]
                     if piece:
                         await self._send(piece)
                         self._sent += len(piece)
@@ -290,6 +305,14 @@ class SlackNativeReply:
                     return
                 cut = cut_point(rest, sent=self._sent, room=room)
                 part = rest[:cut]
+                if not self._streaming:
+                    # A new stream starts with its whole part; it is stopped by a later call,
+                    # once the worker has recorded its ts (``finish`` does both at once).
+                    await self._send(part[self._sent :])
+                    self._sent = cut
+                    self._consumed = text[: self._offset + cut]
+                    if not final:
+                        return
                 opening = fence_reopening(self._prefix + part)
                 piece = part[self._sent :] + ("\n" + FENCE if opening else "")
                 await self._send(piece, stop=True)
@@ -305,8 +328,11 @@ class SlackNativeReply:
 
     async def _send(self, piece: str, *, stop: bool = False) -> None:
         """Stream ``piece``: starting a stream if none is open (the current part's fence prefix
-        first), else appending; ``stop`` ends the stream after it."""
+        first), else appending to the open one; ``stop`` (an open stream only) ends it with
+        ``piece``. A call that starts a stream does nothing else: the stream's ts is recorded
+        before anything is appended to it."""
         if not self._streaming:
+            assert not stop, "a stream is started and stopped by separate calls"
             response = await self._call(
                 self._client.chat_startStream(
                     channel=self._channel,
@@ -318,8 +344,6 @@ class SlackNativeReply:
             )
             self._ids.append(str(response["ts"]))
             self._streaming = True
-            if stop:
-                await self._stop_stream()
             return
         ts = self._ids[-1]
         try:
@@ -340,10 +364,6 @@ class SlackNativeReply:
             raise
         except Exception as exc:
             raise await self._failed(exc) from exc
-
-    async def _stop_stream(self) -> None:
-        await self._call(self._client.chat_stopStream(channel=self._channel, ts=self._ids[-1]))
-        self._streaming = False
 
     async def _failed(self, exc: Exception) -> DeliveryError:
         error = self._error(exc)
@@ -375,6 +395,19 @@ class _StreamOver(SolarbotError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+async def stop_streams(client: AsyncWebClient, channel: str, ids: Sequence[str]) -> None:
+    """Stop any of ``ids`` still streaming (a job given up after its stream started: the apology
+    follows). Streams already over, and failures, are left as they are (Slack expires streams)."""
+    for ts in ids:
+        try:
+            await client.chat_stopStream(channel=channel, ts=ts)
+        except SlackApiError as exc:
+            if slack_error(exc) not in STREAM_OVER_ERRORS:
+                log.info("could not stop the stream %s: %s", ts[:40], slack_error(exc))
+        except Exception as exc:
+            log.info("could not stop the stream %s: %s", ts[:40], type(exc).__name__)
 
 
 def open_native_reply(

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapters.slack import delivery_error, rate_limited_client
+from adapters.slack import SlackAdapter, SlackOptions, delivery_error, rate_limited_client
 from adapters.slack_native_stream import (
     FENCE,
     SlackNativeReply,
@@ -123,13 +123,14 @@ async def test_retry_after_is_waited_before_the_append_is_sent_again(fake: FakeS
     reply = SlackNativeReply(
         client, target("1690000150.000001"), limit=3000, error=delivery_error, min_interval=0.0
     )
-    await reply.update("Hello")
+    await reply.update("Hello ")
     fake.rate_limit("chat.appendStream", 1, retry_after=1)
     started = time.monotonic()
-    await reply.update("Hello world")
+    await reply.update("Hello world ")
     assert time.monotonic() - started >= 1.0
-    ids = await reply.finish("Hello world!")
-    assert fake.messages[ids[0]].text == "Hello world!"
+    ids = await reply.finish("Hello world again.")
+    assert fake.messages[ids[0]].text == "Hello world again."
+    assert fake.messages[ids[0]].appended == ["Hello ", "world ", "again."]
 
 
 async def test_a_long_answer_continues_in_new_streams_with_code_fences_kept(
@@ -151,7 +152,7 @@ async def test_a_long_answer_continues_in_new_streams_with_code_fences_kept(
             assert len(fences) % 2 == 0, message.text
         assert len(fake.calls_to("chat.startStream")) == len(answers)
         assert rig.repository.jobs()[0].reply_message_ids == tuple(m.ts for m in answers)
-        assert unsplit([m.text for m in answers]) == squash(reply)
+        assert unsplit([m.text for m in answers]) == prose(reply)
 
 
 async def test_a_reply_cut_at_the_channel_length_is_edited_in_the_same_message(
@@ -334,19 +335,19 @@ def squash(text: str) -> str:
     return "".join(text.split())
 
 
+def fence_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.lstrip().startswith(FENCE)]
+
+
+def prose(text: str) -> str:
+    """``text`` without its fence lines and whitespace: what the parts must hold together (a cut
+    consumes the break it is made at, and adds fence lines to close and reopen a code block)."""
+    kept = [line for line in text.splitlines() if not line.lstrip().startswith(FENCE)]
+    return squash("\n".join(kept))
+
+
 def unsplit(parts: list[str]) -> str:
-    """The reply the messages hold together, fences added at the cuts removed, whitespace
-    ignored (a cut consumes the line break or space it is made at)."""
-    joined = []
-    for index, part in enumerate(parts):
-        lines = part.splitlines()
-        if index > 0 and lines and lines[0].startswith(FENCE) and parts[index - 1].endswith(FENCE):
-            lines = lines[1:]  # the fence reopened after a cut
-        last = index == len(parts) - 1
-        if not last and lines and lines[-1] == FENCE and parts[index + 1].startswith(FENCE):
-            lines = lines[:-1]  # the fence closed at the cut
-        joined.append("\n".join(lines))
-    return squash("".join(joined))
+    return "".join(prose(part) for part in parts)
 
 
 _pieces = st.lists(
@@ -371,10 +372,47 @@ async def test_streamed_parts_hold_the_whole_reply_within_the_limit(
     reply = SlackNativeReply(
         client, target(thread), limit=limit, error=delivery_error, min_interval=0.0
     )
+    known: set[str] = set()  # the stream ts's the worker has recorded (after each update)
     for end in range(step, len(text), step):
+        before = len(fake.calls)
         await reply.update(text[:end])
+        for call in fake.calls[before:]:  # nothing goes into a stream before its ts is recorded
+            if call.method in ("chat.appendStream", "chat.stopStream"):
+                assert call.params["ts"] in known
+        assert len([c for c in fake.calls[before:] if c.method == "chat.startStream"]) <= 1
+        known = set(reply.message_ids)
     ids = await reply.finish(text)
     messages = [fake.messages[ts] for ts in ids]
     assert all(m.stream == "stopped" and len(m.text) <= limit for m in messages)
     assert all("".join(m.appended) == m.text for m in messages)
-    assert unsplit([m.text for m in messages]) == squash(text)
+    assert unsplit([m.text for m in messages]) == prose(text)
+    for message in messages[:-1]:  # every part renders on its own: its code fences are balanced
+        assert len(fence_lines(message.text)) % 2 == 0, message.text
+    # (the last part ends open only where the reply itself does)
+    assert len(fence_lines(messages[-1].text)) % 2 == len(fence_lines(text)) % 2
+    added = sum(len(fence_lines(m.text)) for m in messages) - len(fence_lines(text))
+    assert added >= 0 and added % 2 == 0  # fences only added in pairs (closed, reopened)
+    words = [m.text.split()[-1] for m in messages[:-1] if m.text.split()]
+    assert all(word in text.split() or word.startswith(FENCE) for word in words if limit > 12)
+
+
+async def test_an_apology_after_a_streamed_attempt_ends_the_stream_first(fake: FakeSlack) -> None:
+    """A job given up after its stream started: the stream stops, then the apology is posted."""
+    adapter = SlackAdapter(
+        SlackOptions(bot_token=BOT_TOKEN, api_url=fake.api_url, ingress=False, edit_interval=0.0)
+    )
+    client = rate_limited_client(BOT_TOKEN, base_url=fake.api_url)
+    first = SlackNativeReply(
+        client, target("1690000700.000001"), limit=3000, error=delivery_error, min_interval=0.0
+    )
+    await first.update("Half an answer, ")
+    [ts] = first.message_ids
+    await adapter.post_notice(target("1690000700.000001", existing=(ts,)), "Sorry, I failed.")
+    streamed, apology = bot_messages(fake, "C0GENERAL", "1690000700.000001")
+    assert (
+        streamed.ts == ts and streamed.stream == "stopped" and streamed.text == "Half an answer, "
+    )
+    assert apology.text == "Sorry, I failed."
+    # Again (the apology is retried after a failure): the stream is over already; still fine.
+    await adapter.post_notice(target("1690000700.000001", existing=(ts,)), "Sorry, I failed.")
+    assert len(bot_messages(fake, "C0GENERAL", "1690000700.000001")) == 3
