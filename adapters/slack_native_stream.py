@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -53,6 +54,26 @@ FENCE = "```"
 FENCE_RESERVE = len("\n" + FENCE)  # room kept in a stream to close a code fence open at its cut
 # Slack's answers for a stream that is over (stopped by us before a crash, or expired).
 STREAM_OVER_ERRORS = ("message_not_in_streaming_state", "message_not_found")
+
+
+# Slack's mention syntax (<!channel>, <!here>, <@U…>, <#C…>, <!subteam^…>): a word joiner after the
+# "<" keeps model text from pinging anyone, invisibly (the edit path escapes "<" instead).
+_MENTION_START = re.compile(r"<(?=[!@#])")
+WORD_JOINER = "\u2060"
+
+
+def neutralise(text: str) -> str:
+    """``text`` with Slack's mention syntax broken outside fenced code blocks (code stays as
+    written). A prefix of a text neutralises to a prefix of its neutralised text unless it ends
+    right after a "<" (which the stream never sends before the word it starts is complete)."""
+    lines = text.split("\n")
+    inside = False
+    for index, line in enumerate(lines):
+        if line.lstrip().startswith(FENCE):
+            inside = not inside
+        elif not inside:
+            lines[index] = _MENTION_START.sub("<" + WORD_JOINER, line)
+    return "\n".join(lines)
 
 
 def native_surface(where: Mapping[str, str]) -> bool:
@@ -176,7 +197,11 @@ class SlackMarkdownEditReply(StreamedReply):
     def delivery_error(self, exc: Exception) -> DeliveryError:
         return self._error(exc)
 
+    async def update(self, text: str) -> None:
+        await super().update(neutralise(text))
+
     async def finish(self, text: str) -> Sequence[str]:
+        text = neutralise(text)
         ids = await super().finish(text)
         if self._closing and ids:
             # The answer ends with the buttons: its last message becomes a markdown block + them.
@@ -246,6 +271,7 @@ class SlackNativeReply:
     async def update(self, text: str) -> None:
         if self._finished or not text.strip():
             return
+        text = neutralise(text)
         if self._fallback is not None:
             await self._fallback.update(text)
             return
@@ -255,6 +281,7 @@ class SlackNativeReply:
             await self._render(text, final=False)
 
     async def finish(self, text: str) -> Sequence[str]:
+        text = neutralise(text)
         async with self._lock:
             if self._fallback is None and self._last_write is not None:
                 remaining = self._min_interval - (self._clock() - self._last_write)

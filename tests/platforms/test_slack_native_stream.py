@@ -21,8 +21,10 @@ from hypothesis import strategies as st
 from adapters.slack import SlackAdapter, SlackOptions, delivery_error, rate_limited_client
 from adapters.slack_native_stream import (
     FENCE,
+    WORD_JOINER,
     SlackNativeReply,
     native_surface,
+    neutralise,
     open_native_reply,
 )
 from bot.delivery import ReplyTarget
@@ -416,3 +418,37 @@ async def test_an_apology_after_a_streamed_attempt_ends_the_stream_first(fake: F
     # Again (the apology is retried after a failure): the stream is over already; still fine.
     await adapter.post_notice(target("1690000700.000001", existing=(ts,)), "Sorry, I failed.")
     assert len(bot_messages(fake, "C0GENERAL", "1690000700.000001")) == 3
+
+
+async def test_model_text_cannot_ping_anyone_through_a_native_stream(
+    tmp_path: Path, fake: FakeSlack
+) -> None:
+    reply = "Hi <!channel> and <@U0ALICE>, see <#C0GENERAL> or <!subteam^S1>.\n```html\n<!-- kept -->\n```"
+    engine = FakeEngine(replies=[reply], delay_per_chunk=0.001)
+    async with start_rig(tmp_path, fake, engine=engine, streaming="native") as rig:
+        await rig.event(mention("ping them", ts="1690000800.000001"))
+        await rig.until(lambda: rig.jobs_done(1))
+        [answer] = bot_messages(fake, "C0GENERAL", "1690000800.000001")
+        prose, _, code = answer.text.partition("```")
+        assert not any(token in prose for token in ("<!", "<@", "<#"))
+        assert "<!-- kept -->" in code  # code is shown as written
+        assert answer.text.replace(WORD_JOINER, "") == reply
+        assert rig.repository.jobs()[0].reply_text == reply  # stored as the model wrote it
+
+
+@given(
+    parts=st.lists(st.sampled_from(["<", "!", "@", "#", "a", " ", "\n", "```", "`"]), max_size=40)
+)
+def test_neutralised_text_has_no_mention_syntax_outside_code_and_loses_nothing(
+    parts: list[str],
+) -> None:
+    text = "".join(parts)
+    shown = neutralise(text)
+    assert shown.replace(WORD_JOINER, "") == text
+    inside = False
+    for line in shown.split("\n"):
+        if line.lstrip().startswith(FENCE):
+            inside = not inside
+        elif not inside:
+            assert not any(token in line for token in ("<!", "<@", "<#"))
+    assert neutralise(shown) == shown
