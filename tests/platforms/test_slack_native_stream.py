@@ -18,7 +18,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapters.slack import SlackAdapter, SlackOptions, delivery_error, rate_limited_client
+from adapters.slack import (
+    RATE_LIMIT_RETRIES,
+    SlackAdapter,
+    SlackOptions,
+    delivery_error,
+    rate_limited_client,
+)
 from adapters.slack_native_stream import (
     FENCE,
     WORD_JOINER,
@@ -452,3 +458,23 @@ def test_neutralised_text_has_no_mention_syntax_outside_code_and_loses_nothing(
         elif not inside:
             assert not any(token in line for token in ("<!", "<@", "<#"))
     assert neutralise(shown) == shown
+
+
+async def test_429s_past_the_sdks_retries_go_back_to_the_worker_which_finishes_the_same_stream(
+    tmp_path: Path, fake: FakeSlack
+) -> None:
+    words = " ".join(f"word{n}" for n in range(40))
+    engine = FakeEngine(replies=[words], delay_per_chunk=0.005)
+    fake.rate_limit("chat.appendStream", RATE_LIMIT_RETRIES + 1, retry_after=0)
+    async with start_rig(tmp_path, fake, engine=engine, streaming="native") as rig:
+        await rig.event(mention("count again", ts="1690000900.000001"))
+        await rig.until(lambda: rig.jobs_done(1))
+        [answer] = bot_messages(fake, "C0GENERAL", "1690000900.000001")
+        assert answer.text == words and answer.stream == "stopped"
+        assert len(fake.calls_to("chat.startStream")) == 1  # the retry continued the same one
+        # Edited into its final form: the answer as a markdown block above the feedback buttons.
+        assert [block["type"] for block in answer.blocks] == ["markdown", "context_actions"]
+        assert answer.blocks[0]["text"] == words
+        [job] = rig.repository.jobs()
+        assert job.attempts == 2 and job.reply_message_ids == (answer.ts,)
+        assert rig.stored("C0GENERAL", "1690000900.000001")[-1] == ("assistant", words)
