@@ -170,6 +170,7 @@ class ConsoleAdapter:
             help_extra=texts.CONSOLE_HELP,
             prefix=COMMAND_PREFIX,
             prompt_gauge=intake.prompt_gauge,
+            auto_threads=False,  # every line is answered already: /mode says so
         )
 
         def read_lines() -> None:  # a daemon thread: a blocked read never holds up the exit

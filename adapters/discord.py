@@ -48,6 +48,8 @@ import aiohttp
 import discord
 from discord.http import handle_message_parameters
 
+from adapters.attachment_download import AttachmentOptions, AttachmentReader, discord_file_refs
+from adapters.discord_auto import DiscordAutoAnswer
 from adapters.discord_format import content, is_my_role, render_text
 from adapters.streaming import MessageGone, StreamedReply
 from bot import texts
@@ -56,7 +58,7 @@ from bot.dedupe import dedupe_key
 from bot.delivery import IntakePort, ReplyTarget
 from bot.errors import ConfigError, DeliveryError, InvalidIncomingError, SolarbotError
 from bot.learning import ChatMessage, is_learning
-from bot.records import ConversationKey, Incoming, JobStatus
+from bot.records import Attachment, ConversationKey, Incoming, JobStatus
 from bot.splitting import split_message
 
 if TYPE_CHECKING:
@@ -95,6 +97,8 @@ class DiscordOptions:
     support_role: int | None = None  # pinged when someone asks for a human
     model_id: str = ""  # shown by ``!status``
     default_system_prompt: str = ""  # shown by ``!prompt`` in a channel without its own
+    # Files on questions are downloaded (attachment URLs) and read; None: not read.
+    attachments: AttachmentOptions | None = None
 
 
 def intents() -> discord.Intents:
@@ -176,6 +180,11 @@ class DiscordAdapter:
         self._closing = False
         self._ingress_lock = asyncio.Lock()
         self._replies: dict[int, DiscordReply] = {}  # open streams, by job id
+        self._files: AttachmentReader | None = None
+        if options.attachments is not None and options.ingress:
+            self._files = AttachmentReader(options=options.attachments)
+        # Messages without a mention in auto-answer channels (``adapters.discord_auto``).
+        self._auto = DiscordAutoAnswer(self.client.http, command_prefix=COMMAND_PREFIX)
 
     def __repr__(self) -> str:  # never show the token
         return f"DiscordAdapter(ingress={self.options.ingress})"
@@ -260,6 +269,8 @@ class DiscordAdapter:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.client.close()
+        if self._files is not None:
+            await self._files.close()
         if self._gateway is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._gateway
@@ -294,6 +305,7 @@ class DiscordAdapter:
         guild = message.guild
         thread_id = 0
         channel_id = message.channel.id
+        reply_channel, reply_to = message.channel.id, message.id
         if guild is None:
             if not self.options.dms:
                 return
@@ -302,8 +314,23 @@ class DiscordAdapter:
             parent_id, is_thread = await self._parent_of(message.channel)
             if is_thread:
                 thread_id, channel_id = message.channel.id, parent_id
-                if not addressed:
-                    addressed = await self._is_bot_thread(message.channel, parent_id, me.id)
+            if self._allowed(guild.id, channel_id, author):  # auto-answer channels first
+                auto = await self._auto.consider(
+                    message,
+                    intake=intake,
+                    my_id=me.id,
+                    channel_id=channel_id,
+                    thread_id=thread_id,
+                    addressed=addressed,
+                )
+                if auto.handled:
+                    return
+                if auto.thread_id:  # answered in the thread started on the message
+                    thread_id = reply_channel = auto.thread_id
+                    reply_to = 0
+                addressed = addressed or auto.answer or bool(auto.thread_id)
+            if is_thread and not addressed:
+                addressed = await self._is_bot_thread(message.channel, parent_id, me.id)
             if not addressed or not self._allowed(guild.id, channel_id, author):
                 return
         text = render_text(message, me.id)
@@ -333,6 +360,9 @@ class DiscordAdapter:
             elif not refusal.quiet:
                 await self._send_plain(message.channel.id, message.id, refusal.notice)
             return
+        files: tuple[Attachment, ...] = ()
+        if self._files is not None and message.attachments:
+            files = await self._files.read_all(discord_file_refs(message.attachments))
         try:
             incoming = Incoming(
                 platform=PLATFORM,
@@ -344,18 +374,14 @@ class DiscordAdapter:
                 text=text,
                 message_id=str(message.id),
                 dedupe_key=dedupe_key(PLATFORM, str(message.id)),
-                reply_target={
-                    "channel_id": str(message.channel.id),
-                    "message_id": str(message.id),
-                },
+                reply_target={"channel_id": str(reply_channel), "message_id": str(reply_to)},
+                attachments=files,
             )
         except InvalidIncomingError:
             return
         result = await intake.submit(incoming)
         if result is not None and result.created and not result.handoff:
-            pending = _Pending(
-                channel_id=message.channel.id, reply_to=message.id, question=incoming
-            )
+            pending = _Pending(channel_id=reply_channel, reply_to=reply_to, question=incoming)
             self._pending[result.job_id] = pending
             self._spawn(
                 self._while_queued(result.job_id, pending), f"discord-queued-{result.job_id}"

@@ -54,13 +54,21 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
+from adapters.attachment_download import (
+    AttachmentOptions,
+    AttachmentReader,
+    slack_file_origins,
+    slack_file_refs,
+)
 from adapters.slack_assistant import SlackAssistant
+from adapters.slack_auto import SlackAutoAnswer
 from adapters.slack_buttons import SlackButtons, answer_blocks, mrkdwn_sections
 from adapters.slack_format import from_slack, to_mrkdwn
 from adapters.slack_native_stream import native_surface, open_native_reply, stop_streams
 from adapters.slack_request import Refused, bolt_request, verified
 from adapters.streaming import StreamedReply
 from bot import texts
+from bot.attachments import question_text
 from bot.commands import CommandContext, CommandName, Commands, parse_command
 from bot.dedupe import dedupe_key
 from bot.delivery import NOTICE_TO, IntakePort, ReplyStream, ReplyTarget
@@ -261,6 +269,8 @@ class SlackOptions:
     assistant: bool = True
     suggested_prompts: tuple[tuple[str, str], ...] = texts.SLACK_SUGGESTED_PROMPTS
     status_poll_seconds: float = 1.0  # how often a waiting question's status is checked
+    # Files on questions are downloaded (url_private, the bot token) and read; None: not read.
+    attachments: AttachmentOptions | None = None
 
 
 class SlackAdapter:
@@ -338,7 +348,20 @@ class SlackAdapter:
         self._users: dict[str, dict[str, Any]] = {}  # users.info records, by user id
         self._socket: AsyncSocketModeHandler | None = None
         self._background: set[asyncio.Task[None]] = set()  # slash commands after their ack
+        self._auto = SlackAutoAnswer(  # channel messages without a mention (auto-answer channels)
+            allowed=self._allowed,
+            is_bot=self._is_bot,
+            author_name=self._author_name,
+            answer_in_thread=self._on_mention,
+        )
         self.http_port: int | None = None
+        self._files: AttachmentReader | None = None
+        if options.attachments is not None and options.ingress:
+            self._files = AttachmentReader(
+                options=options.attachments,
+                bearer=options.bot_token,
+                auth_origins=slack_file_origins(options.api_url),
+            )
 
     @property
     def platform(self) -> str:
@@ -430,6 +453,8 @@ class SlackAdapter:
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
+        if self._files is not None:
+            await self._files.close()
 
     # ------------------------------------------------------------------ ingress
 
@@ -598,7 +623,12 @@ class SlackAdapter:
 
     async def _on_message(self, event: dict[str, Any], body: dict[str, Any]) -> None:
         if event.get("channel_type") != "im":
-            return  # channel messages reach us as app_mention
+            # Mentions come as app_mention; the rest matters to auto-answer channels.
+            assert self._intake is not None, "start() the adapter first"
+            await self._auto.on_channel_message(
+                event, body, intake=self._intake, bot_user_id=self._bot_user_id
+            )
+            return
         await self._on_user_message(event, body, in_thread=False)
 
     async def _on_assistant_message(
@@ -700,8 +730,10 @@ class SlackAdapter:
     async def _on_user_message(
         self, event: dict[str, Any], body: dict[str, Any], *, in_thread: bool
     ) -> EnqueueResult | None:
-        if event.get("subtype") or event.get("bot_id") or not event.get("user"):
-            return None  # edits, deletions, joins, other bots (our own messages never get here)
+        if event.get("subtype") not in (None, "file_share"):
+            return None  # edits, deletions, joins (a message with files is still a message)
+        if event.get("bot_id") or not event.get("user"):
+            return None  # other bots (our own messages never get here)
         workspace = str(body.get("team_id") or event.get("team") or "")
         channel = str(event.get("channel", ""))
         if not self._allowed(workspace, channel):
@@ -710,6 +742,8 @@ class SlackAdapter:
         ts = str(event.get("ts", ""))
         thread = str(event.get("thread_ts") or (ts if in_thread else ""))
         text = from_slack(str(event.get("text", "")), bot_user_id=self._bot_user_id)
+        files = await self._files.read_all(slack_file_refs(event)) if self._files else ()
+        text = question_text(text, files)
         if not text:
             here = ConversationKey(
                 platform=PLATFORM, workspace=workspace, channel=channel, thread=thread
@@ -747,6 +781,7 @@ class SlackAdapter:
                 message_id=ts,
                 # ``user``: the asker, the recipient of a natively streamed answer.
                 reply_target={"channel": channel, "thread_ts": thread, "user": str(event["user"])},
+                attachments=files,
             )
         except InvalidIncomingError as exc:  # acknowledged: Slack would send the same again
             log.info("ignored a Slack message %s in %s: %s", ts[:40], channel[:40], exc)

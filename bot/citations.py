@@ -3,7 +3,8 @@
 A reply written from knowledge-base passages numbered [1]..[k] (``bot.conversation``) cites them as
 ``[n]``, ``[n, m]`` (or ``[n; m]``) or ``[n][m]``. ``check_citations`` removes every number that was
 not given (``[9]`` with five passages, ``[0]``) and keeps the rest; a bracket left empty goes with
-the space before it. Code is left alone: nothing inside a fenced code block or an inline code span
+the space before it. Removing one never forms another: in ``[1[0]]`` the brackets around ``[0]``
+would close into ``[1]``, a citation the model never wrote, so they go with it. Code is left alone: nothing inside a fenced code block or an inline code span
 is touched (``a[1]`` in Python is no citation), and neither is a Markdown link label (``[1](url)``).
 
 ``with_sources`` then appends the sources actually cited, in the order first cited, each document
@@ -23,14 +24,17 @@ from urllib.parse import quote
 from bot import texts
 
 # A citation: numbers in brackets, separated by commas or semicolons; not a link label "[1](",
-# and not glued to a backtick or tilde run (removing it could turn that run into a code fence).
-CITATION = re.compile(r"\[\s*\d{1,6}(?:\s*[,;]\s*\d{1,6})*\s*\](?![(`~])")
+# and not glued to a backtick or tilde run, nor followed by a fence-long one after spaces (removing
+# it could turn that run into a code fence).
+CITATION = re.compile(r"\[\s*\d{1,6}(?:\s*[,;]\s*\d{1,6})*\s*\](?![(`~])(?![ \t]*(?:`{3}|~{3}))")
 _NUMBER = re.compile(r"\d+")
 # A fence opens a code block at the start of a line (up to three spaces in) and the same kind of
 # fence, at least as long, closes it; an unclosed block runs to the end.
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})", re.MULTILINE)
 _INLINE_CODE = re.compile(r"(`+)(?:.+?)\1", re.DOTALL)
 _HORIZONTAL_SPACE = " \t"
+# What is left of a bracket that a removed citation sat in: "[1" before it (then "]" after it).
+_OPEN_BRACKET_TAIL = re.compile(r"\[[\d\s,;]*\Z")
 _MAX_TITLE = 120
 _WEB_LINK = re.compile(r"https?://[^\s]+", re.IGNORECASE)
 
@@ -98,10 +102,35 @@ def check_citations(text: str, *, given: int) -> CheckedReply:
                 out.append(before)
                 rest = text[match.end() :]
                 last = match.end() + len(rest) - len(rest.lstrip(_HORIZONTAL_SPACE))
+                out, last = _without_glued_bracket(out, text, last)
                 continue
+            out, last = _without_glued_bracket(out, text, match.end())
+            continue
         last = match.end()
     out.append(text[last:])
     return CheckedReply(text="".join(out), cited=tuple(cited))
+
+
+def _without_glued_bracket(out: list[str], text: str, resume: int) -> tuple[list[str], int]:
+    """After a citation was removed, where the reply goes on at ``resume``: while what was kept
+    (``out``) and what follows would close into a new citation, both halves go too."""
+    while True:
+        done = "".join(out)
+        tail = _OPEN_BRACKET_TAIL.search(done)
+        if tail is None:
+            return [done], resume
+        glued = CITATION.match(tail.group() + text[resume:])
+        if glued is None or glued.end() <= len(tail.group()):
+            return [done], resume
+        kept = done[: tail.start()]
+        resume += glued.end() - len(tail.group())
+        preceding = kept.rstrip(_HORIZONTAL_SPACE)
+        if preceding and not preceding.endswith("\n"):
+            kept = preceding  # the space before it goes with it, as above
+        else:  # at the start of a line: the space after it goes instead
+            rest = text[resume:]
+            resume += len(rest) - len(rest.lstrip(_HORIZONTAL_SPACE))
+        out = [kept]
 
 
 def _plain(text: str) -> str:

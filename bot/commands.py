@@ -9,9 +9,9 @@ an admin on its platform) and posts the Markdown text ``Commands.run`` returns.
 
 Rules: ``forget`` is open to everyone unless admins are configured, then admins only; changing a
 setting (``prompt TEXT``/``prompt reset``, ``on``, ``off``, ``length N``/``length reset``,
-``language X``/``language reset``) is admins only; ``resume`` (the bot answers again where
+``language X``/``language reset``, ``mode auto|mention``) is admins only; ``resume`` (the bot answers again where
 someone asked for a human) is open to everyone (refused with a hint when no admins are
-configured); ``prompt``, ``length`` and ``language`` alone show the setting. In a channel that is
+configured); ``prompt``, ``length``, ``language`` and ``mode`` alone show the setting. In a channel that is
 switched off only an admin's ``on`` and ``status`` work (``switched_off_for``). Settings are per
 channel: threads inherit them.
 """
@@ -27,7 +27,7 @@ from typing import Any
 from bot import texts
 from bot.hygiene import clean_outgoing
 from bot.prompt_room import PromptGauge, PromptRoom
-from bot.records import ChannelConfig, KnowledgeMode
+from bot.records import AnswerMode, ChannelConfig, KnowledgeMode
 from storage.repository import Repository
 
 PRIVATE_FLAGS = ("--private", "-p")
@@ -41,6 +41,7 @@ STATUS_PROMPT_EXCERPT = 80
 # A language name: one or two words of letters (``German``, ``Brazilian Portuguese``, ``Nynorsk``).
 _LANGUAGE = re.compile(r"[^\W\d_]+(?:[ -][^\W\d_]+)?")
 _NUMBER = re.compile(r"\d[\d,_]*")
+_ANSWER_MODES = frozenset(mode.value for mode in AnswerMode)
 # What a channel that is switched off still takes, from an admin.
 _WHEN_OFF = frozenset({"on", "status"})
 
@@ -57,6 +58,7 @@ class CommandName(enum.StrEnum):
     LANGUAGE = "language"
     RESUME = "resume"
     KB = "kb"
+    MODE = "mode"
     UNKNOWN = "unknown"  # a prefixed word that is no sub-command (``!foo``): the help is shown
 
 
@@ -68,7 +70,13 @@ _ALONE = (
     CommandName.OFF,
     CommandName.RESUME,
 )
-_SETTINGS = (CommandName.PROMPT, CommandName.LENGTH, CommandName.LANGUAGE, CommandName.KB)
+_SETTINGS = (
+    CommandName.PROMPT,
+    CommandName.LENGTH,
+    CommandName.LANGUAGE,
+    CommandName.KB,
+    CommandName.MODE,
+)
 
 
 @dataclass(frozen=True)
@@ -103,6 +111,8 @@ def parse_command(text: str) -> ParsedCommand:
         return ParsedCommand(CommandName.LANGUAGE, rest)
     if word == CommandName.KB and is_kb_argument(rest):
         return ParsedCommand(CommandName.KB, rest)
+    if word == CommandName.MODE and (not rest or rest.lower() in _ANSWER_MODES):
+        return ParsedCommand(CommandName.MODE, rest)
     private = False
     if word in PRIVATE_FLAGS:
         private = True
@@ -157,10 +167,12 @@ class Commands:
         help_extra: str = "",
         prefix: str = "",
         prompt_gauge: PromptGauge | None = None,
+        auto_threads: bool = True,
     ) -> None:
         """``command`` is how users invoke the bot (``/solar``, ``@solarbot``); ``prefix`` marks a
         sub-command after it (``!`` on Discord: ``@solarbot !status``); ``prompt_gauge`` measures
-        a new channel prompt in the model's tokens (``bot.prompt_room``)."""
+        a new channel prompt in the model's tokens (``bot.prompt_room``); ``auto_threads``: the
+        platform answers in threads of their own in ``mode auto`` channels (not the console)."""
         self._repository = repository
         self._command = command
         self._model_id = model_id
@@ -170,6 +182,7 @@ class Commands:
         self._help_extra = help_extra
         self._prefix = prefix
         self._prompt_gauge = prompt_gauge
+        self._auto_threads = auto_threads
 
     async def run(self, parsed: ParsedCommand, context: CommandContext) -> str:
         """Run a sub-command; returns the Markdown reply, cleaned like every other text the bot
@@ -205,6 +218,8 @@ class Commands:
             return await self._resume(context)
         if parsed.name is CommandName.KB:
             return await self._kb(parsed.argument, context)
+        if parsed.name is CommandName.MODE:
+            return await self._mode(parsed.argument, context)
         return await self._language(parsed.argument, context)
 
     async def switched_off_for(self, parsed: ParsedCommand, context: CommandContext) -> bool:
@@ -288,6 +303,7 @@ class Commands:
             length_state=_length_state(config),
             language_state=_language_state(config),
             kb_state=kb_state(config),
+            mode_state=texts.MODE_STATE[config.answer_mode.value],
             handoffs=handoffs,
             admins=(
                 texts.COMMAND_STATUS_ADMINS
@@ -409,6 +425,26 @@ class Commands:
             )
         await self._update(context, language=argument)
         return texts.COMMAND_LANGUAGE_SET.format(language=argument)
+
+    async def _mode(self, argument: str, context: CommandContext) -> str:
+        """``mode`` shows when the channel gets answers; ``mode auto|mention`` sets it (admins
+        only; ``bot.auto_answer``). Where the platform has no threads to answer in (the console)
+        it says so."""
+        if not self._auto_threads:
+            return texts.MODE_NOT_HERE
+        if not argument:
+            config = await self._config(context)
+            return texts.MODE_SHOW.format(state=texts.MODE_STATE[config.answer_mode.value])
+        refusal = self._refusal(CommandName.MODE, context)
+        if refusal is not None:
+            return refusal
+        if argument.lower() not in _ANSWER_MODES:
+            return texts.MODE_INVALID.format(
+                command=self._command, p=self._prefix, value=argument[:40]
+            )
+        mode = AnswerMode(argument.lower())
+        await self._update(context, answer_mode=mode)
+        return texts.MODE_SET[mode.value].format(command=self._command, p=self._prefix)
 
     # ------------------------------------------------------------------ kb (issue 14)
 

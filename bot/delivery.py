@@ -32,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from bot.auto_answer import Route
 from bot.errors import DeliveryError
 from bot.hygiene import clean_outgoing
 from bot.learning import ChatMessage
@@ -113,6 +114,12 @@ class IntakePort(Protocol):
         channel: str | None = None,
     ) -> int | None:
         """A reaction added to or removed from ``message_id`` (👍/👎 on a reply is feedback)."""
+        ...
+
+    async def unaddressed(self, message: Incoming, *, top_level: bool) -> Route:
+        """A person's channel message that does not mention the bot (``top_level``: not in a
+        thread): answer it (``QUESTION``), it handed its thread to a human, or nothing to do
+        (``bot.auto_answer``). Adapters filter bots, their own, edits and system messages."""
         ...
 
     async def learn(self, message: ChatMessage, *, added: bool) -> str | None:

@@ -20,6 +20,11 @@ and window; a handoff over those limits still silences its conversation, and the
 they start and the asker is told when that is; reminders follow a ping when nobody else writes
 (``bot.handoff_followups``).
 
+Messages that do not mention the bot reach ``unaddressed`` (auto-answer channels,
+``bot.auto_answer``): answered in a thread of their own in ``mode auto`` channels, the asker's
+follow-ups there too, someone else's hands the thread to a human (quietly: no ping), and in a
+handed-off conversation any person's message cancels the pending reminder.
+
 Refusals are told once per reason and window per user (``Limits.first_notice``), marked with
 ``NOTICE_TO`` so that platforms with private messages (Slack: ephemeral) tell only the sender.
 Chat sub-commands pass the same rate limits (``admit_command``).
@@ -34,6 +39,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from bot import answering, learning, logs, texts
+from bot.auto_answer import AutoAnswer, Route
 from bot.delivery import NOTICE_TO, ChatAdapter, HandoffNotifier, ReplyTarget, post_clean_notice
 from bot.handoff_followups import FollowupPolicy, back_at
 from bot.learning import ChatMessage
@@ -90,6 +96,8 @@ class Intake:
         # Measures channel prompts in tokens for the ``prompt`` command (the service attaches a
         # tokenizer once it has one; ``bot.prompt_room``).
         self.prompt_gauge = PromptGauge()
+        # Messages nobody addressed to the bot: auto-answer channels (``bot.auto_answer``).
+        self._auto_answer = AutoAnswer(repository, reminders=self._followups.reminder_minutes > 0)
 
     def register(self, adapter: ChatAdapter) -> None:
         """The adapter that tells a platform's users why a message was refused."""
@@ -160,6 +168,12 @@ class Intake:
         else:
             log.info("duplicate event %s ignored (job %s)", incoming.dedupe_key, result.job_id)
         return result
+
+    async def unaddressed(self, message: Incoming, *, top_level: bool) -> Route:
+        """A person's message that does not mention the bot: answer it (auto-answer channels),
+        hand its thread to a human, or nothing (``bot.auto_answer``)."""
+        with logs.bound(conversation=logs.describe_conversation(message.conversation)):
+            return await self._auto_answer.route(message, top_level=top_level)
 
     async def _check_limits(
         self, limits: Limits, incoming: Incoming

@@ -10,7 +10,7 @@ from types import MappingProxyType
 
 from bot import dedupe
 from bot.errors import InvalidIncomingError
-from bot.storable import check_storable
+from bot.storable import check_attachment_storable, check_storable
 
 
 class JobStatus(enum.StrEnum):
@@ -40,6 +40,13 @@ class KnowledgeMode(enum.StrEnum):
     ASSIST = "assist"  # the sources first, general knowledge allowed
 
 
+class AnswerMode(enum.StrEnum):
+    """When a channel's messages get an answer (``mode``)."""
+
+    MENTION = "mention"  # only messages that mention (or command) the bot
+    AUTO = "auto"  # every new top-level message from a person, in a thread (bot.auto_answer)
+
+
 def _frozen(mapping: Mapping[str, str]) -> Mapping[str, str]:
     return MappingProxyType(dict(mapping))
 
@@ -66,6 +73,28 @@ _STORED_FIELDS = (
 )
 
 
+class AttachmentProblem(enum.StrEnum):
+    """Why an attached file was not read (``bot.attachments``): the reply says so in one line."""
+
+    TOO_BIG = "too_big"  # over SOLARBOT_ATTACHMENT_MAX_BYTES
+    BINARY = "binary"  # not text or a PDF (an image, an archive, ...)
+    UNREADABLE = "unreadable"  # a broken PDF, text that is not UTF-8, a PDF without text
+    DOWNLOAD_FAILED = "download_failed"  # 404, timeout, refused, a host we may not ask
+    TOO_MANY = "too_many"  # past the files read per message
+
+
+@dataclass(frozen=True, kw_only=True)
+class Attachment:
+    """A file attached to a user message, as stored with the turn: its name, and the text read
+    from it (``text``) or why it could not be read (``problem``; ``text`` is then empty)."""
+
+    name: str
+    media_type: str = ""
+    size: int = 0  # bytes (as downloaded, else as the platform declared)
+    text: str = ""
+    problem: AttachmentProblem | None = None
+
+
 @dataclass(frozen=True, kw_only=True)
 class Incoming:
     """One user message addressed to the bot, as every adapter reports it."""
@@ -81,6 +110,8 @@ class Incoming:
     dedupe_key: str = ""
     # Platform details the egress needs to answer (e.g. the message to reply to). Opaque to the core.
     reply_target: Mapping[str, str] = field(default_factory=dict)
+    # Files attached to the message, read by the adapter (``bot.attachments``).
+    attachments: tuple[Attachment, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("platform", "channel", "author_id", "message_id"):
@@ -97,6 +128,8 @@ class Incoming:
             text=self.text,
             reply_target=self.reply_target,
         )
+        for attachment in self.attachments:
+            check_attachment_storable(attachment.name, attachment.media_type, attachment.text)
 
     @property
     def conversation(self) -> ConversationKey:
@@ -132,6 +165,7 @@ class StoredMessage:
     platform_message_id: str | None
     token_count: int | None
     created_at: datetime
+    attachments: tuple[Attachment, ...] = ()  # files attached to a user turn
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -202,6 +236,19 @@ class ChannelConfig:
     # Knowledge-base collections answers come from (``kb NAME[,NAME]``; empty = none) and how.
     kb_collections: tuple[str, ...] = ()
     kb_mode: KnowledgeMode = KnowledgeMode.ASSIST
+    answer_mode: AnswerMode = AnswerMode.MENTION  # ``mode auto|mention``
+
+
+@dataclass(frozen=True, kw_only=True)
+class ThreadState:
+    """What decides whether a message nobody addressed to the bot gets an answer
+    (``Repository.thread_state``, ``bot.auto_answer``): its channel's mode and switch, and its
+    conversation's first asker ("" when nothing is stored there) and handoff."""
+
+    answer_mode: AnswerMode
+    enabled: bool
+    asker: str
+    handed_off: bool
 
 
 @dataclass(frozen=True, kw_only=True)

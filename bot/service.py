@@ -34,6 +34,7 @@ from bot.worker import Worker, WorkerOptions
 from storage.repository import Repository
 
 if TYPE_CHECKING:  # the platforms' libraries load only when a platform is configured
+    from adapters.attachment_download import AttachmentOptions
     from adapters.discord import DiscordOptions
     from adapters.slack import SlackOptions
     from adapters.webhook import WebhookOptions
@@ -157,6 +158,20 @@ def discord_options(settings: Settings, *, ingress: bool, model_id: str) -> Disc
         support_role=settings.discord_support_role,
         model_id=model_id,
         default_system_prompt=settings.system_prompt,
+        attachments=attachment_options(settings),
+    )
+
+
+def attachment_options(settings: Settings) -> AttachmentOptions | None:
+    """How the adapters download attached files; None when files are not read (budget 0)."""
+    from adapters.attachment_download import AttachmentOptions
+
+    if settings.attachment_token_budget == 0:
+        return None
+    return AttachmentOptions(
+        max_bytes=settings.attachment_max_bytes,
+        timeout_seconds=settings.attachment_timeout_seconds,
+        concurrency=settings.attachment_concurrency,
     )
 
 
@@ -191,6 +206,7 @@ def slack_options(settings: Settings, *, ingress: bool, model_id: str) -> SlackO
         handoff_keyword=settings.handoff_keywords[0] if settings.handoff_keywords else "",
         assistant=settings.slack_assistant,
         suggested_prompts=settings.slack_suggested_prompts,
+        attachments=attachment_options(settings),
     )
 
 
@@ -246,6 +262,7 @@ def worker_options(settings: Settings) -> WorkerOptions:
             min_relevance=settings.kb_min_relevance,
         ),
         handoff_keyword=settings.handoff_keywords[0] if settings.handoff_keywords else "",
+        attachment_tokens=settings.attachment_token_budget,
     )
 
 

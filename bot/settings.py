@@ -321,6 +321,15 @@ class Settings(BaseSettings):
     kb_passage_tokens: int = Field(default=1500, ge=64, le=16_384)
     kb_min_relevance: float = Field(default=0.5, ge=0.0, le=1.0)
 
+    # Attached files (docs/support.md, "Attached files"): text-like files and PDFs on a question are
+    # read into its turn, at most this many SOLAR tokens of them per message (0 = files are not
+    # read); larger files are not downloaded (bytes); per-file download timeout; downloads at once
+    # per platform.
+    attachment_token_budget: int = Field(default=1500, ge=0, le=16_384)
+    attachment_max_bytes: int = Field(default=2 * 1024 * 1024, ge=1024, le=100 * 1024 * 1024)
+    attachment_timeout_seconds: float = Field(default=20.0, gt=0.0, le=300.0)
+    attachment_concurrency: int = Field(default=4, ge=1, le=64)
+
     # Support hours per workspace (bot/support_hours.py): outside them a handoff's ping to the
     # support group waits until they start; empty = always staffed.
     support_hours: str = ""

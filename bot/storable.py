@@ -24,6 +24,9 @@ FIELD_LIMITS: Mapping[str, int] = {
     "message_id": 128,  # messages.platform_message_id
     "dedupe_key": 255,  # jobs.dedupe_key
 }
+# message_attachments.name / .media_type
+ATTACHMENT_NAME_CHARS = 256
+ATTACHMENT_MEDIA_TYPE_CHARS = 128
 # jobs.reply_target is JSON (no size limit of its own): bounded so one request cannot bloat a row.
 REPLY_TARGET_ENTRIES = 32
 REPLY_TARGET_KEY_CHARS = 128
@@ -67,3 +70,19 @@ def check_storable(
         problem = text_problem(key) or text_problem(value)
         if problem is not None:
             raise InvalidIncomingError(f"reply_target {problem}")
+
+
+def check_attachment_storable(name: str, media_type: str, text: str) -> None:
+    """Raise InvalidIncomingError when an attached file's record cannot be stored as it is."""
+    if len(name) > ATTACHMENT_NAME_CHARS:
+        raise InvalidIncomingError(
+            f"attachment name is longer than {ATTACHMENT_NAME_CHARS} characters"
+        )
+    if len(media_type) > ATTACHMENT_MEDIA_TYPE_CHARS:
+        raise InvalidIncomingError(
+            f"attachment media type is longer than {ATTACHMENT_MEDIA_TYPE_CHARS} characters"
+        )
+    for what, value in (("name", name), ("media type", media_type), ("text", text)):
+        problem = text_problem(value)
+        if problem is not None:
+            raise InvalidIncomingError(f"attachment {what} {problem}")

@@ -72,6 +72,9 @@ COMMAND_HELP = (
     "**{command} {p}language X**: answer in language X, e.g. `{command} {p}language German` "
     "(admins only); `{command} {p}language reset` lets me choose again\n"
     "**{command} {p}resume**: answer again where someone asked for a human\n"
+    "**{command} {p}mode auto**: answer every new question posted in this channel, each in a "
+    "thread of its own, without a mention (admins only); `{command} {p}mode mention` answers "
+    "only mentions again\n"
     "**{command} {p}kb NAME[,NAME]**: answer from these knowledge-base collections, citing them "
     "(admins only); `{command} {p}kb off` stops, `{command} {p}kb mode strict` answers only from "
     "them, `{command} {p}kb mode assist` also from general knowledge, `{command} {p}kb status` "
@@ -133,8 +136,31 @@ COMMAND_STATUS = (
     "**Reply length:** {length_state}\n"
     "**Language:** {language_state}\n"
     "**Knowledge base:** {kb_state}\n"
+    "**Mode:** {mode_state}\n"
     "**Waiting for a human:** {handoffs} conversation(s)\n"
     "**Admins:** {admins}"
+)
+# Auto-answer channels (bot/auto_answer.py): ``mode auto|mention``.
+MODE_STATE = {
+    "mention": "mention (I answer when I'm mentioned)",
+    "auto": "auto (every new question here gets an answer in its own thread)",
+}
+# A person's message with no text (a file alone) as stored when it hands a thread to a human.
+AUTO_NO_TEXT = "(a message without text)"
+# The name of a thread started on a question without a line of text (Discord, mode auto).
+DISCORD_THREAD_NAME = "Question"
+MODE_SHOW = "Mode in this channel: {state}."
+MODE_SET = {
+    "auto": (
+        "Mode auto: every new message posted in this channel gets an answer in a thread of its "
+        "own, no mention needed. The asker can follow up in the thread; when someone else writes "
+        "there I leave the thread to them (`{command} {p}resume` brings me back)."
+    ),
+    "mention": "Mode mention: I answer here only when I'm mentioned again.",
+}
+MODE_INVALID = "`{command} {p}mode` takes `auto` or `mention` (got {value!r})."
+MODE_NOT_HERE = (
+    "Here every message gets an answer already; `mode auto` is for Slack and Discord channels."
 )
 COMMAND_STATUS_PROMPT_DEFAULT = "default system prompt"
 COMMAND_STATUS_PROMPT_CUSTOM = 'custom system prompt ({length} characters): "{excerpt}"'
@@ -359,3 +385,17 @@ HANDOFF_HELD_PING = (
     "waiting for you."
 )
 HANDOFF_REMINDER = "Reminder: someone asked for a human here {ago} ago and nobody has answered yet."
+
+# Attached files (bot/attachments.py): one line each in the reply, before the answer. {name} is
+# the file's name in code quotes.
+ATTACHMENT_TOO_BIG = "📎 I couldn't read {name}: it is larger than I can take."
+ATTACHMENT_BINARY = "📎 I couldn't read {name}: I can read text files and PDFs only."
+ATTACHMENT_UNREADABLE = (
+    "📎 I couldn't read {name}: it looks damaged, holds no text, or isn't UTF-8 text."
+)
+ATTACHMENT_DOWNLOAD_FAILED = "📎 I couldn't download {name}, so I answered without it."
+ATTACHMENT_TOO_MANY = "📎 I didn't read {name}: that's more files than I read in one message."
+ATTACHMENT_CUT = "📎 {name} is long: I read only its beginning."
+ATTACHMENT_NO_ROOM = "📎 I had no room left to read {name} along with your question."
+# The question stored (and given to the model) for a message that is only attached files.
+ATTACHMENT_ONLY_QUESTION = "(no question: please look at the attached files)"

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
-from bot import answering, logs, texts
+from bot import answering, attachments, logs, texts
 from bot.answering import AnswerOptions
 from bot.citations import Source, with_sources
 from bot.conversation import BuiltPrompt, PromptBuilder, Turn
@@ -79,6 +79,7 @@ class _Prepared:
     sources: tuple[Source, ...] = ()
     chunk_ids: tuple[int, ...] = ()
     answer: str | None = None  # a reply given without the engine
+    notes: tuple[str, ...] = ()  # lines about the question's attached files (bot.attachments)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -100,6 +101,8 @@ class WorkerOptions:
     # The first SOLARBOT_HANDOFF_KEYWORDS entry: strict mode's "I don't know" says how to reach a
     # human with it ("" = handoff off).
     handoff_keyword: str = ""
+    # SOLARBOT_ATTACHMENT_TOKEN_BUDGET: tokens of attached files per message (0: not given).
+    attachment_tokens: int = 1500
 
 
 def effective_concurrency(wanted: int | None, *, capacity: int) -> int:
@@ -299,6 +302,7 @@ class Worker:
             reply = prepared.answer
             if prepared.prompt is not None and prepared.prompt.newest_truncated:
                 notice = texts.TRUNCATED_NOTICE + "\n\n"
+            notice = attachments.notice(prepared.notes) + notice
         stream: ReplyStream | None = None
         generated: _Generated | None = None
         try:
@@ -388,8 +392,17 @@ class Worker:
             )
             for message in messages
         ]
+        files = attachments.files_in_prompt(
+            messages,
+            turns,
+            tokenizer=self._engine.tokenizer,
+            system_prompt=system_prompt,
+            prompt_budget=self._builder.budget,
+            budget=self._options.attachment_tokens,
+        )
         if not job.kb_collections or not turns:
-            return _Prepared(prompt=self._builder.build(system_prompt=system_prompt, history=turns))
+            prompt = self._builder.build(system_prompt=system_prompt, history=files.turns)
+            return _Prepared(prompt=prompt, notes=files.notes)
         options = self._options.knowledge
         newest = turns[-1].text
         earlier = [turn.text for turn in turns[:-1] if turn.role == "user"]
@@ -406,7 +419,9 @@ class Worker:
             if best < options.min_relevance:
                 log.info("job %s: nothing relevant in the knowledge base (%.2f)", job.id, best)
                 keyword = self._options.handoff_keyword if hands_off else ""
-                return _Prepared(prompt=None, answer=answering.dont_know(keyword))
+                return _Prepared(
+                    prompt=None, answer=answering.dont_know(keyword), notes=files.notes
+                )
             # Strict: only the passages relevant enough are given.
             passages = [
                 passage
@@ -419,7 +434,7 @@ class Worker:
             ]
         prompt = self._builder.build(
             system_prompt=system_prompt,
-            history=turns,
+            history=files.turns,
             passages=passages,
             passage_intro=answering.passage_intro(job.kb_mode),
             passage_tokens=options.passage_tokens,
@@ -427,11 +442,12 @@ class Worker:
         given = [passages[index] for index in prompt.passages_given]
         if job.kb_mode is KnowledgeMode.STRICT and not given:  # none fit the budget
             keyword = self._options.handoff_keyword if hands_off else ""
-            return _Prepared(prompt=None, answer=answering.dont_know(keyword))
+            return _Prepared(prompt=None, answer=answering.dont_know(keyword), notes=files.notes)
         return _Prepared(
             prompt=prompt,
             sources=tuple(answering.sources_of(given)),
             chunk_ids=tuple(passage.chunk_id for passage in given),
+            notes=files.notes,
         )
 
     async def _generate(

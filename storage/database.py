@@ -131,7 +131,9 @@ def erase_deleted(engine: Engine, *, patience_seconds: float = CHECKPOINT_PATIEN
             raw.close()
     if engine.dialect.name == "postgresql":
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-            connection.exec_driver_sql("VACUUM feedback, jobs, messages, conversations")
+            connection.exec_driver_sql(
+                "VACUUM feedback, jobs, message_attachments, messages, conversations"
+            )
     return True
 
 

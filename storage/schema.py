@@ -163,6 +163,9 @@ class ChannelSettings(Base):
     # None = none) and the answering mode ("strict"/"assist"; None = assist).
     kb_collections: Mapped[str | None] = mapped_column(Text, nullable=True)
     kb_mode: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # Migration 0015: "auto" (every new top-level message gets an answer in a thread) or
+    # "mention" (None = mention).
+    answer_mode: Mapped[str | None] = mapped_column(String(16), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
@@ -293,3 +296,22 @@ class HandoffFollowup(Base):
     due_at: Mapped[datetime] = mapped_column(UTCDateTime)
     claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class MessageAttachment(Base):
+    """A file attached to a user message (migration 0014_attachments), at its ``position`` among
+    the message's files: its name and the text read from it, or why it could not be read
+    (``problem``, ``bot.records.AttachmentProblem``; ``text`` empty then). Deleted with its
+    message (``forget``)."""
+
+    __tablename__ = "message_attachments"
+
+    message_id: Mapped[int] = mapped_column(
+        ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True
+    )
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(256))
+    media_type: Mapped[str] = mapped_column(String(128), default="")
+    size_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    text: Mapped[str] = mapped_column(Text, default="")
+    problem: Mapped[str | None] = mapped_column(String(32), nullable=True)

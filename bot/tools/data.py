@@ -2,10 +2,12 @@
 
 - ``solarbot export --platform slack --workspace T0123 --channel C0456 [--output FILE]`` writes the
   channel's stored conversation (the channel and its threads) as JSONL, one message a line, UTF-8
-  (any Unicode as sent), oldest first within each conversation. Without ``--workspace`` (Slack team
-  id / Discord guild id: conversations are keyed by it) the channel is looked up in every
-  workspace of the platform: found under one, that one is used; under several, the command names
-  them and stops; under none, it says so (``forget --channel`` resolves the workspace the same way);
+  (any Unicode as sent), oldest first within each conversation (a turn with attached files lists
+  them: name, media type, size, and the text read from each or why none was). Without
+  ``--workspace`` (Slack team id / Discord guild id: conversations are keyed by it) the channel is
+  looked up in every workspace of the platform: found under one, that one is used; under several,
+  the command names them and stops; under none, it says so (``forget --channel`` resolves the
+  workspace the same way);
 - ``solarbot forget --platform slack [--workspace T0123] --user U0789`` deletes everything a person
   said (and the bot's replies to it, and their pending jobs, so no reply lands afterwards);
   without ``--workspace`` in every workspace of that platform;
@@ -227,6 +229,17 @@ def export_channel(repository: Repository, args: argparse.Namespace, out: TextIO
             "platform_message_id": message.platform_message_id,
             "created_at": message.created_at.isoformat(),
         }
+        if message.attachments:  # files attached to the turn, with the text read from them
+            record["attachments"] = [
+                {
+                    "name": attachment.name,
+                    "media_type": attachment.media_type,
+                    "size": attachment.size,
+                    "text": attachment.text,
+                    "problem": attachment.problem.value if attachment.problem else None,
+                }
+                for attachment in message.attachments
+            ]
         out.write(json.dumps(record, ensure_ascii=False) + "\n")
     return len(rows)
 

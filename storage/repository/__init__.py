@@ -6,6 +6,7 @@
 - ``channels``: per-channel settings and human handoff.
 - ``knowledge``: knowledge-base collections, documents, chunks and their full-text search.
 - ``followups``: support pings held outside support hours and reminders about handoffs.
+- ``auto_threads``: what decides whether a message nobody addressed to the bot is answered.
 - ``usage``: what replies cost in tokens, per user and channel (the daily quota, `solarbot usage`).
 
 ``Repository`` is all of them on one engine. Its methods are synchronous and short (the asyncio
@@ -15,6 +16,7 @@ side calls them through ``asyncio.to_thread``), and every public method is one t
 from __future__ import annotations
 
 from storage import database
+from storage.repository.auto_threads import AutoThreadStore
 from storage.repository.channels import ChannelStore
 from storage.repository.conversations import ConversationStore
 from storage.repository.feedback import FeedbackStore
@@ -34,6 +36,7 @@ class Repository(
     KnowledgeStore,
     UsageStore,
     FollowupStore,
+    AutoThreadStore,
 ):
     @classmethod
     def open(cls, url: str, *, migrate: bool = True) -> Repository:

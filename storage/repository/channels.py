@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
 
-from bot.records import ChannelConfig, ConversationKey, KnowledgeMode
+from bot.records import AnswerMode, ChannelConfig, ConversationKey, KnowledgeMode
 from storage.repository.base import RepositoryBase, serialise_on, upsert
 from storage.repository.tables import (
     channel_settings,
@@ -207,6 +207,7 @@ def _read_config(
             channel_settings.c.language,
             channel_settings.c.kb_collections,
             channel_settings.c.kb_mode,
+            channel_settings.c.answer_mode,
         ).where(*settings_filter(platform, workspace, channel))
     ).first()
     if row is None:
@@ -218,6 +219,7 @@ def _read_config(
         language=row.language,
         kb_collections=collections_of(row.kb_collections),
         kb_mode=mode_of(row.kb_mode),
+        answer_mode=answer_mode_of(row.answer_mode),
     )
 
 
@@ -232,6 +234,8 @@ def _column_values(config: Mapping[str, Any]) -> dict[str, Any]:
         values["kb_collections"] = ",".join(names) or None
     if "kb_mode" in values:
         values["kb_mode"] = KnowledgeMode(values["kb_mode"]).value
+    if "answer_mode" in values:
+        values["answer_mode"] = AnswerMode(values["answer_mode"]).value
     return values
 
 
@@ -243,6 +247,11 @@ def collections_of(stored: str | None) -> tuple[str, ...]:
 def mode_of(stored: str | None) -> KnowledgeMode:
     """The answering mode of a ``kb_mode`` column (None: the default, assist)."""
     return KnowledgeMode(stored) if stored else KnowledgeMode.ASSIST
+
+
+def answer_mode_of(stored: str | None) -> AnswerMode:
+    """The answering mode of an ``answer_mode`` column (None: the default, mention)."""
+    return AnswerMode(stored) if stored else AnswerMode.MENTION
 
 
 def channel_enabled(connection: Connection, platform: str, workspace: str, channel: str) -> bool:

@@ -3,12 +3,14 @@ transcripts, and deletion (``forget`` a channel or a person)."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, delete, func, or_, select
+from sqlalchemy import Connection, Row, and_, delete, func, insert, or_, select
 
-from bot.records import ConversationKey, Role, StoredMessage
+from bot.records import Attachment, AttachmentProblem, ConversationKey, Role, StoredMessage
 from storage.repository.base import RepositoryBase, upsert
 from storage.repository.tables import (
     conversations,
@@ -16,6 +18,7 @@ from storage.repository.tables import (
     in_channel,
     jobs,
     key_filter,
+    message_attachments,
     messages,
 )
 
@@ -41,7 +44,7 @@ class ConversationStore(RepositoryBase):
                 .where(*key_filter(key))
                 .order_by(func.coalesce(messages.c.reply_to_id, messages.c.id), messages.c.id)
             ).all()
-        return [stored_message(row) for row in rows]
+            return with_attachments(connection, [stored_message(row) for row in rows])
 
     def workspaces_of_channel(self, *, platform: str, channel: str) -> list[str]:
         """The workspaces in which ``channel`` of ``platform`` has stored conversations, sorted
@@ -77,6 +80,7 @@ class ConversationStore(RepositoryBase):
                     messages.c.id,
                 )
             ).all()
+            stored = with_attachments(connection, [stored_message(row) for row in rows])
         return [
             (
                 ConversationKey(
@@ -85,9 +89,9 @@ class ConversationStore(RepositoryBase):
                     channel=row.c_channel,
                     thread=row.c_thread,
                 ),
-                stored_message(row),
+                message,
             )
-            for row in rows
+            for row, message in zip(rows, stored, strict=True)
         ]
 
     def forget_channel(self, *, platform: str, workspace: str, channel: str) -> int:
@@ -197,7 +201,7 @@ def read_history(
         .order_by(anchor.desc(), messages.c.id.desc())
         .limit(limit)
     ).all()
-    return [stored_message(row) for row in reversed(rows)]
+    return with_attachments(connection, [stored_message(row) for row in reversed(rows)])
 
 
 def stored_message(row: Row[Any]) -> StoredMessage:
@@ -210,4 +214,59 @@ def stored_message(row: Row[Any]) -> StoredMessage:
         platform_message_id=row.platform_message_id,
         token_count=row.token_count,
         created_at=row.created_at,
+    )
+
+
+def store_attachments(
+    connection: Connection, message_id: int, attachments: Sequence[Attachment]
+) -> None:
+    """Store the files attached to message ``message_id``, in their order."""
+    if not attachments:
+        return
+    connection.execute(
+        insert(message_attachments),
+        [
+            {
+                "message_id": message_id,
+                "position": position,
+                "name": attachment.name,
+                "media_type": attachment.media_type,
+                "size_bytes": attachment.size,
+                "text": attachment.text,
+                "problem": attachment.problem.value if attachment.problem is not None else None,
+            }
+            for position, attachment in enumerate(attachments)
+        ],
+    )
+
+
+def with_attachments(connection: Connection, stored: list[StoredMessage]) -> list[StoredMessage]:
+    """``stored`` with the files attached to each message (one query per 500 messages)."""
+    found: dict[int, list[Attachment]] = {}
+    ids = [message.id for message in stored if message.role is Role.USER]
+    for start in range(0, len(ids), 500):
+        rows = connection.execute(
+            select(message_attachments)
+            .where(message_attachments.c.message_id.in_(ids[start : start + 500]))
+            .order_by(message_attachments.c.message_id, message_attachments.c.position)
+        ).all()
+        for row in rows:
+            found.setdefault(int(row.message_id), []).append(_attachment(row))
+    if not found:
+        return stored
+    return [
+        dataclasses.replace(message, attachments=tuple(found[message.id]))
+        if message.id in found
+        else message
+        for message in stored
+    ]
+
+
+def _attachment(row: Row[Any]) -> Attachment:
+    return Attachment(
+        name=row.name,
+        media_type=row.media_type,
+        size=int(row.size_bytes),
+        text=row.text,
+        problem=AttachmentProblem(row.problem) if row.problem else None,
     )

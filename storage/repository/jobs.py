@@ -43,7 +43,11 @@ from storage.repository.channels import (
     handed_off,
     mode_of,
 )
-from storage.repository.conversations import conversation_id_for, read_history
+from storage.repository.conversations import (
+    conversation_id_for,
+    read_history,
+    store_attachments,
+)
 from storage.repository.tables import (
     PENDING,
     channel_settings,
@@ -126,6 +130,7 @@ class JobQueue(RepositoryBase):
                     )
                     .returning(messages.c.id)
                 ).scalar_one()
+                store_attachments(connection, message_id, incoming.attachments)
                 job_id = connection.execute(
                     insert(jobs)
                     .values(

@@ -23,6 +23,7 @@ from storage.schema import (
     KbCollection,
     KbDocument,
     Message,
+    MessageAttachment,
 )
 
 PENDING = (JobStatus.QUEUED, JobStatus.RUNNING)
@@ -35,6 +36,7 @@ feedback = cast(Table, Feedback.__table__)
 handoff_pings = cast(Table, HandoffPing.__table__)
 job_chunks = cast(Table, JobChunk.__table__)
 handoff_followups = cast(Table, HandoffFollowup.__table__)
+message_attachments = cast(Table, MessageAttachment.__table__)
 
 
 def key_filter(key: ConversationKey) -> tuple[ColumnElement[bool], ...]:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import inspect
 
@@ -52,6 +52,13 @@ def _code(text: str) -> list[str]:
 
 @settings(max_examples=400, deadline=None)
 @given(reply=_REPLY, given_count=st.integers(0, 10))
+# Removing the inner citation used to close the brackets around it into a new one.
+@example(reply="[0[0]]", given_count=0)
+@example(reply="[1[0]]", given_count=1)
+@example(reply="[[0]1[0]]", given_count=1)
+@example(reply="[1\n[0] ]", given_count=1)
+# Removing a citation at the start of a line used to turn the backticks after it into a fence.
+@example(reply="[0] ```\ncode[9] [1]\n```\n", given_count=0)
 def test_only_given_numbers_stay_code_is_untouched_and_checking_is_idempotent(
     reply: str, given_count: int
 ) -> None:
@@ -82,6 +89,9 @@ def test_a_reply_citing_only_given_numbers_is_unchanged(reply: str) -> None:
         ("In code: `x[9]` and\n```\ny[9]\n```\n", "In code: `x[9]` and\n```\ny[9]\n```\n", ()),
         ("A link [3](https://x.example) stays.", "A link [3](https://x.example) stays.", ()),
         ("Semicolons [2; 3] work.", "Semicolons [2; 3] work.", (2, 3)),
+        ("Nested [1[0]] brackets.", "Nested brackets.", ()),
+        ("Deeper [2[1[9]]] and [1].", "Deeper and [1].", (1,)),
+        ("Line\n[1[0]] starts", "Line\nstarts", ()),
     ],
 )
 def test_check_citations_examples(reply: str, expected: str, cited: tuple[int, ...]) -> None:

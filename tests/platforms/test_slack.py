@@ -674,11 +674,14 @@ def test_the_manifest_matches_what_the_adapter_handles() -> None:
         "assistant_thread_started",
         "assistant_thread_context_changed",
         "message.im",
+        "message.channels",  # auto-answer channels (adapters/slack_auto.py)
+        "message.groups",
         "reaction_added",
         "reaction_removed",
     }
     scopes = set(manifest["oauth_config"]["scopes"]["bot"])
     assert {"app_mentions:read", "chat:write", "commands", "im:history", "reactions:read"} <= scopes
+    assert {"channels:history", "groups:history"} <= scopes  # what message.* events need
     assert manifest["settings"]["socket_mode_enabled"] is True
 
 

@@ -12,6 +12,13 @@ delete message, typing. Like Discord: content over 2000 characters -> 400 code 5
 ``fail_next`` answers 429 (with ``Via`` and a JSON ``retry_after``, which is what discord.py needs to
 honour it) or any other status. Every REST call is recorded in ``calls``. Replies carry
 ``Content-Type: application/json`` exactly: discord.py mis-parses anything else.
+
+Threads: ``POST /channels/C/messages/M/threads`` starts a thread from a message (its id is the
+message's, its owner the bot; THREAD_CREATE follows; a second one on a message -> 400 160004).
+
+CDN: files a user message carries (``user_message(uploads=...)``, ``Upload``) are served at their
+attachment URL (``/attachments/...``) like cdn.discordapp.com, without any token; every request
+for one is in ``cdn_requests`` with its headers.
 """
 
 from __future__ import annotations
@@ -72,6 +79,18 @@ def member_payload(roles: Iterable[int]) -> Json:
     }
 
 
+@dataclass(frozen=True)
+class Upload:
+    """A file attached to a user message and served by the fake's CDN: ``status`` other than 200
+    answers that status; ``declared_size`` is the size the message states (default: the real one)."""
+
+    name: str
+    content_type: str
+    data: bytes
+    status: int = 200
+    declared_size: int | None = None
+
+
 @dataclass
 class Call:
     method: str
@@ -119,6 +138,8 @@ class FakeDiscord:
         self._runner: web.AppRunner | None = None
         self.port = 0
         self.ready = asyncio.Event()
+        self.uploads: dict[str, Upload] = {}  # by CDN path
+        self.cdn_requests: list[tuple[str, dict[str, str]]] = []  # (path, headers)
 
     # ------------------------------------------------------------------ server
 
@@ -126,6 +147,7 @@ class FakeDiscord:
         app = web.Application()
         app.router.add_get("/", self._gateway)
         app.router.add_route("*", "/api/v10/{tail:.*}", self._rest)
+        app.router.add_get("/attachments/{channel}/{attachment}/{name}", self._cdn)
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -298,8 +320,14 @@ class FakeDiscord:
         roles: tuple[int, ...] = (),
         attachments: tuple[tuple[str, str], ...] = (),
         stickers: tuple[str, ...] = (),
+        uploads: tuple[Upload, ...] = (),
+        message_type: int = 0,
+        webhook_id: int | None = None,
     ) -> Json:
-        """A user posts ``content``; returns the MESSAGE_CREATE payload (replay it if you like)."""
+        """A user posts ``content``; returns the MESSAGE_CREATE payload (replay it if you like).
+        ``attachments`` (name, type) are listed only; ``uploads`` are served by the CDN too.
+        ``message_type``: a system message (7: a member joined, 18: a thread was created, ...);
+        ``webhook_id``: posted by that webhook."""
         channel = self.channels.get(channel_id)
         guild_id = channel.get("guild_id") if channel is not None else None
         message_id = self.snowflake()
@@ -326,7 +354,8 @@ class FakeDiscord:
                     "content_type": kind,
                 }
                 for name, kind in attachments
-            ],
+            ]
+            + [self._served(channel_id, upload) for upload in uploads],
             "sticker_items": [
                 {"id": str(self.snowflake()), "name": name, "format_type": 1} for name in stickers
             ],
@@ -338,6 +367,10 @@ class FakeDiscord:
         if guild_id is not None:
             payload["guild_id"] = guild_id
             payload["member"] = member_payload(roles)
+        if message_type:
+            payload["type"] = message_type
+        if webhook_id is not None:
+            payload["webhook_id"] = str(webhook_id)
         if reply_to is not None:
             payload["type"] = 19
             payload["message_reference"] = {
@@ -349,6 +382,37 @@ class FakeDiscord:
         self.messages[message_id] = payload
         await self.dispatch_message(payload)
         return payload
+
+    async def edit_user_message(self, message_id: int, content: str) -> None:
+        """A user edits their message: MESSAGE_UPDATE to every connected client."""
+        message = self.messages[message_id]
+        message.update(content=content, edited_timestamp=now_iso())
+        for connection in list(self._connections):
+            await self._dispatch(connection, "MESSAGE_UPDATE", dict(message))
+
+    def _served(self, channel_id: int, upload: Upload) -> Json:
+        attachment_id = self.snowflake()
+        path = f"/attachments/{channel_id}/{attachment_id}/{upload.name}"
+        self.uploads[path] = upload
+        url = f"http://127.0.0.1:{self.port}{path}?ex=1&is=2&hm=3"
+        size = len(upload.data) if upload.declared_size is None else upload.declared_size
+        return {
+            "id": str(attachment_id),
+            "filename": upload.name,
+            "size": size,
+            "url": url,
+            "proxy_url": url,
+            "content_type": upload.content_type,
+        }
+
+    async def _cdn(self, request: web.Request) -> web.Response:
+        self.cdn_requests.append((request.path, dict(request.headers)))
+        upload = self.uploads.get(request.path)
+        if upload is None:
+            return web.Response(status=404, text="not found")
+        if upload.status != 200:
+            return web.Response(status=upload.status, text="no")
+        return web.Response(body=upload.data, headers={"Content-Type": upload.content_type})
 
     async def dispatch_message(self, payload: Json) -> None:
         """Send MESSAGE_CREATE to every connected client (call again to simulate a replay)."""
@@ -554,6 +618,10 @@ class FakeDiscord:
             return self._json({"message": "Unknown Channel", "code": 10003}, 404)
         if (match := re.fullmatch(r"/channels/(\d+)/messages", path)) and method == "POST":
             return await self._create(int(match.group(1)), body or {})
+        if (
+            match := re.fullmatch(r"/channels/(\d+)/messages/(\d+)/threads", path)
+        ) and method == "POST":
+            return await self._start_thread(int(match.group(1)), int(match.group(2)), body or {})
         if match := re.fullmatch(r"/channels/(\d+)/messages/(\d+)", path):
             message = self.messages.get(int(match.group(2)))
             if message is None or int(message["id"]) in self.deleted:
@@ -641,6 +709,29 @@ class FakeDiscord:
         self.edits[message_id] = [content]
         await self.dispatch_message(message)  # Discord echoes the bot's own messages
         return self._json(message)
+
+    async def _start_thread(self, channel_id: int, message_id: int, body: Json) -> web.Response:
+        """A public thread from a message: its id is the message's, its owner the bot; a second
+        one on the same message is 400 code 160004, as on Discord. THREAD_CREATE follows."""
+        message = self.messages.get(message_id)
+        channel = self.channels.get(channel_id)
+        if message is None or message["channel_id"] != str(channel_id) or channel is None:
+            return self._not_found()
+        if message_id in self.channels:
+            return self._json(
+                {"message": "A thread has already been created for this message", "code": 160004},
+                400,
+            )
+        name = body.get("name")
+        if not isinstance(name, str) or not 1 <= len(name) <= 100:
+            return self._json({"message": "Invalid Form Body", "code": 50035}, 400)
+        self.add_thread(int(channel["guild_id"]), channel_id, message_id, name, owner_id=BOT_ID)
+        thread = self.channels[message_id]
+        thread["thread_metadata"]["auto_archive_duration"] = body.get("auto_archive_duration")
+        message["thread"] = thread
+        for connection in list(self._connections):
+            await self._dispatch(connection, "THREAD_CREATE", {**thread, "newly_created": True})
+        return self._json(thread)
 
     def _edit(self, message: Json, body: Json) -> web.Response:
         if "content" in body:

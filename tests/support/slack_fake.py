@@ -13,6 +13,10 @@
 - ``sign``/``signed_post`` make correctly signed HTTP requests to an app under test;
   ``action_body`` is a button click (``block_actions``). Blocks sent to any method are checked
   against the limits of the block types solarbot sends (``invalid_blocks``).
+- Files (``add_file``): served at their ``url_private`` (``/files-pri/...``) to requests with the bot
+  token as ``Authorization: Bearer``, like files.slack.com (others get Slack's sign-in page, an
+  HTML 200); ``add_file`` returns the file object a message event carries. Every request for a
+  file is in ``file_requests``.
 """
 
 from __future__ import annotations
@@ -49,6 +53,24 @@ class Call:
 
 
 @dataclass
+class FakeFile:
+    """A file as the fake serves it: ``status`` other than 200 answers that status; ``redirect``
+    answers 302 to that URL."""
+
+    name: str
+    data: bytes
+    mimetype: str
+    status: int = 200
+    redirect: str = ""
+
+
+@dataclass
+class FileRequest:
+    path: str
+    authorization: str
+
+
+@dataclass
 class FakeMessage:
     channel: str
     ts: str
@@ -77,6 +99,8 @@ class FakeSlack:
         self.status_now: dict[tuple[str, str], str] = {}
         self.titles: dict[tuple[str, str], str] = {}
         self.suggested: dict[tuple[str, str], tuple[str, list[dict[str, str]]]] = {}
+        self.files: dict[str, FakeFile] = {}  # by file id
+        self.file_requests: list[FileRequest] = []
         self._ts = itertools.count(1)
         self._rate_limits: dict[str, list[int]] = {}
         self._failures: dict[str, list[str]] = {}
@@ -94,6 +118,7 @@ class FakeSlack:
         app.router.add_get("/api/{method}", self._api)
         app.router.add_post("/response/{name}", self._response)
         app.router.add_get("/socket", self._socket)
+        app.router.add_get("/files-pri/{team_file}/{name}", self._file)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -428,6 +453,53 @@ class FakeSlack:
 
     def _apps_connections_open(self, params: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "url": self.base.replace("http://", "ws://") + "/socket"}
+
+    # ------------------------------------------------------------------ files
+
+    def add_file(
+        self,
+        name: str,
+        data: bytes,
+        *,
+        mimetype: str = "text/plain",
+        status: int = 200,
+        redirect: str = "",
+        size: int | None = None,
+    ) -> dict[str, Any]:
+        """Serve ``data`` as a file; returns its object for a message event's ``files``
+        (``size``: what Slack declares, default the real size)."""
+        file_id = f"F{len(self.files) + 1:08d}"
+        self.files[file_id] = FakeFile(name, data, mimetype, status=status, redirect=redirect)
+        url = f"{self.base}/files-pri/{TEAM}-{file_id}/{name}"
+        return {
+            "id": file_id,
+            "name": name,
+            "title": name,
+            "mimetype": mimetype,
+            "filetype": name.rpartition(".")[2],
+            "size": len(data) if size is None else size,
+            "mode": "hosted",
+            "is_external": False,
+            "url_private": url,
+            "url_private_download": url + "?download=1",
+        }
+
+    async def _file(self, request: web.Request) -> web.StreamResponse:
+        authorization = request.headers.get("Authorization", "")
+        self.file_requests.append(FileRequest(request.path, authorization))
+        self._touch()
+        file_id = request.match_info["team_file"].rpartition("-")[2]
+        served = self.files.get(file_id)
+        if authorization != f"Bearer {BOT_TOKEN}":
+            # What files.slack.com does without a token (or the files:read scope): a web page.
+            return web.Response(text="<html>Sign in to Slack</html>", content_type="text/html")
+        if served is None or served.name != request.match_info["name"]:
+            return web.Response(status=404, text="file not found")
+        if served.redirect:
+            raise web.HTTPFound(served.redirect)
+        if served.status != 200:
+            return web.Response(status=served.status, text="no")
+        return web.Response(body=served.data, content_type=served.mimetype)
 
     # ------------------------------------------------------------------ response_url
 
