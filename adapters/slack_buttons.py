@@ -103,23 +103,33 @@ class Click:
 
     @classmethod
     def of(cls, body: dict[str, Any]) -> Click | None:
-        container = body.get("container") or {}
-        actions = body.get("actions") or []
-        user = (body.get("user") or {}).get("id") or ""
-        workspace = (body.get("team") or {}).get("id") or (body.get("user") or {}).get("team_id")
-        channel = container.get("channel_id") or (body.get("channel") or {}).get("id") or ""
-        message_ts = container.get("message_ts") or (body.get("message") or {}).get("ts") or ""
-        if not actions or not user or not workspace or not channel or not message_ts:
+        """The click in a ``block_actions`` payload; None for any other shape (nothing is
+        trusted to be of the type Slack documents)."""
+        container = _mapping(body.get("container"))
+        actions = body.get("actions")
+        action = _mapping(actions[0]) if isinstance(actions, list) and actions else {}
+        user_record = _mapping(body.get("user"))
+        user = user_record.get("id")
+        workspace = _mapping(body.get("team")).get("id") or user_record.get("team_id")
+        channel = container.get("channel_id") or _mapping(body.get("channel")).get("id")
+        message_ts = container.get("message_ts") or _mapping(body.get("message")).get("ts")
+        value = action.get("value")
+        fields = (user, workspace, channel, message_ts)
+        if not action or not all(isinstance(f, str) and f for f in fields):
             return None
-        if container.get("is_ephemeral"):
+        if container.get("is_ephemeral") or not isinstance(value, str):
             return None  # ephemeral answers are not stored as messages
         return cls(
             user=str(user),
             workspace=str(workspace),
             channel=str(channel),
             message_ts=str(message_ts),
-            value=str(actions[0].get("value") or ""),
+            value=value,
         )
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 @dataclass(kw_only=True)

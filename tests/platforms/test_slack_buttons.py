@@ -6,9 +6,11 @@ or replayed; the handoff button hands over like the keyword, only for the asker 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -226,3 +228,43 @@ async def test_stored_feedback_is_each_persons_last_click_however_often_replayed
             assert len(stored) == len(last)
     finally:
         await fake.stop()
+
+
+_junk = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.text(max_size=8),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.sampled_from(["id", "ts", "team_id", "value"]), st.text(max_size=5)),
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    shape=st.dictionaries(
+        st.sampled_from(["user", "team", "container", "channel", "message", "actions"]), _junk
+    ),
+    action=st.sampled_from([FEEDBACK_ACTION, HANDOFF_ACTION]),
+)
+async def test_malformed_clicks_get_no_5xx_and_store_nothing(
+    rig: Rig, shape: dict[str, Any], action: str
+) -> None:
+    payload: dict[str, Any] = {
+        "type": "block_actions",
+        "api_app_id": "A0APP",
+        "team": {"id": TEAM},
+        "user": {"id": "U0BOB", "team_id": TEAM},
+        "actions": [{"action_id": action, "value": POSITIVE, "type": "button"}],
+        **shape,
+    }
+    if not isinstance(payload.get("actions"), list) or not payload["actions"]:
+        payload["actions"] = [{"action_id": action}]  # bolt routes by the action id
+    elif isinstance(payload["actions"][0], dict):
+        payload["actions"][0]["action_id"] = action
+    body = urlencode({"payload": json.dumps(payload)})
+    status, _ = await signed_post(rig.session, rig.url, body, content_type=FORM)
+    assert status < 500
+    assert rig.repository.feedback_counts() == {} and rig.repository.jobs() == []
