@@ -16,7 +16,8 @@ scope ``assistant:write``), a person opens an assistant thread (a thread in the 
   answers do not depend on it.
 
 Status updates come from a task per question that reads the job's state from the store (so they
-work when a separate worker process answers) and stops when the job has left the queue.
+work when a separate worker process answers) and stops once the answer has started (its first
+message is recorded) or the job is over.
 """
 
 from __future__ import annotations
@@ -174,19 +175,24 @@ class SlackAssistant:
         return len(earlier) <= 1
 
     async def _watch(self, job_id: int, channel: str, thread_ts: str, shown: str) -> None:
-        """Keep the thread's status right while the job waits: its queue position (updated as it
-        moves up, refreshed before Slack's expiry), then "is thinking…" once it runs."""
+        """Keep the thread's status right until the answer starts: the queue position while the
+        job waits (updated as it moves up), "is thinking…" while it runs, refreshed before
+        Slack's two-minute expiry. Once a reply message exists (Slack cleared the status when
+        it was posted) or the job is over, nothing more is set."""
         intake = self.intake()
         shown_at = self.clock()
         while True:
             await asyncio.sleep(self.poll_seconds)
             try:
-                status = await intake.job_status(job_id)
-                if status is not JobStatus.QUEUED:
-                    if status is JobStatus.RUNNING and shown != texts.SLACK_ASSISTANT_THINKING:
-                        await self._set_status(channel, thread_ts, texts.SLACK_ASSISTANT_THINKING)
+                record = await asyncio.to_thread(intake.repository.job, job_id)
+                if record is None or record.reply_message_ids:
                     return
-                wanted = queued_status(await intake.queue_position(job_id))
+                if record.status is JobStatus.QUEUED:
+                    wanted = queued_status(await intake.queue_position(job_id))
+                elif record.status is JobStatus.RUNNING:
+                    wanted = texts.SLACK_ASSISTANT_THINKING
+                else:
+                    return
             except Exception as exc:
                 log.info("could not read job %s for its status: %s", job_id, type(exc).__name__)
                 continue

@@ -5,6 +5,7 @@ status while queued -> "is thinking…" -> the answer streamed natively, the thr
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -12,11 +13,15 @@ from typing import Any
 import pytest
 import yaml
 
-from adapters.slack_assistant import thread_title
+from adapters.slack import rate_limited_client
+from adapters.slack_assistant import STATUS_REFRESH_SECONDS, SlackAssistant, thread_title
 from bot import texts
 from bot.generation.fake import FakeEngine
+from bot.intake import Intake
+from bot.records import Incoming
+from storage.repository import Repository
 from tests.platforms.test_slack import mention, start_rig
-from tests.support.slack_fake import TEAM, FakeSlack
+from tests.support.slack_fake import BOT_TOKEN, TEAM, FakeSlack
 
 DM = "D0ALICE"
 THREAD = "1690002000.000001"
@@ -170,3 +175,65 @@ def test_the_manifest_asks_for_the_assistant_view_its_scope_and_events() -> None
     events = set(manifest["settings"]["event_subscriptions"]["bot_events"])
     assert {"assistant_thread_started", "assistant_thread_context_changed", "message.im"} <= events
     assert manifest["settings"]["interactivity"]["is_enabled"] is True
+
+
+async def test_the_status_follows_the_job_and_is_refreshed_before_slack_drops_it(
+    tmp_path: Path, fake: FakeSlack
+) -> None:
+    """The watcher alone, over the real store: queue position as it moves up, refreshed every
+    minute while nothing changes, "is thinking…" once claimed, silent once the answer started."""
+    repository = Repository.open(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    intake = Intake(repository)
+    now = [0.0]
+    assistant = SlackAssistant(
+        client=rate_limited_client(BOT_TOKEN, base_url=fake.api_url),
+        intake=lambda: intake,
+        submit=_no_submit,
+        allowed=lambda workspace, channel: True,
+        prompts=(),
+        poll_seconds=0.01,
+        clock=lambda: now[0],
+    )
+    jobs = []
+    for index in range(2):
+        result = await intake.submit(
+            Incoming(
+                platform="slack",
+                workspace=TEAM,
+                channel=DM,
+                thread=f"1690003000.00000{index}",
+                author_id="U0ALICE",
+                text=f"question {index}",
+                message_id=f"1690003000.00010{index}",
+            )
+        )
+        assert result is not None
+        jobs.append(result.job_id)
+    queued = texts.SLACK_ASSISTANT_QUEUED.format(position=1)
+    task = asyncio.create_task(assistant._watch(jobs[1], DM, THREAD, queued))
+    try:
+
+        def statuses() -> list[str]:
+            return [status for _, _, status in fake.statuses]
+
+        await asyncio.sleep(0.1)
+        assert statuses() == []  # nothing changed, nothing due
+        now[0] += STATUS_REFRESH_SECONDS
+        await fake.wait_for(lambda: statuses() == [queued])  # refreshed before it expires
+        [first] = repository.claim(worker_id="w", limit=1, lease_seconds=60, platforms=["slack"])
+        assert repository.complete(first, reply_text="a", reply_message_ids=["1.1"], token_count=1)
+        # The first job is done: nobody is ahead of ours any more ("is thinking…"); claimed, it
+        # stays so (nothing new to set).
+        await fake.wait_for(lambda: statuses()[-1] == texts.SLACK_ASSISTANT_THINKING)
+        [second] = repository.claim(worker_id="w", limit=1, lease_seconds=60, platforms=["slack"])
+        assert repository.record_reply_progress(second, reply_message_ids=["2.1"])
+        async with asyncio.timeout(5):
+            await task  # the answer started: the watcher is done
+        assert statuses() == [queued, texts.SLACK_ASSISTANT_THINKING]
+    finally:
+        task.cancel()
+        repository.close()
+
+
+async def _no_submit(event: dict[str, Any], body: dict[str, Any]) -> None:
+    return None
