@@ -13,10 +13,12 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from slack_sdk.errors import SlackApiError
 
 from adapters.slack import (
     RATE_LIMIT_RETRIES,
@@ -478,3 +480,47 @@ async def test_429s_past_the_sdks_retries_go_back_to_the_worker_which_finishes_t
         [job] = rig.repository.jobs()
         assert job.attempts == 2 and job.reply_message_ids == (answer.ts,)
         assert rig.stored("C0GENERAL", "1690000900.000001")[-1] == ("assistant", words)
+
+
+async def test_the_fake_refuses_stream_calls_as_slack_does(fake: FakeSlack) -> None:
+    """What the tests above rely on: the fake's stream methods check their arguments and state
+    (through the real slack_sdk client)."""
+    client = rate_limited_client(BOT_TOKEN, base_url=fake.api_url)
+
+    async def error_of(request: Any) -> str:
+        with pytest.raises(SlackApiError) as caught:
+            await request
+        return str(caught.value.response["error"])
+
+    assert await error_of(client.chat_startStream(channel="C0GENERAL", thread_ts="")) == (
+        "invalid_arguments"
+    )
+    assert await error_of(client.chat_startStream(channel="C0GENERAL", thread_ts="1.1")) == (
+        "missing_recipient_user_id"  # channels need the recipient; DMs do not
+    )
+    started = await client.chat_startStream(channel="D0ALICE", thread_ts="1.1", markdown_text="a")
+    ts = str(started["ts"])
+    too_long = "x" * 12_001
+    assert await error_of(
+        client.chat_appendStream(channel="D0ALICE", ts=ts, markdown_text=too_long)
+    ) == ("msg_too_long")
+    assert await error_of(
+        client.chat_appendStream(channel="D0ALICE", ts="9.9", markdown_text="b")
+    ) == ("message_not_found")
+    assert await error_of(client.chat_update(channel="D0ALICE", ts=ts, text="b")) == (
+        "message_is_streaming"
+    )
+    await client.chat_appendStream(channel="D0ALICE", ts=ts, markdown_text="b" * 12_000)
+    await client.chat_stopStream(channel="D0ALICE", ts=ts, markdown_text="c")
+    assert await error_of(
+        client.chat_appendStream(channel="D0ALICE", ts=ts, markdown_text="d")
+    ) == ("message_not_in_streaming_state")
+    assert await error_of(client.chat_stopStream(channel="D0ALICE", ts=ts)) == (
+        "message_not_in_streaming_state"
+    )
+    assert fake.messages[ts].text == "a" + "b" * 12_000 + "c"
+    # 429 with Retry-After on demand, then the call goes through (the SDK waited and retried).
+    fake.rate_limit("chat.startStream", 1, retry_after=0)
+    again = await client.chat_startStream(channel="D0ALICE", thread_ts="1.2", markdown_text="e")
+    assert fake.messages[str(again["ts"])].text == "e"
+    assert [c.method for c in fake.calls[-2:]] == ["chat.startStream", "chat.startStream"]
