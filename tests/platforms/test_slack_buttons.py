@@ -10,7 +10,7 @@ import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -21,11 +21,13 @@ from bot import texts
 from bot.records import ConversationKey, Rating
 from tests.platforms.test_slack import ADMIN, Rig, mention, start_rig
 from tests.support.slack_fake import (
+    APP_TOKEN,
     TEAM,
     FakeMessage,
     FakeSlack,
     action_body,
     command_body,
+    event_body,
     signed_post,
 )
 
@@ -268,3 +270,41 @@ async def test_malformed_clicks_get_no_5xx_and_store_nothing(
     status, _ = await signed_post(rig.session, rig.url, body, content_type=FORM)
     assert status < 500
     assert rig.repository.feedback_counts() == {} and rig.repository.jobs() == []
+
+
+async def test_a_native_answer_and_its_buttons_work_over_socket_mode_too(
+    tmp_path: Path, fake: FakeSlack
+) -> None:
+    async with start_rig(
+        tmp_path,
+        fake,
+        mode="socket",
+        signing_secret=None,
+        app_token=APP_TOKEN,
+        streaming="native",
+        handoff_keyword="talk to a human",
+    ) as rig:
+        payload = json.loads(event_body(mention("over a socket", ts=THREAD)))
+        await fake.send_envelope("events_api", payload)
+        await rig.until(lambda: rig.jobs_done(1))
+        [answer] = [m for m in fake.thread("C0GENERAL", THREAD) if not m.user]
+        assert answer.stream == "stopped" and answer.text == "You said: Alice: over a socket"
+        click = parse_qs(
+            action_body(
+                FEEDBACK_ACTION,
+                NEGATIVE,
+                user="U0BOB",
+                channel="C0GENERAL",
+                message_ts=answer.ts,
+                thread_ts=THREAD,
+                response_url=fake.response_url("socket"),
+                action_type="feedback_buttons",
+            )
+        )["payload"][0]
+        envelope = await fake.send_envelope("interactive", json.loads(click))
+        await rig.until(lambda: any(a.get("envelope_id") == envelope for a in fake.acks))
+        await rig.until(lambda: bool(rig.repository.feedback_counts()))
+        [job] = rig.repository.jobs()
+        assert [(f.user_id, f.rating) for f in rig.repository.feedback_for(job.id)] == [
+            ("U0BOB", Rating.DOWN)
+        ]
