@@ -60,6 +60,9 @@ STREAM_OVER_ERRORS = ("message_not_in_streaming_state", "message_not_found")
 # "<" keeps model text from pinging anyone, invisibly (the edit path escapes "<" instead).
 _MENTION_START = re.compile(r"<(?=[!@#])")
 WORD_JOINER = "\u2060"
+# What a Markdown line may start with to mean more than text (fences, headings, quotes, lists,
+# tables, setext underlines, emphasis).
+LINE_SYNTAX = frozenset("`~#>-*+=|_")
 
 
 def neutralise(text: str) -> str:
@@ -118,7 +121,10 @@ def cut_point(rest: str, *, sent: int, room: int) -> int:
         if not rest.startswith(FENCE, at + 1):
             return at
         at = window.rfind(" ", 0, at)
-    return max(sent, room)
+    at = max(sent, room)
+    while at > sent and rest[at - 1 : at + 1] == "``":
+        at -= 1  # never inside a run of backticks (half a code fence)
+    return at
 
 
 def sendable(rest: str, *, final: bool) -> int:
@@ -347,6 +353,13 @@ class SlackNativeReply:
                 self._offset += cut + skip
                 self._sent = 0
                 self._prefix = opening + "\n" if opening else ""
+                if rest[cut : cut + 1] != "\n":
+                    # The next part starts mid-line: what the line goes on with must not become
+                    # line syntax at the head of a message (in code: a fence closing the block).
+                    head = text[self._offset : self._offset + 1]
+                    syntax = head in "`~" if opening else head in LINE_SYNTAX or head.isdigit()
+                    if head and syntax:
+                        self._prefix += WORD_JOINER
                 self._consumed = text[: self._offset]
         except _StreamOver as over:
             await self._fall_back(text, over.reason)
