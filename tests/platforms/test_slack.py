@@ -124,6 +124,9 @@ async def start_rig(
         "model_id": "fake-solar",
         "default_system_prompt": settings.system_prompt,
         "edit_interval": 0.02,
+        # This file covers the edit-based path (mrkdwn, chat.update) on every surface; native
+        # streaming is tests/platforms/test_slack_native_stream.py.
+        "streaming": "edit",
     }
     options.update(adapter)
     repository = Repository.open(settings.resolved_database_url())
@@ -668,6 +671,8 @@ def test_the_manifest_matches_what_the_adapter_handles() -> None:
     assert command["command"] == load_settings(environ={}).slack_command
     assert set(manifest["settings"]["event_subscriptions"]["bot_events"]) == {
         "app_mention",
+        "assistant_thread_started",
+        "assistant_thread_context_changed",
         "message.im",
         "message.channels",  # auto-answer channels (adapters/slack_auto.py)
         "message.groups",
