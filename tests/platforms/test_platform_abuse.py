@@ -43,9 +43,6 @@ from bot.service import Service
 from bot.settings import load_settings
 from storage import database
 from storage.repository import Repository
-from tests.platforms.test_slack import ADMIN, ack_text, mention, say, slack_settings
-from tests.platforms.test_slack import reaction as slack_reaction
-from tests.platforms.test_slack import start_rig as start_slack_rig
 from tests.support.db_faults import refusing_inserts
 from tests.support.discord_fake import BOT_ID, FakeDiscord
 from tests.support.discord_rig import (
@@ -64,6 +61,9 @@ from tests.support.discord_rig import Rig as DiscordRig
 from tests.support.slack_fake import BOT_TOKEN as SLACK_BOT_TOKEN
 from tests.support.slack_fake import SIGNING_SECRET as SLACK_SIGNING_SECRET
 from tests.support.slack_fake import TEAM, FakeSlack
+from tests.support.slack_rig import ADMIN, ack_text, mention, say, slack_settings
+from tests.support.slack_rig import reaction as slack_reaction
+from tests.support.slack_rig import start_rig as start_slack_rig
 
 START = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
 

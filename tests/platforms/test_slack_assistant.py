@@ -20,8 +20,8 @@ from bot.generation.fake import FakeEngine
 from bot.intake import Intake
 from bot.records import Incoming
 from storage.repository import Repository
-from tests.platforms.test_slack import mention, start_rig
 from tests.support.slack_fake import BOT_TOKEN, TEAM, FakeSlack
+from tests.support.slack_rig import mention, start_rig
 
 DM = "D0ALICE"
 THREAD = "1690002000.000001"

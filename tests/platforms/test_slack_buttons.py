@@ -19,7 +19,6 @@ from hypothesis import strategies as st
 from adapters.slack_buttons import FEEDBACK_ACTION, HANDOFF_ACTION, NEGATIVE, POSITIVE
 from bot import texts
 from bot.records import ConversationKey, Rating
-from tests.platforms.test_slack import ADMIN, Rig, mention, start_rig
 from tests.support.slack_fake import (
     APP_TOKEN,
     TEAM,
@@ -30,6 +29,7 @@ from tests.support.slack_fake import (
     event_body,
     signed_post,
 )
+from tests.support.slack_rig import ADMIN, Rig, mention, start_rig
 
 FORM = "application/x-www-form-urlencoded"
 SUPPORT = "S0SUPPORT"

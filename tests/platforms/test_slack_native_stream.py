@@ -40,7 +40,6 @@ from bot.generation.fake import FakeEngine
 from bot.intake import Intake
 from bot.records import ConversationKey, Incoming, JobStatus
 from storage.repository import Repository
-from tests.platforms.test_slack import mention, start_rig
 from tests.support.slack_fake import (
     BOT_TOKEN,
     TEAM,
@@ -49,6 +48,7 @@ from tests.support.slack_fake import (
     command_body,
     signed_post,
 )
+from tests.support.slack_rig import mention, start_rig
 
 ROOT = Path(__file__).parents[2]
 FORM = "application/x-www-form-urlencoded"

@@ -34,9 +34,9 @@ from bot.settings import load_settings
 from bot.support_hours import SupportHours, parse_support_hours
 from storage import database
 from storage.repository import Repository
-from tests.platforms.test_slack import mention
 from tests.support.discord_fake import BOT_ID, FakeDiscord
 from tests.support.slack_fake import BOT_TOKEN, SIGNING_SECRET, FakeSlack, event_body, signed_post
+from tests.support.slack_rig import mention
 
 BERLIN = zoneinfo.ZoneInfo("Europe/Berlin")
 SUPPORT = "<!subteam^S0SUPPORT>"
