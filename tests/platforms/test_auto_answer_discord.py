@@ -23,7 +23,6 @@ from bot.handoff_followups import FollowupPolicy, HandoffFollowups
 from bot.intake import Intake
 from bot.records import AnswerMode
 from storage.repository import Repository
-from tests.platforms.test_support_hours import Clock
 from tests.support.discord_fake import BOT_ID, FakeDiscord
 from tests.support.discord_rig import (
     ADMIN_ROLE,
@@ -39,6 +38,7 @@ from tests.support.discord_rig import (
     home_discord,
     start_rig,
 )
+from tests.support.hours_rig import Clock
 
 ANA, BOB = 500, 600  # the asker, a support agent
 
