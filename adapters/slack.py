@@ -60,8 +60,11 @@ from adapters.attachment_download import (
     slack_file_origins,
     slack_file_refs,
 )
+from adapters.slack_assistant import SlackAssistant
 from adapters.slack_auto import SlackAutoAnswer
+from adapters.slack_buttons import SlackButtons, answer_blocks, mrkdwn_sections
 from adapters.slack_format import from_slack, to_mrkdwn
+from adapters.slack_native_stream import native_surface, open_native_reply, stop_streams
 from adapters.slack_request import Refused, bolt_request, verified
 from adapters.slack_waiting import WaitingLinks
 from adapters.streaming import StreamedReply
@@ -69,7 +72,7 @@ from bot import texts
 from bot.attachments import question_text
 from bot.commands import CommandContext, CommandName, Commands, parse_command
 from bot.dedupe import dedupe_key
-from bot.delivery import NOTICE_TO, IntakePort, ReplyTarget
+from bot.delivery import NOTICE_TO, IntakePort, ReplyStream, ReplyTarget
 from bot.errors import ConfigError, DeliveryError, InvalidIncomingError
 from bot.http_listener import Listener, start_listener
 from bot.hygiene import clean_outgoing
@@ -89,6 +92,7 @@ RATE_LIMIT_RETRIES = 3
 NOT_IN_CHANNEL_ERRORS = ("not_in_channel", "channel_not_found", "is_archived")
 
 Mode = Literal["http", "socket"]
+Streaming = Literal["native", "edit"]  # how thread replies stream (adapters.slack_native_stream)
 
 
 def rate_limited_client(token: str, *, base_url: str) -> AsyncWebClient:
@@ -129,6 +133,7 @@ class SlackReply(StreamedReply):
         *,
         limit: int = MESSAGE_LIMIT,
         min_interval: float = 1.0,
+        closing_blocks: Sequence[dict[str, Any]] = (),
     ) -> None:
         where = target.reply_target
         placeholder = where.get("ts", "")
@@ -140,6 +145,24 @@ class SlackReply(StreamedReply):
         self._channel = where["channel"]
         self._thread = where.get("thread_ts", "")
         self._header = where.get("header", "")
+        self._closing = list(closing_blocks)
+
+    async def finish(self, text: str) -> Sequence[str]:
+        ids = await super().finish(text)
+        if self._closing and ids:
+            # The answer ends with the buttons (adapters.slack_buttons): a message with blocks
+            # shows them instead of its text, so its text goes into section blocks above them.
+            chunks = split_message(text, limit=self.limit) or [text]
+            shown = self._text(chunks[-1], first=len(chunks) == 1)
+            await self._call(
+                self._client.chat_update(
+                    channel=self._channel,
+                    ts=ids[-1],
+                    text=shown,
+                    blocks=[*mrkdwn_sections(shown), *self._closing],
+                )
+            )
+        return ids
 
     def _text(self, chunk: str, *, first: bool) -> str:
         body = to_mrkdwn(chunk)
@@ -236,6 +259,17 @@ class SlackOptions:
     edit_interval: float = 1.0
     message_limit: int = MESSAGE_LIMIT
     ingress: bool = True  # False: Web API only (a worker process delivering replies)
+    # "native": thread replies stream with chat.startStream/appendStream/stopStream in standard
+    # Markdown; "edit": every reply is edited in place in mrkdwn (SOLARBOT_SLACK_STREAMING).
+    streaming: Streaming = "native"
+    # Buttons under every answer (adapters.slack_buttons): 👍/👎, and "Talk to a human" when
+    # ``handoff_keyword`` (the first SOLARBOT_HANDOFF_KEYWORDS entry) is set.
+    feedback_buttons: bool = True
+    handoff_keyword: str = ""
+    # Assistant threads (adapters.slack_assistant): greeting, suggested prompts, status, title.
+    assistant: bool = True
+    suggested_prompts: tuple[tuple[str, str], ...] = texts.SLACK_SUGGESTED_PROMPTS
+    status_poll_seconds: float = 1.0  # how often a waiting question's status is checked
     # Files on questions are downloaded (url_private, the bot token) and read; None: not read.
     attachments: AttachmentOptions | None = None
 
@@ -284,6 +318,30 @@ class SlackAdapter:
         self.app.event("message")(self._on_message)
         self.app.event("reaction_added")(self._on_reaction)
         self.app.event("reaction_removed")(self._on_reaction)
+        SlackButtons(
+            platform=PLATFORM,
+            intake=self._started_intake,
+            allowed=self._allowed,
+            is_bot=self._is_bot,
+            author_name=self._author_name,
+            admins=options.admin_users,
+            handoff_keyword=options.handoff_keyword,
+            command=options.command,
+        ).register(self.app)
+        self._assistant: SlackAssistant | None = None
+        if options.assistant:
+            self._assistant = SlackAssistant(
+                client=self.client,
+                intake=self._started_intake,
+                submit=self._on_assistant_message,
+                allowed=self._allowed,
+                prompts=options.suggested_prompts,
+                poll_seconds=options.status_poll_seconds,
+            )
+            self.app.assistant(self._assistant.middleware)
+        self._closing = (
+            answer_blocks(handoff=bool(options.handoff_keyword)) if options.feedback_buttons else []
+        )
         self._intake: IntakePort | None = None
         self._commands: Commands | None = None
         self._bot_user_id = ""
@@ -310,6 +368,10 @@ class SlackAdapter:
     @property
     def platform(self) -> str:
         return PLATFORM
+
+    def _started_intake(self) -> IntakePort:
+        assert self._intake is not None, "start() the adapter first"
+        return self._intake
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -380,6 +442,8 @@ class SlackAdapter:
         log.info("Slack Socket Mode connected")
 
     async def stop(self) -> None:
+        if self._assistant is not None:
+            await self._assistant.close()
         if self._socket is not None:
             await self._socket.close_async()  # type: ignore[no-untyped-call]
             self._socket = None
@@ -573,6 +637,12 @@ class SlackAdapter:
             return
         await self._on_user_message(event, body, in_thread=False)
 
+    async def _on_assistant_message(
+        self, event: dict[str, Any], body: dict[str, Any]
+    ) -> EnqueueResult | None:
+        """A person's message in an assistant thread (a DM thread): answered like any DM."""
+        return await self._on_user_message(event, body, in_thread=False)
+
     async def _on_reaction(self, event: dict[str, Any], body: dict[str, Any]) -> None:
         """A 👍/👎 (``+1``/``-1``, any skin tone) added to or removed from one of our replies is
         feedback on it; other reactions and reactions on other messages are ignored."""
@@ -665,16 +735,16 @@ class SlackAdapter:
 
     async def _on_user_message(
         self, event: dict[str, Any], body: dict[str, Any], *, in_thread: bool
-    ) -> None:
+    ) -> EnqueueResult | None:
         if event.get("subtype") not in (None, "file_share"):
-            return  # edits, deletions, joins (a message with files is still a message)
+            return None  # edits, deletions, joins (a message with files is still a message)
         if event.get("bot_id") or not event.get("user"):
-            return  # other bots (our own messages never get here)
+            return None  # other bots (our own messages never get here)
         workspace = str(body.get("team_id") or event.get("team") or "")
         channel = str(event.get("channel", ""))
         if not self._allowed(workspace, channel):
             log.info("ignored a message from %s/%s (not in the allowlist)", workspace, channel)
-            return
+            return None
         ts = str(event.get("ts", ""))
         thread = str(event.get("thread_ts") or (ts if in_thread else ""))
         text = from_slack(str(event.get("text", "")), bot_user_id=self._bot_user_id)
@@ -685,7 +755,7 @@ class SlackAdapter:
                 platform=PLATFORM, workspace=workspace, channel=channel, thread=thread
             )
             if await self._stays_silent(here):
-                return
+                return None
             # A hint is a post too: it passes the rate limits like a command (told privately).
             assert self._intake is not None, "start() the adapter first"
             user = str(event["user"])
@@ -704,7 +774,7 @@ class SlackAdapter:
                 await self._quietly(
                     self._tell_privately(where, to_mrkdwn(refusal.notice)), "refusal"
                 )
-            return
+            return None
         try:
             incoming = Incoming(
                 platform=PLATFORM,
@@ -715,14 +785,16 @@ class SlackAdapter:
                 author_name=await self._author_name(str(event["user"])),
                 text=text,
                 message_id=ts,
-                reply_target={"channel": channel, "thread_ts": thread},
+                # ``user``: the asker, the recipient of a natively streamed answer.
+                reply_target={"channel": channel, "thread_ts": thread, "user": str(event["user"])},
                 attachments=files,
             )
         except InvalidIncomingError as exc:  # acknowledged: Slack would send the same again
             log.info("ignored a Slack message %s in %s: %s", ts[:40], channel[:40], exc)
-            return
+            return None
         result = await self._submit(incoming)
         self._waiting_links.queued(self._intake, incoming, result)
+        return result
 
     async def _user(self, user: str) -> dict[str, Any] | None:
         """``users.info``'s record of ``user``, asked once per person (at most 10,000 kept) for
@@ -769,14 +841,32 @@ class SlackAdapter:
 
     # ------------------------------------------------------------------ egress
 
-    async def open_reply(self, target: ReplyTarget) -> SlackReply | SlackEphemeralReply:
+    async def open_reply(self, target: ReplyTarget) -> ReplyStream:
         target = await self._waiting_links.adopt(target)
         if target.reply_target.get("ephemeral") == "1":
             return SlackEphemeralReply(target, limit=self._limit)
-        return SlackReply(self.client, target, limit=self._limit, min_interval=self._edit_interval)
+        if self.options.streaming == "native" and native_surface(target.reply_target):
+            return open_native_reply(
+                self.client,
+                target,
+                limit=self._limit,
+                error=delivery_error,
+                min_interval=self._edit_interval,
+                closing_blocks=self._closing,
+            )
+        return SlackReply(
+            self.client,
+            target,
+            limit=self._limit,
+            min_interval=self._edit_interval,
+            closing_blocks=self._closing,
+        )
 
     async def post_notice(self, target: ReplyTarget, text: str) -> None:
         where: Mapping[str, str] = target.reply_target
+        if self.options.streaming == "native" and native_surface(where):
+            # An apology after a streamed attempt: its stream ends before the notice follows.
+            await stop_streams(self.client, where["channel"], target.existing_message_ids)
         if where.get(NOTICE_TO):
             await self._tell_privately(where, to_mrkdwn(text))
             return

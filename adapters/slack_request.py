@@ -80,8 +80,27 @@ def bolt_request(
         return Refused(status=400, error="the body is not a Slack payload")
     if not isinstance(parsed, dict):
         return Refused(status=400, error="the body is not a Slack payload")
+    if not _actions_routable(parsed):
+        return Refused(status=400, error="the body is not a Slack payload")
     try:
         return AsyncBoltRequest(body=text, query=query, headers=dict(headers))
     except (AttributeError, KeyError, TypeError, ValueError, IndexError):
         # bolt reads ids out of the payload while building its context (``team``, ``user`` ...)
         return Refused(status=400, error="the body is not a Slack payload")
+
+
+def _actions_routable(parsed: dict[str, object]) -> bool:
+    """A button click (``block_actions``) names its actions as bolt reads them when it routes
+    the click (a list of objects with a string ``action_id``); a form body carries it as JSON."""
+    payload: object = parsed
+    if isinstance(parsed.get("payload"), str):
+        try:
+            payload = json.loads(str(parsed["payload"]))
+        except (ValueError, RecursionError):
+            return False
+    if not isinstance(payload, dict) or payload.get("type") != "block_actions":
+        return True
+    actions = payload.get("actions")
+    return isinstance(actions, list) and all(
+        isinstance(action, dict) and isinstance(action.get("action_id"), str) for action in actions
+    )

@@ -9,7 +9,9 @@ much room an accepted one leaves.
 
 ``MIN_ROOM_TOKENS`` (1,024) is the minimum: about 700 English words of question and recent history,
 enough for a long question with some context. With a small context window it is half the budget
-instead, so that a prompt can always use the other half.
+instead, so that a prompt can always use the other half, but never less than what a question cut
+to fit needs (the truncation marker and a character of the question): a too-long question in a
+channel whose prompt was accepted is cut with its notice, never refused.
 
 Where commands run: in the process that receives the platform's events. With the model in the same
 process (``solarbot run``) the gauge uses the engine's tokenizer once the model is loaded. A process
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bot.conversation import TRUNCATION_MARKER
 from bot.generation.engine import Tokenizer
 from bot.generation.solar import SOLAR_CHAT_TEMPLATE
 
@@ -94,10 +97,12 @@ class PromptGauge:
 
         bare = tokens(empty_question)
         with_prompt = tokens([{"role": "system", "content": system_prompt}, *empty_question])
+        # A question cut to fit keeps at least one character, then the marker.
+        cut = tokens([{"role": "user", "content": "?" + TRUNCATION_MARKER}]) - bare
         return PromptRoom(
             prompt_tokens=with_prompt - bare,
             room=budget - with_prompt,
-            minimum=minimum_room(budget),
+            minimum=max(minimum_room(budget), cut),
         )
 
 

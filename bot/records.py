@@ -257,13 +257,15 @@ class ThreadState:
 
 @dataclass(frozen=True, kw_only=True)
 class AnswerRecord:
-    """A bot reply as its buttons need it (``Repository.answer_of``): where it was posted, who
-    asked the question, and the platform ids of the messages that hold it."""
+    """A bot reply as its buttons need it (``Repository.answer_of`` by job, ``reply_origin`` by
+    one of its messages, never by an id a client sends): where it was posted, who asked the
+    question, the platform ids of the messages that hold it, and its reply target."""
 
     job_id: int
     conversation: ConversationKey
     asker_id: str
     message_ids: tuple[str, ...]
+    reply_target: Mapping[str, str]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -204,6 +204,10 @@ def slack_options(settings: Settings, *, ingress: bool, model_id: str) -> SlackO
         default_system_prompt=settings.system_prompt,
         edit_interval=settings.edit_interval_seconds,
         ingress=ingress,
+        streaming=settings.slack_streaming,
+        handoff_keyword=settings.handoff_keywords[0] if settings.handoff_keywords else "",
+        assistant=settings.slack_assistant,
+        suggested_prompts=settings.slack_suggested_prompts,
         attachments=attachment_options(settings),
     )
 

@@ -16,10 +16,16 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from bot import texts
 from bot.errors import ConfigError, ContextWindowError
 from bot.generation.solar import DEFAULT_MODEL_ID
 from bot.quota import usage_zone
 from bot.support_hours import parse_support_hours
+
+# Slack's suggested prompts (SOLARBOT_SLACK_SUGGESTED_PROMPTS).
+SUGGESTED_PROMPTS_MAX = 4
+SUGGESTED_PROMPT_TITLE_CHARS = 75
+SUGGESTED_PROMPT_MESSAGE_CHARS = 2000
 
 ENV_PREFIX = "SOLARBOT_"
 # Variables under these prefixes belong to the test suite, not to the service.
@@ -193,6 +199,42 @@ class Settings(BaseSettings):
     slack_api_url: str = "https://slack.com/api/"
     # Human handoff: the user group pinged ("<!subteam^ID>") when someone asks for a human.
     slack_support_group: str | None = None
+    # Thread replies: "native" streams (chat.startStream, standard Markdown), "edit" edits in
+    # mrkdwn; /solar answers and top-level DMs are always edited (docs/slack.md, "Streaming").
+    slack_streaming: Literal["native", "edit"] = "native"
+    # Agents & Assistants (the app's assistant view): greet new assistant threads with these
+    # suggested prompts, show "is thinking…" statuses and title threads (docs/slack.md).
+    slack_assistant: bool = True
+    # "title=message|title=message" (a prompt without "=" is its own title); at most 4; empty: none.
+    slack_suggested_prompts: Annotated[tuple[tuple[str, str], ...], NoDecode] = (
+        texts.SLACK_SUGGESTED_PROMPTS
+    )
+
+    @field_validator("slack_suggested_prompts", mode="before")
+    @classmethod
+    def _slack_suggested_prompts(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        prompts: list[tuple[str, str]] = []
+        for entry in value.split("|"):
+            if not entry.strip():
+                continue
+            title, equals, message = entry.partition("=")
+            title, message = title.strip(), (message if equals else title).strip()
+            if not title or not message:
+                raise ValueError(f"{entry.strip()!r}: a prompt needs a title and a message")
+            if len(title) > SUGGESTED_PROMPT_TITLE_CHARS:
+                raise ValueError(
+                    f"{title[:20]!r}…: a title has at most {SUGGESTED_PROMPT_TITLE_CHARS} characters"
+                )
+            if len(message) > SUGGESTED_PROMPT_MESSAGE_CHARS:
+                raise ValueError(
+                    f"{title!r}: a message has at most {SUGGESTED_PROMPT_MESSAGE_CHARS} characters"
+                )
+            prompts.append((title, message))
+        if len(prompts) > SUGGESTED_PROMPTS_MAX:
+            raise ValueError(f"at most {SUGGESTED_PROMPTS_MAX} prompts (Slack shows no more)")
+        return tuple(prompts)
 
     @field_validator(
         "slack_allowed_workspaces", "slack_allowed_channels", "slack_admin_users", mode="before"

@@ -186,6 +186,33 @@ SLACK_NOT_IN_CHANNEL = (
     "(invite me with `/invite @solarbot` to answer in the channel)."
 )
 SLACK_EMPTY_MENTION = "Yes? Ask me something after the mention, e.g. `@solarbot what is SOLAR?`"
+# Buttons under every Slack answer (adapters/slack_buttons.py; button texts: at most 75 chars).
+SLACK_FEEDBACK_GOOD = "Good answer"
+SLACK_FEEDBACK_BAD = "Bad answer"
+SLACK_HANDOFF_BUTTON = "Talk to a human"
+# Slack assistant threads (adapters/slack_assistant.py). Statuses follow the app's name ("solarbot
+# is thinking…"); {position}: questions ahead in the queue.
+SLACK_ASSISTANT_GREETING = (
+    "Hi! I'm solarbot, SOLAR-10.7B-Instruct running on our own servers. Ask me anything, "
+    "or start with one of the suggestions below."
+)
+SLACK_ASSISTANT_PROMPTS_TITLE = "Try one of these:"
+SLACK_ASSISTANT_THINKING = "is thinking…"
+SLACK_ASSISTANT_QUEUED = "is thinking… ({position} ahead of you in the queue)"
+# The default SOLARBOT_SLACK_SUGGESTED_PROMPTS: (title, message) pairs.
+SLACK_SUGGESTED_PROMPTS = (
+    ("What can you do?", "What can you help me with, and what should I not ask you?"),
+    (
+        "Explain a concept",
+        "Explain the difference between a process and a thread, with an example.",
+    ),
+    ("Write some code", "Write a Python function that checks whether a string is a palindrome."),
+    ("Improve my writing", "Make this text clearer and shorter: "),
+)
+SLACK_HANDOFF_NOT_YOURS = (
+    "Only the person who asked (or an admin) can hand this conversation to a human. "
+    'You can ask for one yourself by writing "{keyword}".'
+)
 
 # The Discord adapter.
 DISCORD_THINKING = "Thinking…"

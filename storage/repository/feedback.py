@@ -104,35 +104,18 @@ class FeedbackStore(RepositoryBase):
     def answer_of(self, job_id: int) -> AnswerRecord | None:
         """The reply of job ``job_id`` (its conversation, the asker, the messages holding it so
         far), for buttons under it; None when there is no such job."""
-        query = (
-            select(
-                jobs.c.id,
-                jobs.c.reply_message_ids,
-                conversations.c.platform,
-                conversations.c.workspace,
-                conversations.c.channel,
-                conversations.c.thread,
-                messages.c.author_id,
-            )
-            .join(conversations, conversations.c.id == jobs.c.conversation_id)
-            .join(messages, messages.c.id == jobs.c.message_id)
-            .where(jobs.c.id == job_id)
-        )
         with self._transaction() as connection:
-            row = connection.execute(query).first()
-        if row is None:
-            return None
-        return AnswerRecord(
-            job_id=int(row.id),
-            conversation=ConversationKey(
-                platform=row.platform,
-                workspace=row.workspace,
-                channel=row.channel,
-                thread=row.thread,
-            ),
-            asker_id=row.author_id,
-            message_ids=tuple(str(i) for i in row.reply_message_ids or ()),
-        )
+            return _answer(connection, job_id)
+
+    def reply_origin(
+        self, *, platform: str, workspace: str, message_id: str, channel: str | None = None
+    ) -> AnswerRecord | None:
+        """What the bot reply posted as ``message_id`` (any part of it) answers: its job, the
+        conversation and who asked (a button under the reply identifies it by its message, so
+        a client never names a job). None when ``message_id`` is not a finished bot reply."""
+        with self._transaction() as connection:
+            job_id = reply_job(connection, platform, workspace, channel, message_id)
+            return None if job_id is None else _answer(connection, job_id)
 
     def feedback_for(self, job_id: int) -> list[FeedbackRecord]:
         with self._transaction() as connection:
@@ -321,3 +304,34 @@ def reply_job(
 def excerpt(text: str) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= EXCERPT_CHARS else flat[: EXCERPT_CHARS - 1] + "…"
+
+
+def _answer(connection: Connection, job_id: int) -> AnswerRecord | None:
+    row = connection.execute(
+        select(
+            jobs.c.reply_message_ids,
+            jobs.c.reply_target,
+            messages.c.author_id,
+            conversations.c.platform,
+            conversations.c.workspace,
+            conversations.c.channel,
+            conversations.c.thread,
+        )
+        .join(messages, messages.c.id == jobs.c.message_id)
+        .join(conversations, conversations.c.id == jobs.c.conversation_id)
+        .where(jobs.c.id == job_id)
+    ).first()
+    if row is None:
+        return None
+    return AnswerRecord(
+        job_id=job_id,
+        conversation=ConversationKey(
+            platform=row.platform,
+            workspace=row.workspace,
+            channel=row.channel,
+            thread=row.thread,
+        ),
+        asker_id=row.author_id,
+        message_ids=tuple(str(i) for i in row.reply_message_ids or ()),
+        reply_target=dict(row.reply_target or {}),
+    )

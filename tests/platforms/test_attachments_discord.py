@@ -16,9 +16,9 @@ from bot.attachments import FILE_CUT_MARKER
 from bot.generation.fake import FakeEngine
 from bot.records import AttachmentProblem, ConversationKey
 from storage.repository import Repository
-from tests.platforms.test_discord import FAST, GENERAL, GUILD, MENTION, Rig
 from tests.support.attachment_files import BINARY, broken_pdf, make_pdf
 from tests.support.discord_fake import BOT_ID, FakeDiscord, Upload
+from tests.support.discord_rig import FAST, GENERAL, GUILD, MENTION, Rig
 from tests.support.rig import quick_worker_options
 
 BUDGET = 500  # attachment tokens per message (the fake engine's tokenizer: one per character)

@@ -22,9 +22,9 @@ from bot.attachments import FILE_CUT_MARKER
 from bot.generation.fake import FakeEngine
 from bot.records import AttachmentProblem, ConversationKey
 from bot.tools import data
-from tests.platforms.test_slack import Rig, mention, start_rig
 from tests.support.attachment_files import BINARY, LoopbackFiles, broken_pdf, make_pdf
 from tests.support.slack_fake import BOT_TOKEN, TEAM, FakeSlack
+from tests.support.slack_rig import Rig, mention, start_rig
 
 BUDGET = 600  # attachment tokens per message (the fake engine's tokenizer: one per character)
 MAX_BYTES = 4096

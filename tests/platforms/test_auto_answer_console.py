@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bot import texts
-from tests.platforms.test_console_commands import chat, stored
+from tests.support.console_rig import chat, stored
 
 
 async def test_mode_in_the_console_says_every_line_is_answered_already(tmp_path: Path) -> None:

@@ -23,7 +23,8 @@ from bot.handoff_followups import FollowupPolicy, HandoffFollowups
 from bot.intake import Intake
 from bot.records import AnswerMode
 from storage.repository import Repository
-from tests.platforms.test_discord import (
+from tests.support.discord_fake import BOT_ID, FakeDiscord
+from tests.support.discord_rig import (
     ADMIN_ROLE,
     FAST,
     GENERAL,
@@ -34,13 +35,18 @@ from tests.platforms.test_discord import (
     THREAD,
     Rig,
     command,
+    home_discord,
     start_rig,
 )
-from tests.platforms.test_discord import fake as fake  # the fixture: guild, channels, a thread
-from tests.platforms.test_support_hours import Clock
-from tests.support.discord_fake import BOT_ID, FakeDiscord
+from tests.support.hours_rig import Clock
 
 ANA, BOB = 500, 600  # the asker, a support agent
+
+
+@pytest.fixture
+async def fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeDiscord]:
+    async with home_discord(monkeypatch) as fake:
+        yield fake
 
 
 @pytest.fixture

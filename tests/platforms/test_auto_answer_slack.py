@@ -20,9 +20,9 @@ import pytest
 from bot import texts
 from bot.generation.fake import FakeEngine
 from bot.records import AnswerMode, ConversationKey
-from tests.platforms.test_slack import ADMIN, Rig, mention, say, start_rig
-from tests.platforms.test_support_hours import ASKED, BERLIN, Clock, serving, settle
+from tests.support.hours_rig import ASKED, BERLIN, Clock, serving, settle
 from tests.support.slack_fake import BOT_ID, BOT_USER, TEAM, FakeSlack
+from tests.support.slack_rig import ADMIN, Rig, mention, say, start_rig
 
 CHANNEL = "C0GENERAL"
 QUESTION_TS = "1690100000.000001"

@@ -8,9 +8,7 @@ import contextlib
 import logging
 import re
 import tempfile
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import AsyncIterator
 
 import discord
 import pytest
@@ -23,100 +21,35 @@ from bot.conversation import neutralise
 from bot.errors import ConfigError
 from bot.generation.fake import FakeEngine
 from bot.intake import Intake
-from bot.limits import Limits
-from bot.records import ConversationKey
 from bot.splitting import split_message, truncate_at_word
 from storage.repository import Repository
 from tests.support.discord_fake import BOT_ID, FakeDiscord
-from tests.support.rig import ServiceRig, quick_worker_options
+from tests.support.discord_rig import (
+    ADMIN_ROLE,
+    BOT_ROLE,
+    DM,
+    ELSEWHERE,
+    FAST,
+    GENERAL,
+    GUILD,
+    MEMBER_ROLE,
+    MENTION,
+    OTHER_GUILD,
+    RANDOM,
+    THREAD,
+    Rig,
+    command,
+    home_discord,
+    start_rig,
+)
 
-GUILD, OTHER_GUILD = 10, 30
-GENERAL, RANDOM, THREAD, ELSEWHERE = 100, 101, 102, 300
-DM = 700
-MEMBER_ROLE, ADMIN_ROLE = 20, 21
-BOT_ROLE = GUILD + 1  # the bot's managed role (tests/support/discord_fake.py)
-MANAGE_GUILD = 1 << 5  # the Manage Server permission
-MENTION = f"<@{BOT_ID}>"
 MARKUP = re.compile(r"<(@[!&]?|#)\d+>|<a?:\w+:\d+>")  # Discord's mentions and custom emoji
-FAST = {
-    "edit_interval": 0.05,
-    "typing_interval": 0.2,
-    "queue_notice_after": 0.0,
-    "status_poll": 0.05,
-    "guild_ready_timeout": 0.01,
-    "ready_timeout": 10.0,
-}
 
 
 @pytest.fixture
 async def fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeDiscord]:
-    fake = FakeDiscord()
-    fake.add_guild(
-        GUILD,
-        "home",
-        roles={MEMBER_ROLE: "members", ADMIN_ROLE: "admins"},
-        permissions={ADMIN_ROLE: MANAGE_GUILD},
-    )
-    fake.add_channel(GUILD, GENERAL, "general")
-    fake.add_channel(GUILD, RANDOM, "random")
-    fake.add_thread(GUILD, GENERAL, THREAD, "a thread")
-    fake.add_guild(OTHER_GUILD, "elsewhere")
-    fake.add_channel(OTHER_GUILD, ELSEWHERE, "elsewhere")
-    await fake.start()
-    fake.point_discord_py_here(monkeypatch)
-    yield fake
-    await fake.close()
-
-
-@dataclass(kw_only=True)
-class Rig(ServiceRig[DiscordAdapter, FakeEngine]):
-    """The service rig around the real discord.py client, with the fake Discord it talks to."""
-
-    fake: FakeDiscord
-
-    async def until(
-        self, condition: Callable[[], bool], *, within: float = 15.0, poll: float = 0.01
-    ) -> None:
-        await super().until(condition, within=within, poll=poll)
-
-    def stored(self, channel: int, *, thread: int = 0, guild: int = GUILD) -> list[tuple[str, str]]:
-        key = ConversationKey(
-            platform="discord",
-            workspace=str(guild) if guild else "",
-            channel=str(channel),
-            thread=str(thread) if thread else "",
-        )
-        return [(m.role.value, m.text) for m in self.repository.messages(key)]
-
-    def replies(self, channel: int) -> list[str]:
-        return [m["content"] for m in self.fake.bot_messages(channel)]
-
-    async def stop(self, *, drain: float = 2.0) -> None:
-        await super().stop(drain=drain)
-
-
-async def start_rig(
-    fake: FakeDiscord,
-    url: str,
-    *,
-    engine: FakeEngine | None = None,
-    concurrency: int = 4,
-    lease_seconds: float = 5.0,
-    handoff_keywords: tuple[str, ...] = (),
-    limits: Limits | None = None,
-    **adapter_options: Any,
-) -> Rig:
-    return await Rig.start(
-        DiscordAdapter(DiscordOptions(token=fake.token, **{**FAST, **adapter_options})),
-        repository=Repository.open(url),
-        engine=engine or FakeEngine(delay_per_chunk=0.002),
-        options=quick_worker_options(
-            max_new_tokens=2000, concurrency=concurrency, lease_seconds=lease_seconds
-        ),
-        limits=limits,
-        handoff_keywords=handoff_keywords,
-        fake=fake,
-    )
+    async with home_discord(monkeypatch) as fake:
+        yield fake
 
 
 @pytest.fixture
@@ -681,18 +614,6 @@ async def test_the_fake_blanks_content_for_a_client_without_the_message_content_
 
 
 # ---------------------------------------------------------------------------- channel settings
-
-
-async def command(
-    rig: Rig, channel: int, text: str, *, roles: tuple[int, ...] = (), reply_to_wait: bool = True
-) -> str:
-    """``@solarbot TEXT`` by a member with ``roles``; returns the bot's answer to it."""
-    before = len(rig.replies(channel))
-    await rig.fake.user_message(channel, f"{MENTION} {text}", mentions=(BOT_ID,), roles=roles)
-    if not reply_to_wait:
-        return ""
-    await rig.until(lambda: len(rig.replies(channel)) > before)
-    return rig.replies(channel)[before]
 
 
 def settings_of(rig: Rig, channel: int = GENERAL) -> tuple[object, ...]:

@@ -20,20 +20,20 @@ from bot import texts
 from bot.intake import Intake
 from bot.records import ConversationKey
 from storage.repository import Repository
-from tests.platforms.test_discord import (
+from tests.support.discord_fake import BOT_ID, FakeDiscord
+from tests.support.discord_rig import (
     ADMIN_ROLE,
     FAST,
     GENERAL,
     GUILD,
-    MANAGE_GUILD,
     MEMBER_ROLE,
     MENTION,
     RANDOM,
     THREAD,
     Rig,
+    home_discord,
     start_rig,
 )
-from tests.support.discord_fake import BOT_ID, FakeDiscord
 
 EPHEMERAL = 64
 ASKER, OTHER, THIRD = 500, 601, 602
@@ -41,20 +41,8 @@ ASKER, OTHER, THIRD = 500, 601, 602
 
 @pytest.fixture
 async def fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeDiscord]:
-    fake = FakeDiscord()
-    fake.add_guild(
-        GUILD,
-        "home",
-        roles={MEMBER_ROLE: "members", ADMIN_ROLE: "admins"},
-        permissions={ADMIN_ROLE: MANAGE_GUILD},
-    )
-    fake.add_channel(GUILD, GENERAL, "general")
-    fake.add_channel(GUILD, RANDOM, "random")
-    fake.add_thread(GUILD, GENERAL, THREAD, "a thread")
-    await fake.start()
-    fake.point_discord_py_here(monkeypatch)
-    yield fake
-    await fake.close()
+    async with home_discord(monkeypatch, elsewhere=False) as fake:
+        yield fake
 
 
 @pytest.fixture

@@ -26,21 +26,21 @@ from bot.records import ConversationKey
 from bot.service import discord_options
 from bot.settings import load_settings
 from storage.repository import Repository
-from tests.platforms.test_discord import (
+from tests.support.db_faults import refusing_inserts
+from tests.support.discord_fake import APP_ID, FakeDiscord, FakeInteraction
+from tests.support.discord_rig import (
     ADMIN_ROLE,
     DM,
     FAST,
     GENERAL,
     GUILD,
-    MANAGE_GUILD,
     MEMBER_ROLE,
     RANDOM,
     THREAD,
     Rig,
+    home_discord,
     start_rig,
 )
-from tests.support.db_faults import refusing_inserts
-from tests.support.discord_fake import APP_ID, FakeDiscord, FakeInteraction
 
 EPHEMERAL = 64
 DEFERRED = 5  # DEFERRED_CHANNEL_MESSAGE_WITH_SOURCE
@@ -49,20 +49,8 @@ OPTION_TYPES = {"sub_command": 1, "string": 3, "integer": 4, "boolean": 5}
 
 @pytest.fixture
 async def fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeDiscord]:
-    fake = FakeDiscord()
-    fake.add_guild(
-        GUILD,
-        "home",
-        roles={MEMBER_ROLE: "members", ADMIN_ROLE: "admins"},
-        permissions={ADMIN_ROLE: MANAGE_GUILD},
-    )
-    fake.add_channel(GUILD, GENERAL, "general")
-    fake.add_channel(GUILD, RANDOM, "random")
-    fake.add_thread(GUILD, GENERAL, THREAD, "a thread")
-    await fake.start()
-    fake.point_discord_py_here(monkeypatch)
-    yield fake
-    await fake.close()
+    async with home_discord(monkeypatch, elsewhere=False) as fake:
+        yield fake
 
 
 @pytest.fixture

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from bot import texts
 from bot.records import ConversationKey
 from bot.storable import FIELD_LIMITS, text_problem
-from tests.platforms.test_discord import (
+from tests.support.discord_fake import BOT_ID, FakeDiscord
+from tests.support.discord_rig import (
     ADMIN_ROLE,
     GENERAL,
     GUILD,
@@ -27,7 +28,6 @@ from tests.platforms.test_discord import (
     command,
     start_rig,
 )
-from tests.support.discord_fake import BOT_ID, FakeDiscord
 from tests.support.ingress_fuzz import LoopThread, hostile_text, tracebacks_at_error
 
 UNKNOWN_CHANNEL = 555

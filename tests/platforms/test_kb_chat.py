@@ -331,10 +331,12 @@ class SlackRig:
 
 @contextlib.asynccontextmanager
 async def running_slack_rig(
-    tmp_path: Path, *, embeddings: Path | None = None
+    tmp_path: Path, *, embeddings: Path | None = None, streaming: str = "edit"
 ) -> AsyncIterator[SlackRig]:
     """The service with the Slack adapter against the fake; ``embeddings``: a model folder for
-    hybrid retrieval (SOLARBOT_KB_EMBEDDINGS), whose vectors the collection then holds."""
+    hybrid retrieval (SOLARBOT_KB_EMBEDDINGS), whose vectors the collection then holds;
+    ``streaming``: answers are checked in mrkdwn (``edit``) unless ``native`` is asked for (more
+    on that path in test_slack_native_stream.py)."""
     fake = FakeSlack()
     await fake.start()
     settings = load_settings(
@@ -362,6 +364,7 @@ async def running_slack_rig(
             model_id="fake-solar",
             default_system_prompt=settings.system_prompt,
             edit_interval=0.02,
+            streaming="native" if streaming == "native" else "edit",
         )
     )
     service = Service(
@@ -453,6 +456,27 @@ async def test_slack_a_queued_mention_shows_source_links_until_its_answer_replac
     assert_waiting_links(answer.history[0])
     assert answer.text.startswith(CHECKED)
     assert "While I write" not in answer.text
+
+
+async def test_slack_native_a_queued_mention_shows_source_links_until_its_answer_replaces_them(
+    tmp_path: Path,
+) -> None:
+    """Streaming natively, the links placeholder (an ordinary message) is taken over too: the
+    answer edits it in standard Markdown, one message, sources linked, buttons under it."""
+    async with running_slack_rig(tmp_path, streaming="native") as rig:
+        await rig.command("kb tidewater")
+        rig.engine._replies = [" ".join(f"word{n}" for n in range(200)), ANSWER]
+        await rig.event(mention("tell me everything", "1690000000.000021"))
+        await rig.event(mention(QUESTION, "1690000000.000022"))
+        await rig.until(lambda: rig.done(2))
+        [answer] = rig.fake.thread("C0GENERAL", "1690000000.000022")
+        assert_waiting_links(answer.history[0])
+        assert answer.text.startswith(CHECKED), answer.text
+        assert "While I write" not in answer.text and "[9]" not in answer.text
+        assert "(https://docs.tidewater.example/install)" in answer.text
+        started = [c.params.get("thread_ts") for c in rig.fake.calls_to("chat.startStream")]
+        assert "1690000000.000021" in started  # the first answer streamed natively
+        assert "1690000000.000022" not in started  # the second took its placeholder over
 
 
 async def test_slack_a_queued_solar_question_shows_source_links_until_its_answer_replaces_them(

@@ -43,7 +43,9 @@ from bot.service import Service
 from bot.settings import load_settings
 from storage import database
 from storage.repository import Repository
-from tests.platforms.test_discord import (
+from tests.support.db_faults import refusing_inserts
+from tests.support.discord_fake import BOT_ID, FakeDiscord
+from tests.support.discord_rig import (
     ADMIN_ROLE,
     GENERAL,
     GUILD,
@@ -55,15 +57,13 @@ from tests.platforms.test_discord import (
     command,
     start_rig,
 )
-from tests.platforms.test_discord import Rig as DiscordRig
-from tests.platforms.test_slack import ADMIN, ack_text, mention, say, slack_settings
-from tests.platforms.test_slack import reaction as slack_reaction
-from tests.platforms.test_slack import start_rig as start_slack_rig
-from tests.support.db_faults import refusing_inserts
-from tests.support.discord_fake import BOT_ID, FakeDiscord
+from tests.support.discord_rig import Rig as DiscordRig
 from tests.support.slack_fake import BOT_TOKEN as SLACK_BOT_TOKEN
 from tests.support.slack_fake import SIGNING_SECRET as SLACK_SIGNING_SECRET
 from tests.support.slack_fake import TEAM, FakeSlack
+from tests.support.slack_rig import ADMIN, ack_text, mention, say, slack_settings
+from tests.support.slack_rig import reaction as slack_reaction
+from tests.support.slack_rig import start_rig as start_slack_rig
 
 START = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
 
@@ -499,30 +499,34 @@ async def test_slack_feedback_from_bots_and_apps_is_not_stored(
     context_window=st.integers(700, 4096),
     max_new_tokens=st.integers(1, 600),
 )
+# The notice did not fit the room an accepted prompt left: the question was refused, not cut.
+@example(prompt="000000", context_window=700, max_new_tokens=597)
 def test_the_room_a_prompt_leaves_is_exactly_the_question_that_fits(
     prompt: str, context_window: int, max_new_tokens: int
 ) -> None:
     """With the exact character-level tokenizer: a question of ``room`` tokens is built whole
-    with that system prompt, one token more is truncated."""
+    with that system prompt, one token more is truncated; where the prompt leaves enough room to
+    be accepted, a longer question is always cut with its notice, never refused."""
     tokenizer = FakeTokenizer()
     gauge = PromptGauge()
     gauge.attach(tokenizer, context_window=context_window, max_new_tokens=max_new_tokens)
     room = gauge.measure(prompt)
     assert room is not None
     budget = context_window - max_new_tokens
-    assert room.minimum == min(MIN_ROOM_TOKENS, budget // 2)
+    marker = len(tokenizer.encode("?" + TRUNCATION_MARKER, add_bos=False))
+    assert room.minimum == max(min(MIN_ROOM_TOKENS, budget // 2), marker)
     builder = PromptBuilder(tokenizer, context_window=context_window, max_new_tokens=max_new_tokens)
-    if room.room < 1:
+    if room.room >= 1:
+        fits = builder.build(
+            system_prompt=prompt, history=[Turn(role="user", text="q" * room.room)]
+        )
+        assert not fits.newest_truncated and fits.prompt_tokens == budget
+    over = [Turn(role="user", text="q" * (max(room.room, 0) + 1))]
+    if room.enough:
+        assert builder.build(system_prompt=prompt, history=over).newest_truncated
+    else:  # the prompt command refuses such a prompt; a question may not fit at all
         with contextlib.suppress(PromptTooLongError):
-            built = builder.build(system_prompt=prompt, history=[Turn(role="user", text="q")])
-            assert built.newest_truncated
-        return
-    fits = builder.build(system_prompt=prompt, history=[Turn(role="user", text="q" * room.room)])
-    assert not fits.newest_truncated and fits.prompt_tokens == budget
-    over = builder.build(
-        system_prompt=prompt, history=[Turn(role="user", text="q" * (room.room + 1))]
-    )
-    assert over.newest_truncated
+            assert builder.build(system_prompt=prompt, history=over).newest_truncated
 
 
 @settings(

@@ -19,7 +19,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bot import texts
-from tests.platforms.test_slack import ADMIN, FORM, JSON, Rig, mention, say, start_rig
 from tests.support.ingress_fuzz import (
     LoopThread,
     deep_json,
@@ -36,6 +35,7 @@ from tests.support.slack_fake import (
     command_body,
     event_body,
 )
+from tests.support.slack_rig import ADMIN, FORM, JSON, Rig, mention, say, start_rig
 
 
 @pytest.fixture

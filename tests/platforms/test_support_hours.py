@@ -6,41 +6,34 @@ clock the test moves, across a restart."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 import zoneinfo
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from adapters.discord import DiscordAdapter, DiscordOptions
-from adapters.slack import SlackAdapter, SlackOptions
 from bot import texts
 from bot.errors import ConfigError
-from bot.generation.fake import FakeEngine
 from bot.handoff_followups import FollowupPolicy, HandoffFollowups
 from bot.intake import Intake
 from bot.limits import Limits, LimitSettings
 from bot.records import FollowupKind, Incoming
-from bot.service import Service
 from bot.settings import load_settings
 from bot.support_hours import SupportHours, parse_support_hours
 from storage import database
 from storage.repository import Repository
-from tests.platforms.test_slack import mention
 from tests.support.discord_fake import BOT_ID, FakeDiscord
-from tests.support.slack_fake import BOT_TOKEN, SIGNING_SECRET, FakeSlack, event_body, signed_post
+from tests.support.hours_rig import ASKED, BERLIN, Clock, serving, settle
+from tests.support.slack_fake import FakeSlack
+from tests.support.slack_rig import mention
 
-BERLIN = zoneinfo.ZoneInfo("Europe/Berlin")
 SUPPORT = "<!subteam^S0SUPPORT>"
-ASKED = "1690002000.000001"  # the ts of Alice's message asking for a human (= its thread)
 
 # ------------------------------------------------------------------------- the schedule
 
@@ -281,92 +274,12 @@ def test_migration_0013_adds_the_follow_ups_and_goes_down(database_url: str) -> 
 # ------------------------------------------------ the whole path: Slack, a clock, a restart
 
 
-@dataclass
-class Clock:
-    now: datetime
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-@dataclass
-class Rig:
-    fake: FakeSlack
-    service: Service
-    repository: Repository
-    url: str
-    session: aiohttp.ClientSession
-
-    async def event(self, event: dict[str, Any]) -> None:
-        status, _ = await signed_post(
-            self.session, self.url, event_body(event), content_type="application/json"
-        )
-        assert status == 200
-
-    def thread(self) -> list[str]:
-        return [m.text for m in self.fake.thread("C0GENERAL", ASKED)]
-
-
-@contextlib.asynccontextmanager
-async def serving(tmp_path: Path, fake: FakeSlack, clock: Clock) -> AsyncIterator[Rig]:
-    """One run of the service (Slack adapter, fake engine, SQLite in ``tmp_path``) on ``clock``."""
-    settings = load_settings(
-        environ={
-            "SOLARBOT_DATA_DIR": str(tmp_path),
-            "SOLARBOT_ENGINE": "fake",
-            "SOLARBOT_POLL_SECONDS": "0.05",
-            "SOLARBOT_HANDOFF_KEYWORDS": "talk to a human",
-            "SOLARBOT_SUPPORT_HOURS": "Mon-Fri 09:00-17:00 Europe/Berlin",
-            "SOLARBOT_HANDOFF_REMINDER_MINUTES": "30",
-        }
-    )
-    repository = Repository.open(settings.resolved_database_url())
-    slack = SlackAdapter(
-        SlackOptions(
-            bot_token=BOT_TOKEN,
-            signing_secret=SIGNING_SECRET,
-            host="127.0.0.1",
-            port=0,
-            api_url=fake.api_url,
-            support_group="S0SUPPORT",
-            model_id="fake",
-        )
-    )
-    service = Service(
-        settings=settings,
-        repository=repository,
-        engine=FakeEngine(),
-        adapters=[slack],
-        drain_seconds=1,
-        clock=clock,
-    )
-    task = asyncio.create_task(service.run())
-    async with asyncio.timeout(10):
-        while service.worker is None:
-            await asyncio.sleep(0.01)
-    session = aiohttp.ClientSession()
-    try:
-        url = f"http://127.0.0.1:{slack.http_port}/slack/events"
-        yield Rig(fake, service, repository, url, session)
-    finally:
-        await session.close()
-        service.stopping.set()
-        async with asyncio.timeout(10):
-            await task
-        repository.close()
-
-
 @pytest.fixture
 async def slack_fake() -> AsyncIterator[FakeSlack]:
     fake = FakeSlack()
     await fake.start()
     yield fake
     await fake.stop()
-
-
-async def settle(rig: Rig) -> None:
-    """Let the follow-up loop run a few rounds (it polls every 0.5 s)."""
-    await asyncio.sleep(1.2)
 
 
 async def test_after_hours_the_asker_is_told_when_and_the_ping_waits_for_the_hours_across_a_restart(

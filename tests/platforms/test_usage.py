@@ -28,10 +28,10 @@ from bot.records import Incoming, JobTrace
 from bot.settings import load_settings
 from storage import database
 from storage.repository import Repository
-from tests.platforms.test_slack import mention
-from tests.platforms.test_slack import start_rig as start_slack_rig
 from tests.support.processes import solarbot
 from tests.support.slack_fake import TEAM, FakeSlack
+from tests.support.slack_rig import mention
+from tests.support.slack_rig import start_rig as start_slack_rig
 
 # ----------------------------------------------------------------------------- helpers
 

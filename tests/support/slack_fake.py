@@ -1,14 +1,18 @@
 """A local fake of Slack for the real slack-bolt / slack_sdk clients, on 127.0.0.1.
 
 - Web API at ``api_url`` (``POST /api/<method>``): auth.test, chat.postMessage, chat.update,
-  chat.delete, chat.getPermalink, conversations.history/.replies (people's messages are added with
+  chat.delete, assistant.threads.setStatus/setTitle/setSuggestedPrompts (``statuses``,
+  ``status_now``, ``titles``, ``suggested``), chat.startStream/appendStream/stopStream (``FakeMessage.stream``: None for an
+  ordinary message, else "streaming" or "stopped"; ``appended`` lists what each call added), chat.getPermalink, conversations.history/.replies (people's messages are added with
   ``add_user_message``), apps.connections.open. Every call is recorded in ``calls``; posted messages live in
   ``messages`` (ts -> message with its text history). ``rate_limit(method, count, retry_after)``
   answers the next calls with HTTP 429 + Retry-After; ``fail(method, error)`` with ``ok: false``.
 - A response_url endpoint (``response_url(name)``): bodies posted to it are in ``responses``.
 - Socket Mode: apps.connections.open answers with ``ws://.../socket``; ``send_envelope`` pushes an
   envelope to the connected client and ``acks`` collects what it answers.
-- ``sign``/``signed_post`` make correctly signed HTTP requests to an app under test.
+- ``sign``/``signed_post`` make correctly signed HTTP requests to an app under test;
+  ``action_body`` is a button click (``block_actions``). Blocks sent to any method are checked
+  against the limits of the block types solarbot sends (``invalid_blocks``).
 - Files (``add_file``): served at their ``url_private`` (``/files-pri/...``) to requests with the bot
   token as ``Authorization: Bearer``, like files.slack.com (others get Slack's sign-in page, an
   HTML 200); ``add_file`` returns the file object a message event carries. Every request for a
@@ -38,6 +42,7 @@ SIGNING_SECRET = "test-signing-secret-abcdef"
 TEAM = "T0TEAM"
 BOT_USER = "U0BOT"
 BOT_ID = "B0BOT"
+STREAM_TEXT_LIMIT = 12_000  # markdown_text per chat.startStream/appendStream/stopStream call
 
 
 @dataclass
@@ -74,6 +79,10 @@ class FakeMessage:
     history: list[str] = field(default_factory=list)
     deleted: bool = False
     user: str = ""  # who wrote it ("" = the bot)
+    blocks: list[dict[str, Any]] = field(default_factory=list)
+    stream: str | None = None  # None: not a stream; "streaming"; "stopped"
+    appended: list[str] = field(default_factory=list)  # markdown each stream call added
+    recipient: tuple[str, str] | None = None  # (team, user) a channel stream was started for
 
 
 class FakeSlack:
@@ -84,6 +93,12 @@ class FakeSlack:
         self.acks: list[dict[str, Any]] = []
         self.ephemerals: list[dict[str, Any]] = []  # chat.postEphemeral
         self.bot_users: set[str] = set()  # users.info says is_bot for these
+        # Assistant threads, by (channel, thread_ts): every status set, in order; the status
+        # shown now (cleared, as Slack does, when the app posts in the thread); titles; prompts.
+        self.statuses: list[tuple[str, str, str]] = []
+        self.status_now: dict[tuple[str, str], str] = {}
+        self.titles: dict[tuple[str, str], str] = {}
+        self.suggested: dict[tuple[str, str], tuple[str, list[dict[str, str]]]] = {}
         self.files: dict[str, FakeFile] = {}  # by file id
         self.file_requests: list[FileRequest] = []
         self._ts = itertools.count(1)
@@ -186,7 +201,52 @@ class FakeSlack:
         handler = getattr(self, "_" + method.replace(".", "_"), None)
         if handler is None:
             return _json({"ok": False, "error": "unknown_method"})
-        return _json(handler(params))
+        refused = invalid_blocks(params.get("blocks"))
+        if refused is not None:
+            return _json({"ok": False, "error": "invalid_blocks", "errors": [refused]})
+        answer = handler(params)
+        if answer.get("ok") and method in ("chat.postMessage", "chat.startStream"):
+            thread = params.get("thread_ts")
+            if thread:  # the app answered in the thread: Slack clears its status
+                self.status_now.pop((str(params.get("channel")), str(thread)), None)
+        return _json(answer)
+
+    # ------------------------------------------------------------------ assistant threads
+
+    def _assistant_thread(self, params: dict[str, Any]) -> tuple[str, str] | None:
+        channel, thread = str(params.get("channel_id") or ""), str(params.get("thread_ts") or "")
+        return (channel, thread) if channel and thread else None
+
+    def _assistant_threads_setStatus(self, params: dict[str, Any]) -> dict[str, Any]:
+        key = self._assistant_thread(params)
+        if key is None or "status" not in params:
+            return {"ok": False, "error": "invalid_arguments"}
+        status = str(params["status"])
+        self.statuses.append((*key, status))
+        if status:
+            self.status_now[key] = status
+        else:
+            self.status_now.pop(key, None)
+        return {"ok": True}
+
+    def _assistant_threads_setTitle(self, params: dict[str, Any]) -> dict[str, Any]:
+        key = self._assistant_thread(params)
+        if key is None or not str(params.get("title") or "").strip():
+            return {"ok": False, "error": "invalid_arguments"}
+        self.titles[key] = str(params["title"])
+        return {"ok": True}
+
+    def _assistant_threads_setSuggestedPrompts(self, params: dict[str, Any]) -> dict[str, Any]:
+        key = self._assistant_thread(params)
+        prompts = params.get("prompts")
+        if isinstance(prompts, str):
+            prompts = json.loads(prompts)
+        if key is None or not isinstance(prompts, list) or not 1 <= len(prompts) <= 4:
+            return {"ok": False, "error": "invalid_arguments"}
+        if any(not p.get("title") or not p.get("message") for p in prompts):
+            return {"ok": False, "error": "invalid_arguments"}
+        self.suggested[key] = (str(params.get("title") or ""), list(prompts))
+        return {"ok": True}
 
     def _auth_test(self, params: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -214,13 +274,17 @@ class FakeSlack:
 
     def _chat_postMessage(self, params: dict[str, Any]) -> dict[str, Any]:
         ts = f"1700000000.{next(self._ts):06d}"
-        text = str(params.get("text", ""))
+        markdown = params.get("markdown_text")
+        if markdown is not None and (params.get("text") or params.get("blocks")):
+            return {"ok": False, "error": "markdown_text_conflict"}
+        text = str(markdown if markdown is not None else params.get("text", ""))
         message = FakeMessage(
             channel=str(params["channel"]),
             ts=ts,
             thread_ts=params.get("thread_ts") or None,
             text=text,
             history=[text],
+            blocks=_blocks(params.get("blocks")),
         )
         self.messages[ts] = message
         return {"ok": True, "channel": message.channel, "ts": ts, "message": {"text": text}}
@@ -241,8 +305,98 @@ class FakeSlack:
         message = self.messages.get(str(params.get("ts")))
         if message is None or message.deleted or message.channel != params.get("channel"):
             return {"ok": False, "error": "message_not_found"}
-        message.text = str(params.get("text", ""))
+        if message.stream == "streaming":
+            return {"ok": False, "error": "message_is_streaming"}  # stop the stream first
+        markdown = params.get("markdown_text")
+        if markdown is not None and (params.get("text") or params.get("blocks")):
+            return {"ok": False, "error": "markdown_text_conflict"}
+        message.text = str(markdown if markdown is not None else params.get("text", ""))
+        message.blocks = _blocks(params.get("blocks"))
         message.history.append(message.text)
+        return {"ok": True, "channel": message.channel, "ts": message.ts}
+
+    # ------------------------------------------------------------------ streaming (2025 AI apps)
+
+    def _stream_markdown(self, params: dict[str, Any]) -> str | dict[str, Any]:
+        """The markdown a stream call adds (``markdown_text`` or markdown_text ``chunks``), or
+        the error answer Slack gives."""
+        text = params.get("markdown_text")
+        chunks = params.get("chunks")
+        if text is not None and chunks:
+            return {"ok": False, "error": "invalid_arguments"}
+        if chunks:
+            if isinstance(chunks, str):
+                chunks = json.loads(chunks)
+            if any(chunk.get("type") != "markdown_text" for chunk in chunks):
+                return {"ok": False, "error": "invalid_chunks"}
+            text = "".join(str(chunk.get("text", "")) for chunk in chunks)
+        text = str(text or "")
+        if len(text) > STREAM_TEXT_LIMIT:
+            return {"ok": False, "error": "msg_too_long"}
+        return text
+
+    def _chat_startStream(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel = str(params.get("channel") or "")
+        thread_ts = str(params.get("thread_ts") or "")
+        if not channel or not thread_ts:
+            return {"ok": False, "error": "invalid_arguments"}  # streams are thread replies
+        team, user = params.get("recipient_team_id"), params.get("recipient_user_id")
+        if not channel.startswith("D") and not (team and user):
+            return {"ok": False, "error": "missing_recipient_user_id"}  # channels need them
+        text = self._stream_markdown(params)
+        if isinstance(text, dict):
+            return text
+        ts = f"1700000000.{next(self._ts):06d}"
+        self.messages[ts] = FakeMessage(
+            channel=channel,
+            ts=ts,
+            thread_ts=thread_ts,
+            text=text,
+            history=[text],
+            stream="streaming",
+            appended=[text],
+            recipient=(str(team), str(user)) if team and user else None,
+        )
+        return {"ok": True, "channel": channel, "ts": ts}
+
+    def _streaming(self, params: dict[str, Any]) -> FakeMessage | dict[str, Any]:
+        ts, channel = str(params.get("ts") or ""), str(params.get("channel") or "")
+        if not ts or not channel:
+            return {"ok": False, "error": "invalid_arguments"}
+        message = self.messages.get(ts)
+        if message is None or message.deleted or message.channel != channel:
+            return {"ok": False, "error": "message_not_found"}
+        if message.stream != "streaming":
+            return {"ok": False, "error": "message_not_in_streaming_state"}
+        return message
+
+    def _chat_appendStream(self, params: dict[str, Any]) -> dict[str, Any]:
+        message = self._streaming(params)
+        if isinstance(message, dict):
+            return message
+        text = self._stream_markdown(params)
+        if isinstance(text, dict):
+            return text
+        if not text:
+            return {"ok": False, "error": "invalid_arguments"}  # nothing to append
+        message.text += text
+        message.appended.append(text)
+        message.history.append(message.text)
+        return {"ok": True, "channel": message.channel, "ts": message.ts}
+
+    def _chat_stopStream(self, params: dict[str, Any]) -> dict[str, Any]:
+        message = self._streaming(params)
+        if isinstance(message, dict):
+            return message
+        text = self._stream_markdown(params)
+        if isinstance(text, dict):
+            return text
+        if text:
+            message.text += text
+            message.appended.append(text)
+            message.history.append(message.text)
+        message.blocks = _blocks(params.get("blocks"))
+        message.stream = "stopped"
         return {"ok": True, "channel": message.channel, "ts": message.ts}
 
     def add_user_message(
@@ -385,6 +539,32 @@ class FakeSlack:
         return envelope_id
 
 
+def _blocks(value: Any) -> list[dict[str, Any]]:
+    """Blocks as sent: a JSON list (form-encoded calls send them as a JSON string)."""
+    if not value:
+        return []
+    return list(json.loads(value) if isinstance(value, str) else value)
+
+
+def invalid_blocks(value: Any) -> str | None:
+    """What Slack would refuse in ``blocks`` (the limits of the block types solarbot sends), or
+    None: a context_actions block holds 1-5 feedback_buttons/icon_button elements; section text
+    at most 3,000 characters, markdown text at most 12,000."""
+    for block in _blocks(value):
+        kind = block.get("type")
+        if kind == "context_actions":
+            elements = block.get("elements") or []
+            if not 1 <= len(elements) <= 5:
+                return f"context_actions holds {len(elements)} elements"
+            if any(e.get("type") not in ("feedback_buttons", "icon_button") for e in elements):
+                return "context_actions holds only feedback_buttons and icon_button elements"
+        elif kind == "section" and len(block.get("text", {}).get("text", "")) > 3000:
+            return "section text over 3,000 characters"
+        elif kind == "markdown" and not 0 < len(block.get("text", "")) <= 12_000:
+            return "markdown text empty or over 12,000 characters"
+    return None
+
+
 class _suppress_timeout:
     def __enter__(self) -> None:
         return None
@@ -453,6 +633,54 @@ def event_body(event: dict[str, Any], *, event_id: str | None = None, team: str 
             "authorizations": [{"team_id": team, "user_id": BOT_USER, "is_bot": True}],
         }
     )
+
+
+def action_body(
+    action_id: str,
+    value: str,
+    *,
+    user: str,
+    channel: str,
+    message_ts: str,
+    response_url: str,
+    thread_ts: str | None = None,
+    action_type: str = "button",
+    team: str = TEAM,
+) -> str:
+    """A ``block_actions`` payload (a button clicked under a message), form-encoded as Slack
+    posts it."""
+    message: dict[str, Any] = {"type": "message", "ts": message_ts, "bot_id": BOT_ID}
+    container: dict[str, Any] = {
+        "type": "message",
+        "message_ts": message_ts,
+        "channel_id": channel,
+        "is_ephemeral": False,
+    }
+    if thread_ts is not None:
+        message["thread_ts"] = thread_ts
+        container["thread_ts"] = thread_ts
+    payload = {
+        "type": "block_actions",
+        "token": "legacy-verification-token",
+        "api_app_id": "A0APP",
+        "user": {"id": user, "username": user.lower(), "team_id": team},
+        "team": {"id": team, "domain": "test"},
+        "container": container,
+        "channel": {"id": channel, "name": "general"},
+        "message": message,
+        "trigger_id": uuid.uuid4().hex,
+        "response_url": response_url,
+        "actions": [
+            {
+                "type": action_type,
+                "action_id": action_id,
+                "block_id": "b" + uuid.uuid4().hex[:6],
+                "value": value,
+                "action_ts": f"{time.time():.6f}",
+            }
+        ],
+    }
+    return urlencode({"payload": json.dumps(payload)})
 
 
 async def signed_post(
