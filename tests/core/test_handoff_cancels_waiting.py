@@ -17,16 +17,31 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from adapters.fake import FakeAdapter
 from bot.auto_answer import Route
+from bot.delivery import ReplyTarget
 from bot.intake import Intake
 from bot.records import AnswerMode, ConversationKey, Incoming, JobStatus, Role
 from storage.repository import Repository
-from tests.core.test_answer_buttons import HandingOffAdapter
 
 KEYWORD = "talk to a human"
 CHANNEL = {"platform": "slack", "workspace": "T1", "channel": "C1"}
 ASKER, AGENT = "U0ASKER", "U0AGENT"
 RACES = itertools.count()
+
+
+class HandingOffAdapter(FakeAdapter):
+    """The shipped fake adapter, plus the optional ``HandoffNotifier`` part of the contract."""
+
+    def __init__(self, *, platform: str) -> None:
+        super().__init__(platform=platform)
+        self.handoffs: list[ReplyTarget] = []
+
+    async def post_handoff(self, target: ReplyTarget) -> None:
+        self.handoffs.append(target)
+
+    async def ping_support(self, target: ReplyTarget, text: str) -> None:
+        self.handoffs.append(target)
 
 
 def message(ts: str, *, thread: str = "1.0", author: str = ASKER, text: str = "") -> Incoming:

@@ -14,8 +14,8 @@ import pytest
 
 from bot.generation.fake import FakeEngine
 from bot.records import JobStatus
-from tests.platforms.test_slack import mention, start_rig
 from tests.support.slack_fake import FakeSlack
+from tests.support.slack_rig import mention, start_rig
 
 THREAD = "1690003000.000001"
 LONG = "first question " + " ".join(f"word{n}" for n in range(40))
