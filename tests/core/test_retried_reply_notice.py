@@ -1,6 +1,6 @@
 """A reply whose delivery fails is delivered later exactly as the first attempt would have posted
 it: the lines about the question's attached files and the shortened-question notice are kept
-with the generated text (``jobs.reply_notice``, migration 0017_reply_notice) and posted once,
+with the generated text (``jobs.reply_notice``, migration 0017) and posted once,
 whichever write fails. The stored assistant turn stays the generated text alone. Through the
 real intake, queue (SQLite and PostgreSQL) and worker, the shipped FakeEngine and a FakeAdapter
 whose writes fail where a test says."""
@@ -161,7 +161,7 @@ def test_migration_0017_adds_and_removes_the_reply_notice(database_url: str) -> 
         assert [f.rating for f in repository.feedback_for(answered.id)] == [Rating.UP]
         assert repository.count_jobs() == 1
         database.upgrade(engine)
-        assert database.current_revision(engine) == "0017_reply_notice"
+        assert database.current_revision(engine) == "0017"
         [claimed] = repository.claim(worker_id="w", limit=1, lease_seconds=5)
         assert claimed.reply_notice == ""
         assert repository.retry_later(

@@ -4,7 +4,7 @@ was generated but not yet delivered, so that the attempt that delivers it posts 
 (issue 15, attached files). A plain ``ALTER TABLE`` both ways, on SQLite too (no table rebuild:
 the rows pointing at jobs are left alone).
 
-Revision ID: 0017_reply_notice
+Revision ID: 0017
 Revises: 0016
 Create Date: 2026-12-02
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0017_reply_notice"
+revision = "0017"
 down_revision = "0016"
 branch_labels = None
 depends_on = None
