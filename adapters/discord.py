@@ -53,6 +53,7 @@ import discord
 from discord.http import handle_message_parameters
 
 from adapters.attachment_download import AttachmentOptions, AttachmentReader, discord_file_refs
+from adapters.conversation_order import ConversationOrder
 from adapters.discord_auto import DiscordAutoAnswer
 from adapters.discord_buttons import PREFIX as BUTTON_PREFIX
 from adapters.discord_buttons import ButtonClicks, answer_buttons
@@ -202,7 +203,7 @@ class DiscordAdapter:
         self._thread_parents: dict[int, int] = {}
         self._bot_threads: dict[int, bool] = {}
         self._closing = False
-        self._ingress_lock = asyncio.Lock()
+        self._arrivals = ConversationOrder()  # messages and commands, per conversation
         self._replies: dict[int, DiscordReply] = {}  # open streams, by job id
         # Slash commands and answers to interactions (adapters/discord_commands.py).
         self._answers = InteractionAnswers(self.client.http)
@@ -290,6 +291,8 @@ class DiscordAdapter:
             policy=self._policy(),
             answers=self._answers,
             on_enqueued=self._interaction_queued,
+            order=self._arrivals,  # one line per channel for messages and commands
+            files=self._files,
         )
         tree = self.slash.build_tree(self.client, guild=self.options.command_guild)
         try:
@@ -384,13 +387,18 @@ class DiscordAdapter:
     async def handle_message(self, message: discord.Message) -> None:
         """Decide whether ``message`` is for the bot; if so, store and enqueue it.
 
-        discord.py runs each event handler as its own task; the lock (FIFO) keeps messages in
-        gateway order, so two quick questions in one channel are queued in the order they were sent.
+        discord.py runs each event handler as its own task; the ticket, taken before the first
+        ``await``, keeps the messages of one channel, thread or DM in gateway order (two quick
+        questions there are queued in the order they were sent), while other conversations go
+        on: a slow download of one message's files holds up only its own conversation
+        (``adapters.conversation_order``, shared with ``/ask`` and ``/solar``).
         """
-        async with self._ingress_lock:
-            await self._handle_message(message)
+        with contextlib.ExitStack() as held:
+            ticket = held.enter_context(self._arrivals.ticket(message.channel.id))
+            await ticket.turn()
+            await self._handle_message(message, held)
 
-    async def _handle_message(self, message: discord.Message) -> None:
+    async def _handle_message(self, message: discord.Message, held: contextlib.ExitStack) -> None:
         me = self.client.user
         intake = self._intake
         if me is None or intake is None or self._closing:
@@ -425,6 +433,8 @@ class DiscordAdapter:
                     return
                 if auto.thread_id:  # answered in the thread started on the message
                     thread_id = reply_channel = auto.thread_id
+                    # First in the new thread's line: a follow-up there waits for this question.
+                    held.enter_context(self._arrivals.ticket(thread_id))
                     reply_to = 0
                 addressed = addressed or auto.answer or bool(auto.thread_id)
             if is_thread and not addressed:

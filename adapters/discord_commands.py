@@ -1,4 +1,5 @@
-"""Discord application commands: ``/ask question:<text> [private:<bool>]`` and ``/solar <sub-command>``.
+"""Discord application commands: ``/ask question:<text> [private:<bool>] [file:<attachment>]`` and
+``/solar <sub-command>``.
 
 - **Registration**: ``build_tree`` puts both on discord.py's ``app_commands.CommandTree`` and
   ``sync_commands`` registers them with Discord (``PUT /applications/{app}/commands``, or
@@ -15,6 +16,15 @@
   ``private:True``; ``/solar`` sub-commands are answered privately at once. The question's dedupe
   key is ``discord:interaction:<interaction id>``: a replayed interaction (the gateway, a restart,
   a second process) is one job and one answer.
+- **A file with the question**: when attached files are read (``SOLARBOT_ATTACHMENT_*``), ``/ask``
+  has an optional ``file`` option (type 11, ATTACHMENT). Discord uploads it and sends it in the
+  interaction's ``data.resolved.attachments``; it is read like a message's files
+  (``adapters.attachment_download``: size limit, budget, one polite line when it cannot be read)
+  after the acknowledgement and before the question takes its turn, and stored with the turn.
+- **Order**: handlers take a ticket in their channel's line (``adapters.conversation_order``,
+  shared with the adapter's messages) before their first ``await``: questions and commands of one
+  channel, thread or DM are stored in the order they arrived, whatever order their
+  acknowledgements and downloads end in; other channels never wait for them.
 """
 
 from __future__ import annotations
@@ -28,9 +38,10 @@ from typing import Any, Literal, Optional
 import discord
 from discord import app_commands
 
+from adapters.attachment_download import AttachmentReader, discord_file_refs
+from adapters.conversation_order import ConversationOrder, Ticket
 from adapters.discord_interaction_reply import InteractionAnswers, interaction_target
 from adapters.discord_interactions import (
-    ArrivalOrder,
     InteractionPolicy,
     Place,
     SeenInteractions,
@@ -52,13 +63,13 @@ from bot.commands import (
 from bot.dedupe import dedupe_key
 from bot.delivery import IntakePort
 from bot.errors import ConfigError, InvalidIncomingError
-from bot.records import Incoming
+from bot.records import Attachment, Incoming
 
 log = logging.getLogger(__name__)
 
 PLATFORM = "discord"
 QUESTION_CHARS = 6000  # Discord's longest string option
-OptionKind = Literal["text", "integer", "flag", "choice"]
+OptionKind = Literal["text", "integer", "flag", "choice", "file"]
 Values = Mapping[str, Any]
 
 
@@ -83,6 +94,8 @@ class SlashOption:
             base = bool
         elif self.kind == "choice":
             base = Literal[self.choices]
+        elif self.kind == "file":
+            base = discord.Attachment  # option type 11, resolved by discord.py
         else:
             base = app_commands.Range[str, self.low or 1, self.high]
         return base if self.required else Optional[base]  # noqa: UP045 (evaluated at runtime)
@@ -178,6 +191,8 @@ ASK_OPTIONS = (
     ),
     SlashOption(name="private", description=texts.DISCORD_ASK_PRIVATE, kind="flag"),
 )
+# Offered when attached files are read (``SlashCommands(files=...)``).
+ASK_FILE = SlashOption(name="file", description=texts.DISCORD_ASK_FILE, kind="file")
 
 
 def available_subcommands() -> tuple[SlashSubcommand, ...]:
@@ -237,14 +252,17 @@ class SlashCommands:
         policy: InteractionPolicy,
         answers: InteractionAnswers,
         on_enqueued: Callable[[int, Incoming], None] | None = None,
+        order: ConversationOrder | None = None,
+        files: AttachmentReader | None = None,
     ) -> None:
         self._intake = intake
         self._commands = commands
         self._policy = policy
         self._answers = answers
         self._seen = SeenInteractions()
-        self._order = ArrivalOrder()
+        self._order = order if order is not None else ConversationOrder()
         self._on_enqueued = on_enqueued
+        self._files = files
 
     # ------------------------------------------------------------------ registration
 
@@ -256,9 +274,10 @@ class SlashCommands:
         contexts = app_commands.AppCommandContext(
             guild=True, dm_channel=self._policy.dms, private_channel=False
         )
+        ask_options = (*ASK_OPTIONS, ASK_FILE) if self._files is not None else ASK_OPTIONS
         tree.add_command(
             _command(
-                "ask", texts.DISCORD_ASK_DESCRIPTION, ASK_OPTIONS, self.ask, contexts=contexts
+                "ask", texts.DISCORD_ASK_DESCRIPTION, ask_options, self.ask, contexts=contexts
             ),
             guild=scope,
         )
@@ -285,14 +304,11 @@ class SlashCommands:
         questions arrived); the worker answers through the interaction's webhook."""
         if not self._seen.first_time(interaction.id):
             return
-        ticket = self._order.ticket()
-        try:
+        with self._order.ticket(interaction.channel_id or 0) as ticket:
             await self._ask(interaction, values, ticket)
-        finally:
-            self._order.release(ticket)
 
     async def _ask(
-        self, interaction: discord.Interaction[Any], values: Values, ticket: int
+        self, interaction: discord.Interaction[Any], values: Values, ticket: Ticket
     ) -> None:
         private = bool(values.get("private"))
         acknowledged = await self._defer(interaction, private=private)  # before anything slow
@@ -310,6 +326,19 @@ class SlashCommands:
         if not acknowledged:  # the intake's dedupe decides whether it is new
             log.info("discord: interaction %s was acknowledged elsewhere", interaction.id)
         user = interaction.user
+        text = str(values.get("question") or "")
+        files: tuple[Attachment, ...] = ()
+        attached = values.get("file")
+        if isinstance(attached, discord.Attachment) and self._files is not None:
+            text = "\n".join(
+                [
+                    text,
+                    texts.DISCORD_ATTACHMENT.format(
+                        name=attached.filename, kind=attached.content_type or "unknown type"
+                    ),
+                ]
+            )
+            files = await self._files.read_all(discord_file_refs([attached]))  # before the turn
         try:
             incoming = Incoming(
                 platform=PLATFORM,
@@ -318,16 +347,17 @@ class SlashCommands:
                 thread=place.thread,
                 author_id=str(user.id),
                 author_name=user.display_name,
-                text=str(values.get("question") or ""),
+                text=text,
                 message_id=str(interaction.id),
                 dedupe_key=dedupe_key(PLATFORM, "interaction", str(interaction.id)),
                 reply_target=target,
+                attachments=files,
             )
         except InvalidIncomingError as exc:
             log.info("discord: /ask refused: %s", exc)
             await self._answers.answer(target, texts.DISCORD_EMPTY_MENTION, private_notice=True)
             return
-        await self._order.turn(ticket)
+        await ticket.turn()
         try:
             result = await self._intake.submit(incoming)
         except Exception:  # the store failed: nothing was queued, and the asker is told
@@ -355,18 +385,15 @@ class SlashCommands:
         ran it sees the answer."""
         if not self._seen.first_time(interaction.id):
             return
-        ticket = self._order.ticket()
-        try:
+        with self._order.ticket(interaction.channel_id or 0) as ticket:
             await self._sub_command(interaction, spec, values, ticket)
-        finally:
-            self._order.release(ticket)
 
     async def _sub_command(
         self,
         interaction: discord.Interaction[Any],
         spec: SlashSubcommand,
         values: Values,
-        ticket: int,
+        ticket: Ticket,
     ) -> None:
         if not await self._defer(interaction, private=True):  # before anything slow
             return  # another delivery of it is being answered
@@ -380,7 +407,7 @@ class SlashCommands:
         if place is None:
             await self._answers.answer(target, texts.DISCORD_NOT_HERE)
             return
-        await self._order.turn(ticket)
+        await ticket.turn()
         try:
             text = await self._run(interaction, place, spec, values)
         except Exception:
@@ -445,6 +472,7 @@ async def sync_commands(tree: app_commands.CommandTree, *, guild: int | None) ->
 
 
 __all__ = [
+    "ASK_FILE",
     "ASK_OPTIONS",
     "SUBCOMMANDS",
     "SlashCommands",

@@ -390,6 +390,7 @@ HANDOFF_REMINDER = "Reminder: someone asked for a human here {ago} ago and nobod
 DISCORD_ASK_DESCRIPTION = "Ask solarbot a question"
 DISCORD_ASK_QUESTION = "Your question"
 DISCORD_ASK_PRIVATE = "Only you see the answer"
+DISCORD_ASK_FILE = "A file to read with the question (a log, code, a PDF...)"
 DISCORD_SOLAR_DESCRIPTION = "solarbot's settings and commands for this channel"
 DISCORD_SLASH = {
     "help": "The commands",

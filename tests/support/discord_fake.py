@@ -54,6 +54,7 @@ GUILD_MESSAGE_REACTIONS = 1 << 10
 DIRECT_MESSAGE_REACTIONS = 1 << 13
 BOT_ID = 900000000000000001
 APP_ID = 900000000000000002
+ATTACHMENT_OPTION = 11  # an application command option of type ATTACHMENT
 Json = dict[str, Any]
 
 
@@ -91,13 +92,16 @@ def member_payload(roles: Iterable[int]) -> Json:
 @dataclass(frozen=True)
 class Upload:
     """A file attached to a user message and served by the fake's CDN: ``status`` other than 200
-    answers that status; ``declared_size`` is the size the message states (default: the real one)."""
+    answers that status; ``declared_size`` is the size the message states (default: the real one);
+    ``hold``: the request is recorded at once and answered once the event is set."""
 
     name: str
     content_type: str
     data: bytes
     status: int = 200
     declared_size: int | None = None
+    # The CDN answers only once this is set (a slow download the test controls).
+    hold: asyncio.Event | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -444,6 +448,8 @@ class FakeDiscord:
         upload = self.uploads.get(request.path)
         if upload is None:
             return web.Response(status=404, text="not found")
+        if upload.hold is not None:
+            await upload.hold.wait()
         if upload.status != 200:
             return web.Response(status=upload.status, text="no")
         return web.Response(body=upload.data, headers={"Content-Type": upload.content_type})
@@ -903,7 +909,9 @@ class FakeDiscord:
     ) -> Json:
         """A user runs ``/command [sub] option:value ...``; returns the INTERACTION_CREATE payload
         (``dispatch_interaction`` it again to replay it). Options are typed from the registered
-        schema, as Discord does; one the schema does not have fails here."""
+        schema, as Discord does; one the schema does not have fails here. An attachment option
+        (type 11) takes an ``Upload``: served by the CDN, its id is the option's value and the
+        attachment is in ``data.resolved.attachments``, as Discord sends it."""
         channel = self.channels.get(channel_id)
         guild = int(channel["guild_id"]) if channel and channel.get("guild_id") else None
         registered = self.registered(command, guild=guild)
@@ -912,10 +920,15 @@ class FakeDiscord:
             (group,) = [o for o in schema if o["name"] == sub and o["type"] == 1]
             schema = group.get("options", [])
         values = []
+        resolved: Json = {}
         for name, value in options.items():
             matching = [o for o in schema if o["name"] == name]
             if not matching:
                 raise AssertionError(f"/{command} {sub or ''} has no option {name!r}")
+            if matching[0]["type"] == ATTACHMENT_OPTION:  # an Upload: served by the CDN
+                served = self._served(channel_id, value)
+                resolved[served["id"]] = served
+                value = served["id"]
             values.append({"name": name, "type": matching[0]["type"], "value": value})
         missing = [o["name"] for o in schema if o.get("required") and o["name"] not in options]
         if missing:
@@ -927,6 +940,8 @@ class FakeDiscord:
             data["options"] = values
         if "guild_id" in registered:
             data["guild_id"] = registered["guild_id"]
+        if resolved:  # as Discord sends them: the attachment's id is the option's value
+            data["resolved"] = {"attachments": resolved}
         payload = self._interaction_payload(
             2,
             channel_id,
