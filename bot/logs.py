@@ -7,6 +7,19 @@ them along by hand.
 
 Secret settings (tokens, signing secrets, the database password) are masked in every formatted line,
 whatever logged them, as a last line of defence: nothing should log them in the first place.
+Secrets that are no setting are masked by their shape (``mask_url_secrets``), in both formats, in
+tracebacks and in every library's lines (discord.py and slack_sdk log request URLs and gateway
+payloads at DEBUG):
+
+- the token in a webhook or interaction URL: Discord's ``/webhooks/<id>/<token>`` (the interaction
+  webhook answers of ``/ask`` go there) and ``/interactions/<id>/<token>/callback``; Slack's
+  ``response_url`` and hook URLs (``hooks.slack.com/commands|actions|services/<team>/<id>/<secret>``),
+  plain or URL-encoded (``%2F``), whatever the host (a local fake, a proxy);
+- the value of a ``token`` or ``response_url`` field in a logged payload (JSON, a Python dict's
+  repr, a form body): the interaction token of every INTERACTION_CREATE event, a slash command's
+  ``response_url``.
+
+What is kept (the host, the id, the route) is enough to tell which request a line is about.
 """
 
 from __future__ import annotations
@@ -14,6 +27,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import re
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -73,6 +87,32 @@ class ContextFilter(logging.Filter):
         return True
 
 
+_SLASH = r"(?:/|%2[Ff])"  # a path separator, plain or URL-encoded
+_URL_SECRETS = (
+    # Discord: /webhooks/<id>/<token>, /interactions/<id>/<token>/callback
+    re.compile(rf"({_SLASH}(?:webhooks|interactions){_SLASH}\d+{_SLASH})[A-Za-z0-9_.\-]+"),
+    # Slack: response_url and hooks, /commands|actions|services/<team>/<id>/<secret>
+    re.compile(
+        rf"({_SLASH}(?:commands|actions|services|workflows|triggers){_SLASH}"
+        rf"[A-Z0-9]+{_SLASH}[A-Za-z0-9]+{_SLASH})[A-Za-z0-9_\-]+"
+    ),
+)
+_SECRET_FIELDS = r"(?:token|response_url)"
+# "token": "v" / 'token': 'v' (also JSON-escaped quotes), and token=v in a form body.
+_FIELD_SECRETS = (
+    re.compile(rf"""(\\?["']{_SECRET_FIELDS}\\?["']\s*:\s*\\?["'])[^"'\\]+"""),
+    re.compile(rf"""((?<![A-Za-z0-9_]){_SECRET_FIELDS}=)[^&\s'"]+"""),
+)
+
+
+def mask_url_secrets(text: str) -> str:
+    """``text`` with webhook/interaction tokens and ``response_url`` secrets masked (see the
+    module docstring); everything else as it was."""
+    for pattern in (*_URL_SECRETS, *_FIELD_SECRETS):
+        text = pattern.sub(rf"\g<1>{MASK}", text)
+    return text
+
+
 class _Masking:
     def __init__(self, secrets: Iterable[str]) -> None:
         # Longest first, so a secret containing another is masked whole; very short values would
@@ -80,6 +120,7 @@ class _Masking:
         self._secrets = sorted({s for s in secrets if len(s) >= 6}, key=len, reverse=True)
 
     def mask(self, text: str) -> str:
+        text = mask_url_secrets(text)
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, MASK)
@@ -118,14 +159,14 @@ class JsonFormatter(logging.Formatter):
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": self._masking.mask(record.getMessage()),
         }
         for name in CONTEXT_FIELDS:
             value = getattr(record, name, None)
             if value is not None:
                 entry[name] = value
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            entry["exception"] = self._masking.mask(self.formatException(record.exc_info))
         return self._masking.mask(json.dumps(entry, ensure_ascii=False, default=str))
 
 

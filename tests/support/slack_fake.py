@@ -117,6 +117,7 @@ class FakeSlack:
         app.router.add_post("/api/{method}", self._api)
         app.router.add_get("/api/{method}", self._api)
         app.router.add_post("/response/{name}", self._response)
+        app.router.add_post("/commands/{team}/{hook}/{name}", self._response)  # Slack's shape
         app.router.add_get("/socket", self._socket)
         app.router.add_get("/files-pri/{team_file}/{name}", self._file)
         self._runner = web.AppRunner(app, access_log=None)
@@ -137,7 +138,9 @@ class FakeSlack:
         return f"{self.base}/api/"
 
     def response_url(self, name: str = "r1") -> str:
-        return f"{self.base}/response/{name}"
+        """Shaped like Slack's (``https://hooks.slack.com/commands/<team>/<id>/<secret>``): the
+        secret part is ``name``, which ``responses`` carry as ``_name``."""
+        return f"{self.base}/commands/{TEAM}/1234567890/{name}"
 
     # ------------------------------------------------------------------ scripting
 
