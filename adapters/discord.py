@@ -12,6 +12,9 @@ the ones addressed to the bot to the intake:
 - conversation = the channel (threads: channel = parent, thread = the thread, so a thread has its
   own history but the channel's settings; DMs: the DM channel); dedupe key ``discord:<message id>``
   so a gateway replay or a restart never answers twice;
+- messages are handled in gateway order per conversation (``adapters.conversation_order``: the
+  channel, thread or DM they were written in; ``/ask`` and ``/solar`` share the line): a message
+  whose files download slowly holds up the later messages of its own conversation, nothing else;
 - a message that starts with ``!`` after the mention (``@solarbot !status``, ``!prompt TEXT``,
   ``!on``, ``!off``, ``!length N``, ``!language X``, ``!forget``, ``!help``) is a sub-command
   (``bot.commands``), answered at once; admins are members with one of ``admin_roles`` or, when
@@ -25,8 +28,8 @@ the ones addressed to the bot to the intake:
   expiry) and, once it has waited ``queue_notice_after`` seconds behind other jobs, a placeholder
   reply with its queue position; the worker's reply continues that placeholder.
 
-Interactions: ``/ask`` and ``/solar`` (``adapters.discord_commands``, registered at start-up by an
-ingress process) and the buttons under every answer (``adapters.discord_buttons``); an ``/ask``
+Interactions: ``/ask`` (with an optional file when attached files are read) and ``/solar``
+(``adapters.discord_commands``, registered at start-up by an ingress process) and the buttons under every answer (``adapters.discord_buttons``); an ``/ask``
 answer is streamed through the interaction's webhook (``adapters.discord_interaction_reply``).
 
 Egress (``open_reply``/``post_notice``) needs only REST and the bot token, so a separate worker
@@ -433,8 +436,9 @@ class DiscordAdapter:
                     return
                 if auto.thread_id:  # answered in the thread started on the message
                     thread_id = reply_channel = auto.thread_id
-                    # First in the new thread's line: a follow-up there waits for this question.
-                    held.enter_context(self._arrivals.ticket(thread_id))
+                    # In the new thread's line (first, unless a replay): a follow-up written
+                    # there while this question's files download is stored after it.
+                    await held.enter_context(self._arrivals.ticket(thread_id)).turn()
                     reply_to = 0
                 addressed = addressed or auto.answer or bool(auto.thread_id)
             if is_thread and not addressed:

@@ -17,6 +17,7 @@ from adapters.discord import DiscordAdapter, DiscordOptions
 from bot.generation.fake import FakeEngine
 from bot.records import ConversationKey
 from storage.repository import Repository
+from tests.platforms.test_auto_answer_discord import auto_mode, threads_started
 from tests.platforms.test_discord import FAST, GENERAL, GUILD, MENTION, RANDOM, THREAD, Rig
 from tests.support.discord_fake import BOT_ID, FakeDiscord, Upload
 from tests.support.rig import quick_worker_options
@@ -152,3 +153,30 @@ async def test_a_replay_during_the_download_is_still_one_question_and_one_answer
     assert len(rig.repository.jobs()) == 2
     assert questions(rig, GENERAL)[0].startswith("read it")
     await rig.until(lambda: rig.adapter._arrivals.in_flight() == 0)  # every line is gone
+
+
+async def test_a_follow_up_in_an_auto_answer_thread_waits_for_the_question_that_started_it(
+    rig: Rig,
+) -> None:
+    """``mode auto``: the thread is started from the question before its files are downloaded;
+    the asker's follow-up written there meanwhile is stored, and answered, after the question."""
+    auto_mode(rig)
+    hold = asyncio.Event()
+    posted = await rig.fake.user_message(
+        GENERAL, "the agent crashes, log attached", uploads=(slow("crash.log", hold),)
+    )
+    thread = int(posted["id"])  # the thread started from a message has the message's id
+    await rig.until(lambda: len(rig.fake.cdn_requests) == 1 and bool(threads_started(rig.fake)))
+    await rig.fake.user_message(thread, "it also happens at boot")
+    elsewhere = await ask(rig, RANDOM, "meanwhile elsewhere")
+    await rig.until(lambda: answered(rig, RANDOM) == [elsewhere] and rig.jobs_done(1))
+    assert rig.stored(GENERAL, thread=thread) == []
+
+    hold.set()
+    await rig.until(lambda: rig.jobs_done(3))
+    assert questions(rig, GENERAL, thread=thread) == [
+        "the agent crashes, log attached\n[attachment: crash.log (text/plain)]",
+        "it also happens at boot",
+    ]
+    follow_up = rig.engine.prompts[-1]
+    assert "disk full on /var" in follow_up and "it also happens at boot" in follow_up
