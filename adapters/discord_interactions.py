@@ -102,8 +102,9 @@ class ArrivalOrder:
     """Lets interaction handlers store in the order the interactions arrived, while their
     acknowledgements (the slow part that must happen first) run concurrently: a handler takes a
     ticket on arrival, before its first ``await``, waits for its turn before storing, and
-    releases its ticket when done (whatever happened, even without taking its turn). Two
-    ``/ask`` questions sent one after the other are queued, and answered, in that order."""
+    releases its ticket when done (whatever happened, even without taking its turn). One line
+    for all (the buttons' clicks count in the order they were made); ``/ask`` and ``/solar``
+    stand in their channel's line instead (``adapters.conversation_order``)."""
 
     def __init__(self) -> None:
         self._issued = 0
