@@ -17,9 +17,8 @@ from bot import texts
 from bot.generation.fake import FakeEngine
 from bot.records import AttachmentProblem, ConversationKey, JobStatus
 from storage.repository import Repository
-from tests.platforms.test_discord import FAST, GENERAL, GUILD, MENTION, RANDOM, Rig
-from tests.platforms.test_discord_commands import options_of
 from tests.support.discord_fake import ATTACHMENT_OPTION, BOT_ID, FakeDiscord, Json, Upload
+from tests.support.discord_rig import FAST, GENERAL, GUILD, MENTION, RANDOM, Rig, home_discord
 from tests.support.rig import quick_worker_options
 
 MAX_BYTES = 4096
@@ -28,14 +27,8 @@ BUDGET = 500
 
 @pytest.fixture
 async def fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeDiscord]:
-    fake = FakeDiscord()
-    fake.add_guild(GUILD, "home")
-    fake.add_channel(GUILD, GENERAL, "general")
-    fake.add_channel(GUILD, RANDOM, "random")
-    await fake.start()
-    fake.point_discord_py_here(monkeypatch)
-    yield fake
-    await fake.close()
+    async with home_discord(monkeypatch, elsewhere=False) as fake:
+        yield fake
 
 
 async def start(fake: FakeDiscord, url: str, *, read_files: bool = True) -> Rig:
@@ -55,6 +48,10 @@ async def rig(fake: FakeDiscord, sqlite_url: str) -> AsyncIterator[Rig]:
     yield rig
     await rig.stop()
     rig.repository.close()
+
+
+def options_of(command: Json) -> dict[str, Json]:
+    return {option["name"]: option for option in command.get("options", [])}
 
 
 async def answered(rig: Rig, payload: Json) -> list[str]:

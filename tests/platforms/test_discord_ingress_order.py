@@ -15,11 +15,19 @@ import pytest
 from adapters.attachment_download import AttachmentOptions
 from adapters.discord import DiscordAdapter, DiscordOptions
 from bot.generation.fake import FakeEngine
-from bot.records import ConversationKey
+from bot.records import AnswerMode, ConversationKey
 from storage.repository import Repository
-from tests.platforms.test_auto_answer_discord import auto_mode, threads_started
-from tests.platforms.test_discord import FAST, GENERAL, GUILD, MENTION, RANDOM, THREAD, Rig
 from tests.support.discord_fake import BOT_ID, FakeDiscord, Upload
+from tests.support.discord_rig import (
+    FAST,
+    GENERAL,
+    GUILD,
+    MENTION,
+    RANDOM,
+    THREAD,
+    Rig,
+    home_discord,
+)
 from tests.support.rig import quick_worker_options
 
 SLOW_FILE = b"ERROR: disk full on /var (slow file)\n"
@@ -27,15 +35,8 @@ SLOW_FILE = b"ERROR: disk full on /var (slow file)\n"
 
 @pytest.fixture
 async def fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeDiscord]:
-    fake = FakeDiscord()
-    fake.add_guild(GUILD, "home")
-    fake.add_channel(GUILD, GENERAL, "general")
-    fake.add_channel(GUILD, RANDOM, "random")
-    fake.add_thread(GUILD, GENERAL, THREAD, "a thread")
-    await fake.start()
-    fake.point_discord_py_here(monkeypatch)
-    yield fake
-    await fake.close()
+    async with home_discord(monkeypatch, elsewhere=False) as fake:
+        yield fake
 
 
 @pytest.fixture
@@ -160,13 +161,20 @@ async def test_a_follow_up_in_an_auto_answer_thread_waits_for_the_question_that_
 ) -> None:
     """``mode auto``: the thread is started from the question before its files are downloaded;
     the asker's follow-up written there meanwhile is stored, and answered, after the question."""
-    auto_mode(rig)
+    rig.repository.update_channel_config(
+        platform="discord",
+        workspace=str(GUILD),
+        channel=str(GENERAL),
+        changes={"answer_mode": AnswerMode.AUTO},
+    )
     hold = asyncio.Event()
     posted = await rig.fake.user_message(
         GENERAL, "the agent crashes, log attached", uploads=(slow("crash.log", hold),)
     )
     thread = int(posted["id"])  # the thread started from a message has the message's id
-    await rig.until(lambda: len(rig.fake.cdn_requests) == 1 and bool(threads_started(rig.fake)))
+    await rig.until(
+        lambda: len(rig.fake.cdn_requests) == 1 and bool(rig.fake.rest("POST", r"/threads$"))
+    )
     await rig.fake.user_message(thread, "it also happens at boot")
     elsewhere = await ask(rig, RANDOM, "meanwhile elsewhere")
     await rig.until(lambda: answered(rig, RANDOM) == [elsewhere] and rig.jobs_done(1))

@@ -20,10 +20,10 @@ import pytest
 
 from bot import logs
 from bot.settings import load_settings
-from tests.platforms.test_discord import GENERAL, GUILD, start_rig
-from tests.platforms.test_slack import start_rig as start_slack_rig
 from tests.support.discord_fake import APP_ID, FakeDiscord
+from tests.support.discord_rig import GENERAL, home_discord, start_rig
 from tests.support.slack_fake import TEAM, FakeSlack
+from tests.support.slack_rig import start_rig as start_slack_rig
 
 SLACK_SECRETS = ("Zq8LrNpT5vX0publicHookSecret", "Kx81hQprivateHookSecret77")
 
@@ -63,13 +63,8 @@ def debug_log(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[io.Str
 
 @pytest.fixture
 async def discord_fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeDiscord]:
-    fake = FakeDiscord()
-    fake.add_guild(GUILD, "home")
-    fake.add_channel(GUILD, GENERAL, "general")
-    await fake.start()
-    fake.point_discord_py_here(monkeypatch)
-    yield fake
-    await fake.close()
+    async with home_discord(monkeypatch, elsewhere=False) as fake:
+        yield fake
 
 
 async def test_discord_interaction_tokens_never_reach_the_logs(
