@@ -29,8 +29,9 @@ the ones addressed to the bot to the intake:
   reply with its queue position; the worker's reply continues that placeholder.
 
 Interactions: ``/ask`` (with an optional file when attached files are read) and ``/solar``
-(``adapters.discord_commands``, registered at start-up by an ingress process) and the buttons under every answer (``adapters.discord_buttons``); an ``/ask``
-answer is streamed through the interaction's webhook (``adapters.discord_interaction_reply``).
+(``adapters.discord_commands``, registered at start-up by an ingress process) and the buttons
+under every answer (``adapters.discord_buttons``); an ``/ask`` answer is streamed through the
+interaction's webhook (``adapters.discord_interaction_reply``).
 
 Egress (``open_reply``/``post_notice``) needs only REST and the bot token, so a separate worker
 process delivers replies without a gateway connection: a placeholder reply to the triggering message

@@ -13,8 +13,8 @@ payloads at DEBUG):
 
 - the token in a webhook or interaction URL: Discord's ``/webhooks/<id>/<token>`` (the interaction
   webhook answers of ``/ask`` go there) and ``/interactions/<id>/<token>/callback``; Slack's
-  ``response_url`` and hook URLs (``hooks.slack.com/commands|actions|services/<team>/<id>/<secret>``),
-  plain or URL-encoded (``%2F``), whatever the host (a local fake, a proxy);
+  ``response_url`` and hook URLs (``hooks.slack.com/{commands,actions,services}/<team>/<id>/
+  <secret>``), plain or URL-encoded (``%2F``), whatever the host (a local fake, a proxy);
 - the value of a ``token`` or ``response_url`` field in a logged payload (JSON, a Python dict's
   repr, a form body): the interaction token of every INTERACTION_CREATE event, a slash command's
   ``response_url``.

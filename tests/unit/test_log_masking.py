@@ -39,7 +39,8 @@ def carriers(token: str, number: int, host: str) -> list[str]:
         f"PATCH {host}/webhooks/{number}/{token} has received {{}}",
         f"POST {host}/interactions/{number}/{token}/callback with x has returned 204",
         f"Webhook ID {number} with POST {host}/webhooks/{number}/{token}?wait=1 has returned 200",
-        f"For Shard ID None: WebSocket Event: {{'t': 'INTERACTION_CREATE', 'd': {{'token': '{token}'}}}}",
+        "For Shard ID None: WebSocket Event: "
+        + str({"t": "INTERACTION_CREATE", "d": {"token": token, "id": str(number)}}),
         json.dumps({"id": str(number), "token": token}),
         "got " + quote(f"{host}/webhooks/{number}/{token}", safe=""),
     ]
