@@ -31,10 +31,13 @@ async def fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeDiscord]:
         yield fake
 
 
-async def start(fake: FakeDiscord, url: str, *, read_files: bool = True) -> Rig:
+async def start(
+    fake: FakeDiscord, url: str, *, read_files: bool = True, channels: frozenset[int] = frozenset()
+) -> Rig:
     files = AttachmentOptions(max_bytes=MAX_BYTES, timeout_seconds=30.0) if read_files else None
+    options = DiscordOptions(token=fake.token, attachments=files, allowed_channels=channels, **FAST)
     return await Rig.start(
-        DiscordAdapter(DiscordOptions(token=fake.token, attachments=files, **FAST)),
+        DiscordAdapter(options),
         repository=Repository.open(url),
         engine=FakeEngine(script=lambda prompt: "Answer."),
         options=quick_worker_options(attachment_tokens=BUDGET),
@@ -152,6 +155,25 @@ async def test_without_reading_files_ask_has_no_file_option(
         assert "file" not in options_of(fake.registered("ask"))
         with pytest.raises(AssertionError, match="no option 'file'"):
             await fake.slash(GENERAL, "ask", question="q", file=Upload("a.txt", "text/plain", b""))
+    finally:
+        await rig.stop()
+        rig.repository.close()
+
+
+async def test_outside_the_allow_lists_the_file_is_never_fetched(
+    fake: FakeDiscord, sqlite_url: str
+) -> None:
+    rig = await start(fake, sqlite_url, channels=frozenset({GENERAL}))
+    try:
+        upload = Upload("notes.txt", "text/plain", b"internal notes")
+        payload = await fake.slash(RANDOM, "ask", question="read this", file=upload)
+        interaction_id = int(payload["id"])
+
+        def refused() -> list[str]:
+            return [m["content"] for m in fake.interaction_messages(interaction_id)]
+
+        await rig.until(lambda: refused() == [texts.DISCORD_NOT_HERE])
+        assert fake.cdn_requests == [] and rig.repository.jobs() == []
     finally:
         await rig.stop()
         rig.repository.close()
