@@ -66,14 +66,19 @@ class Arrival:
     """The places one payload took; released when bolt is done with it, unless a handler keeps
     them (``keep``: a slash command, which goes on after its ack)."""
 
-    def __init__(self, tickets: tuple[Ticket, ...], *, held: bool) -> None:
+    def __init__(self, lines: SlackArrivals, tickets: tuple[Ticket, ...], *, held: bool) -> None:
+        self._lines = lines
         self._tickets = tickets
         self.held = held  # waits for its turn before bolt handles it
         self._kept = False
 
     async def turn(self) -> None:
-        for ticket in self._tickets:
-            await ticket.turn()
+        self._lines.waiting += 1
+        try:
+            for ticket in self._tickets:
+                await ticket.turn()
+        finally:
+            self._lines.waiting -= 1
 
     def keep(self) -> Arrival:
         """The caller releases the places itself (``release``), after bolt is done."""
@@ -100,13 +105,15 @@ class SlackArrivals:
 
     def __init__(self) -> None:
         self.order = ConversationOrder()
-        self.received = 0  # payloads that took their places (the tests wait on it)
+        # What the tests wait on: payloads that took their places, and those waiting their turn.
+        self.received = 0
+        self.waiting = 0
 
     def take(self, payload: Mapping[str, Any]) -> Arrival:
         """Places for ``payload`` in its lines (no ``await``: in the order payloads arrive)."""
         tickets = tuple(self.order.ticket(line) for line in lines_of(payload))
         self.received += 1
-        return Arrival(tickets, held="command" not in payload)
+        return Arrival(self, tickets, held="command" not in payload)
 
     async def dispatch(self, payload: Mapping[str, Any], handle: Callable[[], Awaitable[T]]) -> T:
         """``handle()`` (bolt's dispatch of ``payload``) in ``payload``'s turn; call it at once

@@ -229,6 +229,8 @@ async def test_a_slash_command_is_acked_at_once_and_stored_after_the_dm_message_
     await rig.until(lambda: len(rig.fake.file_requests) == 1)
     status, ack, _ = await rig.command("and then this", channel=DM)
     assert status == 200 and ack_text(ack)  # acked while the download is held
+    # Its handling goes on after the ack: waiting for its turn, or (out of order) storing it.
+    await rig.until(lambda: rig.adapter._arrivals.waiting == 1 or bool(questions(rig, channel=DM)))
     assert not hold.is_set() and questions(rig, channel=DM) == []
 
     hold.set()
