@@ -10,6 +10,7 @@ arrival count) before it sends the next."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import pytest
 
 from adapters.attachment_download import AttachmentOptions
 from bot.records import AnswerMode, ConversationKey
-from tests.support.slack_fake import BOT_USER, TEAM, FakeSlack
+from tests.support.slack_fake import APP_TOKEN, BOT_USER, TEAM, FakeSlack, event_body
 from tests.support.slack_rig import Rig, ack_text, mention, start_rig
 
 CHANNEL = "C0GENERAL"
@@ -240,3 +241,41 @@ async def test_a_slash_command_is_acked_at_once_and_stored_after_the_dm_message_
         "look at this + dm.log",
         "and then this",
     ]
+
+
+async def test_socket_mode_keeps_the_same_order_and_acks_each_envelope_once_it_is_stored(
+    tmp_path: Path, fake: FakeSlack
+) -> None:
+    """Over Socket Mode (envelopes, each handled in a task of slack_sdk's): the held question's
+    thread waits, another thread is answered, and each envelope is acked once it is stored."""
+    async with start_rig(
+        tmp_path,
+        fake,
+        mode="socket",
+        signing_secret=None,
+        app_token=APP_TOKEN,
+        attachments=AttachmentOptions(max_bytes=4096, timeout_seconds=30.0),
+    ) as rig:
+        thread = "1700000050.000100"
+        hold = asyncio.Event()
+
+        async def envelope(event: dict[str, Any]) -> str:
+            received = rig.adapter._arrivals.received
+            sent = await fake.send_envelope("events_api", json.loads(event_body(event)))
+            await rig.until(lambda: rig.adapter._arrivals.received > received)
+            return sent
+
+        def acked(envelope_id: str) -> bool:
+            return any(a.get("envelope_id") == envelope_id for a in fake.acks)
+
+        first = await envelope(with_file(rig, mention("first", ts=thread), "s.log", hold))
+        await rig.until(lambda: len(fake.file_requests) == 1)
+        second = await envelope(mention("second", ts="1700000050.000200", thread_ts=thread))
+        elsewhere = await envelope(mention("elsewhere", ts="1700000051.000100"))
+        await rig.until(lambda: acked(elsewhere) and rig.jobs_done(1))
+        assert not acked(first) and not acked(second) and questions(rig, thread) == []
+
+        hold.set()
+        await rig.until(lambda: acked(first) and acked(second) and rig.jobs_done(3))
+        assert questions(rig, thread) == ["first + s.log", "second"]
+        assert answered(rig, thread, "first", "second") == ["first", "second"]
