@@ -12,6 +12,9 @@ Ingress (HTTP with a verified signing secret, or Socket Mode with an app token):
   the thread, which is then the conversation); ``message.im`` answers in the DM.
 - Dedupe keys are the message's ``ts`` (events) or the ``trigger_id`` (commands), so Slack's
   retries (``X-Slack-Retry-Num``) find the job already stored and produce no second answer.
+- Messages of one conversation (a thread, a DM, a channel's top level for ``/solar``) are
+  handled in the order they came in, other conversations meanwhile (``adapters.slack_arrivals``):
+  a message whose files download slowly holds up only the messages after it in its thread.
 - Events are stored before Slack gets its answer (bolt's ``process_before_response``): an event
   that cannot be stored (the database is down) is answered with a 500 (HTTP) or not acknowledged
   (Socket Mode), so Slack delivers it again instead of it being lost. A slash command is still
@@ -51,6 +54,9 @@ from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
     AsyncRateLimitErrorRetryHandler,
 )
+from slack_sdk.socket_mode.aiohttp import SocketModeClient
+from slack_sdk.socket_mode.async_client import AsyncBaseSocketModeClient
+from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
@@ -60,6 +66,7 @@ from adapters.attachment_download import (
     slack_file_origins,
     slack_file_refs,
 )
+from adapters.slack_arrivals import Arrival, SlackArrivals, kept_arrival
 from adapters.slack_assistant import SlackAssistant
 from adapters.slack_auto import SlackAutoAnswer
 from adapters.slack_buttons import SlackButtons, answer_blocks, mrkdwn_sections
@@ -349,6 +356,7 @@ class SlackAdapter:
         self._users: dict[str, dict[str, Any]] = {}  # users.info records, by user id
         self._socket: AsyncSocketModeHandler | None = None
         self._background: set[asyncio.Task[None]] = set()  # slash commands after their ack
+        self._arrivals = SlackArrivals()  # per-conversation arrival order (adapters.slack_arrivals)
         self._auto = SlackAutoAnswer(  # channel messages without a mention (auto-answer channels)
             allowed=self._allowed,
             is_bot=self._is_bot,
@@ -422,12 +430,17 @@ class SlackAdapter:
             return web.Response(
                 status=checked.status, text=checked.body(), content_type="application/json"
             )
-        bolt_response = await self.app.async_dispatch(checked)
+        bolt_response = await self._arrivals.dispatch(
+            checked.body, lambda: self.app.async_dispatch(checked)
+        )
         return await to_aiohttp_response(bolt_response)
 
     async def _start_socket_mode(self) -> None:
         assert self._app_token is not None
         handler = AsyncSocketModeHandler(self.app, self._app_token, web_client=self.client)
+        listeners = handler.client.socket_mode_request_listeners
+        listeners.clear()  # bolt's own handling, wrapped so that it runs in arrival order
+        listeners.append(self._socket_request_listener(handler))
         try:
             # Ask for the websocket URL ourselves: a bad app token fails here with one clear line
             # instead of the client's endless reconnect loop.
@@ -440,6 +453,18 @@ class SlackAdapter:
         await handler.connect_async()  # type: ignore[no-untyped-call]
         self._socket = handler
         log.info("Slack Socket Mode connected")
+
+    def _socket_request_listener(
+        self, handler: AsyncSocketModeHandler
+    ) -> Callable[[AsyncBaseSocketModeClient, SocketModeRequest], Awaitable[None]]:
+        """bolt's Socket Mode handling of an envelope, in its conversation's turn."""
+
+        async def handle(client: AsyncBaseSocketModeClient, request: SocketModeRequest) -> None:
+            assert isinstance(client, SocketModeClient)  # the aiohttp client bolt's handler made
+            payload = request.payload if isinstance(request.payload, dict) else {}
+            await self._arrivals.dispatch(payload, lambda: handler.handle(client, request))
+
+        return handle
 
     async def stop(self) -> None:
         if self._assistant is not None:
@@ -479,7 +504,10 @@ class SlackAdapter:
             await ack(*args, **kwargs)
             acked.set()
 
-        task = asyncio.create_task(self._handle_command(ack_now, command, respond))
+        arrival = kept_arrival()  # its place in the channel's line, taken when it came in
+        task = asyncio.create_task(self._handle_command(ack_now, command, respond, arrival))
+        if arrival is not None:
+            task.add_done_callback(lambda _: arrival.release())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         waiting = asyncio.create_task(acked.wait())
@@ -500,6 +528,7 @@ class SlackAdapter:
         ack: Callable[..., Awaitable[None]],
         command: dict[str, Any],
         respond: AsyncRespond,
+        arrival: Arrival | None = None,
     ) -> None:
         workspace = str(command.get("team_id", ""))
         channel = str(command.get("channel_id", ""))
@@ -532,6 +561,8 @@ class SlackAdapter:
             await respond(text=to_mrkdwn(reply), response_type="ephemeral")
             return
         await ack(text=texts.SLACK_THINKING)
+        if arrival is not None:  # acked at once; stored after what came before in the channel
+            await arrival.turn()
         response_url = str(command.get("response_url", ""))
         where = {"channel": channel, "thread_ts": "", "response_url": response_url}
         trigger = str(command.get("trigger_id", "")) or response_url
@@ -748,7 +779,10 @@ class SlackAdapter:
         ts = str(event.get("ts", ""))
         thread = str(event.get("thread_ts") or (ts if in_thread else ""))
         text = from_slack(str(event.get("text", "")), bot_user_id=self._bot_user_id)
-        files = await self._files.read_all(slack_file_refs(event)) if self._files else ()
+        refs = slack_file_refs(event) if self._files else ()
+        if refs and (seen := await self._seen(workspace, channel, ts)) is not None:
+            return seen  # a retry (or twin) of a stored message: its files are not fetched again
+        files = await self._files.read_all(refs) if self._files and refs else ()
         text = question_text(text, files)
         if not text:
             here = ConversationKey(
@@ -795,6 +829,12 @@ class SlackAdapter:
         result = await self._submit(incoming)
         self._waiting_links.queued(self._intake, incoming, result)
         return result
+
+    async def _seen(self, workspace: str, channel: str, ts: str) -> EnqueueResult | None:
+        """The job of the message ``ts`` when it is stored already (``Incoming``'s dedupe key)."""
+        assert self._intake is not None, "start() the adapter first"
+        key = dedupe_key(PLATFORM, workspace, channel, ts)
+        return await asyncio.to_thread(self._intake.repository.job_for_event, key)
 
     async def _user(self, user: str) -> dict[str, Any] | None:
         """``users.info``'s record of ``user``, asked once per person (at most 10,000 kept) for

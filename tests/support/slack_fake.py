@@ -55,13 +55,15 @@ class Call:
 @dataclass
 class FakeFile:
     """A file as the fake serves it: ``status`` other than 200 answers that status; ``redirect``
-    answers 302 to that URL."""
+    answers 302 to that URL; ``hold``: the request is recorded at once and answered once the event
+    is set (a slow download the test controls)."""
 
     name: str
     data: bytes
     mimetype: str
     status: int = 200
     redirect: str = ""
+    hold: asyncio.Event | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -468,11 +470,14 @@ class FakeSlack:
         status: int = 200,
         redirect: str = "",
         size: int | None = None,
+        hold: asyncio.Event | None = None,
     ) -> dict[str, Any]:
         """Serve ``data`` as a file; returns its object for a message event's ``files``
-        (``size``: what Slack declares, default the real size)."""
+        (``size``: what Slack declares, default the real size; ``hold``: answered once set)."""
         file_id = f"F{len(self.files) + 1:08d}"
-        self.files[file_id] = FakeFile(name, data, mimetype, status=status, redirect=redirect)
+        self.files[file_id] = FakeFile(
+            name, data, mimetype, status=status, redirect=redirect, hold=hold
+        )
         url = f"{self.base}/files-pri/{TEAM}-{file_id}/{name}"
         return {
             "id": file_id,
@@ -498,6 +503,8 @@ class FakeSlack:
             return web.Response(text="<html>Sign in to Slack</html>", content_type="text/html")
         if served is None or served.name != request.match_info["name"]:
             return web.Response(status=404, text="file not found")
+        if served.hold is not None:
+            await served.hold.wait()
         if served.redirect:
             raise web.HTTPFound(served.redirect)
         if served.status != 200:
