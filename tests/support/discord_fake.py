@@ -721,30 +721,16 @@ class FakeDiscord:
             earlier = self._nonces.get((channel_id, str(nonce)))
             if earlier is not None:
                 return self._json(self.messages[earlier])
-        channel = self.channels.get(channel_id)
-        message_id = self.snowflake()
-        message: Json = {
-            "id": str(message_id),
-            "channel_id": str(channel_id),
-            "author": self.bot,
-            "content": content,
-            "timestamp": now_iso(),
-            "edited_timestamp": None,
-            "tts": False,
-            "mention_everyone": False,
-            "mentions": [],
-            "mention_roles": [],
-            "attachments": [],
-            "embeds": [],
-            "pinned": False,
-            "type": 0,
-            "flags": 0,
-            "nonce": nonce,
-            "allowed_mentions": body.get("allowed_mentions"),
-            "components": body.get("components") or [],
-        }
-        if channel is not None and channel.get("guild_id"):
-            message["guild_id"] = channel["guild_id"]
+        message = self._bot_message(
+            channel_id,
+            content,
+            message_type=0,
+            flags=0,
+            components=body.get("components") or [],
+            allowed_mentions=body.get("allowed_mentions"),
+            nonce=nonce,
+        )
+        message_id = int(message["id"])
         reference = body.get("message_reference")
         if reference:
             message["type"] = 19
@@ -752,9 +738,7 @@ class FakeDiscord:
             message["referenced_message"] = self.messages.get(int(reference["message_id"]))
         if nonce is not None:
             self._nonces[(channel_id, str(nonce))] = message_id
-        self.messages[message_id] = message
         self.created.append(message_id)
-        self.edits[message_id] = [content]
         await self.dispatch_message(message)  # Discord echoes the bot's own messages
         return self._json(message)
 
@@ -1127,14 +1111,36 @@ class FakeDiscord:
         components: list[Json],
         allowed_mentions: Any,
     ) -> Json:
+        return self._bot_message(
+            interaction.channel_id,
+            content,
+            message_type=20,
+            flags=flags,
+            components=components,
+            allowed_mentions=allowed_mentions,
+            webhook_id=str(APP_ID),
+            application_id=str(APP_ID),
+        )
+
+    def _bot_message(
+        self,
+        channel_id: int,
+        content: str,
+        *,
+        message_type: int,
+        flags: int,
+        components: list[Json],
+        allowed_mentions: Any,
+        **extra: Any,
+    ) -> Json:
+        """A message by the bot in ``channel_id`` (``extra``: nonce, webhook ids), kept with its
+        first version in ``edits``."""
         message_id = self.snowflake()
-        channel = self.channels.get(interaction.channel_id)
         message: Json = {
             "id": str(message_id),
-            "channel_id": str(interaction.channel_id),
+            "channel_id": str(channel_id),
             "author": self.bot,
-            "webhook_id": str(APP_ID),
-            "application_id": str(APP_ID),
+            **extra,
             "content": content,
             "timestamp": now_iso(),
             "edited_timestamp": None,
@@ -1145,11 +1151,12 @@ class FakeDiscord:
             "attachments": [],
             "embeds": [],
             "pinned": False,
-            "type": 20,
+            "type": message_type,
             "flags": flags,
             "components": components,
             "allowed_mentions": allowed_mentions,
         }
+        channel = self.channels.get(channel_id)
         if channel is not None and channel.get("guild_id"):
             message["guild_id"] = channel["guild_id"]
         self.messages[message_id] = message
