@@ -32,11 +32,8 @@ LONG_LOG = "".join(f"2026-12-02T10:{n:02d} worker retrying: disk full\n" for n i
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeSlack]:
-    slack = FakeSlack()
-    await slack.start()
-    yield slack
-    await slack.stop()
+def fake(slack_fake: FakeSlack) -> FakeSlack:
+    return slack_fake
 
 
 @pytest.fixture

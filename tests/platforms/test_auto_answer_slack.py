@@ -56,11 +56,8 @@ def said(
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeSlack]:
-    slack = FakeSlack()
-    await slack.start()
-    yield slack
-    await slack.stop()
+def fake(slack_fake: FakeSlack) -> FakeSlack:
+    return slack_fake
 
 
 @pytest.fixture

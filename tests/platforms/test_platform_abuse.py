@@ -82,14 +82,6 @@ async def discord_fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeDis
     await fake.close()
 
 
-@pytest.fixture
-async def slack_fake() -> AsyncIterator[FakeSlack]:
-    slack = FakeSlack()
-    await slack.start()
-    yield slack
-    await slack.stop()
-
-
 # ------------------------------------------------------------- 15: handoff pings, the rule
 
 

@@ -6,7 +6,6 @@ status while queued -> "is thinking…" -> the answer streamed natively, the thr
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +28,8 @@ ROOT = Path(__file__).parents[2]
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeSlack]:
-    slack = FakeSlack()
-    await slack.start()
-    yield slack
-    await slack.stop()
+def fake(slack_fake: FakeSlack) -> FakeSlack:
+    return slack_fake
 
 
 def thread_started(thread: str = THREAD) -> dict[str, Any]:

@@ -29,11 +29,8 @@ RETRY = {"X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"}
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeSlack]:
-    slack = FakeSlack()
-    await slack.start()
-    yield slack
-    await slack.stop()
+def fake(slack_fake: FakeSlack) -> FakeSlack:
+    return slack_fake
 
 
 @pytest.fixture

@@ -274,14 +274,6 @@ def test_migration_0013_adds_the_follow_ups_and_goes_down(database_url: str) -> 
 # ------------------------------------------------ the whole path: Slack, a clock, a restart
 
 
-@pytest.fixture
-async def slack_fake() -> AsyncIterator[FakeSlack]:
-    fake = FakeSlack()
-    await fake.start()
-    yield fake
-    await fake.stop()
-
-
 async def test_after_hours_the_asker_is_told_when_and_the_ping_waits_for_the_hours_across_a_restart(
     tmp_path: Path, slack_fake: FakeSlack
 ) -> None:

@@ -9,7 +9,6 @@ import asyncio
 import re
 import uuid
 import zoneinfo
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,14 +33,6 @@ from tests.support.slack_rig import mention
 from tests.support.slack_rig import start_rig as start_slack_rig
 
 # ----------------------------------------------------------------------------- helpers
-
-
-@pytest.fixture
-async def slack_fake() -> AsyncIterator[FakeSlack]:
-    fake = FakeSlack()
-    await fake.start()
-    yield fake
-    await fake.stop()
 
 
 def answer(
