@@ -5,9 +5,9 @@ block) and a "Talk to a human" button (in an ``actions`` block), and what their 
   stored exactly like the 👍/👎 reaction (``IntakePort.reaction``, the ``feedback`` table, one
   rating per person and answer, the latest wins), so ``solarbot report`` counts both alike; a
   repeated click or a replayed payload changes nothing.
-- A "Talk to a human" click (action ``solarbot_handoff``) by the asker or an admin is the handoff
-  keyword written into the conversation (``Incoming`` with the first ``SOLARBOT_HANDOFF_KEYWORDS``
-  entry, through ``IntakePort.submit``: the same turn stored, the same ping, the same limits);
+- A "Talk to a human" click (action ``solarbot_handoff``) by the asker or an admin hands the
+  conversation over through ``IntakePort.ask_for_human``, as Discord's button does (its turn is the
+  first ``SOLARBOT_HANDOFF_KEYWORDS`` entry: the same turn stored, the same ping, the same limits);
   its dedupe key is the answer and the clicker, so repeats and replays hand over once. Anyone
   else is told privately that they cannot.
 
@@ -205,7 +205,7 @@ class SlackButtons:
         except InvalidIncomingError as exc:
             log.info("ignored a handoff click: %s", exc)
             return
-        await intake.submit(incoming)
+        await intake.ask_for_human(incoming)
 
     def _handoff_message(self, click: Click, origin: AnswerRecord, name: str) -> Incoming:
         """The click as the handoff keyword written in the answer's conversation (its turn is
